@@ -1,0 +1,1 @@
+"""Packaged description prompts (the repository's prompts/ folder); see salip.prompts."""

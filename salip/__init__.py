@@ -1,0 +1,38 @@
+"""salip: zero-shot organ segmentation for medical images with a SAM + CLIP cascade (SaLIP).
+
+Public API::
+
+    import salip
+    result = salip.segment("scan.nii.gz", organs=["liver"], output="liver.nii.gz")
+
+Importing salip is cheap: torch, open_clip and segment-anything load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["segment", "SegmentConfig", "SegmentationResult", "SalipError", "__version__"]
+
+if TYPE_CHECKING:
+    from salip.config import SegmentConfig
+    from salip.errors import SalipError
+    from salip.pipeline import SegmentationResult, segment
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("segment", "SegmentationResult"):
+        from salip import pipeline
+
+        return getattr(pipeline, name)
+    if name == "SegmentConfig":
+        from salip.config import SegmentConfig
+
+        return SegmentConfig
+    if name == "SalipError":
+        from salip.errors import SalipError
+
+        return SalipError
+    raise AttributeError(f"module 'salip' has no attribute {name!r}")

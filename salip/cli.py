@@ -1,0 +1,285 @@
+"""The ``salip`` command line.
+
+Every settings flag is generated from a field of the stage configs in :mod:`salip.config`
+(``--points-per-side`` <-> ``ProposalConfig.points_per_side``), and the commands call the
+library with keyword arguments. Errors are one line and a non-zero exit; ``-v`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from salip import __version__
+from salip.config import SegmentConfig
+
+logger = logging.getLogger("salip")
+
+_GROUP_TITLES = {
+    "models": "models",
+    "slicing": "slicing and intensity",
+    "proposals": "proposals (SAM everything mode)",
+    "area": "area filter",
+    "crops": "crops",
+    "scoring": "CLIP scoring",
+    "refine": "refinement (box prompts)",
+    "assembly": "assembly",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, stages: Sequence[str]) -> None:
+    """Add one flag per config field of the named stages, help and choices from metadata."""
+    for stage in dataclasses.fields(SegmentConfig):
+        if stage.name not in stages:
+            continue
+        stage_type = stage.default_factory  # type: ignore[misc]
+        hints = typing.get_type_hints(stage_type)
+        group = parser.add_argument_group(_GROUP_TITLES[stage.name])
+        for f in dataclasses.fields(stage_type):
+            hint = hints[f.name]
+            base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+            help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+            if base is bool:
+                group.add_argument(
+                    _flag(f.name),
+                    action=argparse.BooleanOptionalAction,
+                    default=argparse.SUPPRESS,
+                    help=help_text,
+                )
+                continue
+            group.add_argument(
+                _flag(f.name),
+                type=base,
+                choices=f.metadata.get("choices"),
+                default=argparse.SUPPRESS,
+                metavar=None if f.metadata.get("choices") else f.name.split("_")[-1].upper(),
+                help=help_text,
+            )
+
+
+def _config_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Config flags the user actually gave (unset flags keep the config defaults)."""
+    from salip.config import flat_fields
+
+    return {k: v for k, v in vars(args).items() if k in flat_fields()}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="salip",
+        description="Zero-shot organ segmentation with a SAM + CLIP cascade (SaLIP).",
+    )
+    parser.add_argument("--version", action="version", version=f"salip {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="count", default=0, help="More logging; tracebacks on errors."
+    )
+    common.add_argument("-q", "--quiet", action="store_true", help="Only warnings and errors.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    seg = sub.add_parser(
+        "segment",
+        parents=[common],
+        help="Segment organs in a NIfTI volume, DICOM series or 2D image.",
+        description="Segment organs with no labels and no fine-tuning. Masks are written in "
+        "the input's own grid: NIfTI for volumes and DICOM series, PNG for 2D images.",
+    )
+    seg.add_argument("input", help="NIfTI file, DICOM folder or .zip, or PNG/JPEG/TIFF image.")
+    seg.add_argument(
+        "--organ",
+        action="append",
+        required=True,
+        help="Organ to segment; repeat or comma-separate for several (see `salip organs`).",
+    )
+    out = seg.add_argument_group("outputs")
+    out.add_argument(
+        "-o",
+        "--output",
+        help="Mask file (multi-label for several organs, with a JSON sidecar of label "
+        "values), or with --split a folder. Default: <input stem>_salip.nii.gz/.png here.",
+    )
+    out.add_argument(
+        "--split", action="store_true", help="One mask file per organ in the -o folder."
+    )
+    out.add_argument("--overwrite", action="store_true", help="Replace existing output files.")
+    out.add_argument(
+        "--preview", metavar="PNG", help="Write an overlay of the slices with the most organ."
+    )
+    out.add_argument(
+        "--report", metavar="JSON", help="Write the run report (volumes, scores, timings)."
+    )
+    out.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    _add_config_flags(seg, list(_GROUP_TITLES))
+    seg.set_defaults(func=_cmd_segment)
+
+    prop = sub.add_parser(
+        "proposals",
+        parents=[common],
+        help="Write SAM everything-mode proposals of one image or slice as JSON.",
+        description="Writes the same records as segment-anything's scripts/amg.py "
+        "--convert-to-rle: segmentation (COCO RLE), bbox (XYWH), area, predicted_iou, "
+        "stability_score, point_coords, crop_box. CLIP flags are accepted and unused.",
+    )
+    prop.add_argument("input", help="NIfTI file, DICOM folder or .zip, or 2D image.")
+    prop.add_argument(
+        "--slice",
+        type=int,
+        dest="slice_index",
+        help="Slice index in the input file along --axis (default: middle).",
+    )
+    prop.add_argument("-o", "--output", required=True, help="JSON file to write.")
+    prop.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
+    _add_config_flags(prop, ["models", "slicing", "proposals"])
+    prop.set_defaults(func=_cmd_proposals)
+
+    models = sub.add_parser("models", help="Download or list SAM checkpoints.")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    dl = msub.add_parser(
+        "download",
+        parents=[common],
+        help="Download official SAM checkpoints into the cache ($SALIP_HOME).",
+    )
+    dl.add_argument(
+        "names", nargs="*", default=["vit_b"], help="vit_b, vit_l and/or vit_h (default: vit_b)."
+    )
+    dl.add_argument(
+        "--mirror", metavar="URL", help="Base URL to fetch from instead of Meta's server."
+    )
+    dl.add_argument("--force", action="store_true", help="Download again even if cached.")
+    dl.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    dl.set_defaults(func=_cmd_models_download)
+    ls = msub.add_parser(
+        "list", parents=[common], help="Show which official checkpoints are cached."
+    )
+    ls.set_defaults(func=_cmd_models_list)
+
+    organs = sub.add_parser("organs", parents=[common], help="List the organs salip knows.")
+    organs.set_defaults(func=_cmd_organs)
+    return parser
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from salip.pipeline import segment
+
+    result = segment(
+        args.input,
+        organs=args.organ,
+        output=args.output,
+        split=args.split,
+        overwrite=args.overwrite,
+        preview=args.preview,
+        report=args.report,
+        progress=not args.no_progress and not args.quiet,
+        **_config_options(args),
+    )
+    for name, row in result.report["organs"].items():
+        size = f"{row['volume_ml']} ml" if row["volume_ml"] is not None else f"{row['voxels']} px"
+        logger.info("%s: %s in %d slice(s)", name, size, len(row["slices"]))
+    for path in result.outputs:
+        logger.info("wrote %s", path)
+    return 0
+
+
+def _cmd_proposals(args: argparse.Namespace) -> int:
+    from salip.pipeline import propose
+    from salip.writing import check_output, write_json
+
+    output = Path(args.output)
+    check_output(output, Path(args.input), args.overwrite)
+    records, info = propose(args.input, slice_index=args.slice_index, **_config_options(args))
+    write_json(output, records)
+    logger.info("wrote %d proposals of slice %s to %s", len(records), info["slice"], output)
+    return 0
+
+
+def _cmd_models_download(args: argparse.Namespace) -> int:
+    from salip.models.download import download_checkpoint
+    from salip.models.registry import OFFICIAL_BASE_URL
+
+    for name in args.names:
+        path = download_checkpoint(
+            name,
+            base_url=args.mirror or OFFICIAL_BASE_URL,
+            force=args.force,
+            progress=not args.no_progress and not args.quiet,
+        )
+        logger.info("%s: %s", name, path)
+    return 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from salip.models.download import list_cached
+    from salip.models.registry import checkpoint_dir
+
+    rows = list_cached()
+    sys.stdout.write(f"cache: {checkpoint_dir()}\n")
+    for row in rows:
+        state = f"cached, {row['bytes']:,} bytes" if row["cached"] else "not cached"
+        sys.stdout.write(f"{row['name']:6s} {state}  {row['file']}\n")
+    return 0
+
+
+def _cmd_organs(args: argparse.Namespace) -> int:
+    from salip.organs import ORGANS
+
+    for organ in ORGANS.values():
+        extra = f"  (also: {', '.join(organ.synonyms)})" if organ.synonyms else ""
+        sys.stdout.write(
+            f"{organ.name:20s} top-k {organ.top_k}  window {organ.window:8s} "
+            f"{','.join(organ.modalities)}{extra}\n"
+        )
+    return 0
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("salip").setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``salip`` console script; returns the exit code."""
+    from salip.errors import SalipError
+
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", 0)
+    _setup_logging(verbose, getattr(args, "quiet", False))
+    try:
+        return int(args.func(args))
+    except SalipError as exc:
+        if verbose:
+            logger.exception("error")
+        sys.stderr.write(f"salip: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("salip: interrupted\n")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last-resort one-line report
+        if verbose:
+            logger.exception("unexpected error")
+        sys.stderr.write(
+            f"salip: error: unexpected {type(exc).__name__}: {exc} (run with -v for details)\n"
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Frozen configuration dataclasses, one per stage of the cascade.
+
+Every field maps one to one onto a CLI flag (``points_per_side`` -> ``--points-per-side``)
+and onto a keyword argument of :func:`salip.segment`. The flag's help text and choices are
+read from the field's metadata, so the CLI cannot drift from the library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from salip.errors import ConfigError
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which checkpoints to run, and where."""
+
+    sam_checkpoint: str = _opt(
+        "vit_b",
+        "SAM checkpoint: a .pth file in segment-anything's format (official or a fine-tune "
+        "such as MedSAM), or a cached official name (vit_b, vit_l, vit_h).",
+    )
+    sam_model_type: str | None = _opt(
+        None,
+        "Expected SAM architecture (vit_b, vit_l, vit_h). Optional: the architecture is "
+        "read from the checkpoint; a mismatch is an error.",
+    )
+    clip_model: str = _opt(
+        "ViT-L-14",
+        "CLIP model: an open_clip name (e.g. ViT-L-14), hf-hub:ORG/REPO or local-dir:PATH.",
+    )
+    clip_pretrained: str | None = _opt(
+        "openai",
+        "open_clip pretrained tag (e.g. openai) or a local weights file. Ignored for "
+        "hf-hub: and local-dir: models.",
+    )
+    device: str = _opt("auto", "Device: auto, cpu, cuda or cuda:N.")
+
+
+@dataclass(frozen=True)
+class SliceConfig:
+    """How a volume becomes 8-bit RGB slices."""
+
+    axis: str = _opt(
+        "axial",
+        "Slicing axis for volumes.",
+        choices=("axial", "coronal", "sagittal"),
+    )
+    window: str | None = _opt(
+        None,
+        "CT intensity window: a preset (abdomen, liver, lung, bone, brain, mediastinum) "
+        "or WIDTH,LEVEL in HU. Default: the organ's preset for CT; unchanged pixels for "
+        "8-bit 2D images.",
+    )
+    modality: str = _opt(
+        "auto",
+        "Image modality; auto reads DICOM tags, else the intensity range (HU-like -> ct).",
+        choices=("auto", "ct", "mr", "xray", "us"),
+    )
+    percentile_low: float = _opt(0.5, "Lower percentile for MR/US/X-ray intensity normalisation.")
+    percentile_high: float = _opt(99.5, "Upper percentile for MR/US/X-ray intensity normalisation.")
+
+
+@dataclass(frozen=True)
+class ProposalConfig:
+    """SAM everything mode. Same meaning and defaults as SamAutomaticMaskGenerator."""
+
+    points_per_side: int = _opt(32, "Point grid size per side (points_per_side**2 prompts).")
+    points_per_batch: int = _opt(64, "Point prompts decoded at once.")
+    pred_iou_thresh: float = _opt(0.88, "Drop proposals whose predicted IoU is at or below this.")
+    stability_score_thresh: float = _opt(
+        0.95, "Drop proposals whose stability score is below this."
+    )
+    stability_score_offset: float = _opt(1.0, "Logit offset used to compute the stability score.")
+    box_nms_thresh: float = _opt(0.7, "Box IoU above which duplicate proposals are suppressed.")
+    min_mask_region_area: int = _opt(
+        0, "Remove holes and islands smaller than this many pixels (0: off)."
+    )
+    encoder_batch_size: int = _opt(4, "Slices per SAM image-encoder batch.")
+
+
+@dataclass(frozen=True)
+class AreaFilterConfig:
+    """Drop background-sized and speck-sized proposals."""
+
+    min_area: float = _opt(0.001, "Minimum proposal area, as a fraction of the slice.")
+    max_area: float = _opt(0.5, "Maximum proposal area, as a fraction of the slice.")
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """How each proposal becomes a CLIP input."""
+
+    crop_mode: str = _opt(
+        "masked",
+        "masked: pixels outside the proposal blacked out, cropped to its box; "
+        "box: the image inside the proposal's box plus a context margin.",
+        choices=("masked", "box"),
+    )
+    crop_margin: float = _opt(
+        0.1, "Context margin around the proposal's box, as a fraction of the box size."
+    )
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """CLIP scoring of crops against the organ's descriptions."""
+
+    top_k: int | None = _opt(
+        None, "Crops kept per organ and slice. Default: the organ's own (2 for lungs, else 1)."
+    )
+    min_score: float | None = _opt(
+        None,
+        "Drop crops whose CLIP cosine score is below this (default: keep the top-k "
+        "whatever their score, as in the SaLIP paper).",
+    )
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Box prompts for the second SAM pass."""
+
+    box_margin: float = _opt(
+        0.0, "Grow each prompt box by this fraction of its size on every side."
+    )
+
+
+@dataclass(frozen=True)
+class AssemblyConfig:
+    """Putting slice masks back into a volume."""
+
+    largest_component: bool = _opt(
+        True,
+        "Volumes: keep only the largest 3D connected components of each organ (as many "
+        "as the organ's top-k, so both lungs survive). Use --no-largest-component to keep all.",
+    )
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """All stage configs of one ``salip segment`` run."""
+
+    models: ModelConfig = field(default_factory=ModelConfig)
+    slicing: SliceConfig = field(default_factory=SliceConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    area: AreaFilterConfig = field(default_factory=AreaFilterConfig)
+    crops: CropConfig = field(default_factory=CropConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
+
+    def replace(self, **options: Any) -> SegmentConfig:
+        """Return a copy with flat options (``points_per_side=16``) applied to their stage.
+
+        Raises:
+            ConfigError: for an unknown option name (the message lists the valid ones).
+        """
+        index = flat_fields(type(self))
+        unknown = sorted(set(options) - set(index))
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(unknown)}; valid options: "
+                f"{', '.join(sorted(index))}."
+            )
+        stages: dict[str, dict[str, Any]] = {}
+        for name, value in options.items():
+            stages.setdefault(index[name], {})[name] = value
+        changes = {
+            stage: dataclasses.replace(getattr(self, stage), **values)
+            for stage, values in stages.items()
+        }
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Check value ranges; raise :class:`ConfigError` with the fix."""
+        p, a, c = self.proposals, self.area, self.crops
+        checks = [
+            (p.points_per_side >= 1, "points_per_side must be at least 1"),
+            (p.points_per_batch >= 1, "points_per_batch must be at least 1"),
+            (p.encoder_batch_size >= 1, "encoder_batch_size must be at least 1"),
+            (0.0 <= p.box_nms_thresh <= 1.0, "box_nms_thresh must be in [0, 1]"),
+            (p.min_mask_region_area >= 0, "min_mask_region_area must be >= 0"),
+            (0.0 <= a.min_area < a.max_area <= 1.0, "need 0 <= min_area < max_area <= 1"),
+            (c.crop_margin >= 0.0, "crop_margin must be >= 0"),
+            (self.refine.box_margin >= 0.0, "box_margin must be >= 0"),
+            (
+                self.scoring.top_k is None or self.scoring.top_k >= 1,
+                "top_k must be at least 1",
+            ),
+            (
+                0.0 <= self.slicing.percentile_low < self.slicing.percentile_high <= 100.0,
+                "need 0 <= percentile_low < percentile_high <= 100",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message + ".")
+
+
+def flat_fields(config_type: type[SegmentConfig] = SegmentConfig) -> dict[str, str]:
+    """Map every flat option name to the stage attribute of :class:`SegmentConfig` holding it."""
+    index: dict[str, str] = {}
+    for stage in dataclasses.fields(config_type):
+        for f in dataclasses.fields(stage.default_factory()):  # type: ignore[misc]
+            index[f.name] = stage.name
+    return index

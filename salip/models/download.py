@@ -1,0 +1,144 @@
+"""Download official SAM checkpoints into the cache, verified by SHA-256.
+
+The file is streamed to a temporary name in the cache folder and renamed into place only
+after its SHA-256 matches, so an interrupted or corrupt transfer never leaves a file that
+would later load as a valid checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from salip.errors import DownloadError
+from salip.models.registry import OFFICIAL_BASE_URL, SAM_CHECKPOINTS, CheckpointInfo, checkpoint_dir
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+def download_file(
+    url: str,
+    dest: Path,
+    sha256: str,
+    *,
+    expected_size: int | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Download ``url`` to ``dest`` atomically, checking its SHA-256.
+
+    Raises:
+        DownloadError: network failure, short transfer or hash mismatch. Nothing is left at
+            ``dest`` or beside it in any of these cases.
+    """
+    from tqdm.auto import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http/https URL)
+            except (urllib.error.URLError, OSError) as exc:
+                raise DownloadError(f"cannot download {url}: {exc}.") from exc
+            with response:
+                length = response.headers.get("Content-Length")
+                total = int(length) if length else expected_size
+                with tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    desc=dest.name,
+                    disable=not progress,
+                ) as bar:
+                    while True:
+                        try:
+                            chunk = response.read(_CHUNK)
+                        except (OSError, ValueError) as exc:  # IncompleteRead, reset, timeout
+                            raise DownloadError(
+                                f"transfer of {url} broke off after {received} bytes: {exc}."
+                            ) from exc
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+            if length and received != int(length):
+                raise DownloadError(
+                    f"transfer of {url} ended after {received} of {length} bytes; try again."
+                )
+            out.flush()
+            os.fsync(out.fileno())
+        actual = digest.hexdigest()
+        if actual != sha256:
+            raise DownloadError(
+                f"{url}: SHA-256 {actual} does not match the expected {sha256}; the file was "
+                "discarded. Check the URL or mirror and try again."
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.info("downloaded %s (%d bytes) to %s", url, received, dest)
+    return dest
+
+
+def download_checkpoint(
+    name: str,
+    *,
+    base_url: str = OFFICIAL_BASE_URL,
+    dest_dir: Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Download the official SAM checkpoint ``name`` (vit_b, vit_l, vit_h) into the cache.
+
+    Args:
+        name: checkpoint name.
+        base_url: where the files live (a mirror may replace Meta's server).
+        dest_dir: target folder; default ``<SALIP_HOME>/checkpoints``.
+        force: download again even if a verified file is present.
+        progress: show a progress bar.
+
+    Returns:
+        The checkpoint's path.
+    """
+    if name not in SAM_CHECKPOINTS:
+        raise DownloadError(
+            f"unknown checkpoint '{name}'; choose from {', '.join(SAM_CHECKPOINTS)}."
+        )
+    info: CheckpointInfo = SAM_CHECKPOINTS[name]
+    dest = (dest_dir or checkpoint_dir()) / info.filename
+    if dest.is_file() and not force:
+        logger.info("%s already cached at %s", name, dest)
+        return dest
+    return download_file(
+        info.url(base_url), dest, info.sha256, expected_size=info.size, progress=progress
+    )
+
+
+def list_cached() -> list[dict[str, object]]:
+    """One row per official checkpoint: name, file, whether cached, size on disk."""
+    rows = []
+    for name, info in SAM_CHECKPOINTS.items():
+        path = checkpoint_dir() / info.filename
+        rows.append(
+            {
+                "name": name,
+                "file": str(path),
+                "cached": path.is_file(),
+                "bytes": path.stat().st_size if path.is_file() else None,
+            }
+        )
+    return rows

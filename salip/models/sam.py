@@ -1,0 +1,277 @@
+"""Load SAM checkpoints in segment-anything's format, inferring the architecture.
+
+Official vit_b/vit_l/vit_h checkpoints and fine-tunes saved in the same format (MedSAM,
+SAM-Med2D style state dicts) all load without a model-type flag: the encoder's width, depth,
+heads, global-attention blocks and image size are read from the tensor shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from salip.errors import ModelError
+from salip.models.registry import SAM_CHECKPOINTS, cached_checkpoint, checkpoint_dir
+
+logger = logging.getLogger(__name__)
+
+#: segment-anything's mask decoder always uses 8 attention heads; the count is not
+#: recoverable from weight shapes, so it is fixed here as in ``build_sam.py``.
+DECODER_NUM_HEADS = 8
+
+
+@dataclass(frozen=True)
+class SamArch:
+    """Hyper-parameters of a SAM model, as read from a state dict."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+    image_size: int
+    patch_size: int = 16
+    window_size: int = 14
+    prompt_embed_dim: int = 256
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    num_multimask_outputs: int = 3
+    mask_in_chans: int = 16
+
+    @property
+    def name(self) -> str:
+        """ "vit_b", "vit_l", "vit_h" for the official layouts, else a description."""
+        for name, arch in OFFICIAL_ARCHS.items():
+            if arch == self:
+                return name
+        return (
+            f"custom(embed_dim={self.embed_dim}, depth={self.depth}, heads={self.num_heads}, "
+            f"image_size={self.image_size})"
+        )
+
+
+OFFICIAL_ARCHS: dict[str, SamArch] = {
+    "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11), 1024),
+    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23), 1024),
+    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31), 1024),
+}
+
+
+@dataclass
+class LoadedSam:
+    """A SAM model ready for inference, with where it came from."""
+
+    model: Any  # segment_anything.modeling.Sam, in eval mode on its device
+    arch: SamArch
+    path: Path
+
+    def identity(self) -> dict[str, Any]:
+        """JSON-ready description for reports."""
+        return {"path": str(self.path), "arch": self.arch.name, **asdict(self.arch)}
+
+
+def _unwrap(checkpoint: Any) -> dict[str, Any]:
+    """Return the SAM state dict inside common checkpoint wrappers."""
+    if isinstance(checkpoint, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            inner = checkpoint.get(key)
+            if isinstance(inner, dict) and any("image_encoder" in k for k in inner):
+                checkpoint = inner
+                break
+    if not isinstance(checkpoint, dict):
+        raise ModelError("the checkpoint does not hold a state dict.")
+    prefixes = ("module.", "sam.", "model.")
+    state = {}
+    for key, value in checkpoint.items():
+        for prefix in prefixes:
+            if key.startswith(prefix) and "image_encoder" in key[len(prefix) :]:
+                key = key[len(prefix) :]
+                break
+        state[key] = value
+    return state
+
+
+def infer_sam_arch(state_dict: dict[str, Any]) -> SamArch:
+    """Read a :class:`SamArch` from the tensor shapes of a SAM state dict.
+
+    Raises:
+        ModelError: if the state dict is not a SAM model in segment-anything's layout.
+    """
+    try:
+        patch = state_dict["image_encoder.patch_embed.proj.weight"]  # (embed, 3, p, p)
+        embed_dim, patch_size = int(patch.shape[0]), int(patch.shape[-1])
+        grid = int(state_dict["image_encoder.pos_embed"].shape[1])  # (1, g, g, embed)
+        blocks = sorted(
+            {
+                int(m.group(1))
+                for k in state_dict
+                if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))
+            }
+        )
+        depth = len(blocks)
+        rel = [state_dict[f"image_encoder.blocks.{i}.attn.rel_pos_h"] for i in blocks]
+        head_dim = int(rel[0].shape[1])
+        global_idx = tuple(i for i, r in zip(blocks, rel) if int(r.shape[0]) == 2 * grid - 1)
+        windowed = [int(r.shape[0]) for r in rel if int(r.shape[0]) != 2 * grid - 1]
+        window_size = (windowed[0] + 1) // 2 if windowed else 0
+        prompt_dim = int(state_dict["image_encoder.neck.0.weight"].shape[0])
+        dec_layers = {
+            int(m.group(1))
+            for k in state_dict
+            if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))
+        }
+        mlp_dim = int(state_dict["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0])
+        iou_layers = {
+            int(m.group(1))
+            for k in state_dict
+            if (m := re.match(r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\.weight", k))
+        }
+        iou_hidden = int(state_dict["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0])
+        mask_tokens = int(state_dict["mask_decoder.mask_tokens.weight"].shape[0])
+        mask_in = int(state_dict["prompt_encoder.mask_downscaling.0.weight"].shape[0]) * 4
+    except (KeyError, IndexError, AttributeError) as exc:
+        raise ModelError(
+            f"not a SAM checkpoint in segment-anything's format (missing or odd {exc})."
+        ) from exc
+    if depth == 0 or embed_dim % head_dim:
+        raise ModelError("not a SAM checkpoint in segment-anything's format.")
+    return SamArch(
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=embed_dim // head_dim,
+        global_attn_indexes=global_idx,
+        image_size=grid * patch_size,
+        patch_size=patch_size,
+        window_size=window_size,
+        prompt_embed_dim=prompt_dim,
+        decoder_depth=len(dec_layers),
+        decoder_mlp_dim=mlp_dim,
+        iou_head_depth=len(iou_layers),
+        iou_head_hidden_dim=iou_hidden,
+        num_multimask_outputs=mask_tokens - 1,
+        mask_in_chans=mask_in,
+    )
+
+
+def build_sam(arch: SamArch) -> Any:
+    """Build an untrained segment-anything ``Sam`` model of architecture ``arch``.
+
+    Mirrors ``segment_anything.build_sam._build_sam`` with every size taken from ``arch``.
+    """
+    import torch
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    grid = arch.image_size // arch.patch_size
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=arch.depth,
+            embed_dim=arch.embed_dim,
+            img_size=arch.image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=arch.num_heads,
+            patch_size=arch.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=arch.global_attn_indexes,
+            window_size=arch.window_size,
+            out_chans=arch.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(arch.image_size, arch.image_size),
+            mask_in_chans=arch.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=arch.num_multimask_outputs,
+            transformer=TwoWayTransformer(
+                depth=arch.decoder_depth,
+                embedding_dim=arch.prompt_embed_dim,
+                mlp_dim=arch.decoder_mlp_dim,
+                num_heads=DECODER_NUM_HEADS,
+            ),
+            transformer_dim=arch.prompt_embed_dim,
+            iou_head_depth=arch.iou_head_depth,
+            iou_head_hidden_dim=arch.iou_head_hidden_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    return sam.eval()
+
+
+def resolve_sam_checkpoint(spec: str) -> Path:
+    """Turn ``--sam-checkpoint`` (a path or an official name) into an existing file.
+
+    Raises:
+        ModelError: the file is missing, or the official checkpoint is not cached yet
+            (the message gives the download command).
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if spec in SAM_CHECKPOINTS:
+        cached = cached_checkpoint(spec)
+        if cached is not None:
+            return cached
+        raise ModelError(
+            f"SAM checkpoint '{spec}' is not in the cache ({checkpoint_dir()}). "
+            f"Get it with `salip models download {spec}`, or pass a file with --sam-checkpoint."
+        )
+    if path.suffix or "/" in spec or "\\" in spec:
+        raise ModelError(f"SAM checkpoint file not found: {spec}.")
+    raise ModelError(
+        f"unknown SAM checkpoint '{spec}'; give a .pth file or one of {', '.join(SAM_CHECKPOINTS)}."
+    )
+
+
+def load_sam(spec: str, *, device: str = "cpu", model_type: str | None = None) -> LoadedSam:
+    """Load a SAM checkpoint (file path or official name) onto ``device``.
+
+    The file is read with ``torch.load(weights_only=True, map_location="cpu")``, so a
+    checkpoint saved on a GPU loads on a CPU-only machine.
+
+    Raises:
+        ModelError: missing, unreadable or non-SAM file, or a ``model_type`` that does not
+            match what the file holds.
+    """
+    import torch
+
+    path = resolve_sam_checkpoint(spec)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and EOF errors all mean "unreadable"
+        raise ModelError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc}).") from exc
+    state = _unwrap(checkpoint)
+    arch = infer_sam_arch(state)
+    if model_type is not None:
+        if model_type not in OFFICIAL_ARCHS:
+            raise ModelError(
+                f"unknown SAM model type '{model_type}'; use one of {', '.join(OFFICIAL_ARCHS)} "
+                "or leave it out to read the architecture from the file."
+            )
+        if OFFICIAL_ARCHS[model_type] != arch:
+            raise ModelError(
+                f"{path} holds a {arch.name} SAM, not {model_type}; drop --sam-model-type "
+                "or pass the matching checkpoint."
+            )
+    model = build_sam(arch)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not fit the inferred {arch.name} SAM: {exc}") from exc
+    model.to(device)
+    logger.info("loaded SAM %s from %s on %s", arch.name, path, device)
+    return LoadedSam(model=model, arch=arch, path=path)

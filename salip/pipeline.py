@@ -1,0 +1,433 @@
+"""``salip.segment``: the one-call API from an input file to masks in its own grid."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from salip import __version__
+from salip.assembly import empty_volume_mask, keep_largest_components, put_slice, to_label_map
+from salip.cascade import SliceOutput, SliceSegmenter, StageTimer
+from salip.config import SegmentConfig
+from salip.errors import ConfigError, OutputError
+from salip.io import Volume, read_input
+from salip.organs import Organ, parse_organs
+from salip.slicing import (
+    AXES,
+    Intensity,
+    check_slice_geometry,
+    choose_intensity,
+    iter_slices,
+    n_slices,
+    to_uint8,
+)
+from salip.writing import (
+    check_output,
+    mask_suffix,
+    sidecar_path,
+    to_source_grid,
+    write_json,
+    write_mask,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentationResult:
+    """What :func:`segment` returns.
+
+    Attributes:
+        masks: organ name -> uint8 0/1 mask in the input's exact grid (input shape; HxW for
+            2D images).
+        labels: uint8 label map in the input's grid (value ``label_values[organ]``).
+        label_values: organ name -> label value (1, 2, ... in the order asked).
+        affine: 4x4 voxel-to-RAS+ matrix of the input grid (identity for 2D images).
+        report: the run report (see the README's "Outputs" section).
+        outputs: files written, in order.
+    """
+
+    masks: dict[str, np.ndarray]
+    labels: np.ndarray
+    label_values: dict[str, int]
+    affine: np.ndarray
+    report: dict[str, Any]
+    outputs: list[Path] = field(default_factory=list)
+
+
+def resolve_device(spec: str) -> str:
+    """``auto`` -> ``cuda`` if available else ``cpu``; validate explicit CUDA devices."""
+    import torch
+
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device '{spec}' asked for, but CUDA is not available; use --device cpu."
+            )
+        index = spec.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ConfigError(
+                f"no CUDA device '{spec}'; {torch.cuda.device_count()} device(s) visible."
+            )
+        return spec
+    raise ConfigError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N.")
+
+
+def _output_paths(
+    volume_path: Path, output: str | Path | None, organs: Sequence[Organ], split: bool, suffix: str
+) -> tuple[Path | None, dict[str, Path]]:
+    """(combined file or None, organ -> per-organ file) for this run."""
+    stem = volume_path.name
+    for ext in (".nii.gz", ".nii", ".zip", *(s for s in (volume_path.suffix,) if s)):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    if split:
+        folder = Path(output) if output is not None else Path.cwd() / f"{stem}_salip"
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"{folder} is a file; --split needs a folder for -o.")
+        return None, {o.name: folder / f"{o.name}{suffix}" for o in organs}
+    path = Path(output) if output is not None else Path.cwd() / f"{stem}_salip{suffix}"
+    allowed = (".png",) if suffix == ".png" else (".nii.gz", ".nii")
+    if not path.name.lower().endswith(allowed):
+        raise OutputError(
+            f"{path}: masks for this input are written as {' or '.join(allowed)}; "
+            "change the output name."
+        )
+    return path, {}
+
+
+def _source_slice_indices(
+    volume: Volume, axis: str, canonical: Iterable[int]
+) -> tuple[int, list[int]]:
+    """Map canonical slice indices along ``axis`` to (input axis, input indices)."""
+    if volume.is_2d:
+        return 0, list(canonical)
+    ornt = volume.geometry.ornt
+    target = AXES[axis]
+    src_axis = int(np.nonzero(ornt[:, 0] == target)[0][0])
+    n = volume.data.shape[target]
+    flipped = ornt[src_axis, 1] < 0
+    return src_axis, [n - 1 - k if flipped else k for k in canonical]
+
+
+def _load_cascade(
+    organs: Sequence[Organ], config: SegmentConfig, modality: str, timer: StageTimer
+) -> tuple[SliceSegmenter, dict[str, Any]]:
+    from salip.cascade import Cascade
+    from salip.models.clip import load_clip
+    from salip.models.sam import load_sam
+    from salip.prompts import load_prompts
+
+    m = config.models
+    device = resolve_device(m.device)
+    start = time.perf_counter()
+    prompts = {o.name: load_prompts(o, modality) for o in organs}
+    sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
+    clip = load_clip(m.clip_model, m.clip_pretrained, device=device)
+    timer.add("load_models", start)
+    cascade = Cascade(sam, clip, prompts, config, device, timer)
+    identity = {
+        "device": device,
+        "sam": sam.identity(),
+        "clip": clip.identity(),
+        "prompts": {
+            name: {
+                "modality": p.modality,
+                "requested_modality": p.requested_modality,
+                "count": len(p.descriptions),
+                **p.provenance,
+            }
+            for name, p in prompts.items()
+        },
+    }
+    return cascade, identity
+
+
+def segment(
+    source: str | Path,
+    *,
+    organs: str | Sequence[str],
+    output: str | Path | None = None,
+    split: bool = False,
+    overwrite: bool = False,
+    write: bool = True,
+    preview: str | Path | None = None,
+    report: str | Path | None = None,
+    config: SegmentConfig | None = None,
+    segmenter: SliceSegmenter | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> SegmentationResult:
+    """Segment ``organs`` in a NIfTI volume, DICOM series (folder or zip) or 2D image.
+
+    Args:
+        source: input path.
+        organs: organ names (list, or comma-separated string); label values follow order.
+        output: mask file (multi-label when several organs), or the folder for ``split``.
+            Default: ``<input stem>_salip.nii.gz`` (``.png`` for 2D) in the working folder.
+        split: one file per organ in the ``output`` folder instead of one multi-label file.
+        overwrite: replace existing outputs.
+        write: write mask files (False: only return arrays, e.g. from notebooks).
+        preview: PNG path for an overlay of the slices with the most organ.
+        report: JSON path for the run report.
+        config: a full :class:`SegmentConfig`; ``options`` are applied on top.
+        segmenter: a slice segmenter replacing the SaLIP cascade (no models are loaded).
+        progress: show a progress bar over slices.
+        **options: any config field by its flat name, e.g. ``sam_checkpoint="vit_b"``,
+            ``points_per_side=16``, ``window="liver"``, ``axis="axial"``.
+
+    Returns:
+        A :class:`SegmentationResult`.
+
+    Raises:
+        salip.errors.SalipError: bad input, unknown organ, missing checkpoint, unsafe output.
+    """
+    from tqdm.auto import tqdm
+
+    timer = StageTimer()
+    t0 = time.perf_counter()
+    organ_list = parse_organs(organs)
+    cfg = (config or SegmentConfig()).replace(**options)
+    source = Path(source)
+    volume = read_input(source)
+    check_slice_geometry(volume, cfg.slicing.axis)
+    t = timer.add("read", t0)
+
+    suffix = mask_suffix(volume.geometry)
+    combined, per_organ = _output_paths(source, output, organ_list, split, suffix)
+    # Check every output before any model runs, so a refusal costs nothing.
+    to_check = [Path(p) for p in (preview, report) if p is not None]
+    if write:
+        to_check += [*per_organ.values()]
+        if combined is not None:
+            to_check += [combined, sidecar_path(combined)]
+    for path in to_check:
+        check_output(path, source, overwrite)
+
+    intensity: Intensity = choose_intensity(volume, organ_list, cfg.slicing)
+    volume8 = to_uint8(volume, intensity, cfg.slicing)
+    t = timer.add("slicing", t)
+
+    models: dict[str, Any] = {"injected_segmenter": type(segmenter).__name__} if segmenter else {}
+    if segmenter is None:
+        segmenter, models = _load_cascade(organ_list, cfg, intensity.modality, timer)
+    t = time.perf_counter()
+
+    axis = cfg.slicing.axis
+    shape = volume.data.shape[:2] if volume.is_2d else volume.data.shape
+    canonical = {o.name: empty_volume_mask(shape) for o in organ_list}
+    chosen: dict[str, list[dict[str, Any]]] = {o.name: [] for o in organ_list}
+    total = n_slices(volume, axis)
+    batch_size = cfg.proposals.encoder_batch_size
+    batch: list[tuple[int, np.ndarray]] = []
+    slice_iter = iter_slices(volume8, volume.is_2d, axis)
+    with tqdm(total=total, desc="slices", unit="slice", disable=not progress) as bar:
+        for item in [*slice_iter, None]:
+            if item is not None:
+                batch.append(item)
+            if batch and (item is None or len(batch) == batch_size):
+                outputs = segmenter([img for _, img in batch], organ_list)
+                t_asm = time.perf_counter()
+                for (index, _), out in zip(batch, outputs):
+                    out = out if isinstance(out, SliceOutput) else SliceOutput(masks=dict(out))
+                    for organ in organ_list:
+                        mask = np.asarray(out.masks[organ.name], dtype=bool)
+                        if volume.is_2d:
+                            canonical[organ.name] |= mask
+                        else:
+                            put_slice(canonical[organ.name], index, axis, mask)
+                        for rec in out.chosen.get(organ.name, []):
+                            chosen[organ.name].append({"slice": index, **rec})
+                timer.add("assembly", t_asm)
+                bar.update(len(batch))
+                batch = []
+    t = time.perf_counter()
+
+    if not volume.is_2d and cfg.assembly.largest_component:
+        for organ in organ_list:
+            canonical[organ.name] = keep_largest_components(canonical[organ.name], organ.top_k)
+    order = [o.name for o in organ_list]
+    label_values = {name: i for i, name in enumerate(order, start=1)}
+    masks = {
+        name: to_source_grid(m.astype(np.uint8), volume.geometry) for name, m in canonical.items()
+    }
+    labels = to_source_grid(to_label_map(canonical, order), volume.geometry)
+    t = timer.add("assembly", t)
+
+    written: list[Path] = []
+    if write:
+        if combined is not None:
+            write_mask(combined, labels, volume.geometry)
+            written.append(combined)
+            sidecar = sidecar_path(combined)
+            write_json(sidecar, {"labels": label_values, "source": str(source)})
+            written.append(sidecar)
+        for name, path in per_organ.items():
+            write_mask(path, masks[name], volume.geometry)
+            written.append(path)
+    if preview is not None:
+        _write_preview(Path(preview), volume, volume8, canonical, order, axis)
+        written.append(Path(preview))
+    timer.add("write", t)
+
+    run_report = _build_report(
+        volume, source, organ_list, canonical, chosen, label_values, intensity, cfg, models, timer
+    )
+    if report is not None:
+        write_json(Path(report), run_report)
+        written.append(Path(report))
+    return SegmentationResult(
+        masks, labels, label_values, volume.geometry.affine, run_report, written
+    )
+
+
+def _build_report(
+    volume: Volume,
+    source: Path,
+    organs: Sequence[Organ],
+    canonical: dict[str, np.ndarray],
+    chosen: dict[str, list[dict[str, Any]]],
+    label_values: dict[str, int],
+    intensity: Intensity,
+    cfg: SegmentConfig,
+    models: dict[str, Any],
+    timer: StageTimer,
+) -> dict[str, Any]:
+    axis = cfg.slicing.axis
+    voxel_ml = float(np.prod(volume.spacing[:3])) / 1000.0
+    organ_rows = {}
+    for organ in organs:
+        mask = canonical[organ.name]
+        count = int(mask.sum())
+        if volume.is_2d:
+            used: list[int] = [0] if count else []
+            src_axis = 0
+        else:
+            other = tuple(a for a in range(3) if a != AXES[axis])
+            used_canonical = np.nonzero(mask.any(axis=other))[0].tolist()
+            src_axis, used = _source_slice_indices(volume, axis, used_canonical)
+        src_axis, chosen_src = _source_slice_indices(
+            volume, axis, [c["slice"] for c in chosen[organ.name]]
+        )
+        organ_rows[organ.name] = {
+            "label": label_values[organ.name],
+            "voxels": count,
+            "volume_ml": None if volume.is_2d else round(count * voxel_ml, 3),
+            "slices": sorted(used),
+            "chosen": [{**c, "slice": s} for c, s in zip(chosen[organ.name], chosen_src)],
+        }
+    return {
+        "salip_version": __version__,
+        "input": {
+            "path": str(source),
+            "kind": volume.geometry.kind,
+            "shape": list(volume.geometry.shape),
+            "affine": volume.geometry.affine.tolist(),
+            "spacing_mm": list(volume.spacing),
+            **volume.meta,
+        },
+        "slicing": {
+            "axis": axis,
+            "input_axis": src_axis,
+            "slice_index": "index along input_axis of the input file",
+            "intensity": dataclasses.asdict(intensity),
+        },
+        "organs": organ_rows,
+        "models": models,
+        "config": dataclasses.asdict(cfg),
+        "timings_s": {k: round(v, 4) for k, v in timer.seconds.items()},
+    }
+
+
+def _write_preview(
+    path: Path,
+    volume: Volume,
+    volume8: np.ndarray,
+    canonical: dict[str, np.ndarray],
+    order: list[str],
+    axis: str,
+    max_slices: int = 3,
+) -> None:
+    from PIL import Image
+
+    from salip.preview import preview_strip
+    from salip.slicing import to_display
+    from salip.writing import atomic_write
+
+    label_map = to_label_map(canonical, order)
+    if volume.is_2d:
+        images, labels = [next(iter_slices(volume8, True, axis))[1]], [label_map]
+    else:
+        ax = AXES[axis]
+        other = tuple(a for a in range(3) if a != ax)
+        area = (label_map > 0).sum(axis=other)
+        picks = sorted(np.argsort(area, kind="stable")[::-1][:max_slices].tolist())
+        grey = [to_display(np.take(volume8, k, axis=ax)) for k in picks]
+        images = [np.repeat(g[..., None], 3, axis=2) for g in grey]
+        labels = [to_display(np.take(label_map, k, axis=ax)) for k in picks]
+    strip = preview_strip(images, labels)
+    atomic_write(path, lambda tmp: Image.fromarray(strip).save(tmp, format="PNG"))
+
+
+def propose(
+    source: str | Path,
+    *,
+    slice_index: int | None = None,
+    config: SegmentConfig | None = None,
+    **options: Any,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Everything-mode proposals of one image or one volume slice.
+
+    Args:
+        source: input path.
+        slice_index: slice along ``axis``, as indexed in the input file (default: middle).
+        config: settings; ``options`` apply on top (same names as :func:`segment`'s).
+
+    Returns:
+        (records as segment-anything's ``amg.py --convert-to-rle`` writes them, info dict
+        with the slice used and the model identity).
+    """
+    from salip.models.sam import load_sam
+    from salip.models.sam_runtime import encode_images
+    from salip.proposals import generate_proposals
+
+    cfg = (config or SegmentConfig()).replace(**options)
+    volume = read_input(Path(source))
+    axis = cfg.slicing.axis
+    total = n_slices(volume, axis)
+    if slice_index is None:
+        slice_index = total // 2
+    if not 0 <= slice_index < total:
+        raise ConfigError(f"--slice {slice_index} is out of range: the input has {total} slices.")
+    # The input->canonical index map along one axis is its own inverse (a flip or identity).
+    _, (canonical_index,) = _source_slice_indices(volume, axis, [slice_index])
+    intensity = choose_intensity(volume, [], cfg.slicing)
+    volume8 = to_uint8(volume, intensity, cfg.slicing)
+    image = next(img for i, img in iter_slices(volume8, volume.is_2d, axis) if i == canonical_index)
+    sam = load_sam(
+        cfg.models.sam_checkpoint,
+        device=resolve_device(cfg.models.device),
+        model_type=cfg.models.sam_model_type,
+    )
+    (embedding,) = encode_images(sam.model, [image], 1)
+    records = generate_proposals(sam.model, embedding, cfg.proposals).to_records()
+    info = {
+        "slice": slice_index,
+        "axis": axis,
+        "sam": sam.identity(),
+        "image_size": list(image.shape[:2]),
+    }
+    return records, info

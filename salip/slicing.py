@@ -1,0 +1,176 @@
+"""Stage 2, slicing and windowing: canonical volumes -> 8-bit RGB slices for SAM and CLIP.
+
+Slices are shown in the radiological display convention that CLIP and SAM have seen in
+medical figures: for an axial slice, anterior at the top and the patient's right on the
+image's left. :func:`to_display` and :func:`from_display` convert between a canonical RAS+
+slice (indexed [x, y] or similar) and that display image (indexed [row, col]).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from salip.config import SliceConfig
+from salip.errors import ConfigError, InputError
+from salip.io import Volume
+from salip.organs import Organ
+
+logger = logging.getLogger(__name__)
+
+#: CT window presets as (width, level) in HU.
+WINDOWS: dict[str, tuple[float, float]] = {
+    "abdomen": (400.0, 50.0),
+    "liver": (150.0, 30.0),
+    "lung": (1500.0, -600.0),
+    "bone": (1800.0, 400.0),
+    "brain": (80.0, 40.0),
+    "mediastinum": (350.0, 50.0),
+}
+
+#: Canonical array axis sliced for each slicing axis name.
+AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def parse_window(spec: str) -> tuple[float, float]:
+    """Parse a preset name or "WIDTH,LEVEL" into (width, level) in HU."""
+    key = spec.strip().lower()
+    if key in WINDOWS:
+        return WINDOWS[key]
+    try:
+        width, level = (float(v) for v in key.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"unknown window '{spec}'; use one of {', '.join(WINDOWS)} or WIDTH,LEVEL "
+            "(e.g. 400,50)."
+        ) from None
+    if width <= 0:
+        raise ConfigError(f"window width must be positive, got {width}.")
+    return width, level
+
+
+def apply_window(values: np.ndarray, width: float, level: float) -> np.ndarray:
+    """Map HU to uint8: ``level - width/2`` -> 0, ``level + width/2`` -> 255, clipped."""
+    low = level - width / 2.0
+    scaled = (values.astype(np.float32) - low) * (255.0 / width)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def percentile_normalise(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map the [low, high] percentiles of ``values`` linearly to [0, 255] uint8."""
+    lo, hi = np.percentile(values, [low, high])
+    if hi <= lo:
+        hi = lo + 1.0
+    scaled = (values.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def detect_modality(volume: Volume) -> str:
+    """Best guess of the modality: DICOM tags first, else the intensity range.
+
+    A volume reaching -500 or lower with values above 300 looks like CT in HU; other volumes
+    are treated as MR. 2D images without tags are treated as "xray" (any non-CT photo-like
+    modality is normalised the same way).
+    """
+    if volume.modality:
+        return volume.modality
+    if volume.is_2d:
+        return "xray"
+    lo, hi = float(volume.data.min()), float(volume.data.max())
+    return "ct" if lo <= -500.0 and hi >= 300.0 else "mr"
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """The intensity mapping chosen for one run (recorded in the report)."""
+
+    modality: str
+    method: str  # "window", "percentile" or "unchanged"
+    width: float | None = None
+    level: float | None = None
+
+
+def choose_intensity(volume: Volume, organs: list[Organ], config: SliceConfig) -> Intensity:
+    """Decide how to map intensities to 8 bits for ``volume``."""
+    modality = detect_modality(volume) if config.modality == "auto" else config.modality
+    if volume.is_2d and volume.data.dtype == np.uint8 and config.window is None:
+        return Intensity(modality, "unchanged")
+    if config.window is not None:
+        if modality != "ct":
+            logger.warning("applying a CT window to a %s image as asked", modality)
+        width, level = parse_window(config.window)
+        return Intensity(modality, "window", width, level)
+    if modality == "ct":
+        presets = {organ.window for organ in organs}
+        preset = organs[0].window if len(presets) == 1 else "abdomen"
+        width, level = WINDOWS[preset]
+        return Intensity(modality, "window", width, level)
+    return Intensity(modality, "percentile")
+
+
+def to_uint8(volume: Volume, intensity: Intensity, config: SliceConfig) -> np.ndarray:
+    """The whole volume (or image) mapped to uint8, same shape as ``volume.data``."""
+    if intensity.method == "unchanged":
+        return volume.data
+    if intensity.method == "window":
+        return apply_window(volume.data, intensity.width, intensity.level)  # type: ignore[arg-type]
+    return percentile_normalise(volume.data, config.percentile_low, config.percentile_high)
+
+
+def to_display(canonical_slice: np.ndarray) -> np.ndarray:
+    """Canonical RAS+ slice (AxB, A and B in increasing axis order) -> display image (BxA).
+
+    Both in-plane axes of a canonical slice point to the patient's right/anterior/superior;
+    the display shows the right on the left and anterior/superior at the top, so both are
+    reversed and the result is transposed to [row, col].
+    """
+    return np.flip(canonical_slice, (0, 1)).T
+
+
+def from_display(display_image: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_display`."""
+    return np.flip(display_image.T, (0, 1))
+
+
+def n_slices(volume: Volume, axis: str) -> int:
+    """Number of slices along ``axis`` (1 for 2D images)."""
+    return 1 if volume.is_2d else volume.data.shape[AXES[axis]]
+
+
+def iter_slices(volume8: np.ndarray, is_2d: bool, axis: str) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(index, HxWx3 uint8 RGB display image)`` for every slice.
+
+    Args:
+        volume8: uint8 XxYxZ canonical volume, or HxWxC uint8 image when ``is_2d``.
+        is_2d: whether ``volume8`` is a 2D image (one slice, index 0).
+        axis: "axial", "coronal" or "sagittal".
+    """
+    if is_2d:
+        image = volume8 if volume8.shape[2] == 3 else np.repeat(volume8, 3, axis=2)
+        yield 0, np.ascontiguousarray(image)
+        return
+    if axis not in AXES:
+        raise ConfigError(f"unknown axis '{axis}'; use one of {', '.join(AXES)}.")
+    ax = AXES[axis]
+    for index in range(volume8.shape[ax]):
+        grey = to_display(np.take(volume8, index, axis=ax))
+        yield index, np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+
+
+def check_slice_geometry(volume: Volume, axis: str) -> None:
+    """Warn on strongly anisotropic in-plane spacing; refuse empty volumes."""
+    if volume.data.size == 0:
+        raise InputError(f"{volume.path}: the image is empty.")
+    if volume.is_2d:
+        return
+    in_plane = [s for i, s in enumerate(volume.spacing) if i != AXES[axis]]
+    if max(in_plane) > 1.5 * min(in_plane):
+        logger.warning(
+            "in-plane spacing %s mm is anisotropic along %s slices; SAM sees stretched "
+            "anatomy (consider slicing along another --axis)",
+            in_plane,
+            axis,
+        )

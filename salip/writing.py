@@ -1,0 +1,114 @@
+"""Stage 8, writing: masks back in the input's exact grid, written atomically.
+
+Rules: never write into the input, never replace an existing file unless asked, and write
+to a temporary file in the target folder that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from salip.errors import OutputError
+from salip.io import SourceGeometry
+
+logger = logging.getLogger(__name__)
+
+
+def to_source_grid(canonical: np.ndarray, geometry: SourceGeometry) -> np.ndarray:
+    """Undo the canonical reorientation: a canonical XxYxZ array -> the input's shape."""
+    if geometry.kind == "image":
+        return canonical
+    from nibabel import orientations as nio
+
+    back = nio.ornt_transform(nio.axcodes2ornt("RAS"), geometry.ornt)
+    source = nio.apply_orientation(canonical, back)
+    return source.reshape(geometry.shape)
+
+
+def check_output(path: Path, input_path: Path, overwrite: bool) -> None:
+    """Refuse outputs that are the input, lie inside a DICOM input folder, or exist."""
+    resolved, source = path.resolve(), input_path.resolve()
+    if resolved == source or (source.is_dir() and source in resolved.parents):
+        raise OutputError(f"{path}: refusing to write into the input {input_path}.")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} exists; pass --overwrite to replace it.")
+    if path.exists() and path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file name.")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path``; clean up on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def mask_suffix(geometry: SourceGeometry) -> str:
+    """File suffix of masks for this input: .png for 2D images, else .nii.gz."""
+    return ".png" if geometry.kind == "image" else ".nii.gz"
+
+
+def write_mask(path: Path, mask: np.ndarray, geometry: SourceGeometry) -> None:
+    """Write a uint8 mask already in the input's grid.
+
+    NIfTI and DICOM inputs get a NIfTI file with the input's affine (and header, for NIfTI
+    inputs) and uint8 voxels; 2D inputs get a single-channel 8-bit PNG of the same size.
+    """
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    if geometry.kind == "image":
+        from PIL import Image
+
+        atomic_write(path, lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))
+        return
+    import nibabel as nib
+
+    header = geometry.header.copy() if geometry.header is not None else None
+    image = nib.Nifti1Image(mask, geometry.affine, header=header)
+    image.set_data_dtype(np.uint8)
+    image.header.set_slope_inter(1.0, 0.0)
+    if header is None:
+        image.header.set_xyzt_units("mm")
+        image.set_qform(geometry.affine, code=1)
+        image.set_sform(geometry.affine, code=1)
+    atomic_write(path, lambda tmp: nib.save(image, str(tmp)))
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (2-space indent, trailing newline)."""
+    text = json.dumps(payload, indent=2, default=_json_default) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def sidecar_path(mask_path: Path) -> Path:
+    """``liver.nii.gz`` -> ``liver.json``; ``out.png`` -> ``out.json``."""
+    name = mask_path.name
+    for suffix in (".nii.gz", ".nii", ".png"):
+        if name.endswith(suffix):
+            return mask_path.with_name(name[: -len(suffix)] + ".json")
+    return mask_path.with_name(name + ".json")

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny model files and the shared real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import make_tiny_clip_dir, make_tiny_sam
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SALIP_TEST_DATA", REPO.parent / "shared" / "data"))
+TOTALSEG = DATA / "totalseg"
+SLICES = DATA / "slices"
+
+
+def require_data(path: Path) -> Path:
+    """Return ``path``; fail (not skip) when the shared data is missing: CI has it."""
+    if not path.exists():
+        pytest.fail(f"shared test data missing: {path} (see ../shared/data/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_sam(tmp_path_factory.mktemp("sam") / "tiny_sam.pth")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_clip_dir(tmp_path_factory.mktemp("clip") / "tiny_clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_sam_path: Path, tiny_clip_dir: Path) -> dict[str, str]:
+    """Model options for ``salip.segment`` pointing at the tiny models."""
+    return {
+        "sam_checkpoint": str(tiny_sam_path),
+        "clip_model": f"local-dir:{tiny_clip_dir}",
+        "clip_pretrained": None,
+        "device": "cpu",
+    }
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep SALIP_HOME out of the user's cache during tests."""
+    monkeypatch.setenv("SALIP_HOME", str(tmp_path / "salip_home"))

@@ -1,0 +1,84 @@
+"""Tiny random-weight SAM and CLIP models, saved as files for tests.
+
+They are built with the same constructors real checkpoints use and loaded back through
+salip's ordinary loading path (``load_sam`` on a .pth file, open_clip's ``local-dir:`` and
+NAME + weights-file paths). With random weights the masks mean nothing: tests that use them
+check machinery, equivalence and geometry.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from salip.models.sam import SamArch, build_sam
+
+#: 256-pixel SAM: 16x16 embedding grid, 4-pixel windows, one global-attention block.
+TINY_SAM_ARCH = SamArch(
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    global_attn_indexes=(1,),
+    image_size=256,
+    patch_size=16,
+    window_size=4,
+    prompt_embed_dim=32,
+    decoder_depth=2,
+    decoder_mlp_dim=64,
+    iou_head_depth=3,
+    iou_head_hidden_dim=32,
+    num_multimask_outputs=3,
+    mask_in_chans=16,
+)
+
+TINY_CLIP_NAME = "salip-tiny-clip"
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def make_tiny_sam(path: Path, seed: int = 0) -> Path:
+    """Save a random-weight tiny SAM state dict (segment-anything format) to ``path``."""
+    torch.manual_seed(seed)
+    model = build_sam(TINY_SAM_ARCH)
+    # Non-zero relative-position and positional tables, so every parameter matters.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name:
+                param.normal_(0, 0.02)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def make_tiny_clip_dir(folder: Path, seed: int = 0) -> Path:
+    """Write an open_clip ``local-dir:`` folder (config + weights) for a tiny CLIP."""
+    import open_clip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_CLIP_CFG)
+    config = {
+        "model_cfg": TINY_CLIP_CFG,
+        "preprocess_cfg": {
+            "mean": [0.48145466, 0.4578275, 0.40821073],
+            "std": [0.26862954, 0.26130258, 0.27577711],
+        },
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return folder
+
+
+def register_tiny_clip(folder: Path) -> str:
+    """Register the tiny CLIP config under :data:`TINY_CLIP_NAME` with open_clip."""
+    import open_clip
+
+    cfg_dir = folder / "registered"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    (cfg_dir / f"{TINY_CLIP_NAME}.json").write_text(json.dumps(TINY_CLIP_CFG))
+    open_clip.add_model_config(cfg_dir)
+    return TINY_CLIP_NAME
