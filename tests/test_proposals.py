@@ -1,0 +1,117 @@
+"""Everything-mode proposals match segment-anything's SamAutomaticMaskGenerator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from salip.config import AreaFilterConfig, ProposalConfig
+from salip.models.sam import load_sam
+from salip.models.sam_runtime import encode_images
+from salip.proposals import generate_proposals
+from tests.conftest import SLICES, require_data
+
+# A random-weight SAM gives image-wide masks that box NMS collapses, so the settings that
+# leave many proposals disable NMS (IoU never exceeds 1.0); the filters are exercised by
+# the other cases.
+CASES = {
+    "no-filters": dict(
+        points_per_side=12, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
+    ),
+    "iou-filter": dict(
+        points_per_side=12, pred_iou_thresh=0.05, stability_score_thresh=0.0, box_nms_thresh=1.0
+    ),
+    "small-regions": dict(
+        points_per_side=6,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        min_mask_region_area=50,
+    ),
+    "defaults": dict(points_per_side=16),
+}
+
+
+def _paired_iou(ref: list[dict], ours: list[dict]) -> np.ndarray:
+    """IoU of each reference mask with our mask at the same rank (a stricter match than
+    best-of-all, since the order must agree too)."""
+    ious = []
+    for r, o in zip(ref, ours):
+        a = mask_utils.decode(r["segmentation"]).astype(bool)
+        b = mask_utils.decode(o["segmentation"]).astype(bool)
+        ious.append((a & b).sum() / max(1, (a | b).sum()))
+    return np.array(ious)
+
+
+@pytest.fixture(scope="module")
+def sam(tiny_sam_path):
+    return load_sam(str(tiny_sam_path))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("image_name", ["amos_0004_75", "amos_0006_90"])
+def test_proposals_match_reference_generator(sam, case, image_name):
+    from segment_anything import SamAutomaticMaskGenerator
+
+    path = require_data(SLICES / "images" / f"{image_name}.png")
+    image = np.asarray(Image.open(path).convert("RGB"))
+    settings = CASES[case]
+    reference = SamAutomaticMaskGenerator(sam.model, output_mode="coco_rle", **settings).generate(
+        image
+    )
+    (embedding,) = encode_images(sam.model, [image], batch_size=1)
+    ours = generate_proposals(sam.model, embedding, ProposalConfig(**settings)).to_records()
+
+    assert len(ours) == len(reference)
+    n_masks = 3 * settings["points_per_side"] ** 2
+    if case == "no-filters":
+        assert len(ours) == n_masks
+    if case == "iou-filter":
+        assert 0 < len(ours) < n_masks, "the filter must keep some and drop some"
+    if not reference:
+        return
+    assert set(ours[0]) == set(reference[0])
+    ious = _paired_iou(reference, ours)
+    assert ious.mean() >= 0.99 and ious.min() >= 0.95
+    # Same order, same scores and points.
+    np.testing.assert_allclose(
+        [r["predicted_iou"] for r in ours], [r["predicted_iou"] for r in reference], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        [r["stability_score"] for r in ours], [r["stability_score"] for r in reference], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        [r["point_coords"] for r in ours], [r["point_coords"] for r in reference]
+    )
+    np.testing.assert_allclose([r["bbox"] for r in ours], [r["bbox"] for r in reference])
+
+
+def test_batched_encoder_matches_single_images(sam):
+    """Encoding slices in a batch gives the embeddings of encoding them one by one."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
+    batched = encode_images(sam.model, images, batch_size=3)
+    single = [encode_images(sam.model, [im], batch_size=1)[0] for im in images]
+    for b, s in zip(batched, single):
+        assert b.original_size == s.original_size == (96, 128)
+        assert b.input_size == s.input_size == (192, 256)
+        np.testing.assert_allclose(b.features.numpy(), s.features.numpy(), atol=1e-5)
+
+
+def test_area_filter_bounds(sam):
+    from salip.area_filter import area_filter
+    from salip.proposals import Proposals
+
+    import torch
+
+    masks = torch.zeros((3, 10, 10), dtype=torch.bool)
+    masks[0, :1, :1] = True  # 1% of the slice
+    masks[1, :5, :4] = True  # 20%
+    masks[2] = True  # 100%
+    props = Proposals(masks, torch.zeros((3, 4)), torch.ones(3), torch.ones(3), torch.zeros((3, 2)))
+    kept = area_filter(props, AreaFilterConfig(min_area=0.05, max_area=0.5))
+    assert len(kept) == 1 and int(kept.areas[0]) == 20
+    kept = area_filter(props, AreaFilterConfig(min_area=0.01, max_area=1.0))
+    assert len(kept) == 3
