@@ -101,10 +101,10 @@ def test_batched_encoder_matches_single_images(sam):
 
 
 def test_area_filter_bounds(sam):
+    import torch
+
     from salip.area_filter import area_filter
     from salip.proposals import Proposals
-
-    import torch
 
     masks = torch.zeros((3, 10, 10), dtype=torch.bool)
     masks[0, :1, :1] = True  # 1% of the slice
