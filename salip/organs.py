@@ -96,7 +96,7 @@ def get_organ(name: str) -> Organ:
     if key in _LOOKUP:
         return ORGANS[_LOOKUP[key]]
     close = difflib.get_close_matches(key, list(_LOOKUP), n=4, cutoff=0.5)
-    suggestions = sorted({_LOOKUP[c] for c in close})
+    suggestions = list(dict.fromkeys(_LOOKUP[c] for c in close))  # best match first
     hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
     raise OrganError(f"unknown organ '{name}'.{hint} Known organs: {', '.join(sorted(ORGANS))}.")
 

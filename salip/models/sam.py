@@ -85,11 +85,14 @@ def _unwrap(checkpoint: Any) -> dict[str, Any]:
                 break
     if not isinstance(checkpoint, dict):
         raise ModelError("the checkpoint does not hold a state dict.")
+    # DataParallel and training wrappers prefix every key; strip the prefix when what
+    # follows is a SAM part.
     prefixes = ("module.", "sam.", "model.")
+    parts = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
     state = {}
     for key, value in checkpoint.items():
         for prefix in prefixes:
-            if key.startswith(prefix) and "image_encoder" in key[len(prefix) :]:
+            if key.startswith(prefix) and key[len(prefix) :].startswith(parts):
                 key = key[len(prefix) :]
                 break
         state[key] = value

@@ -1,0 +1,112 @@
+"""SAM and CLIP loading through the real paths, and their errors."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+import torch
+
+from salip.errors import ModelError
+from salip.models.clip import load_clip
+from salip.models.sam import OFFICIAL_ARCHS, build_sam, infer_sam_arch, load_sam
+from tests.tiny_models import TINY_SAM_ARCH, register_tiny_clip
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL_ARCHS))
+def test_official_architectures_inferred_from_shapes(name):
+    with torch.device("meta"):  # shapes only, no memory
+        model = build_sam(OFFICIAL_ARCHS[name])
+    arch = infer_sam_arch(model.state_dict())
+    assert arch == OFFICIAL_ARCHS[name]
+    assert arch.name == name
+
+
+def test_tiny_checkpoint_loads_with_inferred_arch(tiny_sam_path):
+    loaded = load_sam(str(tiny_sam_path))
+    assert loaded.arch == TINY_SAM_ARCH
+    assert loaded.model.image_encoder.img_size == 256
+    reference = torch.load(tiny_sam_path, weights_only=True)
+    for key, value in loaded.model.state_dict().items():
+        torch.testing.assert_close(value, reference[key])
+
+
+def test_wrong_model_type_names_what_the_file_is(tiny_sam_path):
+    with pytest.raises(ModelError, match=r"holds a custom\(embed_dim=32.*not vit_b"):
+        load_sam(str(tiny_sam_path), model_type="vit_b")
+    with pytest.raises(ModelError, match="unknown SAM model type"):
+        load_sam(str(tiny_sam_path), model_type="vit_x")
+
+
+def test_wrapped_and_prefixed_fine_tune_loads(tmp_path, tiny_sam_path):
+    """MedSAM-style files: state dict under "model", keys prefixed by "module."."""
+    state = torch.load(tiny_sam_path, weights_only=True)
+    wrapped = {"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}
+    path = tmp_path / "medsam_like.pth"
+    torch.save(wrapped, path)
+    assert load_sam(str(path)).arch == TINY_SAM_ARCH
+
+
+def _as_cuda_checkpoint(src, dst):
+    """Rewrite a torch zip checkpoint so its storages are tagged 'cuda:0' (as if saved on a
+    GPU machine); the bytes of the tensors are unchanged."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            zout.writestr(info, data)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks CPU-only loading")
+def test_cuda_saved_checkpoint_loads_on_cpu(tmp_path, tiny_sam_path):
+    cuda_path = tmp_path / "cuda.pth"
+    _as_cuda_checkpoint(tiny_sam_path, cuda_path)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(cuda_path, weights_only=True)  # proves the file is CUDA-tagged
+    assert load_sam(str(cuda_path)).arch == TINY_SAM_ARCH
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(ModelError, match="salip models download vit_b"):
+        load_sam("vit_b")
+    with pytest.raises(ModelError, match="not found"):
+        load_sam(str(tmp_path / "missing.pth"))
+    with pytest.raises(ModelError, match="unknown SAM checkpoint 'vit_q'.*vit_b"):
+        load_sam("vit_q")
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="cannot read checkpoint"):
+        load_sam(str(corrupt))
+    other = tmp_path / "other.pth"
+    torch.save({"linear.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(ModelError, match="not a SAM checkpoint"):
+        load_sam(str(other))
+    buffer = io.BytesIO()
+    torch.save({"x": torch.zeros(1)}, buffer)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(buffer.getvalue()[:50])
+    with pytest.raises(ModelError, match="cannot read checkpoint"):
+        load_sam(str(truncated))
+
+
+def test_clip_name_plus_weights_file_equals_local_dir(tiny_clip_dir):
+    """A registered open_clip name + a local weights file is the same model as local-dir:."""
+    name = register_tiny_clip(tiny_clip_dir)
+    by_name = load_clip(name, str(tiny_clip_dir / "open_clip_pytorch_model.bin"))
+    by_dir = load_clip(f"local-dir:{tiny_clip_dir}")
+    tokens = by_dir.tokenizer(["a liver"])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            by_name.model.encode_text(tokens), by_dir.model.encode_text(tokens)
+        )
+
+
+def test_clip_errors(tmp_path):
+    with pytest.raises(ModelError, match="unknown CLIP model 'ViT-Q-99'.*hf-hub"):
+        load_clip("ViT-Q-99", "openai")
+    with pytest.raises(ModelError, match="tags: .*openai"):
+        load_clip("ViT-B-32", "not-a-tag")
+    with pytest.raises(ModelError, match="cannot load CLIP"):
+        load_clip(f"local-dir:{tmp_path / 'nowhere'}")

@@ -1,0 +1,75 @@
+"""Windowing, normalisation and the display orientation of slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from salip.config import SliceConfig
+from salip.errors import ConfigError
+from salip.io import read_input
+from salip.organs import get_organ
+from salip.slicing import (
+    apply_window,
+    choose_intensity,
+    from_display,
+    iter_slices,
+    parse_window,
+    percentile_normalise,
+    to_display,
+)
+from tests.conftest import SLICES, TOTALSEG, require_data
+
+
+def test_window_presets_and_custom():
+    assert parse_window("liver") == (150.0, 30.0)
+    assert parse_window("400,50") == (400.0, 50.0)
+    with pytest.raises(ConfigError, match="abdomen"):
+        parse_window("soft")
+    with pytest.raises(ConfigError, match="positive"):
+        parse_window("0,10")
+
+
+def test_apply_window_endpoints():
+    hu = np.array([-1000, -150, 50, 250, 3000])
+    assert apply_window(hu, 400, 50).tolist() == [0, 0, 128, 255, 255]
+
+
+def test_percentile_normalise_is_global_and_clipped():
+    values = np.arange(1000, dtype=np.float32)
+    out = percentile_normalise(values, 1, 99)
+    assert out.dtype == np.uint8 and out[0] == 0 and out[-1] == 255
+    assert 120 < out[500] < 135
+
+
+def test_display_orientation_round_trip():
+    canonical = np.arange(12).reshape(3, 4)  # [x (R), y (A)]
+    display = to_display(canonical)
+    assert display.shape == (4, 3)
+    # Top row is the most anterior y; left column is the most rightward x (patient right).
+    assert display[0, 0] == canonical[2, 3]
+    np.testing.assert_array_equal(from_display(display), canonical)
+
+
+def test_intensity_choice():
+    ct = read_input(require_data(TOTALSEG / "example_ct_sm.nii.gz"))
+    mr = read_input(require_data(TOTALSEG / "example_mr_sm.nii.gz"))
+    png = read_input(require_data(SLICES / "images" / "amos_0004_75.png"))
+    liver, lungs = [get_organ("liver")], [get_organ("lungs")]
+    assert choose_intensity(ct, liver, SliceConfig()).width == 150.0
+    assert choose_intensity(ct, lungs, SliceConfig()).level == -600.0
+    assert choose_intensity(ct, liver + lungs, SliceConfig()).width == 400.0  # abdomen
+    assert choose_intensity(mr, liver, SliceConfig()).method == "percentile"
+    assert choose_intensity(png, liver, SliceConfig()).method == "unchanged"
+    assert choose_intensity(png, liver, SliceConfig(window="bone")).method == "window"
+    forced = choose_intensity(mr, liver, SliceConfig(modality="ct"))
+    assert forced.method == "window"
+
+
+@pytest.mark.parametrize("axis,shape", [("axial", (101, 122)), ("coronal", (30, 122)),
+                                         ("sagittal", (30, 101))])  # fmt: skip
+def test_slices_per_axis(axis, shape):
+    volume = np.zeros((122, 101, 30), dtype=np.uint8)
+    slices = list(iter_slices(volume, False, axis))
+    assert slices[0][1].shape == (*shape, 3)
+    assert len(slices) == {"axial": 30, "coronal": 101, "sagittal": 122}[axis]
