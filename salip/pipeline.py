@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -89,11 +90,8 @@ def _output_paths(
     volume_path: Path, output: str | Path | None, organs: Sequence[Organ], split: bool, suffix: str
 ) -> tuple[Path | None, dict[str, Path]]:
     """(combined file or None, organ -> per-organ file) for this run."""
-    stem = volume_path.name
-    for ext in (".nii.gz", ".nii", ".zip", *(s for s in (volume_path.suffix,) if s)):
-        if stem.endswith(ext):
-            stem = stem[: -len(ext)]
-            break
+    name = volume_path.name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
     if split:
         folder = Path(output) if output is not None else Path.cwd() / f"{stem}_salip"
         if folder.exists() and not folder.is_dir():
@@ -235,7 +233,8 @@ def segment(
     batch: list[tuple[int, np.ndarray]] = []
     slice_iter = iter_slices(volume8, volume.is_2d, axis)
     with tqdm(total=total, desc="slices", unit="slice", disable=not progress) as bar:
-        for item in [*slice_iter, None]:
+        # Slices stream through in batches; the None sentinel flushes the last batch.
+        for item in itertools.chain(slice_iter, [None]):
             if item is not None:
                 batch.append(item)
             if batch and (item is None or len(batch) == batch_size):
