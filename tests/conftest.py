@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,15 @@ def tiny_models(tiny_sam_path: Path, tiny_clip_dir: Path) -> dict[str, str]:
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep SALIP_HOME out of the user's cache during tests."""
     monkeypatch.setenv("SALIP_HOME", str(tmp_path / "salip_home"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``salip.cli.main`` replaces the root handlers; put them back after each test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    salip_level = logging.getLogger("salip").level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("salip").setLevel(salip_level)

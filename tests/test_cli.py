@@ -32,17 +32,6 @@ def model_flags(tiny_models):
     ]
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    import logging
-
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 def test_segment_ct_two_organs(tmp_path, model_flags):
     ct = require_data(TOTALSEG / "example_ct_sm.nii.gz")
     out = tmp_path / "organs.nii.gz"

@@ -7,7 +7,6 @@ starts in a background thread; the network is never touched.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import socket
 import threading
@@ -99,18 +98,6 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Loopback]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """``salip.cli.main`` replaces the root handlers; put them back after the test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    salip_level = logging.getLogger("salip").level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.getLogger("salip").setLevel(salip_level)
 
 
 def _files(folder: Path) -> list[str]:
@@ -208,7 +195,7 @@ def test_failed_download_keeps_existing_file(server: Loopback, tmp_path: Path) -
 
 
 def test_cli_download_rejects_garbage_from_mirror(
-    server: Loopback, capsys: pytest.CaptureFixture[str], restore_logging: None
+    server: Loopback, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server.routes["/" + VIT_B_FILE] = Route(b"this is not a SAM checkpoint\n" * 1000)
 
@@ -232,7 +219,6 @@ def test_cli_download_success_then_listed_as_cached(
     server: Loopback,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    restore_logging: None,
 ) -> None:
     # download.py imports the registry's dict object itself, so one setitem patches both.
     assert download_mod.SAM_CHECKPOINTS is SAM_CHECKPOINTS
