@@ -72,7 +72,8 @@ def _config_options(args: argparse.Namespace) -> dict[str, Any]:
     """Config flags the user actually gave (unset flags keep the config defaults)."""
     from salip.config import flat_fields
 
-    return {k: v for k, v in vars(args).items() if k in flat_fields()}
+    fields = flat_fields()
+    return {k: v for k, v in vars(args).items() if k in fields}
 
 
 def _build_parser() -> argparse.ArgumentParser:
