@@ -8,6 +8,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,14 +18,15 @@ from salip.area_filter import area_filter
 from salip.boxes import prompt_boxes
 from salip.config import SegmentConfig
 from salip.crops import make_crops
+from salip.laterality import IN_PLANE_AXES, body_midline, patient_sides
 from salip.models.clip import LoadedClip
 from salip.models.sam import LoadedSam
 from salip.models.sam_runtime import encode_images
-from salip.organs import Organ
+from salip.organs import Organ, get_organ
 from salip.prompts import PromptSet
 from salip.proposals import generate_proposals
 from salip.refine import refine_with_boxes
-from salip.scoring import ClipScorer, cosine_scores, select_top_k
+from salip.scoring import ClipScorer, contrast_scores, cosine_scores, select_top_k
 
 
 @dataclass
@@ -34,7 +36,9 @@ class SliceOutput:
     Attributes:
         masks: organ name -> HxW bool mask in the slice's display orientation.
         chosen: organ name -> records of the proposals used (for the report): ``bbox``
-            (XYWH pixels of the slice), ``clip_score``, ``area`` (pixels), ``refine_iou``.
+            (XYWH pixels of the slice), ``clip_score`` (cosine with the organ),
+            ``probability`` and ``margin`` (contrast scoring), ``side`` (patient side, with
+            laterality), ``area`` (pixels), ``refine_iou``.
     """
 
     masks: dict[str, np.ndarray]
@@ -67,7 +71,19 @@ class StageTimer:
 
 
 class Cascade:
-    """The SaLIP cascade with loaded models, prompts and settings."""
+    """The SaLIP cascade with loaded models, prompts and settings.
+
+    Args:
+        sam: the SAM model (proposals and refinement).
+        clip: the CLIP model (scoring).
+        prompts: organ name -> its descriptions.
+        config: all settings.
+        device: where the models run.
+        timer: stage timer to add to.
+        competitors: organ name -> competing classes' descriptions, for contrast scoring
+            (see :func:`salip.prompts.load_competitors`).
+        text_cache: folder of the on-disk text-embedding cache (None: memory only).
+    """
 
     def __init__(
         self,
@@ -77,22 +93,85 @@ class Cascade:
         config: SegmentConfig,
         device: str,
         timer: StageTimer | None = None,
+        competitors: dict[str, list[PromptSet]] | None = None,
+        text_cache: Path | None = None,
     ) -> None:
         self.sam = sam
-        self.scorer = ClipScorer(clip, device)
+        self.scorer = ClipScorer(clip, device, cache_dir=text_cache)
         self.prompts = prompts
         self.config = config
         self.timer = timer or StageTimer()
+        self.contrast = config.scoring.scoring == "contrast"
         # Text embeddings once per run, not per slice.
         start = time.perf_counter()
         self.text = {
             name: self.scorer.text_embedding(p.descriptions) for name, p in prompts.items()
         }
+        self.classes: dict[str, list[str]] = {}
+        self.class_emb: dict[str, torch.Tensor] = {}
+        if self.contrast:
+            for name in prompts:
+                rivals = (competitors or {}).get(name, [])
+                self.classes[name] = [name, *(p.organ for p in rivals)]
+                self.class_emb[name] = torch.stack(
+                    [self.text[name], *(self.scorer.text_embedding(p.descriptions) for p in rivals)]
+                )
         self.timer.add("clip_text", start)
 
     def top_k(self, organ: Organ) -> int:
         """Crops kept per slice for ``organ``: the configured value or the organ's own."""
         return self.config.scoring.top_k or organ.top_k
+
+    def select(
+        self, organ: Organ, crop_emb: torch.Tensor, boxes: torch.Tensor, image: np.ndarray
+    ) -> tuple[list[int], dict[str, Any]]:
+        """Pick the crops of one slice that become box prompts for ``organ``.
+
+        Args:
+            organ: the target.
+            crop_emb: NxD normalised crop embeddings of the slice's proposals.
+            boxes: Nx4 proposal boxes, XYXY in pixels of the display image.
+            image: HxWx3 uint8 display image (for the body midline).
+
+        Returns:
+            (picked proposal indices, best first; per-proposal score lists for the report:
+            ``clip_score`` always, ``probability`` and ``margin`` with contrast scoring,
+            ``side`` with laterality).
+        """
+        cfg = self.config.scoring
+        cosine = cosine_scores(crop_emb, self.text[organ.name])
+        keep = torch.ones(len(cosine), dtype=torch.bool)
+        info: dict[str, Any] = {"clip_score": cosine.tolist()}
+        score = cosine
+        if self.contrast:
+            prob, margin = contrast_scores(
+                crop_emb, self.class_emb[organ.name], self.scorer.logit_scale
+            )
+            keep &= (margin > cfg.contrast_margin).cpu()
+            info["probability"], info["margin"], score = prob.tolist(), margin.tolist(), prob
+        if cfg.min_score is not None:
+            keep &= (cosine >= cfg.min_score).cpu()
+        k = self.top_k(organ)
+        lateral_parts = [get_organ(p).laterality for p in organ.parts]
+        use_sides = (
+            cfg.laterality
+            and self.config.slicing.axis in IN_PLANE_AXES
+            and (organ.laterality != "none" or lateral_parts)
+        )
+        if not use_sides:
+            return select_top_k(score, k, keep), info
+        sides = patient_sides(boxes, body_midline(image))
+        info["side"] = sides
+        if organ.laterality != "none":
+            on_side = torch.tensor([s == organ.laterality for s in sides], dtype=torch.bool)
+            return select_top_k(score, k, keep & on_side), info
+        # A pair: the best crops on each side, then best first overall.
+        per_side = max(1, k // len(lateral_parts))
+        picked = []
+        for side in lateral_parts:
+            on_side = torch.tensor([s == side for s in sides], dtype=torch.bool)
+            picked += select_top_k(score, per_side, keep & on_side)
+        return sorted(picked, key=lambda i: -float(score[i])), info
 
     @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray], organs: Sequence[Organ]) -> list[SliceOutput]:
@@ -109,6 +188,7 @@ class Cascade:
             owner.extend([i] * len(slice_crops))
             per_slice.append(props)
             t = timer.add("crops", t)
+        # One pass of crop embeddings serves every organ of the run.
         crop_emb = self.scorer.image_embeddings(crops)
         t = timer.add("clip_image", t)
         owner_t = torch.as_tensor(owner, dtype=torch.long)
@@ -121,10 +201,11 @@ class Cascade:
                 mask = np.zeros((h, w), dtype=bool)
                 records: list[dict[str, Any]] = []
                 if len(rows):
-                    scores = cosine_scores(
-                        crop_emb[rows.to(crop_emb.device)], self.text[organ.name]
+                    slice_boxes = props.boxes.cpu()
+                    picked, info = self.select(
+                        organ, crop_emb[rows.to(crop_emb.device)], slice_boxes, images[i]
                     )
-                    picked = select_top_k(scores, self.top_k(organ), cfg.scoring.min_score)
+                    t = timer.add("scoring", t)
                     if picked:
                         idx = torch.as_tensor(picked, dtype=torch.long)
                         boxes = prompt_boxes(
@@ -133,11 +214,11 @@ class Cascade:
                         refined, iou = refine_with_boxes(model, emb, boxes)
                         mask = refined.any(0).cpu().numpy()
                         for j, p in enumerate(picked):
-                            x0, y0, x1, y1 = props.boxes[p].tolist()
+                            x0, y0, x1, y1 = slice_boxes[p].tolist()
                             records.append(
                                 {
                                     "bbox": [x0, y0, x1 - x0, y1 - y0],
-                                    "clip_score": float(scores[p]),
+                                    **{key: values[p] for key, values in info.items()},
                                     "area": int(props.areas[p]),
                                     "refine_iou": float(iou[j]),
                                 }

@@ -111,15 +111,37 @@ class CropConfig:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """CLIP scoring of crops against the organ's descriptions."""
+    """CLIP scoring of crops against the organs' descriptions."""
 
+    scoring: str = _opt(
+        "contrast",
+        "contrast: softmax over the organ, its plausible neighbours and the background; a "
+        "crop is kept only if the organ wins by --contrast-margin. salip: the paper's cosine "
+        "against the organ alone, top-k kept in every slice.",
+        choices=("contrast", "salip"),
+    )
+    contrast_margin: float = _opt(
+        0.0,
+        "Contrast scoring: the organ's probability must beat every competitor's by more "
+        "than this (0 to 1).",
+    )
     top_k: int | None = _opt(
-        None, "Crops kept per organ and slice. Default: the organ's own (2 for lungs, else 1)."
+        None, "Crops kept per organ and slice. Default: the organ's own (2 for pairs, else 1)."
     )
     min_score: float | None = _opt(
         None,
-        "Drop crops whose CLIP cosine score is below this (default: keep the top-k "
-        "whatever their score, as in the SaLIP paper).",
+        "Drop crops whose CLIP cosine score with the organ is below this (default: no threshold).",
+    )
+    laterality: bool = _opt(
+        True,
+        "Keep left/right organs to the patient's side of the body midline, and take one "
+        "crop per side for pairs (axial and coronal slices; 2D images are assumed to be in "
+        "radiological convention). --no-laterality turns it off.",
+    )
+    prompts_dir: str | None = _opt(
+        None,
+        "Folder of description prompts to use instead of the packaged ones "
+        "(default: $SALIP_PROMPTS_DIR, else the packaged set).",
     )
 
 
@@ -196,6 +218,7 @@ class SegmentConfig:
                 self.scoring.top_k is None or self.scoring.top_k >= 1,
                 "top_k must be at least 1",
             ),
+            (0.0 <= self.scoring.contrast_margin < 1.0, "contrast_margin must be in [0, 1)"),
             (
                 0.0 <= self.slicing.percentile_low < self.slicing.percentile_high <= 100.0,
                 "need 0 <= percentile_low < percentile_high <= 100",

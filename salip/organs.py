@@ -1,9 +1,13 @@
 """The organ vocabulary: pure data, no torch import.
 
 Each :class:`Organ` carries what the cascade needs to segment it without labels: its
-canonical name and synonyms, how many crops to keep (``top_k``), the default CT window, and
-the modalities it is defined for. The registry is a plain dict so that other modules and
-later label-set mappings can read it without importing any model code.
+canonical name and synonyms, how many crops to keep (``top_k``), the default CT window, the
+modalities and body regions it is found in, its laterality and, for paired organs, how the
+pair relates to its sides ("kidneys" = "kidney_left" + "kidney_right"). Label values in the
+public label sets live in :mod:`salip.label_sets`.
+
+Laterality is always the patient's: "kidney_left" is the patient's left kidney, which the
+radiological display convention shows on the image right.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from dataclasses import dataclass
 
 from salip.errors import OrganError
 
+MODALITIES = ("ct", "mr", "xray", "us")
+REGIONS = ("head", "thorax", "abdomen", "pelvis", "fetal")
+LATERALITIES = ("none", "left", "right")
+
 
 @dataclass(frozen=True)
 class Organ:
@@ -23,11 +31,14 @@ class Organ:
     Attributes:
         name: canonical snake_case name, used in file names and label tables.
         synonyms: other accepted spellings (matched case- and separator-insensitively).
-        top_k: how many CLIP-ranked crops become box prompts per slice (2 for paired
-            structures shown as one target, such as "lungs").
+        top_k: how many CLIP-ranked crops become box prompts per slice (2 for a pair shown
+            as one target, such as "lungs").
         window: default CT window preset (a key of ``salip.slicing.WINDOWS``).
-        modalities: modalities the organ is defined for ("ct", "mr", "xray", "us").
+        modalities: modalities the organ is imaged and described in (``MODALITIES``).
+        regions: body regions whose slices can show it (``REGIONS``); organs sharing a
+            region compete with each other in contrast scoring.
         laterality: "left", "right" or "none", in patient coordinates.
+        parts: for a pair target, its one-sided members (e.g. kidney_left, kidney_right).
     """
 
     name: str
@@ -35,41 +46,106 @@ class Organ:
     top_k: int = 1
     window: str = "abdomen"
     modalities: tuple[str, ...] = ("ct", "mr")
+    regions: tuple[str, ...] = ("abdomen",)
     laterality: str = "none"
+    parts: tuple[str, ...] = ()
+
+
+_CT_MR = ("ct", "mr")
+_ABDO_US = ("ct", "mr", "us")
+_THORAX = ("thorax",)
+_UPPER = ("thorax", "abdomen")
+_LOWER = ("abdomen", "pelvis")
+_PELVIS = ("pelvis",)
+_HEAD = ("head",)
+
+
+def _pair(
+    base: str,
+    plural: str,
+    synonyms: tuple[str, ...],
+    left_synonyms: tuple[str, ...],
+    right_synonyms: tuple[str, ...],
+    both_modalities: tuple[str, ...] | None = None,
+    **shared: object,
+) -> tuple[Organ, Organ, Organ]:
+    """A paired organ: the both-sides target (top-k 2) and its left and right members."""
+    left, right = f"{base}_left", f"{base}_right"
+    both = dict(shared, modalities=both_modalities) if both_modalities else shared
+    return (
+        Organ(plural, synonyms, top_k=2, parts=(left, right), **both),  # type: ignore[arg-type]
+        Organ(left, left_synonyms, laterality="left", **shared),  # type: ignore[arg-type]
+        Organ(right, right_synonyms, laterality="right", **shared),  # type: ignore[arg-type]
+    )
 
 
 _ORGAN_LIST: tuple[Organ, ...] = (
-    Organ("liver", ("hepar",), window="liver"),
-    Organ("spleen", ("lien",)),
-    Organ("kidney_left", ("left kidney", "l kidney"), laterality="left"),
-    Organ("kidney_right", ("right kidney", "r kidney"), laterality="right"),
+    # The 25 organs of the CLIP-Driven Universal Model, under TotalSegmentator-style names.
+    Organ("spleen", ("lien",), modalities=_ABDO_US),
+    *_pair(
+        "kidney",
+        "kidneys",
+        ("both kidneys",),
+        ("left kidney", "l kidney"),
+        ("right kidney", "r kidney"),
+        modalities=_ABDO_US,
+    ),
+    Organ("gallbladder", ("gall bladder",), modalities=_ABDO_US),
+    Organ("esophagus", ("oesophagus",), regions=_UPPER),
+    Organ("liver", ("hepar",), window="liver", modalities=_ABDO_US, regions=_UPPER),
+    Organ("stomach", ("gaster",)),
+    Organ("aorta", ("abdominal aorta", "thoracic aorta"), regions=_UPPER),
+    Organ("inferior_vena_cava", ("postcava", "ivc", "vena cava inferior"), regions=_UPPER),
+    Organ(
+        "portal_vein_and_splenic_vein",
+        ("portal vein", "splenic vein", "portal and splenic vein", "portal splenic vein"),
+    ),
     Organ("pancreas"),
-    Organ("stomach"),
-    Organ("gallbladder", ("gall bladder",)),
-    Organ("aorta", ("abdominal aorta",)),
-    Organ(
-        "inferior_vena_cava",
-        ("postcava", "ivc", "vena cava inferior"),
+    *_pair(
+        "adrenal_gland",
+        "adrenal_glands",
+        ("adrenals", "both adrenal glands", "suprarenal glands"),
+        ("left adrenal gland", "left adrenal"),
+        ("right adrenal gland", "right adrenal"),
     ),
-    Organ("lungs", ("lung", "both lungs"), top_k=2, window="lung", modalities=("ct", "xray")),
-    Organ(
-        "lung_left",
+    Organ("duodenum"),
+    Organ("hepatic_vessel", ("hepatic vessels", "liver vessels"), window="liver"),
+    *_pair(
+        "lung",
+        "lungs",
+        ("lung", "both lungs"),
         ("left lung",),
-        window="lung",
-        modalities=("ct", "xray"),
-        laterality="left",
-    ),
-    Organ(
-        "lung_right",
         ("right lung",),
         window="lung",
         modalities=("ct", "xray"),
-        laterality="right",
+        regions=_UPPER,
     ),
-    Organ("heart", window="abdomen", modalities=("ct", "mr", "xray")),
-    Organ("urinary_bladder", ("bladder",)),
-    Organ("brain", window="brain", modalities=("mr", "ct")),
-    Organ("fetal_head", ("fetal skull", "foetal head"), modalities=("us",)),
+    Organ("colon", ("large bowel", "large intestine"), regions=_LOWER),
+    Organ("small_bowel", ("intestine", "small intestine", "bowel"), regions=_LOWER),
+    Organ("rectum", regions=_PELVIS),
+    Organ("urinary_bladder", ("bladder",), modalities=_ABDO_US, regions=_PELVIS),
+    Organ("prostate", regions=_PELVIS),
+    *_pair(
+        "femoral_head",
+        "femoral_heads",
+        ("heads of femur", "both femoral heads"),
+        ("left femoral head", "left head of femur"),
+        ("right femoral head", "right head of femur"),
+        both_modalities=("ct", "mr", "xray"),  # both heads show on pelvis radiographs
+        window="bone",
+        regions=_PELVIS,
+    ),
+    Organ("celiac_trunk", ("celiac truck", "coeliac trunk", "celiac artery"), modalities=("ct",)),
+    # Beyond the Universal Model's list.
+    Organ("heart", window="mediastinum", modalities=("ct", "mr", "xray"), regions=_THORAX),
+    Organ("brain", window="brain", modalities=("mr", "ct"), regions=_HEAD),
+    Organ("skull", ("cranium",), window="bone", modalities=("ct", "xray"), regions=_HEAD),
+    Organ(
+        "fetal_head",
+        ("fetal skull", "foetal head"),
+        modalities=("us", "mr", "ct"),  # CT: seen when a pregnant patient is scanned
+        regions=("fetal",),
+    ),
 )
 
 ORGANS: dict[str, Organ] = {organ.name: organ for organ in _ORGAN_LIST}
@@ -98,7 +174,9 @@ def get_organ(name: str) -> Organ:
     close = difflib.get_close_matches(key, list(_LOOKUP), n=4, cutoff=0.5)
     suggestions = list(dict.fromkeys(_LOOKUP[c] for c in close))  # best match first
     hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
-    raise OrganError(f"unknown organ '{name}'.{hint} Known organs: {', '.join(sorted(ORGANS))}.")
+    raise OrganError(
+        f"unknown organ '{name}'.{hint} `salip organs` lists all {len(ORGANS)} known organs."
+    )
 
 
 def parse_organs(values: str | Iterable[str]) -> list[Organ]:
@@ -124,3 +202,41 @@ def parse_organs(values: str | Iterable[str]) -> list[Organ]:
 def organ_names(organs: Sequence[Organ]) -> list[str]:
     """Canonical names of ``organs``, in order."""
     return [organ.name for organ in organs]
+
+
+def pair_of(organ: Organ) -> Organ | None:
+    """The both-sides target ``organ`` is a member of (kidney_left -> kidneys), or None."""
+    return next((o for o in ORGANS.values() if organ.name in o.parts), None)
+
+
+def family(organ: Organ) -> set[str]:
+    """Names of ``organ``, its pair, the pair's members and its own parts.
+
+    These never compete with each other in contrast scoring: CLIP cannot tell a left kidney
+    from a right one, and "kidneys" contains both; sides are told apart by laterality.
+    """
+    names = {organ.name, *organ.parts}
+    pair = pair_of(organ)
+    if pair is not None:
+        names |= {pair.name, *pair.parts}
+    return names
+
+
+def competitors(organ: Organ, modality: str) -> list[Organ]:
+    """Vocabulary organs that plausibly appear next to ``organ`` in ``modality`` images.
+
+    They share a body region with ``organ``, are defined for ``modality`` and are not of its
+    family (:func:`family`). Order follows the vocabulary, so results are reproducible.
+    """
+    own = family(organ)
+    regions = set(organ.regions)
+    return [
+        other
+        for other in ORGANS.values()
+        if other.name not in own
+        and modality in other.modalities
+        and regions.intersection(other.regions)
+        # A pair competes through its one-sided members, which describe a single organ
+        # as a single proposal shows it.
+        and not other.parts
+    ]

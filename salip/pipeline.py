@@ -126,29 +126,47 @@ def _load_cascade(
 ) -> tuple[SliceSegmenter, dict[str, Any]]:
     from salip.cascade import Cascade
     from salip.models.clip import load_clip
+    from salip.models.registry import salip_home
     from salip.models.sam import load_sam
-    from salip.prompts import load_prompts
+    from salip.prompts import load_competitors, load_prompts, prompts_dir
 
-    m = config.models
+    m, scoring = config.models, config.scoring
+    folder = scoring.prompts_dir
     device = resolve_device(m.device)
     start = time.perf_counter()
-    prompts = {o.name: load_prompts(o, modality) for o in organs}
+    prompts = {o.name: load_prompts(o, modality, folder) for o in organs}
+    competitors = {}
+    if scoring.scoring == "contrast":
+        competitors = {o.name: load_competitors(o, modality, list(organs), folder) for o in organs}
     sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
     clip = load_clip(m.clip_model, m.clip_pretrained, device=device)
     timer.add("load_models", start)
-    cascade = Cascade(sam, clip, prompts, config, device, timer)
+    text_cache = salip_home() / "cache" / "text"
+    cascade = Cascade(sam, clip, prompts, config, device, timer, competitors, text_cache)
     identity = {
         "device": device,
         "sam": sam.identity(),
         "clip": clip.identity(),
+        "prompts_dir": str(prompts_dir(folder)),
         "prompts": {
             name: {
                 "modality": p.modality,
                 "requested_modality": p.requested_modality,
                 "count": len(p.descriptions),
+                "sha256": p.sha256(),
                 **p.provenance,
             }
             for name, p in prompts.items()
+        },
+        "scoring": {
+            "mode": scoring.scoring,
+            "logit_scale": round(cascade.scorer.logit_scale, 4),
+            "classes": cascade.classes,
+            "text_cache": {
+                "dir": str(text_cache),
+                "hits": cascade.scorer.cache_hits,
+                "misses": cascade.scorer.cache_misses,
+            },
         },
     }
     return cascade, identity

@@ -47,12 +47,13 @@ def test_text_embedding_is_normalised_mean_and_cached(clip):
     assert scorer.text_embedding(texts) is emb  # computed once
 
 
-def test_top_k_order_ties_and_min_score():
+def test_top_k_order_ties_and_eligibility():
     scores = torch.tensor([0.2, 0.5, 0.5, 0.1])
     assert select_top_k(scores, 2) == [1, 2]
     assert select_top_k(scores, 1) == [1]
-    assert select_top_k(scores, 10, min_score=0.2) == [1, 2, 0]
-    assert select_top_k(scores, 3, min_score=0.9) == []
+    assert select_top_k(scores, 10, scores >= 0.2) == [1, 2, 0]
+    assert select_top_k(scores, 3, scores >= 0.9) == []
+    assert select_top_k(scores, 2, torch.tensor([True, False, True, True])) == [2, 0]
     emb = torch.eye(3)
     assert cosine_scores(emb, torch.tensor([0.0, 1.0, 0.0])).tolist() == [0.0, 1.0, 0.0]
 
