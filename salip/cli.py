@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -38,34 +39,37 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, stages: Sequence[str]) -> None:
-    """Add one flag per config field of the named stages, help and choices from metadata."""
-    for stage in dataclasses.fields(SegmentConfig):
-        if stage.name not in stages:
-            continue
-        stage_type = stage.default_factory  # type: ignore[misc]
-        hints = typing.get_type_hints(stage_type)
-        group = parser.add_argument_group(_GROUP_TITLES[stage.name])
-        for f in dataclasses.fields(stage_type):
-            hint = hints[f.name]
-            base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-            help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
-            if base is bool:
-                group.add_argument(
-                    _flag(f.name),
-                    action=argparse.BooleanOptionalAction,
-                    default=argparse.SUPPRESS,
-                    help=help_text,
-                )
-                continue
+def _add_dataclass_flags(group: Any, config_type: type) -> None:
+    """Add one flag per field of a config dataclass, help and choices from its metadata."""
+    hints = typing.get_type_hints(config_type)
+    for f in dataclasses.fields(config_type):
+        hint = hints[f.name]
+        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if base is bool:
             group.add_argument(
                 _flag(f.name),
-                type=base,
-                choices=f.metadata.get("choices"),
+                action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
-                metavar=None if f.metadata.get("choices") else f.name.split("_")[-1].upper(),
                 help=help_text,
             )
+            continue
+        group.add_argument(
+            _flag(f.name),
+            type=base,
+            choices=f.metadata.get("choices"),
+            default=argparse.SUPPRESS,
+            metavar=None if f.metadata.get("choices") else f.name.split("_")[-1].upper(),
+            help=help_text,
+        )
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, stages: Sequence[str]) -> None:
+    """Add one flag per field of the named stages of :class:`SegmentConfig`."""
+    for stage in dataclasses.fields(SegmentConfig):
+        if stage.name in stages:
+            group = parser.add_argument_group(_GROUP_TITLES[stage.name])
+            _add_dataclass_flags(group, stage.default_factory)  # type: ignore[arg-type]
 
 
 def _config_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -165,8 +169,63 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ls.set_defaults(func=_cmd_models_list)
 
-    organs = sub.add_parser("organs", parents=[common], help="List the organs salip knows.")
+    organs = sub.add_parser(
+        "organs",
+        parents=[common],
+        help="List the organs salip knows, or their values in a public label set.",
+    )
+    organs.add_argument(
+        "--labels",
+        metavar="SET",
+        help="Show organ -> label values in a label set: totalseg, totalseg_mr, btcv, amos, "
+        "msd (all Decathlon tasks) or one msd_* task.",
+    )
     organs.set_defaults(func=_cmd_organs)
+
+    prompts = sub.add_parser("prompts", help="Generate, list or show description prompts.")
+    psub = prompts.add_subparsers(dest="prompts_command", required=True, metavar="ACTION")
+    pdir = argparse.ArgumentParser(add_help=False)
+    pdir.add_argument(
+        "--prompts-dir",
+        metavar="DIR",
+        help="Prompt folder (default: $SALIP_PROMPTS_DIR, else the packaged prompts).",
+    )
+    gen = psub.add_parser(
+        "generate",
+        parents=[common, pdir],
+        help="Ask a language model (any OpenAI-compatible endpoint) for descriptions.",
+        description="Writes N visual descriptions per organ into the prompt cache, with "
+        "provenance. The key is read from OPENAI_API_KEY; --base-url or OPENAI_BASE_URL "
+        "selects the endpoint. Nothing is written unless every organ succeeds.",
+    )
+    gen.add_argument(
+        "--organ", action="append", help="Organ to describe; repeat or comma-separate."
+    )
+    gen.add_argument(
+        "--all", action="store_true", dest="all_organs", help="Every organ of --modality."
+    )
+    gen.add_argument(
+        "--modality", required=True, choices=("ct", "mr", "xray", "us"), help="Image modality."
+    )
+    gen.add_argument(
+        "--force",
+        action="store_true",
+        help="Replace existing entries of this modality (hand-written ones included).",
+    )
+    from salip.prompt_generation import GenerationConfig
+
+    _add_dataclass_flags(gen.add_argument_group("language model"), GenerationConfig)
+    gen.set_defaults(func=_cmd_prompts_generate)
+    pls = psub.add_parser(
+        "list", parents=[common, pdir], help="What is cached, per organ and modality."
+    )
+    pls.set_defaults(func=_cmd_prompts_list)
+    show = psub.add_parser(
+        "show", parents=[common, pdir], help="Print an organ's descriptions and provenance."
+    )
+    show.add_argument("organ", help="Organ name (or 'background').")
+    show.add_argument("--modality", choices=("ct", "mr", "xray", "us"), help="Only this one.")
+    show.set_defaults(func=_cmd_prompts_show)
     return parser
 
 
@@ -234,12 +293,94 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 def _cmd_organs(args: argparse.Namespace) -> int:
     from salip.organs import ORGANS
 
+    out = sys.stdout
+    if args.labels:
+        from salip.label_sets import get_label_sets
+
+        for ls in get_label_sets(args.labels):
+            out.write(f"{ls.name}: {ls.title}\n")
+            for organ, values in ls.labels.items():
+                note = (
+                    f"  (approximate: {ls.approximate[organ]})" if organ in ls.approximate else ""
+                )
+                out.write(f"  {organ:30s} {'+'.join(map(str, values))}{note}\n")
+        return 0
+    out.write(f"{'organ':30s} {'top-k':5s} {'window':11s} {'side':5s} modalities / regions\n")
     for organ in ORGANS.values():
-        extra = f"  (also: {', '.join(organ.synonyms)})" if organ.synonyms else ""
-        sys.stdout.write(
-            f"{organ.name:20s} top-k {organ.top_k}  window {organ.window:8s} "
-            f"{','.join(organ.modalities)}{extra}\n"
+        extra = []
+        if organ.parts:
+            extra.append(f"pair of {' + '.join(organ.parts)}")
+        if organ.synonyms:
+            extra.append(f"also: {', '.join(organ.synonyms)}")
+        side = organ.laterality if organ.laterality != "none" else "-"
+        out.write(
+            f"{organ.name:30s} {organ.top_k:<5d} {organ.window:11s} {side:5s} "
+            f"{','.join(organ.modalities)} / {','.join(organ.regions)}"
+            + (f"  ({'; '.join(extra)})" if extra else "")
+            + "\n"
         )
+    return 0
+
+
+def _cmd_prompts_generate(args: argparse.Namespace) -> int:
+    import dataclasses as dc
+
+    from salip.prompt_generation import GenerationConfig, generate_prompts, resolve_targets
+
+    names = {f.name for f in dc.fields(GenerationConfig)}
+    config = GenerationConfig(**{k: v for k, v in vars(args).items() if k in names})
+    targets = resolve_targets(args.organ, args.all_organs, args.modality)
+    written = generate_prompts(
+        targets,
+        args.modality,
+        config=config,
+        prompts_folder=args.prompts_dir,
+        force=args.force,
+    )
+    for path in written:
+        logger.info("wrote %s", path)
+    return 0
+
+
+def _cmd_prompts_list(args: argparse.Namespace) -> int:
+    from salip.prompts import list_entries, prompts_dir
+
+    out = sys.stdout
+    out.write(f"prompts: {prompts_dir(args.prompts_dir)}\n")
+    for row in list_entries(args.prompts_dir):
+        if "error" in row:
+            out.write(f"{row['organ']:30s} INVALID: {row['error']}\n")
+            continue
+        out.write(
+            f"{row['organ']:30s} {row['modality']:5s} {row['count']:3d}  {row['source']:12s} "
+            f"{row['origin']}  {row['date']}\n"
+        )
+    return 0
+
+
+def _cmd_prompts_show(args: argparse.Namespace) -> int:
+    from salip.organs import get_organ
+    from salip.prompts import BACKGROUND, load_prompt_file, prompts_dir
+
+    name = args.organ if args.organ == BACKGROUND else get_organ(args.organ).name
+    data = load_prompt_file(name, args.prompts_dir)
+    entries = data["entries"]
+    if args.modality and args.modality not in entries:
+        from salip.errors import ConfigError
+
+        raise ConfigError(
+            f"{name} has no {args.modality} descriptions in {prompts_dir(args.prompts_dir)}; "
+            f"it has: {', '.join(entries)}."
+        )
+    out = sys.stdout
+    out.write(f"{name}  ({prompts_dir(args.prompts_dir) / f'{name}.json'})\n")
+    for modality, entry in entries.items():
+        if args.modality and modality != args.modality:
+            continue
+        origin = {k: v for k, v in entry.items() if k != "descriptions" and v is not None}
+        out.write(f"\n[{modality}] " + ", ".join(f"{k}: {v}" for k, v in origin.items()) + "\n")
+        for text in entry["descriptions"]:
+            out.write(f"  - {text}\n")
     return 0
 
 
@@ -269,6 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verbose:
             logger.exception("error")
         sys.stderr.write(f"salip: error: {exc}\n")
+        return 1
+    except BrokenPipeError:
+        # Output piped into e.g. `head`, which stopped reading: not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("salip: interrupted\n")

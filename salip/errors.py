@@ -33,3 +33,7 @@ class OutputError(SalipError):
 
 class ConfigError(SalipError):
     """An invalid setting."""
+
+
+class GenerationError(SalipError):
+    """A language-model request for descriptions that failed or gave an unusable reply."""
