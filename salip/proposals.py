@@ -47,14 +47,13 @@ class Proposals:
         return self.masks.flatten(1).sum(1)
 
     def select(self, keep: torch.Tensor) -> Proposals:
-        """Proposals at indices (or boolean mask) ``keep``, in that order."""
-        return Proposals(
-            self.masks[keep],
-            self.boxes[keep],
-            self.iou_preds[keep],
-            self.stability[keep],
-            self.points[keep],
-        )
+        """Proposals at indices (or boolean mask) ``keep``, in that order.
+
+        The fields may live on different devices (points stay on the CPU, as in
+        segment-anything's MaskData); ``keep`` is moved to each one's.
+        """
+        fields = (self.masks, self.boxes, self.iou_preds, self.stability, self.points)
+        return Proposals(*(f[keep.to(f.device)] for f in fields))
 
     def to_records(self) -> list[dict[str, Any]]:
         """Records as segment-anything's ``scripts/amg.py --convert-to-rle`` writes them.
