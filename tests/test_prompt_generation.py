@@ -241,3 +241,23 @@ def test_prompts_list_and_show(cache, capsys):
     assert "no xray descriptions" in capsys.readouterr().err
     assert main(["prompts", "show", "livr"]) == 1
     assert "Did you mean: liver" in capsys.readouterr().err
+
+
+def test_segment_reads_a_generated_prompt_set(llm, tmp_path, tiny_models, capsys):
+    import salip
+    from tests.conftest import SLICES, require_data
+
+    folder = tmp_path / "mine"
+    llm.script = [descriptions_reply(GOOD)]
+    assert generate(llm, folder, "--organ", "liver", "--modality", "ct") == 0
+    image = require_data(SLICES / "images" / "amos_0004_75.png")
+    result = salip.segment(image, organs=["liver"], write=False, modality="ct",
+                           points_per_side=4, prompts_dir=str(folder), **tiny_models)  # fmt: skip
+    models = result.report["models"]
+    assert models["prompts_dir"] == str(folder)
+    assert models["prompts"]["liver"]["source"] == "generated"
+    assert models["prompts"]["liver"]["generator"] == "gpt-4o-mini"
+    # The folder has no competitors or background: scoring says so and goes on.
+    assert models["scoring"]["classes"]["liver"] == ["liver"]
+    err = capsys.readouterr().err  # the CLI's log handler writes here
+    assert "contrast scoring of liver: no prompts for spleen" in err and "background in" in err
