@@ -37,3 +37,7 @@ class ConfigError(SalipError):
 
 class GenerationError(SalipError):
     """A language-model request for descriptions that failed or gave an unusable reply."""
+
+
+class BenchmarkError(SalipError):
+    """A benchmark config, dataset layout or case that cannot be used as given."""
