@@ -86,6 +86,47 @@ TOTALSEG = LabelSet(
     source=_TOTALSEG_SOURCE,
 )
 
+#: Vocabulary organ -> TotalSegmentator "total" class names whose union is the organ: the
+#: file stems of a TotalSegmentator case's ``segmentations/`` folder. Same organs and same
+#: classes as :data:`TOTALSEG` (lungs from lobes; femoral heads approximated by the femurs).
+TOTALSEG_FILES: dict[str, tuple[str, ...]] = {
+    "spleen": ("spleen",),
+    "kidney_right": ("kidney_right",),
+    "kidney_left": ("kidney_left",),
+    "kidneys": ("kidney_right", "kidney_left"),
+    "gallbladder": ("gallbladder",),
+    "liver": ("liver",),
+    "stomach": ("stomach",),
+    "pancreas": ("pancreas",),
+    "adrenal_gland_right": ("adrenal_gland_right",),
+    "adrenal_gland_left": ("adrenal_gland_left",),
+    "adrenal_glands": ("adrenal_gland_right", "adrenal_gland_left"),
+    "lung_left": ("lung_upper_lobe_left", "lung_lower_lobe_left"),
+    "lung_right": ("lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right"),
+    "lungs": (
+        "lung_upper_lobe_left",
+        "lung_lower_lobe_left",
+        "lung_upper_lobe_right",
+        "lung_middle_lobe_right",
+        "lung_lower_lobe_right",
+    ),
+    "esophagus": ("esophagus",),
+    "small_bowel": ("small_bowel",),
+    "duodenum": ("duodenum",),
+    "colon": ("colon",),
+    "urinary_bladder": ("urinary_bladder",),
+    "prostate": ("prostate",),
+    "heart": ("heart",),
+    "aorta": ("aorta",),
+    "inferior_vena_cava": ("inferior_vena_cava",),
+    "portal_vein_and_splenic_vein": ("portal_vein_and_splenic_vein",),
+    "femoral_head_left": ("femur_left",),
+    "femoral_head_right": ("femur_right",),
+    "femoral_heads": ("femur_left", "femur_right"),
+    "brain": ("brain",),
+    "skull": ("skull",),
+}
+
 # TotalSegmentator "total_mr" task, 50 classes.
 TOTALSEG_MR = LabelSet(
     name="totalseg_mr",
