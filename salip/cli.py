@@ -323,11 +323,9 @@ def _cmd_organs(args: argparse.Namespace) -> int:
 
 
 def _cmd_prompts_generate(args: argparse.Namespace) -> int:
-    import dataclasses as dc
-
     from salip.prompt_generation import GenerationConfig, generate_prompts, resolve_targets
 
-    names = {f.name for f in dc.fields(GenerationConfig)}
+    names = {f.name for f in dataclasses.fields(GenerationConfig)}
     config = GenerationConfig(**{k: v for k, v in vars(args).items() if k in names})
     targets = resolve_targets(args.organ, args.all_organs, args.modality)
     written = generate_prompts(

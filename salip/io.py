@@ -25,6 +25,15 @@ logger = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
+
+def file_stem(path: str | Path) -> str:
+    """File name of ``path`` without its extension; ".nii.gz" (any case) counts as one."""
+    name = Path(path).name
+    if name.lower().endswith(".nii.gz"):
+        return name[: -len(".nii.gz")]
+    return Path(name).stem
+
+
 _DICOM_MODALITY = {"CT": "ct", "MR": "mr", "US": "us", "CR": "xray", "DX": "xray", "DR": "xray"}
 
 

@@ -16,6 +16,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from salip.errors import OrganError
+from salip.organs import with_pairs
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,9 @@ class LabelSet:
         name: salip's name of the label set (``--labels NAME``).
         title: the dataset and version it describes.
         modality: modality of the dataset's images.
-        labels: organ name -> label values whose union is the organ.
+        labels: organ name -> label values whose union is the organ. Pair organs
+            ("kidneys") are added from their two sides (:func:`salip.organs.with_pairs`),
+            and values are kept sorted.
         approximate: organs whose labels cover a related but not identical structure, with
             the reason.
         source: where the label table comes from.
@@ -38,6 +41,10 @@ class LabelSet:
     labels: dict[str, tuple[int, ...]]
     approximate: dict[str, str] = field(default_factory=dict)
     source: str = ""
+
+    def __post_init__(self) -> None:
+        pairs_added = {o: tuple(sorted(v)) for o, v in with_pairs(self.labels).items()}
+        object.__setattr__(self, "labels", pairs_added)
 
 
 _TOTALSEG_SOURCE = "TotalSegmentator v2 class map (wasserth/TotalSegmentator, map_to_binary.py)"
@@ -51,17 +58,14 @@ TOTALSEG = LabelSet(
         "spleen": (1,),
         "kidney_right": (2,),
         "kidney_left": (3,),
-        "kidneys": (2, 3),
         "gallbladder": (4,),
         "liver": (5,),
         "stomach": (6,),
         "pancreas": (7,),
         "adrenal_gland_right": (8,),
         "adrenal_gland_left": (9,),
-        "adrenal_glands": (8, 9),
         "lung_left": (10, 11),
         "lung_right": (12, 13, 14),
-        "lungs": (10, 11, 12, 13, 14),
         "esophagus": (15,),
         "small_bowel": (18,),
         "duodenum": (19,),
@@ -74,7 +78,6 @@ TOTALSEG = LabelSet(
         "portal_vein_and_splenic_vein": (64,),
         "femoral_head_left": (75,),
         "femoral_head_right": (76,),
-        "femoral_heads": (75, 76),
         "brain": (90,),
         "skull": (91,),
     },
@@ -89,43 +92,35 @@ TOTALSEG = LabelSet(
 #: Vocabulary organ -> TotalSegmentator "total" class names whose union is the organ: the
 #: file stems of a TotalSegmentator case's ``segmentations/`` folder. Same organs and same
 #: classes as :data:`TOTALSEG` (lungs from lobes; femoral heads approximated by the femurs).
-TOTALSEG_FILES: dict[str, tuple[str, ...]] = {
-    "spleen": ("spleen",),
-    "kidney_right": ("kidney_right",),
-    "kidney_left": ("kidney_left",),
-    "kidneys": ("kidney_right", "kidney_left"),
-    "gallbladder": ("gallbladder",),
-    "liver": ("liver",),
-    "stomach": ("stomach",),
-    "pancreas": ("pancreas",),
-    "adrenal_gland_right": ("adrenal_gland_right",),
-    "adrenal_gland_left": ("adrenal_gland_left",),
-    "adrenal_glands": ("adrenal_gland_right", "adrenal_gland_left"),
-    "lung_left": ("lung_upper_lobe_left", "lung_lower_lobe_left"),
-    "lung_right": ("lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right"),
-    "lungs": (
-        "lung_upper_lobe_left",
-        "lung_lower_lobe_left",
-        "lung_upper_lobe_right",
-        "lung_middle_lobe_right",
-        "lung_lower_lobe_right",
-    ),
-    "esophagus": ("esophagus",),
-    "small_bowel": ("small_bowel",),
-    "duodenum": ("duodenum",),
-    "colon": ("colon",),
-    "urinary_bladder": ("urinary_bladder",),
-    "prostate": ("prostate",),
-    "heart": ("heart",),
-    "aorta": ("aorta",),
-    "inferior_vena_cava": ("inferior_vena_cava",),
-    "portal_vein_and_splenic_vein": ("portal_vein_and_splenic_vein",),
-    "femoral_head_left": ("femur_left",),
-    "femoral_head_right": ("femur_right",),
-    "femoral_heads": ("femur_left", "femur_right"),
-    "brain": ("brain",),
-    "skull": ("skull",),
-}
+TOTALSEG_FILES: dict[str, tuple[str, ...]] = with_pairs(
+    {
+        "spleen": ("spleen",),
+        "kidney_right": ("kidney_right",),
+        "kidney_left": ("kidney_left",),
+        "gallbladder": ("gallbladder",),
+        "liver": ("liver",),
+        "stomach": ("stomach",),
+        "pancreas": ("pancreas",),
+        "adrenal_gland_right": ("adrenal_gland_right",),
+        "adrenal_gland_left": ("adrenal_gland_left",),
+        "lung_left": ("lung_upper_lobe_left", "lung_lower_lobe_left"),
+        "lung_right": ("lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right"),
+        "esophagus": ("esophagus",),
+        "small_bowel": ("small_bowel",),
+        "duodenum": ("duodenum",),
+        "colon": ("colon",),
+        "urinary_bladder": ("urinary_bladder",),
+        "prostate": ("prostate",),
+        "heart": ("heart",),
+        "aorta": ("aorta",),
+        "inferior_vena_cava": ("inferior_vena_cava",),
+        "portal_vein_and_splenic_vein": ("portal_vein_and_splenic_vein",),
+        "femoral_head_left": ("femur_left",),
+        "femoral_head_right": ("femur_right",),
+        "brain": ("brain",),
+        "skull": ("skull",),
+    }
+)
 
 # TotalSegmentator "total_mr" task, 50 classes.
 TOTALSEG_MR = LabelSet(
@@ -136,17 +131,14 @@ TOTALSEG_MR = LabelSet(
         "spleen": (1,),
         "kidney_right": (2,),
         "kidney_left": (3,),
-        "kidneys": (2, 3),
         "gallbladder": (4,),
         "liver": (5,),
         "stomach": (6,),
         "pancreas": (7,),
         "adrenal_gland_right": (8,),
         "adrenal_gland_left": (9,),
-        "adrenal_glands": (8, 9),
         "lung_left": (10,),
         "lung_right": (11,),
-        "lungs": (10, 11),
         "esophagus": (12,),
         "small_bowel": (13,),
         "duodenum": (14,),
@@ -159,7 +151,6 @@ TOTALSEG_MR = LabelSet(
         "portal_vein_and_splenic_vein": (25,),
         "femoral_head_left": (36,),
         "femoral_head_right": (37,),
-        "femoral_heads": (36, 37),
         "brain": (50,),
     },
     approximate=dict(TOTALSEG.approximate),
@@ -175,7 +166,6 @@ BTCV = LabelSet(
         "spleen": (1,),
         "kidney_right": (2,),
         "kidney_left": (3,),
-        "kidneys": (2, 3),
         "gallbladder": (4,),
         "esophagus": (5,),
         "liver": (6,),
@@ -186,7 +176,6 @@ BTCV = LabelSet(
         "pancreas": (11,),
         "adrenal_gland_right": (12,),
         "adrenal_gland_left": (13,),
-        "adrenal_glands": (12, 13),
     },
     source="Synapse 'Multi-Atlas Labeling Beyond the Cranial Vault' challenge label table",
 )
@@ -200,7 +189,6 @@ AMOS = LabelSet(
         "spleen": (1,),
         "kidney_right": (2,),
         "kidney_left": (3,),
-        "kidneys": (2, 3),
         "gallbladder": (4,),
         "esophagus": (5,),
         "liver": (6,),
@@ -210,7 +198,6 @@ AMOS = LabelSet(
         "pancreas": (10,),
         "adrenal_gland_right": (11,),
         "adrenal_gland_left": (12,),
-        "adrenal_glands": (11, 12),
         "duodenum": (13,),
         "urinary_bladder": (14,),
         "prostate": (15,),

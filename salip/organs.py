@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from salip.errors import OrganError
 
@@ -202,6 +203,22 @@ def parse_organs(values: str | Iterable[str]) -> list[Organ]:
 def organ_names(organs: Sequence[Organ]) -> list[str]:
     """Canonical names of ``organs``, in order."""
     return [organ.name for organ in organs]
+
+
+_T = TypeVar("_T")
+
+
+def with_pairs(members: Mapping[str, tuple[_T, ...]]) -> dict[str, tuple[_T, ...]]:
+    """``members`` (organ -> label values, class names, ...) plus every pair organ it lacks
+    whose two sides it has, as the union of the sides' items (left's first, no repeats).
+
+    One rule for every table that lists organs by their parts: a pair is its two sides.
+    """
+    out = dict(members)
+    for organ in ORGANS.values():
+        if organ.parts and organ.name not in out and all(p in out for p in organ.parts):
+            out[organ.name] = tuple(dict.fromkeys(v for p in organ.parts for v in out[p]))
+    return out
 
 
 def pair_of(organ: Organ) -> Organ | None:

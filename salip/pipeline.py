@@ -18,7 +18,7 @@ from salip.assembly import empty_volume_mask, keep_largest_components, put_slice
 from salip.cascade import SliceOutput, SliceSegmenter, StageTimer
 from salip.config import SegmentConfig
 from salip.errors import ConfigError, OutputError
-from salip.io import Volume, read_input
+from salip.io import Volume, file_stem, read_input
 from salip.organs import Organ, parse_organs
 from salip.slicing import (
     AXES,
@@ -90,8 +90,7 @@ def _output_paths(
     volume_path: Path, output: str | Path | None, organs: Sequence[Organ], split: bool, suffix: str
 ) -> tuple[Path | None, dict[str, Path]]:
     """(combined file or None, organ -> per-organ file) for this run."""
-    name = volume_path.name
-    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
+    stem = file_stem(volume_path)
     if split:
         folder = Path(output) if output is not None else Path.cwd() / f"{stem}_salip"
         if folder.exists() and not folder.is_dir():

@@ -14,13 +14,13 @@ from salip.bench.datasets import (
     KINDS,
     expand_pattern,
     image_shape,
-    image_stem,
     load_dataset,
     load_reference,
     load_references,
     mask_threshold,
 )
 from salip.errors import BenchmarkError
+from salip.io import file_stem
 from salip.label_sets import LABEL_SETS, TOTALSEG_FILES
 from tests.conftest import SLICES, TOTALSEG, require_data
 
@@ -301,7 +301,7 @@ def test_thresholds_for_01_and_0255_masks(tmp_path):
 def test_expand_pattern(tmp_path):
     base = tmp_path / "cfg"
     nii = tmp_path / "data" / "imgs" / "case_01.nii.gz"
-    assert image_stem(nii) == "case_01" and image_stem(Path("a.b.png")) == "a.b"
+    assert file_stem(nii) == "case_01" and file_stem(Path("a.b.png")) == "a.b"
     assert expand_pattern("labels/{stem}.nii.gz", nii, base) == base / "labels/case_01.nii.gz"
     assert expand_pattern("{dir}/../lbl/{stem}_seg.nii.gz", nii, base) == Path(
         f"{tmp_path}/data/imgs/../lbl/case_01_seg.nii.gz"

@@ -43,9 +43,9 @@ from typing import Any, NoReturn
 import numpy as np
 
 from salip.errors import BenchmarkError, OrganError
-from salip.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES
+from salip.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, file_stem
 from salip.label_sets import MSD, TOTALSEG, TOTALSEG_FILES, LabelSet, get_label_sets
-from salip.organs import ORGANS, get_organ
+from salip.organs import ORGANS, get_organ, with_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -131,18 +131,10 @@ class Case:
 # --------------------------------------------------------------------------- paths
 
 
-def image_stem(path: Path) -> str:
-    """File name of ``path`` without its extension (".nii.gz" counts as one)."""
-    name = Path(path).name
-    if name.lower().endswith(".nii.gz"):
-        return name[: -len(".nii.gz")]
-    return Path(name).stem
-
-
 def expand_pattern(pattern: str, image: Path, base_dir: Path) -> Path:
     """The path ``pattern`` gives for ``image``.
 
-    ``{stem}`` is the image's file name without its extension (".nii.gz" counts as one) and
+    ``{stem}`` is the image's file name without its extension (:func:`salip.io.file_stem`) and
     ``{dir}`` its folder; a pattern without placeholders is a literal path. A relative image
     and a relative result are taken relative to ``base_dir`` (the config file's folder).
 
@@ -154,7 +146,7 @@ def expand_pattern(pattern: str, image: Path, base_dir: Path) -> Path:
     if not image.is_absolute():
         image = base_dir / image
     try:
-        text = pattern.format(stem=image_stem(image), dir=str(image.parent))
+        text = pattern.format(stem=file_stem(image), dir=str(image.parent))
     except (KeyError, IndexError, ValueError) as exc:
         raise BenchmarkError(
             f"pattern '{pattern}': bad placeholder ({type(exc).__name__}: {exc}); use only "
@@ -195,7 +187,7 @@ def _glob_images(spec: _Spec) -> list[Path]:
 
 def _case_ids(paths: Sequence[Path], base_dir: Path) -> list[str]:
     """Image stems, or paths relative to ``base_dir`` without extension when stems repeat."""
-    stems = [image_stem(p) for p in paths]
+    stems = [file_stem(p) for p in paths]
     if len(set(stems)) == len(stems):
         return stems
     ids = []
@@ -323,12 +315,12 @@ def _map_names(
             mapped[organ] = list(classes)
             if organ in TOTALSEG.approximate:
                 approximate[organ] = TOTALSEG.approximate[organ]
-    for organ in ORGANS.values():
-        if organ.parts and organ.name not in mapped and all(p in mapped for p in organ.parts):
-            mapped[organ.name] = [n for p in organ.parts for n in mapped[p]]
-            reasons = [approximate[p] for p in organ.parts if p in approximate]
-            if reasons:
-                approximate[organ.name] = "; ".join(reasons)
+    with_both = with_pairs({o: tuple(classes) for o, classes in mapped.items()})
+    for name in [n for n in with_both if n not in mapped]:  # the pairs just added
+        reasons = [approximate[p] for p in ORGANS[name].parts if p in approximate]
+        if reasons:
+            approximate[name] = "; ".join(reasons)
+    mapped = {o: list(classes) for o, classes in with_both.items()}
     if skipped:
         logger.debug("classes not in the vocabulary: %s", ", ".join(skipped))
     ordered = {o: tuple(dict.fromkeys(mapped[o])) for o in ORGANS if o in mapped}
@@ -488,7 +480,7 @@ def _nifti_per_organ(spec: _Spec) -> list[Case]:
         if seg.is_dir():
             for file in sorted(seg.iterdir()):
                 if _is_nifti(file):
-                    files.setdefault(image_stem(file), file.name)
+                    files.setdefault(file_stem(file), file.name)
     if not files:
         spec.fail(f"no segmentations/<class>.nii.gz file in the case folders under {root}.")
     _check_organ_map(spec, organ_map, sorted(files))
@@ -570,7 +562,7 @@ def _msd(spec: _Spec) -> list[Case]:
         cases.append(
             Case(
                 dataset=spec.name,
-                case_id=image_stem(image),
+                case_id=file_stem(image),
                 image=image,
                 organs=organs,
                 kind=spec.kind,
