@@ -49,11 +49,13 @@ class SliceSegmenter(Protocol):
     """Anything that turns a batch of HxWx3 uint8 RGB slices into per-organ masks.
 
     :func:`salip.segment` accepts one through its ``segmenter`` argument; the default is
-    :class:`Cascade`. Returning plain ``{organ: mask}`` dicts is also accepted.
+    :class:`Cascade`. It is called with the batch's display images, the organs, and the
+    slices' indices along the slicing axis of the canonical volume (0 for a 2D image), in
+    slice order. Returning plain ``{organ: mask}`` dicts is also accepted.
     """
 
     def __call__(
-        self, images: Sequence[np.ndarray], organs: Sequence[Organ]
+        self, images: Sequence[np.ndarray], organs: Sequence[Organ], indices: Sequence[int]
     ) -> Sequence[SliceOutput | dict[str, np.ndarray]]: ...
 
 
@@ -174,7 +176,13 @@ class Cascade:
         return sorted(picked, key=lambda i: -float(score[i])), info
 
     @torch.no_grad()
-    def __call__(self, images: Sequence[np.ndarray], organs: Sequence[Organ]) -> list[SliceOutput]:
+    def __call__(
+        self,
+        images: Sequence[np.ndarray],
+        organs: Sequence[Organ],
+        indices: Sequence[int] | None = None,
+    ) -> list[SliceOutput]:
+        """Segment ``organs`` in a batch of HxWx3 uint8 display slices (``indices`` unused)."""
         cfg, timer, model = self.config, self.timer, self.sam.model
         t = time.perf_counter()
         embeddings = encode_images(model, images, cfg.proposals.encoder_batch_size)

@@ -204,6 +204,27 @@ class SegmentConfig:
 
     def validate(self) -> None:
         """Check value ranges; raise :class:`ConfigError` with the fix."""
+        for stage in dataclasses.fields(self):
+            values = getattr(self, stage.name)
+            for f in dataclasses.fields(values):
+                choices = f.metadata.get("choices")
+                value = getattr(values, f.name)
+                if choices is not None and value not in choices:
+                    raise ConfigError(
+                        f"{f.name} = {value!r} is not valid; use one of {', '.join(choices)}."
+                    )
+                default = f.default
+                if default is None or default is dataclasses.MISSING or value is None:
+                    continue
+                expected = (int, float) if type(default) is float else (type(default),)
+                if isinstance(value, bool) is not isinstance(default, bool) or not isinstance(
+                    value, expected
+                ):
+                    raise ConfigError(
+                        f"{f.name} = {value!r} has the wrong type; expected "
+                        f"{type(default).__name__}, e.g. {default!r}."
+                    )
+
         p, a, c = self.proposals, self.area, self.crops
         checks = [
             (p.points_per_side >= 1, "points_per_side must be at least 1"),

@@ -104,18 +104,25 @@ def input_kind(path: Path) -> str:
     )
 
 
-def read_input(path: str | Path) -> Volume:
+def read_input(path: str | Path, *, channel: int | None = None) -> Volume:
     """Read any supported input.
 
+    Args:
+        path: a NIfTI file, a DICOM folder or .zip, or a 2D image.
+        channel: for a 4D NIfTI file holding several volumes (e.g. the MR sequences of a
+            Medical Segmentation Decathlon case), the index along its 4th axis of the
+            volume to read. Ignored for other inputs.
+
     Raises:
-        InputError: missing, unreadable, corrupt, 4D or otherwise unsupported input.
+        InputError: missing, unreadable, corrupt, 4D without ``channel`` or otherwise
+            unsupported input.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder.")
     kind = input_kind(path)
     if kind == "nifti":
-        return read_nifti(path)
+        return read_nifti(path, channel=channel)
     if kind == "dicom":
         return read_dicom_series(path)
     return read_image(path)
@@ -148,8 +155,28 @@ def _canonical(
     )
 
 
-def read_nifti(path: Path) -> Volume:
-    """Read a 2D or 3D NIfTI file (a 4D file with one volume is accepted)."""
+def to_canonical(array: np.ndarray, geometry: SourceGeometry) -> np.ndarray:
+    """An array in the input's grid -> salip's canonical layout, like the input's data.
+
+    The inverse of :func:`salip.writing.to_source_grid`: an array of ``geometry.shape``
+    (e.g. a reference mask stored like the input file) becomes XxYxZ in canonical RAS+
+    order; 2D images (HxW) come back unchanged.
+    """
+    if geometry.kind == "image":
+        return array
+    from nibabel import orientations as nio
+
+    if tuple(array.shape) != tuple(geometry.shape):
+        raise InputError(
+            f"array of shape {array.shape} is not in the input's grid {geometry.shape}."
+        )
+    vol3 = array.reshape(array.shape + (1,) * (3 - array.ndim)) if array.ndim < 3 else array
+    to_ras = nio.ornt_transform(geometry.ornt, nio.axcodes2ornt("RAS"))
+    return nio.apply_orientation(vol3, to_ras)
+
+
+def read_nifti(path: Path, *, channel: int | None = None) -> Volume:
+    """Read a 2D or 3D NIfTI file; of a 4D file, volume ``channel`` (or its only volume)."""
     import nibabel as nib
 
     try:
@@ -157,8 +184,16 @@ def read_nifti(path: Path) -> Volume:
         data = np.asarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt/truncated files
         raise InputError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}).") from exc
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
+    header = img.header.copy()
+    if data.ndim == 4 and (channel is not None or data.shape[3] == 1):
+        index = channel or 0
+        if not 0 <= index < data.shape[3]:
+            raise InputError(
+                f"{path}: channel {index} out of range; the file holds {data.shape[3]} "
+                f"volumes (0..{data.shape[3] - 1})."
+            )
+        data = data[..., index]
+        header.set_data_shape(data.shape)
     if data.ndim not in (2, 3):
         raise InputError(
             f"{path}: {data.ndim}D image of shape {data.shape}; salip segments 2D and 3D "
@@ -166,7 +201,7 @@ def read_nifti(path: Path) -> Volume:
         )
     if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
         raise InputError(f"{path}: unsupported voxel type {data.dtype}.")
-    volume = _canonical(data, img.affine, "nifti", path, header=img.header.copy())
+    volume = _canonical(data, img.affine, "nifti", path, header=header)
     logger.info(
         "read %s: shape %s, orientation %s", path, data.shape, "".join(nib.aff2axcodes(img.affine))
     )

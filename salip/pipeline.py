@@ -15,10 +15,12 @@ import numpy as np
 
 from salip import __version__
 from salip.assembly import empty_volume_mask, keep_largest_components, put_slice, to_label_map
-from salip.cascade import SliceOutput, SliceSegmenter, StageTimer
+from salip.cascade import Cascade, SliceOutput, SliceSegmenter, StageTimer
 from salip.config import SegmentConfig
 from salip.errors import ConfigError, OutputError
 from salip.io import Volume, file_stem, read_input
+from salip.models.clip import LoadedClip
+from salip.models.sam import LoadedSam
 from salip.organs import Organ, parse_organs
 from salip.slicing import (
     AXES,
@@ -123,23 +125,49 @@ def _source_slice_indices(
 def _load_cascade(
     organs: Sequence[Organ], config: SegmentConfig, modality: str, timer: StageTimer
 ) -> tuple[SliceSegmenter, dict[str, Any]]:
-    from salip.cascade import Cascade
     from salip.models.clip import load_clip
-    from salip.models.registry import salip_home
     from salip.models.sam import load_sam
+
+    m = config.models
+    device = resolve_device(m.device)
+    start = time.perf_counter()
+    sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
+    clip = load_clip(m.clip_model, m.clip_pretrained, device=device)
+    timer.add("load_models", start)
+    return build_cascade(sam, clip, organs, config, modality, device=device, timer=timer)
+
+
+def build_cascade(
+    sam: LoadedSam,
+    clip: LoadedClip,
+    organs: Sequence[Organ],
+    config: SegmentConfig,
+    modality: str,
+    *,
+    device: str,
+    timer: StageTimer | None = None,
+) -> tuple[Cascade, dict[str, Any]]:
+    """The SaLIP cascade for ``organs`` on already loaded models, and its report entry.
+
+    Loads the organs' description prompts for ``modality`` (and their competitors' with
+    contrast scoring) and embeds them (through the on-disk text cache).
+
+    Returns:
+        (the cascade, a JSON-ready description: device, models, prompts, scoring).
+    """
+    from salip.cascade import Cascade
+    from salip.models.registry import salip_home
     from salip.prompts import load_competitors, load_prompts, prompts_dir
 
-    m, scoring = config.models, config.scoring
+    scoring = config.scoring
     folder = scoring.prompts_dir
-    device = resolve_device(m.device)
+    timer = timer or StageTimer()
     start = time.perf_counter()
     prompts = {o.name: load_prompts(o, modality, folder) for o in organs}
     competitors = {}
     if scoring.scoring == "contrast":
         competitors = {o.name: load_competitors(o, modality, list(organs), folder) for o in organs}
-    sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
-    clip = load_clip(m.clip_model, m.clip_pretrained, device=device)
-    timer.add("load_models", start)
+    timer.add("load_prompts", start)
     text_cache = salip_home() / "cache" / "text"
     cascade = Cascade(sam, clip, prompts, config, device, timer, competitors, text_cache)
     identity = {
@@ -172,7 +200,7 @@ def _load_cascade(
 
 
 def segment(
-    source: str | Path,
+    source: str | Path | Volume,
     *,
     organs: str | Sequence[str],
     output: str | Path | None = None,
@@ -189,7 +217,8 @@ def segment(
     """Segment ``organs`` in a NIfTI volume, DICOM series (folder or zip) or 2D image.
 
     Args:
-        source: input path.
+        source: input path, or a :class:`~salip.io.Volume` already read with
+            :func:`salip.io.read_input` (outputs are then named after its ``path``).
         organs: organ names (list, or comma-separated string); label values follow order.
         output: mask file (multi-label when several organs), or the folder for ``split``.
             Default: ``<input stem>_salip.nii.gz`` (``.png`` for 2D) in the working folder.
@@ -216,8 +245,11 @@ def segment(
     t0 = time.perf_counter()
     organ_list = parse_organs(organs)
     cfg = (config or SegmentConfig()).replace(**options)
-    source = Path(source)
-    volume = read_input(source)
+    if isinstance(source, Volume):
+        volume, source = source, source.path
+    else:
+        source = Path(source)
+        volume = read_input(source)
     check_slice_geometry(volume, cfg.slicing.axis)
     t = timer.add("read", t0)
 
@@ -255,7 +287,9 @@ def segment(
             if item is not None:
                 batch.append(item)
             if batch and (item is None or len(batch) == batch_size):
-                outputs = segmenter([img for _, img in batch], organ_list)
+                outputs = segmenter(
+                    [img for _, img in batch], organ_list, [index for index, _ in batch]
+                )
                 t_asm = time.perf_counter()
                 for (index, _), out in zip(batch, outputs):
                     out = out if isinstance(out, SliceOutput) else SliceOutput(masks=dict(out))
@@ -408,7 +442,8 @@ def propose(
     """Everything-mode proposals of one image or one volume slice.
 
     Args:
-        source: input path.
+        source: input path, or a :class:`~salip.io.Volume` already read with
+            :func:`salip.io.read_input` (outputs are then named after its ``path``).
         slice_index: slice along ``axis``, as indexed in the input file (default: middle).
         config: settings; ``options`` apply on top (same names as :func:`segment`'s).
 

@@ -140,6 +140,27 @@ def n_slices(volume: Volume, axis: str) -> int:
     return 1 if volume.is_2d else volume.data.shape[AXES[axis]]
 
 
+def display_slice(volume: np.ndarray, is_2d: bool, axis: str, index: int) -> np.ndarray:
+    """One slice of a canonical array in display orientation, any dtype.
+
+    Args:
+        volume: XxYxZ canonical array (a volume, or a mask aligned with it), or HxW(xC)
+            for a 2D image.
+        is_2d: whether ``volume`` is a 2D image (then returned as it is; ``index`` is 0).
+        axis: "axial", "coronal" or "sagittal".
+        index: slice index along ``axis`` in the canonical array.
+
+    Returns:
+        HxW array (HxWxC for 2D colour images) in the radiological display orientation of
+        :func:`to_display`, the orientation of the images :func:`iter_slices` yields.
+    """
+    if is_2d:
+        return volume
+    if axis not in AXES:
+        raise ConfigError(f"unknown axis '{axis}'; use one of {', '.join(AXES)}.")
+    return to_display(np.take(volume, index, axis=AXES[axis]))
+
+
 def iter_slices(volume8: np.ndarray, is_2d: bool, axis: str) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(index, HxWx3 uint8 RGB display image)`` for every slice.
 
@@ -154,9 +175,8 @@ def iter_slices(volume8: np.ndarray, is_2d: bool, axis: str) -> Iterator[tuple[i
         return
     if axis not in AXES:
         raise ConfigError(f"unknown axis '{axis}'; use one of {', '.join(AXES)}.")
-    ax = AXES[axis]
-    for index in range(volume8.shape[ax]):
-        grey = to_display(np.take(volume8, index, axis=ax))
+    for index in range(volume8.shape[AXES[axis]]):
+        grey = display_slice(volume8, False, axis, index)
         yield index, np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
 
 

@@ -24,7 +24,7 @@ WINDOW = (400.0, 50.0)
 class ThresholdSegmenter:
     """Marks every pixel whose 8-bit value exceeds 127 (channel 0) as the organ."""
 
-    def __call__(self, images, organs):
+    def __call__(self, images, organs, indices):
         return [{o.name: img[..., 0] > 127 for o in organs} for img in images]
 
 
