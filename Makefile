@@ -8,6 +8,8 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
+	# Tiny random-weight SAM and CLIP for the smoke benchmark (machinery only, not quality).
+	$(BIN)/python -m tests.tiny_models build/smoke-models
 
 test:
 	$(BIN)/python -m ruff check salip benchmarks tests

@@ -148,6 +148,30 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_flags(prop, ["models", "slicing", "proposals"])
     prop.set_defaults(func=_cmd_proposals)
 
+    bench = sub.add_parser(
+        "benchmark",
+        parents=[common],
+        help="Score salip and its baselines against datasets with reference masks.",
+        description="Runs the methods of a TOML config over its datasets and writes "
+        "cases.csv, summary.csv, summary.md, figures/ and run.json (see benchmarks/README.md). "
+        "Finished cases are saved at once and reused by a rerun. Prints the path of "
+        "summary.md.",
+    )
+    bench.add_argument("--config", required=True, metavar="TOML", help="Benchmark config file.")
+    bench.add_argument(
+        "--out",
+        metavar="DIR",
+        help="Output folder. Default: benchmark-results/<config name> in the working folder.",
+    )
+    bench.add_argument(
+        "--limit", type=int, metavar="N", help="At most N cases per dataset (the first by id)."
+    )
+    bench.add_argument(
+        "--rerun", action="store_true", help="Recompute every case, ignoring saved results."
+    )
+    bench.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    bench.set_defaults(func=_cmd_benchmark)
+
     models = sub.add_parser("models", help="Download or list SAM checkpoints.")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     dl = msub.add_parser(
@@ -260,6 +284,27 @@ def _cmd_proposals(args: argparse.Namespace) -> int:
     records, info = propose(args.input, slice_index=args.slice_index, **_config_options(args))
     write_json(output, records)
     logger.info("wrote %d proposals of slice %s to %s", len(records), info["slice"], output)
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from salip.bench.runner import run_benchmark
+
+    result = run_benchmark(
+        args.config,
+        out=args.out,
+        limit=args.limit,
+        rerun=args.rerun,
+        progress=not args.no_progress and not args.quiet,
+    )
+    logger.info(
+        "%d computed, %d reused, %d error row(s); outputs in %s",
+        result.computed,
+        result.reused,
+        result.errors,
+        result.out,
+    )
+    sys.stdout.write(f"{result.summary_md}\n")
     return 0
 
 

@@ -13,6 +13,13 @@ from typing import Any
 
 from salip.errors import ConfigError
 
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+}
+
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
@@ -213,16 +220,17 @@ class SegmentConfig:
                     raise ConfigError(
                         f"{f.name} = {value!r} is not valid; use one of {', '.join(choices)}."
                     )
-                default = f.default
-                if default is None or default is dataclasses.MISSING or value is None:
+                # Annotations are strings here ("int | None"); the first name is the type.
+                kind = str(f.type).split("|")[0].strip()
+                if value is None or kind not in _TYPES:
                     continue
-                expected = (int, float) if type(default) is float else (type(default),)
-                if isinstance(value, bool) is not isinstance(default, bool) or not isinstance(
+                expected = _TYPES[kind]
+                if isinstance(value, bool) is not (kind == "bool") or not isinstance(
                     value, expected
                 ):
+                    example = "" if f.default is None else f", e.g. {f.default!r}"
                     raise ConfigError(
-                        f"{f.name} = {value!r} has the wrong type; expected "
-                        f"{type(default).__name__}, e.g. {default!r}."
+                        f"{f.name} = {value!r} has the wrong type; expected {kind}{example}."
                     )
 
         p, a, c = self.proposals, self.area, self.crops

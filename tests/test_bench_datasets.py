@@ -304,7 +304,7 @@ def test_expand_pattern(tmp_path):
     assert file_stem(nii) == "case_01" and file_stem(Path("a.b.png")) == "a.b"
     assert expand_pattern("labels/{stem}.nii.gz", nii, base) == base / "labels/case_01.nii.gz"
     assert expand_pattern("{dir}/../lbl/{stem}_seg.nii.gz", nii, base) == Path(
-        f"{tmp_path}/data/imgs/../lbl/case_01_seg.nii.gz"
+        f"{tmp_path}/data/lbl/case_01_seg.nii.gz"
     )
     png = Path("images/x.png")  # relative images are relative to base_dir
     assert expand_pattern("{dir}/{stem}_liver.png", png, base) == base / "images/x_liver.png"

@@ -82,3 +82,27 @@ def register_tiny_clip(folder: Path) -> str:
     (cfg_dir / f"{TINY_CLIP_NAME}.json").write_text(json.dumps(TINY_CLIP_CFG))
     open_clip.add_model_config(cfg_dir)
     return TINY_CLIP_NAME
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.tiny_models FOLDER``: write the tiny models for the smoke benchmark.
+
+    Writes ``FOLDER/sam_tiny.pth`` and the ``FOLDER/clip_tiny/`` open_clip folder (random
+    weights: for checking machinery only; ``benchmarks/configs/shared-smoke.toml`` uses them).
+    """
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m tests.tiny_models FOLDER\n")
+        return 2
+    folder = Path(args[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    make_tiny_sam(folder / "sam_tiny.pth")
+    make_tiny_clip_dir(folder / "clip_tiny")
+    sys.stdout.write(f"tiny random-weight models in {folder}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

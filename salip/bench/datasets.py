@@ -18,6 +18,10 @@ Four kinds of layout are understood (:data:`KINDS`, keys per kind in :data:`KIND
     2D images (``images`` glob) with one binary mask each (``masks`` pattern) of one
     ``target`` organ, thresholded (``threshold``) and optionally filled (``fill_outline``).
 
+Every kind also takes ``modality`` ("ct", "mr", "xray", "us"): the images' modality, for
+intensity mapping and prompts (default: the label set's, else detected from the image; 2D
+images without it are treated as X-ray, so 2D CT slices need ``modality = "ct"``).
+
 Dataset class names are mapped to the vocabulary by name (canonical names and synonyms, see
 :func:`salip.organs.get_organ`), by the ``organ_map`` table of the config, and through the
 TotalSegmentator class lists of :data:`salip.label_sets.TOTALSEG_FILES` (lungs from lobes);
@@ -30,10 +34,12 @@ files are read, and checked against the image's shape, by :func:`load_references
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import glob
 import json
 import logging
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +51,7 @@ import numpy as np
 from salip.errors import BenchmarkError, OrganError
 from salip.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, file_stem
 from salip.label_sets import MSD, TOTALSEG, TOTALSEG_FILES, LabelSet, get_label_sets
-from salip.organs import ORGANS, get_organ, with_pairs
+from salip.organs import MODALITIES, ORGANS, get_organ, with_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +60,28 @@ KINDS = ("nifti-multilabel", "nifti-per-organ", "msd", "image-mask-pairs")
 
 #: Valid keys of a ``[[datasets]]`` table, per kind.
 KIND_KEYS: dict[str, tuple[str, ...]] = {
-    "nifti-multilabel": ("name", "kind", "images", "labels", "label_names", "organs", "organ_map"),
-    "nifti-per-organ": ("name", "kind", "root", "image_name", "organs", "organ_map"),
-    "msd": ("name", "kind", "root", "task", "channel", "organs"),
-    "image-mask-pairs": ("name", "kind", "images", "masks", "target", "threshold", "fill_outline"),
+    "nifti-multilabel": (
+        "name",
+        "kind",
+        "images",
+        "labels",
+        "label_names",
+        "organs",
+        "organ_map",
+        "modality",
+    ),
+    "nifti-per-organ": ("name", "kind", "root", "image_name", "organs", "organ_map", "modality"),
+    "msd": ("name", "kind", "root", "task", "channel", "organs", "modality"),
+    "image-mask-pairs": (
+        "name",
+        "kind",
+        "images",
+        "masks",
+        "target",
+        "threshold",
+        "fill_outline",
+        "modality",
+    ),
 }
 
 _SUFFIXES = (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES)
@@ -83,7 +107,8 @@ class Case:
         image: the image file to segment (absolute path); references are in its grid.
         organs: vocabulary organs to score, in order.
         kind: the dataset kind (one of :data:`KINDS`).
-        modality: "ct", "mr", ... when the label set says so, else None.
+        modality: "ct", "mr", ... from the dataset's ``modality`` key or its label set, else
+            None (detected from the image).
         channel: for 4D (multi-modal) NIfTI images, the index along the 4th axis of the
             volume to segment (MSD; default 0); None for other kinds.
         approximate: organ -> why its reference is a related, not identical, structure.
@@ -153,7 +178,7 @@ def expand_pattern(pattern: str, image: Path, base_dir: Path) -> Path:
             "{stem} (image name without extension) and {dir} (image folder)."
         ) from exc
     path = Path(text)
-    return path if path.is_absolute() else base_dir / path
+    return Path(os.path.normpath(path if path.is_absolute() else base_dir / path))
 
 
 def _is_nifti(path: Path) -> bool:
@@ -176,7 +201,7 @@ def _glob_images(spec: _Spec) -> list[Path]:
         if not path.name.lower().endswith(_SUFFIXES):
             logger.warning("%s: skip %s: not a NIfTI or 2D image file", spec.name, path)
             continue
-        paths.append(path.absolute())
+        paths.append(Path(os.path.normpath(path.absolute())))
     if not paths:
         spec.fail(
             f"no image file matches images = '{pattern}' (relative to {spec.base_dir}); "
@@ -230,7 +255,7 @@ class _Spec:
 
     def path(self, key: str) -> Path:
         path = Path(self.text(key))
-        return path if path.is_absolute() else self.base_dir / path
+        return Path(os.path.normpath(path if path.is_absolute() else self.base_dir / path))
 
     def number(self, key: str) -> float | None:
         value = self._get(key, (int, float), "a number", False)
@@ -658,7 +683,12 @@ def load_dataset(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise BenchmarkError(f"limit must be a whole number >= 1, not {limit!r}.")
     table = _Spec(name, kind, spec, Path(base_dir).absolute())
+    modality = table.text("modality", required=False)
+    if modality is not None and modality not in MODALITIES:
+        table.fail(f"modality = '{modality}' is not one of {', '.join(MODALITIES)}.")
     cases = sorted(_BUILDERS[kind](table), key=lambda case: case.case_id)
+    if modality is not None:
+        cases = [dataclasses.replace(case, modality=modality) for case in cases]
     ids = [case.case_id for case in cases]
     if len(set(ids)) != len(ids):
         repeated = sorted({i for i in ids if ids.count(i) > 1})
