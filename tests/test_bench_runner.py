@@ -110,11 +110,26 @@ def first_run(tmp_path_factory, tiny_sam_path, tiny_clip_dir):
 
         return segmenter
 
+    import salip.models.clip
+    import salip.models.sam
+
+    loads: list[str] = []
+
+    def counted(name, original):
+        def load(*args, **kwargs):
+            loads.append(name)
+            return original(*args, **kwargs)
+
+        return load
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SALIP_HOME", str(folder / "home"))
         for cls, original in originals.items():
             mp.setattr(cls, "segmenter", spy(original))
+        mp.setattr(salip.models.sam, "load_sam", counted("sam", salip.models.sam.load_sam))
+        mp.setattr(salip.models.clip, "load_clip", counted("clip", salip.models.clip.load_clip))
         result = run_benchmark(config, out=folder / "out")
+    seen["model loads"] = loads
     return config, result, seen
 
 
@@ -166,6 +181,8 @@ def test_table_has_one_row_per_method_with_oracles_marked(first_run):
 
 def test_only_oracle_methods_are_handed_references(first_run):
     _, _, seen = first_run
+    seen = dict(seen)
+    assert seen.pop("model loads") == ["sam", "clip"]  # once per run, not per case
     assert seen == {m: {m in ORACLES} for m in METHODS}
 
 
