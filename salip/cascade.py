@@ -20,8 +20,9 @@ from salip.config import SegmentConfig
 from salip.crops import make_crops
 from salip.laterality import IN_PLANE_AXES, body_midline, patient_sides
 from salip.models.clip import LoadedClip
+from salip.models.precision import resolve_precision
 from salip.models.sam import LoadedSam
-from salip.models.sam_runtime import encode_images
+from salip.models.sam_runtime import BatchSize, encode_images
 from salip.organs import Organ, get_organ
 from salip.prompts import PromptSet
 from salip.proposals import generate_proposals
@@ -99,7 +100,10 @@ class Cascade:
         text_cache: Path | None = None,
     ) -> None:
         self.sam = sam
-        self.scorer = ClipScorer(clip, device, cache_dir=text_cache)
+        self.precision = resolve_precision(config.models.precision, device)
+        self.scorer = ClipScorer(clip, device, cache_dir=text_cache, precision=self.precision)
+        # Halved for the rest of the run if the device runs out of memory.
+        self.encoder_batch = BatchSize(config.proposals.encoder_batch_size)
         self.prompts = prompts
         self.config = config
         self.timer = timer or StageTimer()
@@ -185,7 +189,7 @@ class Cascade:
         """Segment ``organs`` in a batch of HxWx3 uint8 display slices (``indices`` unused)."""
         cfg, timer, model = self.config, self.timer, self.sam.model
         t = time.perf_counter()
-        embeddings = encode_images(model, images, cfg.proposals.encoder_batch_size)
+        embeddings = encode_images(model, images, self.encoder_batch, precision=self.precision)
         t = timer.add("sam_encoder", t)
         per_slice, crops, owner = [], [], []
         for i, (image, emb) in enumerate(zip(images, embeddings)):

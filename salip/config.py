@@ -49,6 +49,12 @@ class ModelConfig:
         "hf-hub: and local-dir: models.",
     )
     device: str = _opt("auto", "Device: auto, cpu, cuda or cuda:N.")
+    precision: str = _opt(
+        "auto",
+        "Precision of the SAM and CLIP image encoders: fp32, or bf16/fp16 autocast (fp16 on "
+        "CUDA only). auto: bf16 on CUDA, fp32 on CPU. Decoding and scoring stay fp32.",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,13 @@ class SliceConfig:
     )
     percentile_low: float = _opt(0.5, "Lower percentile for MR/US/X-ray intensity normalisation.")
     percentile_high: float = _opt(99.5, "Upper percentile for MR/US/X-ray intensity normalisation.")
+    skip_empty: bool = _opt(
+        True,
+        "Skip volume slices with no body in them (an intensity rule, no model: CT slices with "
+        "fewer than 0.1%% of pixels above -500 HU; other volumes, fewer than 0.1%% of pixels "
+        "above the normalisation floor). They get empty masks. --no-skip-empty runs every "
+        "slice.",
+    )
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from salip.organs import Organ, parse_organs
 from salip.slicing import (
     AXES,
     Intensity,
+    body_slices,
     check_slice_geometry,
     choose_intensity,
     iter_slices,
@@ -277,10 +278,15 @@ def segment(
     shape = volume.data.shape[:2] if volume.is_2d else volume.data.shape
     canonical = {o.name: empty_volume_mask(shape) for o in organ_list}
     chosen: dict[str, list[dict[str, Any]]] = {o.name: [] for o in organ_list}
-    total = n_slices(volume, axis)
+    keep = np.ones(n_slices(volume, axis), dtype=bool)
+    if cfg.slicing.skip_empty:
+        keep = body_slices(volume, volume8, intensity, axis)
+        if not keep.all():
+            logger.info("skipping %d of %d slices with no body", int((~keep).sum()), keep.size)
+    total = int(keep.sum())
     batch_size = cfg.proposals.encoder_batch_size
     batch: list[tuple[int, np.ndarray]] = []
-    slice_iter = iter_slices(volume8, volume.is_2d, axis)
+    slice_iter = (item for item in iter_slices(volume8, volume.is_2d, axis) if keep[item[0]])
     with tqdm(total=total, desc="slices", unit="slice", disable=not progress) as bar:
         # Slices stream through in batches; the None sentinel flushes the last batch.
         for item in itertools.chain(slice_iter, [None]):
@@ -336,6 +342,8 @@ def segment(
     run_report = _build_report(
         volume, source, organ_list, canonical, chosen, label_values, intensity, cfg, models, timer
     )
+    _, skipped = _source_slice_indices(volume, axis, np.nonzero(~keep)[0].tolist())
+    run_report["slicing"]["skipped_slices"] = sorted(skipped)
     if report is not None:
         write_json(Path(report), run_report)
         written.append(Path(report))

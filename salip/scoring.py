@@ -56,6 +56,8 @@ class ClipScorer:
         device: where it runs.
         batch_size: crops per image-encoder batch.
         cache_dir: folder of the on-disk text-embedding cache (None: memory only).
+        precision: resolved precision of the image tower ("fp32", "bf16", "fp16"); text
+            embeddings are always computed in fp32.
     """
 
     def __init__(
@@ -64,8 +66,10 @@ class ClipScorer:
         device: str | torch.device,
         batch_size: int = 64,
         cache_dir: Path | None = None,
+        precision: str = "fp32",
     ):
         self.clip = clip
+        self.precision = precision
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.cache_dir = cache_dir
@@ -123,9 +127,12 @@ class ClipScorer:
     def image_embeddings(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
         """NxD float tensor of normalised CLIP embeddings of HxWx3 uint8 RGB crops.
 
-        Each crop goes through open_clip's own preprocess, then ``encode_image``.
+        Each crop goes through open_clip's own preprocess, then ``encode_image`` (under
+        autocast at the scorer's precision; the embeddings come back as float32).
         """
         from PIL import Image
+
+        from salip.models.precision import autocast
 
         if not crops:
             return torch.zeros((0, 0), device=self.device)
@@ -137,7 +144,8 @@ class ClipScorer:
                     for c in crops[start : start + self.batch_size]
                 ]
             ).to(self.device)
-            emb = self.clip.model.encode_image(batch).float()
+            with autocast(self.device, self.precision):
+                emb = self.clip.model.encode_image(batch).float()
             out.append(emb / emb.norm(dim=-1, keepdim=True))
         return torch.cat(out)
 

@@ -120,6 +120,40 @@ def to_uint8(volume: Volume, intensity: Intensity, config: SliceConfig) -> np.nd
     return percentile_normalise(volume.data, config.percentile_low, config.percentile_high)
 
 
+#: Hounsfield units above which a CT voxel counts as body (air and padding lie below).
+BODY_HU = -500.0
+
+#: Fraction of a slice's pixels that must be body for the slice to be segmented.
+MIN_BODY_FRACTION = 0.001
+
+
+def body_slices(volume: Volume, volume8: np.ndarray, intensity: Intensity, axis: str) -> np.ndarray:
+    """Which slices along ``axis`` show any body: a bool array, True = segment the slice.
+
+    An intensity rule with no model and no labels. A slice is kept when at least
+    :data:`MIN_BODY_FRACTION` of its pixels (and at least one) are body: above
+    :data:`BODY_HU` for CT, above 0 in the 8-bit image for other modalities (the
+    normalisation floor, where background falls). 2D images always have their one slice.
+
+    Args:
+        volume: the canonical volume (CT in HU).
+        volume8: its uint8 version, same shape (:func:`to_uint8`).
+        intensity: the mapping used for ``volume8`` (its modality picks the rule).
+        axis: "axial", "coronal" or "sagittal".
+
+    Returns:
+        A bool array with one entry per slice index along ``axis``.
+    """
+    if volume.is_2d:
+        return np.ones(1, dtype=bool)
+    ax = AXES[axis]
+    other = tuple(a for a in range(3) if a != ax)
+    per_slice = volume.data.size // volume.data.shape[ax]
+    needed = max(1, int(np.ceil(MIN_BODY_FRACTION * per_slice)))
+    body = volume.data > BODY_HU if intensity.modality == "ct" else volume8 > 0
+    return np.count_nonzero(body, axis=other) >= needed
+
+
 def to_display(canonical_slice: np.ndarray) -> np.ndarray:
     """Canonical RAS+ slice (AxB, A and B in increasing axis order) -> display image (BxA).
 

@@ -157,7 +157,12 @@ class _EncodedSlices:
     """Base of the SAM baselines: encode the batch once, then one answer per slice."""
 
     def __init__(self, method: Method, models: Models, case: CaseInput):
+        from salip.models.precision import resolve_precision
+        from salip.models.sam_runtime import BatchSize
+
         self.model, self.config, self.case = models.sam.model, method.config, case
+        self.precision = resolve_precision(method.config.models.precision, models.device)
+        self.batch = BatchSize(method.config.proposals.encoder_batch_size)
 
     def __call__(
         self, images: Sequence[np.ndarray], organs: Sequence[Organ], indices: Sequence[int]
@@ -167,7 +172,7 @@ class _EncodedSlices:
         from salip.models.sam_runtime import encode_images
 
         with torch.no_grad():
-            embeddings = encode_images(self.model, images, self.config.proposals.encoder_batch_size)
+            embeddings = encode_images(self.model, images, self.batch, precision=self.precision)
             return [
                 self.segment_slice(emb, index, organs)
                 for emb, index in zip(embeddings, indices, strict=True)

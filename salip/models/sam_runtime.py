@@ -7,11 +7,14 @@ the box-prompt pass (stage 6), so no image is encoded twice.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,31 +32,95 @@ class ImageEmbedding:
     original_size: tuple[int, int]
 
 
+class BatchSize:
+    """A batch size that halves on device out-of-memory and stays halved.
+
+    Attributes:
+        value: the current batch size (>= 1).
+        reductions: how many times it was halved.
+    """
+
+    def __init__(self, value: int):
+        self.value = max(1, int(value))
+        self.reductions = 0
+
+    def halve(self) -> None:
+        self.value = max(1, self.value // 2)
+        self.reductions += 1
+
+
+#: torch >= 2.5 names it torch.OutOfMemoryError; torch.cuda's alias is older.
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
 @torch.no_grad()
 def encode_images(
-    sam: torch.nn.Module, images: Sequence[np.ndarray], batch_size: int = 4
+    sam: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    batch_size: int | BatchSize = 4,
+    *,
+    precision: str = "fp32",
 ) -> list[ImageEmbedding]:
     """Encode HxWx3 uint8 RGB images with SAM's image encoder, ``batch_size`` at a time.
 
     Preprocessing is segment-anything's own (``ResizeLongestSide.apply_image`` then
-    ``Sam.preprocess``), so embeddings equal ``SamPredictor.set_image``'s.
+    ``Sam.preprocess``), so at fp32 embeddings equal ``SamPredictor.set_image``'s.
+
+    Args:
+        sam: segment-anything ``Sam`` model.
+        images: HxWx3 uint8 RGB images (sizes may differ).
+        batch_size: images per encoder call; a :class:`BatchSize` is halved in place when
+            the device runs out of memory (the batch is retried, down to 1), so later calls
+            start from the smaller size.
+        precision: "fp32", or "bf16"/"fp16" autocast (resolved, see
+            :mod:`salip.models.precision`); features come back as float32.
+
+    Returns:
+        One :class:`ImageEmbedding` per image, in order; features 1xCxhxw float32.
+
+    Raises:
+        OutOfMemoryError: out of memory even with one image per batch.
     """
     from segment_anything.utils.transforms import ResizeLongestSide
 
+    from salip.models.precision import autocast
+
+    size = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
     transform = ResizeLongestSide(sam.image_encoder.img_size)
     device = sam.device
     out: list[ImageEmbedding] = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
+    start = 0
+    while start < len(images):
+        chunk = images[start : start + size.value]
         tensors, sizes = [], []
         for image in chunk:
             resized = transform.apply_image(image)
             tensor = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()
             sizes.append((tuple(tensor.shape[-2:]), tuple(image.shape[:2])))
             tensors.append(sam.preprocess(tensor[None].float())[0])
-        features = sam.image_encoder(torch.stack(tensors))
+        try:
+            with autocast(device, precision):
+                features = sam.image_encoder(torch.stack(tensors)).float()
+        except RuntimeError as exc:  # OutOfMemoryError is a RuntimeError
+            if not _is_oom(exc) or size.value == 1:
+                raise
+            del tensors
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            size.halve()
+            logger.warning(
+                "out of device memory encoding %d slices; retrying %d at a time",
+                len(chunk),
+                size.value,
+            )
+            continue
         for i, (input_size, original_size) in enumerate(sizes):
             out.append(ImageEmbedding(features[i : i + 1], input_size, original_size))
+        start += len(chunk)
     return out
 
 

@@ -1,0 +1,193 @@
+"""The fast paths keep their answers: slice skipping, out-of-memory recovery, precision."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import salip
+from salip.config import SliceConfig
+from salip.errors import ConfigError
+from salip.io import read_input, to_canonical
+from salip.models.precision import resolve_precision
+from salip.models.sam import load_sam
+from salip.models.sam_runtime import BatchSize, OutOfMemoryError, encode_images
+from salip.organs import get_organ
+from salip.slicing import AXES, body_slices, choose_intensity, iter_slices, to_uint8
+from tests.conftest import TOTALSEG, require_data
+
+CASES = [
+    ("example_ct_sm.nii.gz", "example_seg.nii.gz"),
+    ("example_ct.nii.gz", "example_seg_full.nii.gz"),
+    ("example_mr_sm.nii.gz", "example_seg_mr.nii.gz"),
+    ("example_ct_dicom", "example_seg_dicom.nii.gz"),
+]
+
+
+def _body(volume, axis):
+    intensity = choose_intensity(volume, [get_organ("liver")], SliceConfig())
+    return body_slices(volume, to_uint8(volume, intensity, SliceConfig()), intensity, axis)
+
+
+@pytest.mark.parametrize(("image", "labels"), CASES)
+def test_no_slice_with_a_labelled_organ_is_skipped(image, labels):
+    volume = read_input(require_data(TOTALSEG / image))
+    seg = np.asarray(nib.load(require_data(TOTALSEG / labels)).dataobj)
+    labelled = to_canonical(seg, volume.geometry) > 0
+    assert labelled.any()
+    for axis, ax in AXES.items():
+        other = tuple(a for a in range(3) if a != ax)
+        with_organ = labelled.any(axis=other)
+        keep = _body(volume, axis)
+        assert keep.shape == with_organ.shape
+        missed = np.nonzero(with_organ & ~keep)[0]
+        assert missed.size == 0, f"{image} {axis}: labelled slices {missed} skipped"
+
+
+def _padded_ct(tmp_path, pad=4):
+    """example_ct_sm with `pad` slices of air (-1024 HU) added at both ends along z."""
+    src = nib.load(require_data(TOTALSEG / "example_ct_sm.nii.gz"))
+    data = np.asarray(src.dataobj)
+    air = np.full(data.shape[:2] + (pad,), -1024, dtype=data.dtype)
+    path = tmp_path / "padded.nii.gz"
+    nib.save(nib.Nifti1Image(np.concatenate([air, data, air], axis=2), src.affine), path)
+    return path, data.shape[2]
+
+
+def test_air_slices_are_skipped(tmp_path):
+    path, n = _padded_ct(tmp_path)
+    keep = _body(read_input(path), "axial")
+    assert keep.tolist() == [False] * 4 + [True] * n + [False] * 4
+
+
+class Recorder:
+    """Marks every pixel above 127 and records the slice indices it was given."""
+
+    def __init__(self):
+        self.indices = []
+
+    def __call__(self, images, organs, indices):
+        self.indices += list(indices)
+        return [{o.name: img[..., 0] > 127 for o in organs} for img in images]
+
+
+def test_segment_never_sees_skipped_slices(tmp_path):
+    path, n = _padded_ct(tmp_path)
+    seen = Recorder()
+    result = salip.segment(
+        path, organs="liver", write=False, segmenter=seen, largest_component=False
+    )
+    assert seen.indices == list(range(4, 4 + n))  # RAS file: canonical = file order
+    assert result.report["slicing"]["skipped_slices"] == [0, 1, 2, 3, *range(4 + n, 8 + n)]
+    assert not result.masks["liver"][..., :4].any() and not result.masks["liver"][..., -4:].any()
+    everything = Recorder()
+    full = salip.segment(
+        path,
+        organs="liver",
+        write=False,
+        segmenter=everything,
+        largest_component=False,
+        skip_empty=False,
+    )
+    assert everything.indices == list(range(n + 8))
+    assert full.report["slicing"]["skipped_slices"] == []
+    # the kept slices are segmented exactly as without skipping
+    np.testing.assert_array_equal(result.masks["liver"], full.masks["liver"])
+
+
+def _slices(count):
+    volume = read_input(require_data(TOTALSEG / "example_ct_sm.nii.gz"))
+    intensity = choose_intensity(volume, [get_organ("liver")], SliceConfig())
+    volume8 = to_uint8(volume, intensity, SliceConfig())
+    return [img for _, img in iter_slices(volume8, False, "axial")][:count]
+
+
+def _inject_oom(monkeypatch, model, limit):
+    """The image encoder raises out-of-memory for batches larger than ``limit``."""
+    forward = model.image_encoder.forward
+    calls = []
+
+    def guarded(x):
+        calls.append(len(x))
+        if len(x) > limit:
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return forward(x)
+
+    monkeypatch.setattr(model.image_encoder, "forward", guarded)
+    return calls
+
+
+def test_encoder_halves_its_batch_on_out_of_memory(monkeypatch, tiny_sam_path):
+    model = load_sam(str(tiny_sam_path)).model
+    images = _slices(5)
+    expected = encode_images(model, images, 1)
+    calls = _inject_oom(monkeypatch, model, limit=1)
+    size = BatchSize(4)
+    got = encode_images(model, images, size)
+    assert calls[:3] == [4, 2, 1] and set(calls[3:]) == {1}
+    assert (size.value, size.reductions) == (1, 2)
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(a.features, b.features, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="boom"):  # other errors are not swallowed
+        monkeypatch.setattr(
+            model.image_encoder, "forward", lambda x: (_ for _ in ()).throw(RuntimeError("boom"))
+        )
+        encode_images(model, images, 2)
+
+
+def test_segment_finishes_after_out_of_memory_with_the_same_masks(
+    monkeypatch, tmp_path, tiny_models
+):
+    import salip.models.sam as sam_module
+
+    src = nib.load(require_data(TOTALSEG / "example_ct_sm.nii.gz"))
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj)[..., 10:16], src.affine), path)
+    options = dict(
+        organs="liver",
+        write=False,
+        encoder_batch_size=4,
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        scoring="salip",  # random weights: top-k always picks a crop, so masks are not empty
+        **tiny_models,
+    )
+    clean = salip.segment(path, **options)
+    load = sam_module.load_sam
+    guards: list[list[int]] = []
+
+    def load_with_oom(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        guards.append(_inject_oom(monkeypatch, loaded.model, limit=1))
+        return loaded
+
+    monkeypatch.setattr(sam_module, "load_sam", load_with_oom)
+    recovered = salip.segment(path, **options)
+    (calls,) = guards
+    assert calls[:3] == [4, 2, 1] and set(calls[3:]) == {1}
+    assert clean.masks["liver"].any()
+    np.testing.assert_array_equal(clean.masks["liver"], recovered.masks["liver"])
+
+
+def test_precision_choices():
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cuda") == "bf16"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ConfigError, match="use one of auto, fp32, bf16, fp16"):
+        resolve_precision("fp8", "cpu")
+
+
+def test_bf16_encoder_returns_float32_close_to_fp32(tiny_sam_path):
+    model = load_sam(str(tiny_sam_path)).model
+    images = _slices(2)
+    exact = encode_images(model, images, 2)
+    half = encode_images(model, images, 2, precision="bf16")
+    for a, b in zip(exact, half, strict=True):
+        assert b.features.dtype == torch.float32
+        cos = torch.nn.functional.cosine_similarity(a.features.flatten(), b.features.flatten(), 0)
+        assert cos > 0.99
