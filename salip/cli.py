@@ -172,6 +172,26 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     bench.set_defaults(func=_cmd_benchmark)
 
+    speed = sub.add_parser(
+        "bench-speed",
+        parents=[common],
+        help="Time salip against the SaLIP reference cost structure on one volume.",
+        description="In one process, on the same device, checkpoints and slices: (A) the "
+        "reference structure (SamAutomaticMaskGenerator per slice, CLIP with texts encoded "
+        "again, SamPredictor.set_image plus box prompts) and (B) salip. Prints the ratio A/B, "
+        "the mask agreement (mean IoU), per-stage seconds, and a Markdown line for "
+        "benchmarks/RESULTS.md.",
+    )
+    source = speed.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", metavar="NIFTI", help="A NIfTI volume to segment.")
+    source.add_argument(
+        "--shape", metavar="XxYxZ", help="A synthetic CT phantom of this shape, e.g. 512x512x200."
+    )
+    speed.add_argument("--organ", default="liver", help="Organ to segment (default: liver).")
+    speed.add_argument("--json", metavar="PATH", help="Also write the results as JSON.")
+    _add_config_flags(speed, ["models", "slicing", "proposals"])
+    speed.set_defaults(func=_cmd_bench_speed)
+
     models = sub.add_parser("models", help="Download or list SAM checkpoints.")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     dl = msub.add_parser(
@@ -305,6 +325,27 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         result.out,
     )
     sys.stdout.write(f"{result.summary_md}\n")
+    return 0
+
+
+def _cmd_bench_speed(args: argparse.Namespace) -> int:
+    import json
+
+    from salip.bench.speed import markdown_line, run_speed
+
+    result = run_speed(
+        input=args.input,
+        shape=args.shape,
+        organ=args.organ,
+        json_path=args.json,
+        **_config_options(args),
+    )
+    keys = ("reference_s", "salip_s", "ratio", "agreement_iou", "device", "precision", "shape")
+    for key in keys:
+        logger.info("%s: %s", key, result[key])
+    logger.info("salip stages (s): %s", json.dumps(result["stages"]))
+    logger.info("reference stages (s): %s", json.dumps(result["reference_stages"]))
+    sys.stdout.write(markdown_line(result) + "\n")
     return 0
 
 
