@@ -52,11 +52,32 @@ def parse_window(spec: str) -> tuple[float, float]:
     return width, level
 
 
+#: Elements converted at a time by :func:`_linear_to_uint8` (64 MiB of float32).
+_CHUNK = 1 << 24
+
+
+def _linear_to_uint8(values: np.ndarray, low: float, scale: float) -> np.ndarray:
+    """``clip(rint((values - low) * scale), 0, 255)`` as uint8, same shape.
+
+    Computed in float32 over chunks of the flattened array, in place, so a large volume
+    needs one uint8 output and one 64 MiB buffer rather than several float32 copies of
+    itself (the result is the same as the whole-array expression).
+    """
+    flat = values.reshape(-1)
+    out = np.empty(flat.shape, dtype=np.uint8)
+    for start in range(0, flat.size, _CHUNK):
+        buf = flat[start : start + _CHUNK].astype(np.float32)
+        buf -= np.float32(low)
+        buf *= np.float32(scale)
+        np.rint(buf, out=buf)
+        np.clip(buf, 0, 255, out=buf)
+        out[start : start + _CHUNK] = buf
+    return out.reshape(values.shape)
+
+
 def apply_window(values: np.ndarray, width: float, level: float) -> np.ndarray:
     """Map HU to uint8: ``level - width/2`` -> 0, ``level + width/2`` -> 255, clipped."""
-    low = level - width / 2.0
-    scaled = (values.astype(np.float32) - low) * (255.0 / width)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return _linear_to_uint8(values, level - width / 2.0, 255.0 / width)
 
 
 def percentile_normalise(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -64,8 +85,7 @@ def percentile_normalise(values: np.ndarray, low: float, high: float) -> np.ndar
     lo, hi = np.percentile(values, [low, high])
     if hi <= lo:
         hi = lo + 1.0
-    scaled = (values.astype(np.float32) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return _linear_to_uint8(values, float(lo), 255.0 / float(hi - lo))
 
 
 def detect_modality(volume: Volume) -> str:
@@ -150,8 +170,18 @@ def body_slices(volume: Volume, volume8: np.ndarray, intensity: Intensity, axis:
     other = tuple(a for a in range(3) if a != ax)
     per_slice = volume.data.size // volume.data.shape[ax]
     needed = max(1, int(np.ceil(MIN_BODY_FRACTION * per_slice)))
-    body = volume.data > BODY_HU if intensity.modality == "ct" else volume8 > 0
-    return np.count_nonzero(body, axis=other) >= needed
+    counts = np.zeros(volume.data.shape[ax], dtype=np.int64)
+    # Slab by slab along the first axis, so no full-size bool volume is made.
+    for start in range(0, volume.data.shape[0], 16):
+        if intensity.modality == "ct":
+            body = volume.data[start : start + 16] > BODY_HU
+        else:
+            body = volume8[start : start + 16] > 0
+        if ax == 0:
+            counts[start : start + len(body)] += np.count_nonzero(body, axis=(1, 2))
+        else:
+            counts += np.count_nonzero(body, axis=other)
+    return counts >= needed
 
 
 def to_display(canonical_slice: np.ndarray) -> np.ndarray:
