@@ -22,7 +22,7 @@ from salip.laterality import IN_PLANE_AXES, body_midline, patient_sides
 from salip.models.clip import LoadedClip
 from salip.models.precision import resolve_precision
 from salip.models.sam import LoadedSam
-from salip.models.sam_runtime import BatchSize, encode_images
+from salip.models.sam_runtime import BatchSize, compiled_encoder, encode_images
 from salip.organs import Organ, get_organ
 from salip.prompts import PromptSet
 from salip.proposals import generate_proposals
@@ -104,6 +104,7 @@ class Cascade:
         self.scorer = ClipScorer(clip, device, cache_dir=text_cache, precision=self.precision)
         # Halved for the rest of the run if the device runs out of memory.
         self.encoder_batch = BatchSize(config.proposals.encoder_batch_size)
+        self.encoder = compiled_encoder(sam.model) if config.models.compile else None
         self.prompts = prompts
         self.config = config
         self.timer = timer or StageTimer()
@@ -189,7 +190,9 @@ class Cascade:
         """Segment ``organs`` in a batch of HxWx3 uint8 display slices (``indices`` unused)."""
         cfg, timer, model = self.config, self.timer, self.sam.model
         t = time.perf_counter()
-        embeddings = encode_images(model, images, self.encoder_batch, precision=self.precision)
+        embeddings = encode_images(
+            model, images, self.encoder_batch, precision=self.precision, encoder=self.encoder
+        )
         t = timer.add("sam_encoder", t)
         per_slice, crops, owner = [], [], []
         for i, (image, emb) in enumerate(zip(images, embeddings)):

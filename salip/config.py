@@ -55,6 +55,11 @@ class ModelConfig:
         "CUDA only). auto: bf16 on CUDA, fp32 on CPU. Decoding and scoring stay fp32.",
         choices=("auto", "fp32", "bf16", "fp16"),
     )
+    compile: bool = _opt(
+        False,
+        "torch.compile the SAM image encoder: the first batch of each slice size is slow "
+        "(compilation, tens of seconds), later ones faster. Off by default.",
+    )
 
 
 @dataclass(frozen=True)

@@ -191,3 +191,28 @@ def test_bf16_encoder_returns_float32_close_to_fp32(tiny_sam_path):
         assert b.features.dtype == torch.float32
         cos = torch.nn.functional.cosine_similarity(a.features.flatten(), b.features.flatten(), 0)
         assert cos > 0.99
+
+
+def test_compiled_encoder_gives_the_same_masks(tmp_path, tiny_models):
+    """--compile: torch.compile of the encoder (one compilation here, about 30 s on CPU)."""
+    from salip.models import sam_runtime
+
+    src = nib.load(require_data(TOTALSEG / "example_ct_sm.nii.gz"))
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj)[..., 10:14], src.affine), path)
+    options = dict(
+        organs="liver",
+        write=False,
+        encoder_batch_size=4,
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        scoring="salip",
+        **tiny_models,
+    )
+    eager = salip.segment(path, **options)
+    before = len(sam_runtime._COMPILED)
+    compiled = salip.segment(path, compile=True, **options)
+    assert len(sam_runtime._COMPILED) == before + 1  # the compiled encoder was made and used
+    assert eager.masks["liver"].any()
+    np.testing.assert_array_equal(eager.masks["liver"], compiled.masks["liver"])

@@ -8,8 +8,10 @@ the box-prompt pass (stage 6), so no image is encoded twice.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,6 +55,21 @@ class BatchSize:
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
+_COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()
+
+
+def compiled_encoder(sam: torch.nn.Module) -> Any:
+    """``torch.compile`` of SAM's image encoder, made once per model and process.
+
+    The model itself is left as it is (eager), so other users of it, such as the reference
+    side of ``salip bench-speed``, are unaffected.
+    """
+    encoder = sam.image_encoder
+    if encoder not in _COMPILED:
+        _COMPILED[encoder] = torch.compile(encoder)
+    return _COMPILED[encoder]
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -64,6 +81,7 @@ def encode_images(
     batch_size: int | BatchSize = 4,
     *,
     precision: str = "fp32",
+    encoder: Any = None,
 ) -> list[ImageEmbedding]:
     """Encode HxWx3 uint8 RGB images with SAM's image encoder, ``batch_size`` at a time.
 
@@ -78,6 +96,8 @@ def encode_images(
             start from the smaller size.
         precision: "fp32", or "bf16"/"fp16" autocast (resolved, see
             :mod:`salip.models.precision`); features come back as float32.
+        encoder: the module to run instead of ``sam.image_encoder`` (e.g.
+            :func:`compiled_encoder`'s); same inputs and outputs.
 
     Returns:
         One :class:`ImageEmbedding` per image, in order; features 1xCxhxw float32.
@@ -104,7 +124,8 @@ def encode_images(
             tensors.append(sam.preprocess(tensor[None].float())[0])
         try:
             with autocast(device, precision):
-                features = sam.image_encoder(torch.stack(tensors)).float()
+                run = sam.image_encoder if encoder is None else encoder
+                features = run(torch.stack(tensors)).float()
         except RuntimeError as exc:  # OutOfMemoryError is a RuntimeError
             if not _is_oom(exc) or size.value == 1:
                 raise
