@@ -18,33 +18,10 @@ from salip.bench.report import (
     summary_markdown,
     write_figures,
 )
+from salip.bench.runner import CASE_COLUMNS
 from salip.errors import BenchmarkError
 
 NAN = math.nan
-CASE_COLUMNS = [
-    "dataset",
-    "case",
-    "organ",
-    "method",
-    "method_kind",
-    "uses_ground_truth",
-    "status",
-    "error",
-    "dice",
-    "dice_status",
-    "slice_dice",
-    "gt_slices",
-    "nsd",
-    "hd95",
-    "pred_voxels",
-    "gt_voxels",
-    "spacing",
-    "approximate",
-    "wall_s",
-    "peak_gpu_mb",
-    "device",
-    "montage",
-]
 
 
 def _row(
@@ -114,7 +91,7 @@ def _cases(montage: str = "") -> pd.DataFrame:
         _row("c3", "spleen", "salip", 0.6, "scored", slice_dice=0.5),
         _row("c3", "spleen", "gt-box", NAN, "", error="ValueError: bad"),
     ]  # fmt: skip
-    return pd.DataFrame(rows, columns=CASE_COLUMNS)
+    return pd.DataFrame(rows, columns=list(CASE_COLUMNS))
 
 
 def _get(summary: pd.DataFrame, organ: str, method: str) -> pd.Series:
@@ -195,7 +172,7 @@ def test_summarize_is_deterministic_and_reads_csv_back(tmp_path: Path) -> None:
 
 
 def test_summarize_empty_and_invalid_input() -> None:
-    empty = summarize(pd.DataFrame(columns=CASE_COLUMNS))
+    empty = summarize(pd.DataFrame(columns=list(CASE_COLUMNS)))
     assert empty.empty
     assert list(empty.columns) == list(SUMMARY_COLUMNS)
     with pytest.raises(BenchmarkError, match="dice_status"):

@@ -137,15 +137,17 @@ def test_encoder_halves_its_batch_on_out_of_memory(monkeypatch, tiny_sam_path):
         encode_images(model, images, 2)
 
 
-def test_segment_finishes_after_out_of_memory_with_the_same_masks(
-    monkeypatch, tmp_path, tiny_models
-):
-    import salip.models.sam as sam_module
-
+def _crop_ct(tmp_path, start, stop):
+    """Slices start..stop-1 of the example CT, saved as a NIfTI file in ``tmp_path``."""
     src = nib.load(require_data(TOTALSEG / "example_ct_sm.nii.gz"))
     path = tmp_path / "ct.nii.gz"
-    nib.save(nib.Nifti1Image(np.asarray(src.dataobj)[..., 10:16], src.affine), path)
-    options = dict(
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj)[..., start:stop], src.affine), path)
+    return path
+
+
+def _cascade_options(tiny_models):
+    """segment() options for the tiny models whose masks are never empty."""
+    return dict(
         organs="liver",
         write=False,
         encoder_batch_size=4,
@@ -155,6 +157,15 @@ def test_segment_finishes_after_out_of_memory_with_the_same_masks(
         scoring="salip",  # random weights: top-k always picks a crop, so masks are not empty
         **tiny_models,
     )
+
+
+def test_segment_finishes_after_out_of_memory_with_the_same_masks(
+    monkeypatch, tmp_path, tiny_models
+):
+    import salip.models.sam as sam_module
+
+    path = _crop_ct(tmp_path, 10, 16)
+    options = _cascade_options(tiny_models)
     clean = salip.segment(path, **options)
     load = sam_module.load_sam
     guards: list[list[int]] = []
@@ -197,19 +208,8 @@ def test_compiled_encoder_gives_the_same_masks(tmp_path, tiny_models):
     """--compile: torch.compile of the encoder (one compilation here, about 30 s on CPU)."""
     from salip.models import sam_runtime
 
-    src = nib.load(require_data(TOTALSEG / "example_ct_sm.nii.gz"))
-    path = tmp_path / "ct.nii.gz"
-    nib.save(nib.Nifti1Image(np.asarray(src.dataobj)[..., 10:14], src.affine), path)
-    options = dict(
-        organs="liver",
-        write=False,
-        encoder_batch_size=4,
-        points_per_side=4,
-        pred_iou_thresh=0.0,
-        stability_score_thresh=0.0,
-        scoring="salip",
-        **tiny_models,
-    )
+    path = _crop_ct(tmp_path, 10, 14)
+    options = _cascade_options(tiny_models)
     eager = salip.segment(path, **options)
     before = len(sam_runtime._COMPILED)
     compiled = salip.segment(path, compile=True, **options)
