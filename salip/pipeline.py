@@ -109,10 +109,14 @@ def _output_paths(
     return path, {}
 
 
-def _source_slice_indices(
+def source_slice_indices(
     volume: Volume, axis: str, canonical: Iterable[int]
 ) -> tuple[int, list[int]]:
-    """Map canonical slice indices along ``axis`` to (input axis, input indices)."""
+    """Map canonical slice indices along ``axis`` to (input axis, input indices).
+
+    The input axis is the file array axis that ``axis`` slices run along; indices count
+    along it in the file (0 and the given indices for 2D images).
+    """
     if volume.is_2d:
         return 0, list(canonical)
     ornt = volume.geometry.ornt
@@ -342,7 +346,7 @@ def segment(
     run_report = _build_report(
         volume, source, organ_list, canonical, chosen, label_values, intensity, cfg, models, timer
     )
-    _, skipped = _source_slice_indices(volume, axis, np.nonzero(~keep)[0].tolist())
+    _, skipped = source_slice_indices(volume, axis, np.nonzero(~keep)[0].tolist())
     run_report["slicing"]["skipped_slices"] = sorted(skipped)
     if report is not None:
         write_json(Path(report), run_report)
@@ -376,8 +380,8 @@ def _build_report(
         else:
             other = tuple(a for a in range(3) if a != AXES[axis])
             used_canonical = np.nonzero(mask.any(axis=other))[0].tolist()
-            src_axis, used = _source_slice_indices(volume, axis, used_canonical)
-        src_axis, chosen_src = _source_slice_indices(
+            src_axis, used = source_slice_indices(volume, axis, used_canonical)
+        src_axis, chosen_src = source_slice_indices(
             volume, axis, [c["slice"] for c in chosen[organ.name]]
         )
         organ_rows[organ.name] = {
@@ -472,7 +476,7 @@ def propose(
     if not 0 <= slice_index < total:
         raise ConfigError(f"--slice {slice_index} is out of range: the input has {total} slices.")
     # The input->canonical index map along one axis is its own inverse (a flip or identity).
-    _, (canonical_index,) = _source_slice_indices(volume, axis, [slice_index])
+    _, (canonical_index,) = source_slice_indices(volume, axis, [slice_index])
     intensity = choose_intensity(volume, [], cfg.slicing)
     volume8 = to_uint8(volume, intensity, cfg.slicing)
     image = next(img for i, img in iter_slices(volume8, volume.is_2d, axis) if i == canonical_index)

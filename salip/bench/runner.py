@@ -254,16 +254,9 @@ def load_config(path: str | Path) -> BenchmarkConfig:
 # --------------------------------------------------------------------------- identities
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _model_identity(config: BenchmarkConfig, needs_clip: bool) -> dict[str, Any]:
     """Model settings with checkpoint SHA-256s; fails early when a checkpoint is missing."""
+    from salip.models.download import file_sha256
     from salip.models.sam import resolve_sam_checkpoint
 
     m = config.methods[0].config.models
@@ -272,7 +265,7 @@ def _model_identity(config: BenchmarkConfig, needs_clip: bool) -> dict[str, Any]
         "sam": {
             "checkpoint": m.sam_checkpoint,
             "path": str(sam_path),
-            "sha256": _file_sha256(sam_path),
+            "sha256": file_sha256(sam_path),
         }
     }
     if needs_clip:
@@ -284,7 +277,7 @@ def _model_identity(config: BenchmarkConfig, needs_clip: bool) -> dict[str, Any]
         elif m.clip_pretrained and Path(m.clip_pretrained).is_file():
             weights = [Path(m.clip_pretrained)]
         # A named open_clip tag pins its weights; the open_clip version is in run.json.
-        clip["sha256"] = {p.name: _file_sha256(p) for p in weights}
+        clip["sha256"] = {p.name: file_sha256(p) for p in weights}
         identity["clip"] = clip
     return identity
 
@@ -356,18 +349,11 @@ def _fingerprint(*parts: Any) -> str:
 
 def _spacing(geometry: Any, ndim: int) -> tuple[float, ...]:
     """Voxel sizes in mm along the file's array axes (1.0 per axis for 2D images)."""
+    import nibabel as nib
+
     if geometry.kind == "image":
         return (1.0,) * ndim
-    sizes = np.sqrt((np.asarray(geometry.affine)[:3, :3] ** 2).sum(axis=0))
-    return tuple(float(s) for s in sizes[:ndim])
-
-
-def _slice_axis(volume: Any, axis: str) -> int:
-    """The file array axis along which ``axis`` slices were taken."""
-    from salip.slicing import AXES
-
-    ornt = volume.geometry.ornt
-    return int(np.nonzero(ornt[:, 0] == AXES[axis])[0][0])
+    return tuple(float(s) for s in nib.affines.voxel_sizes(geometry.affine)[:ndim])
 
 
 def _score(
@@ -437,6 +423,7 @@ class _CaseRun:
         self.case, self.models_fn, self.metrics = case, models_fn, metrics
         self._volume: Any = None
         self._references: dict[str, np.ndarray] | None = None
+        self._volume8: dict[tuple[Any, ...], np.ndarray] = {}
 
     def volume(self) -> Any:
         from salip.io import read_input
@@ -444,6 +431,15 @@ class _CaseRun:
         if self._volume is None:
             self._volume = read_input(self.case.image, channel=self.case.channel)
         return self._volume
+
+    def volume8(self, intensity: Any, slicing: Any) -> np.ndarray:
+        """The 8-bit volume for the montage, made once per intensity mapping."""
+        from salip.slicing import to_uint8
+
+        key = (intensity, slicing.percentile_low, slicing.percentile_high)
+        if key not in self._volume8:
+            self._volume8[key] = to_uint8(self.volume(), intensity, slicing)
+        return self._volume8[key]
 
     def references(self) -> dict[str, np.ndarray]:
         """Reference masks in the image file's grid, read once per case."""
@@ -457,8 +453,8 @@ class _CaseRun:
 
         from salip.io import to_canonical
         from salip.organs import get_organ
-        from salip.pipeline import segment
-        from salip.slicing import choose_intensity, to_uint8
+        from salip.pipeline import segment, source_slice_indices
+        from salip.slicing import choose_intensity
 
         case, volume = self.case, self.volume()
         models: Models = self.models_fn()
@@ -488,7 +484,7 @@ class _CaseRun:
         wall = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated(models.device) / 2**20 if cuda else None
         references = self.references()
-        volume8 = to_uint8(volume, intensity, config.slicing)
+        volume8 = self.volume8(intensity, config.slicing)
         axis = config.slicing.axis
         rows, montage = [], {}
         for organ in case.organs:
@@ -500,7 +496,7 @@ class _CaseRun:
                     "in shape."
                 )
             spacing = _spacing(volume.geometry, gt.ndim)
-            slice_axis = None if volume.is_2d else _slice_axis(volume, axis)
+            slice_axis = None if volume.is_2d else source_slice_indices(volume, axis, [])[0]
             scores = _score(pred, gt, spacing, slice_axis, self.metrics.nsd_tolerance_mm)
             rows.append(
                 {

@@ -265,18 +265,18 @@ def run_speed(
     import torch
 
     from salip import __version__
-    from salip.bench.runner import _file_sha256
     from salip.config import SegmentConfig
     from salip.io import read_input, to_canonical
     from salip.models.clip import load_clip
+    from salip.models.download import file_sha256
     from salip.models.precision import resolve_precision
     from salip.models.registry import SAM_CHECKPOINTS
     from salip.models.sam import load_sam
     from salip.models.sam_runtime import encode_images
     from salip.organs import get_organ
-    from salip.pipeline import build_cascade, resolve_device, segment
+    from salip.pipeline import build_cascade, resolve_device, segment, source_slice_indices
     from salip.prompts import load_prompts
-    from salip.slicing import AXES, body_slices, choose_intensity, to_uint8
+    from salip.slicing import AXES, choose_intensity
     from salip.writing import write_json
 
     if (input is None) == (shape is None):
@@ -354,16 +354,13 @@ def run_speed(
         volume = read_input(path)
         salip_mask = to_canonical(result.masks[target.name].astype(bool), volume.geometry)
         ax = AXES[config.slicing.axis]
-        segmented = np.ones(volume.data.shape[ax], dtype=bool)
-        skipped = result.report["slicing"]["skipped_slices"]
-        if config.slicing.skip_empty:  # the same rule segment() applied
-            intensity = choose_intensity(volume, [target], config.slicing)
-            volume8 = to_uint8(volume, intensity, config.slicing)
-            segmented = body_slices(volume, volume8, intensity, config.slicing.axis)
+        skipped = result.report["slicing"]["skipped_slices"]  # file indices
+        _, in_file = source_slice_indices(volume, config.slicing.axis, range(volume.data.shape[ax]))
+        segmented = ~np.isin(in_file, skipped)
         agreement = _agreement(reference, salip_mask, ax, segmented)
         n = int(volume.data.shape[ax])
     checkpoint = Path(sam.path)
-    sha = _file_sha256(checkpoint)
+    sha = file_sha256(checkpoint)
     official = next((name for name, info in SAM_CHECKPOINTS.items() if info.sha256 == sha), None)
     payload = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

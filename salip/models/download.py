@@ -23,6 +23,15 @@ logger = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 
 
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (checkpoints are gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def download_file(
     url: str,
     dest: Path,
