@@ -523,7 +523,7 @@ def _base_row(case: Case, method: Method) -> dict[str, Any]:
     }
 
 
-def _error_rows(case: Case, method: Method, exc: BaseException) -> list[dict[str, Any]]:
+def _error_rows(case: Case, exc: BaseException) -> list[dict[str, Any]]:
     reason = str(exc) if isinstance(exc, SalipError) else f"{type(exc).__name__}: {exc}"
     return [
         {
@@ -606,14 +606,14 @@ def run_benchmark(
             for method in cfg.methods:
                 bar.set_postfix_str(f"{case.key} {method.name}", refresh=False)
                 record_path = folder / f"{urllib.parse.quote(method.name, safe='')}.json"
-                print_key = _fingerprint(
+                fingerprint = _fingerprint(
                     method.describe(), identity, _case_identity(case), settings
                 )
-                record = None if rerun else _read_record(record_path, print_key)
+                record = None if rerun else _read_record(record_path, fingerprint)
                 if record is not None:
                     reused += 1
                 else:
-                    record = _compute(runner, case, method, record_path, print_key, out_dir)
+                    record = _compute(runner, case, method, record_path, fingerprint, out_dir)
                     computed += 1
                 all_rows += record["rows"]
                 bar.update(1)
@@ -663,7 +663,7 @@ def _compute(
         # may be bugs, so their traceback is logged.
         expected = isinstance(exc, SalipError)
         logger.warning("%s with %s failed: %s", case.key, method.name, exc, exc_info=not expected)
-        rows, status = _error_rows(case, method, exc), "error"
+        rows, status = _error_rows(case, exc), "error"
     record = {
         "fingerprint": fingerprint,
         "status": status,
