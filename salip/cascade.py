@@ -25,7 +25,7 @@ from salip.models.sam import LoadedSam
 from salip.models.sam_runtime import BatchSize, compiled_encoder, encode_images
 from salip.organs import Organ, get_organ
 from salip.prompts import PromptSet
-from salip.proposals import generate_proposals
+from salip.proposals import generate_proposals_batch
 from salip.refine import refine_with_boxes
 from salip.scoring import ClipScorer, contrast_scores, cosine_scores, select_top_k
 
@@ -194,15 +194,18 @@ class Cascade:
             model, images, self.encoder_batch, precision=self.precision, encoder=self.encoder
         )
         t = timer.add("sam_encoder", t)
-        per_slice, crops, owner = [], [], []
-        for i, (image, emb) in enumerate(zip(images, embeddings)):
-            props = area_filter(generate_proposals(model, emb, cfg.proposals), cfg.area)
-            t = timer.add("proposals", t)
+        # Point prompts of the whole batch are decoded together, across slices.
+        per_slice = [
+            area_filter(props, cfg.area)
+            for props in generate_proposals_batch(model, embeddings, cfg.proposals)
+        ]
+        t = timer.add("proposals", t)
+        crops, owner = [], []
+        for i, (image, props) in enumerate(zip(images, per_slice)):
             slice_crops = make_crops(image, props, cfg.crops)
             crops.extend(slice_crops)
             owner.extend([i] * len(slice_crops))
-            per_slice.append(props)
-            t = timer.add("crops", t)
+        t = timer.add("crops", t)
         # One pass of crop embeddings serves every organ of the run.
         crop_emb = self.scorer.image_embeddings(crops)
         t = timer.add("clip_image", t)

@@ -10,6 +10,7 @@ the embedding is kept for the refinement stage.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from salip.config import ProposalConfig
-from salip.models.sam_runtime import ImageEmbedding, decode
+from salip.models.sam_runtime import ImageEmbedding, decode_points_across
 
 
 @dataclass
@@ -92,28 +93,75 @@ def generate_proposals(
 
     Returns proposals sorted by predicted IoU (NMS order), like the reference generator.
     """
+    return generate_proposals_batch(sam, [embedding], config)[0]
+
+
+@torch.no_grad()
+def generate_proposals_batch(
+    sam: torch.nn.Module, embeddings: Sequence[ImageEmbedding], config: ProposalConfig
+) -> list[Proposals]:
+    """Everything-mode proposals for several embedded slices, decoded together.
+
+    The point prompts of all slices of one size form one stream, cut into decoder calls of
+    ``config.points_per_batch`` prompts that may span slices; IoU and stability filtering,
+    mask-to-box and box NMS (per slice, through ``batched_nms``'s class index) run batched on
+    the embeddings' device. Per slice, the result equals :func:`generate_proposals` on that
+    slice alone.
+
+    Args:
+        sam: segment-anything ``Sam`` model.
+        embeddings: the slices' embeddings (:func:`~salip.models.sam_runtime.encode_images`).
+        config: everything-mode settings.
+
+    Returns:
+        One :class:`Proposals` per embedding, in order, each sorted by predicted IoU.
+    """
+    groups: dict[tuple[Any, Any], list[int]] = {}
+    for i, emb in enumerate(embeddings):
+        groups.setdefault((emb.input_size, emb.original_size), []).append(i)
+    out: list[Proposals | None] = [None] * len(embeddings)
+    for members in groups.values():
+        for i, props in zip(
+            members, _proposals_same_size(sam, [embeddings[i] for i in members], config)
+        ):
+            out[i] = props
+    return out  # type: ignore[return-value]
+
+
+def _proposals_same_size(
+    sam: torch.nn.Module, embeddings: Sequence[ImageEmbedding], config: ProposalConfig
+) -> list[Proposals]:
     from segment_anything.utils.amg import (
         MaskData,
-        batch_iterator,
         batched_mask_to_box,
         build_all_layer_point_grids,
         calculate_stability_score,
     )
     from torchvision.ops import batched_nms
 
-    h, w = embedding.original_size
+    first = embeddings[0]
+    h, w = first.original_size
+    device = first.features.device
+    features = torch.cat([e.features for e in embeddings])
     grid = build_all_layer_point_grids(config.points_per_side, 0, 1)[0]
-    points_px = grid * np.array([[w, h]])
-    device = embedding.features.device
+    points_px = torch.as_tensor(grid * np.array([[w, h]]), dtype=torch.float)
+    n_points = len(points_px)
+    # Prompt j of the stream is grid point j % n_points of slice j // n_points.
+    all_points = points_px.repeat(len(embeddings), 1)
+    all_owner = torch.arange(len(embeddings)).repeat_interleave(n_points)
     data = MaskData()
-    for (batch,) in batch_iterator(config.points_per_batch, points_px):
-        pts = torch.as_tensor(batch, dtype=torch.float, device=device)
-        logits, iou = decode(sam, embedding, points=pts[:, None, :], multimask_output=True)
+    for start in range(0, len(all_points), config.points_per_batch):
+        pts = all_points[start : start + config.points_per_batch]
+        owner = all_owner[start : start + config.points_per_batch]
+        logits, iou = decode_points_across(
+            sam, features, owner, pts[:, None, :].to(device), first.input_size, (h, w)
+        )
         n_out = logits.shape[1]
         part = MaskData(
             masks=logits.flatten(0, 1),
             iou_preds=iou.flatten(0, 1),
-            points=torch.as_tensor(batch.repeat(n_out, axis=0)),
+            points=pts.repeat_interleave(n_out, dim=0),
+            owner=owner.repeat_interleave(n_out).to(device),
         )
         if config.pred_iou_thresh > 0.0:
             part.filter(part["iou_preds"] > config.pred_iou_thresh)
@@ -127,25 +175,42 @@ def generate_proposals(
         data.cat(part)
 
     if len(data["masks"]) == 0:
-        empty = torch.zeros((0, h, w), dtype=torch.bool, device=device)
-        z = torch.zeros(0, device=device)
-        return Proposals(empty, torch.zeros((0, 4), device=device), z, z, torch.zeros((0, 2)))
-
+        return [_empty(h, w, device) for _ in embeddings]
+    # NMS within each slice: the owner is batched_nms's class index. Kept indices come back
+    # sorted by predicted IoU, so each slice's subset is in the reference generator's order.
     keep = batched_nms(
-        data["boxes"].float(),
-        data["iou_preds"],
-        torch.zeros_like(data["iou_preds"]),
-        iou_threshold=config.box_nms_thresh,
+        data["boxes"].float(), data["iou_preds"], data["owner"], config.box_nms_thresh
     )
     data.filter(keep)
-    if config.min_mask_region_area > 0:
-        data = _remove_small_regions(data, config)
+    out = []
+    for i in range(len(embeddings)):
+        sel = data["owner"] == i
+        mine = MaskData(**{k: v[sel.to(v.device)] for k, v in data.items()})
+        if len(mine["masks"]) == 0:
+            out.append(_empty(h, w, device))
+            continue
+        if config.min_mask_region_area > 0:
+            mine = _remove_small_regions(mine, config)
+        out.append(
+            Proposals(
+                mine["masks"],
+                mine["boxes"].float(),
+                mine["iou_preds"],
+                mine["stability_score"],
+                mine["points"].float(),
+            )
+        )
+    return out
+
+
+def _empty(h: int, w: int, device: torch.device) -> Proposals:
+    z = torch.zeros(0, device=device)
     return Proposals(
-        data["masks"],
-        data["boxes"].float(),
-        data["iou_preds"],
-        data["stability_score"],
-        data["points"].float(),
+        torch.zeros((0, h, w), dtype=torch.bool, device=device),
+        torch.zeros((0, 4), device=device),
+        z,
+        z,
+        torch.zeros((0, 2)),
     )
 
 

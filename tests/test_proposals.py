@@ -100,6 +100,64 @@ def test_batched_encoder_matches_single_images(sam):
         np.testing.assert_allclose(b.features.numpy(), s.features.numpy(), atol=1e-5)
 
 
+def _real_slices():
+    images = [
+        np.asarray(Image.open(require_data(SLICES / "images" / f"{name}.png")).convert("RGB"))
+        for name in ("amos_0004_75", "amos_0006_90")
+    ]
+    # A third slice: the first one flipped, so the batch holds three different images.
+    return [*images, np.ascontiguousarray(images[0][:, ::-1])]
+
+
+def test_cross_slice_decoding_matches_one_slice_at_a_time(sam):
+    """Point prompts decoded in batches that span slices give each slice's own logits."""
+    import torch
+
+    from salip.models.sam_runtime import decode, decode_points_across
+
+    embeddings = encode_images(sam.model, _real_slices(), batch_size=3)
+    features = torch.cat([e.features for e in embeddings])
+    points = torch.tensor([[[10.0, 20.0]], [[100.0, 50.0]], [[60.0, 60.0]], [[5.0, 200.0]]])
+    owner = torch.tensor([2, 0, 1, 0])
+    first = embeddings[0]
+    logits, iou = decode_points_across(
+        sam.model, features, owner, points, first.input_size, first.original_size
+    )
+    for j, i in enumerate(owner.tolist()):
+        ref_logits, ref_iou = decode(sam.model, embeddings[i], points=points[j : j + 1])
+        torch.testing.assert_close(logits[j : j + 1], ref_logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(iou[j : j + 1], ref_iou, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("nms", [1.0, 0.7])
+def test_batched_proposals_equal_per_slice_proposals(sam, nms):
+    """Proposals of a batch of slices (decoder calls spanning slices, NMS per slice) equal
+    the proposals of each slice generated alone, mask for mask and in order."""
+    from salip.proposals import generate_proposals_batch
+
+    embeddings = encode_images(sam.model, _real_slices(), batch_size=3)
+    # 64 prompts per slice in calls of 40: every call but the first mixes two slices.
+    config = ProposalConfig(
+        points_per_side=8,
+        points_per_batch=40,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=nms,
+    )
+    batched = generate_proposals_batch(sam.model, embeddings, config)
+    assert len(batched) == 3
+    for emb, got in zip(embeddings, batched, strict=True):
+        alone = generate_proposals(
+            sam.model, emb, ProposalConfig(**{**config.__dict__, "points_per_batch": 64})
+        )
+        assert len(got) == len(alone) > 0
+        np.testing.assert_array_equal(got.masks.numpy(), alone.masks.numpy())
+        np.testing.assert_allclose(got.iou_preds.numpy(), alone.iou_preds.numpy(), atol=1e-5)
+        np.testing.assert_array_equal(got.points.numpy(), alone.points.numpy())
+    if nms == 1.0:  # no suppression: every grid point gives its three masks
+        assert [len(p) for p in batched] == [3 * 64] * 3
+
+
 def test_area_filter_bounds(sam):
     import torch
 
