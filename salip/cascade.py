@@ -22,12 +22,36 @@ from salip.laterality import IN_PLANE_AXES, body_midline, patient_sides
 from salip.models.clip import LoadedClip
 from salip.models.precision import resolve_precision
 from salip.models.sam import LoadedSam
-from salip.models.sam_runtime import BatchSize, compiled_encoder, encode_images
+from salip.models.sam_runtime import (
+    BatchSize,
+    compiled_encoder,
+    encode_images,
+    resize_for_encoder,
+)
 from salip.organs import Organ, get_organ
 from salip.prompts import PromptSet
-from salip.proposals import generate_proposals_batch
+from salip.proposals import decoder_batch, generate_proposals_batch
 from salip.refine import refine_with_boxes
 from salip.scoring import ClipScorer, contrast_scores, cosine_scores, select_top_k
+
+#: Auto batch sizes (``encoder_batch_size = 0``): slices per batch on CPU, and the cap on
+#: CUDA, where the encoder batch is measured against free memory.
+AUTO_SLICES_CPU = 4
+AUTO_SLICES_CUDA = 32
+
+
+def encoder_batch(setting: int, device: str) -> BatchSize:
+    """Slices per SAM encoder call for ``encoder_batch_size = setting`` (0: auto)."""
+    return BatchSize.from_setting(
+        setting, device, default=AUTO_SLICES_CPU, probe=1, cap=AUTO_SLICES_CUDA
+    )
+
+
+def slice_batch(setting: int, device: str) -> int:
+    """Slices per segmenter call for ``encoder_batch_size = setting`` (0: auto)."""
+    if setting:
+        return setting
+    return AUTO_SLICES_CUDA if torch.device(device).type == "cuda" else AUTO_SLICES_CPU
 
 
 @dataclass
@@ -52,7 +76,11 @@ class SliceSegmenter(Protocol):
     :func:`salip.segment` accepts one through its ``segmenter`` argument; the default is
     :class:`Cascade`. It is called with the batch's display images, the organs, and the
     slices' indices along the slicing axis of the canonical volume (0 for a 2D image), in
-    slice order. Returning plain ``{organ: mask}`` dicts is also accepted.
+    slice order. Returning plain ``{organ: mask}`` dicts is also accepted. An optional
+    ``slice_batch`` attribute (int) sets how many slices a call gets when the
+    ``encoder_batch_size`` setting is 0 (auto); otherwise 4. An optional ``prepare(images)``
+    method is run in a background thread one batch ahead, and its result passed to the call
+    as ``prepared=``.
     """
 
     def __call__(
@@ -103,7 +131,10 @@ class Cascade:
         self.precision = resolve_precision(config.models.precision, device)
         self.scorer = ClipScorer(clip, device, cache_dir=text_cache, precision=self.precision)
         # Halved for the rest of the run if the device runs out of memory.
-        self.encoder_batch = BatchSize(config.proposals.encoder_batch_size)
+        self.encoder_batch = encoder_batch(config.proposals.encoder_batch_size, device)
+        self.decoder_batch = decoder_batch(config.proposals, device)
+        #: Slices per call that :func:`salip.segment` should send when the setting is auto.
+        self.slice_batch = slice_batch(config.proposals.encoder_batch_size, device)
         self.encoder = compiled_encoder(sam.model) if config.models.compile else None
         self.prompts = prompts
         self.config = config
@@ -180,24 +211,38 @@ class Cascade:
             picked += select_top_k(score, per_side, keep & on_side)
         return sorted(picked, key=lambda i: -float(score[i])), info
 
+    def prepare(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """CPU preparation of a batch for the encoder (resizing); :func:`salip.segment` runs
+        it in a background thread, one batch ahead, and passes the result to the call."""
+        return resize_for_encoder(self.sam.model, images)
+
     @torch.no_grad()
     def __call__(
         self,
         images: Sequence[np.ndarray],
         organs: Sequence[Organ],
         indices: Sequence[int] | None = None,
+        prepared: Sequence[np.ndarray] | None = None,
     ) -> list[SliceOutput]:
-        """Segment ``organs`` in a batch of HxWx3 uint8 display slices (``indices`` unused)."""
+        """Segment ``organs`` in a batch of HxWx3 uint8 display slices (``indices`` unused;
+        ``prepared``: :meth:`prepare` of the images, if already computed)."""
         cfg, timer, model = self.config, self.timer, self.sam.model
         t = time.perf_counter()
         embeddings = encode_images(
-            model, images, self.encoder_batch, precision=self.precision, encoder=self.encoder
+            model,
+            images,
+            self.encoder_batch,
+            precision=self.precision,
+            encoder=self.encoder,
+            resized=prepared,
         )
         t = timer.add("sam_encoder", t)
         # Point prompts of the whole batch are decoded together, across slices.
         per_slice = [
             area_filter(props, cfg.area)
-            for props in generate_proposals_batch(model, embeddings, cfg.proposals)
+            for props in generate_proposals_batch(
+                model, embeddings, cfg.proposals, self.decoder_batch
+            )
         ]
         t = timer.add("proposals", t)
         crops, owner = [], []

@@ -98,7 +98,12 @@ class ProposalConfig:
     """SAM everything mode. Same meaning and defaults as SamAutomaticMaskGenerator."""
 
     points_per_side: int = _opt(32, "Point grid size per side (points_per_side**2 prompts).")
-    points_per_batch: int = _opt(64, "Point prompts decoded at once.")
+    points_per_batch: int = _opt(
+        0,
+        "Point prompts per SAM decoder call; calls span slices. 0 (auto): 64 on CPU (as "
+        "segment-anything); on CUDA as many as fit in free GPU memory, measured on the first "
+        "call, up to 4096. Halved on out-of-memory. Masks do not depend on it.",
+    )
     pred_iou_thresh: float = _opt(0.88, "Drop proposals whose predicted IoU is at or below this.")
     stability_score_thresh: float = _opt(
         0.95, "Drop proposals whose stability score is below this."
@@ -108,7 +113,12 @@ class ProposalConfig:
     min_mask_region_area: int = _opt(
         0, "Remove holes and islands smaller than this many pixels (0: off)."
     )
-    encoder_batch_size: int = _opt(4, "Slices per SAM image-encoder batch.")
+    encoder_batch_size: int = _opt(
+        0,
+        "Slices per SAM image-encoder batch, and per cascade batch. 0 (auto): 4 on CPU; on "
+        "CUDA as many as fit in free GPU memory, measured on the first slice, up to 32. "
+        "Halved on out-of-memory. Masks do not depend on it.",
+    )
 
 
 @dataclass(frozen=True)
@@ -254,8 +264,8 @@ class SegmentConfig:
         p, a, c = self.proposals, self.area, self.crops
         checks = [
             (p.points_per_side >= 1, "points_per_side must be at least 1"),
-            (p.points_per_batch >= 1, "points_per_batch must be at least 1"),
-            (p.encoder_batch_size >= 1, "encoder_batch_size must be at least 1"),
+            (p.points_per_batch >= 0, "points_per_batch must be 0 (auto) or more"),
+            (p.encoder_batch_size >= 0, "encoder_batch_size must be 0 (auto) or more"),
             (0.0 <= p.box_nms_thresh <= 1.0, "box_nms_thresh must be in [0, 1]"),
             (p.min_mask_region_area >= 0, "min_mask_region_area must be >= 0"),
             (0.0 <= a.min_area < a.max_area <= 1.0, "need 0 <= min_area < max_area <= 1"),

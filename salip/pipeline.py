@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -22,6 +21,7 @@ from salip.io import Volume, file_stem, read_input
 from salip.models.clip import LoadedClip
 from salip.models.sam import LoadedSam
 from salip.organs import Organ, parse_organs
+from salip.prefetch import prefetch
 from salip.slicing import (
     AXES,
     Intensity,
@@ -30,6 +30,7 @@ from salip.slicing import (
     choose_intensity,
     iter_slices,
     n_slices,
+    slice_image,
     to_uint8,
 )
 from salip.writing import (
@@ -287,33 +288,34 @@ def segment(
         keep = body_slices(volume, volume8, intensity, axis)
         if not keep.all():
             logger.info("skipping %d of %d slices with no body", int((~keep).sum()), keep.size)
-    total = int(keep.sum())
-    batch_size = cfg.proposals.encoder_batch_size
-    batch: list[tuple[int, np.ndarray]] = []
-    slice_iter = (item for item in iter_slices(volume8, volume.is_2d, axis) if keep[item[0]])
-    with tqdm(total=total, desc="slices", unit="slice", disable=not progress) as bar:
-        # Slices stream through in batches; the None sentinel flushes the last batch.
-        for item in itertools.chain(slice_iter, [None]):
-            if item is not None:
-                batch.append(item)
-            if batch and (item is None or len(batch) == batch_size):
-                outputs = segmenter(
-                    [img for _, img in batch], organ_list, [index for index, _ in batch]
-                )
-                t_asm = time.perf_counter()
-                for (index, _), out in zip(batch, outputs):
-                    out = out if isinstance(out, SliceOutput) else SliceOutput(masks=dict(out))
-                    for organ in organ_list:
-                        mask = np.asarray(out.masks[organ.name], dtype=bool)
-                        if volume.is_2d:
-                            canonical[organ.name] |= mask
-                        else:
-                            put_slice(canonical[organ.name], index, axis, mask)
-                        for rec in out.chosen.get(organ.name, []):
-                            chosen[organ.name].append({"slice": index, **rec})
-                timer.add("assembly", t_asm)
-                bar.update(len(batch))
-                batch = []
+    # Auto (0): the segmenter's own preference, e.g. larger batches on a GPU.
+    batch_size = cfg.proposals.encoder_batch_size or getattr(segmenter, "slice_batch", 4)
+    kept = np.nonzero(keep)[0].tolist()
+    batches = [kept[i : i + batch_size] for i in range(0, len(kept), batch_size)]
+    prepare = getattr(segmenter, "prepare", None)
+
+    def load(indices: list[int]) -> tuple[list[int], list[np.ndarray], Any]:
+        # Runs in the prefetch thread, while the segmenter works on the previous batch.
+        images = [slice_image(volume8, volume.is_2d, axis, i) for i in indices]
+        return indices, images, prepare(images) if prepare is not None else None
+
+    with tqdm(total=len(kept), desc="slices", unit="slice", disable=not progress) as bar:
+        for indices, images, prepared in prefetch(batches, load):
+            extra = {"prepared": prepared} if prepare is not None else {}
+            outputs = segmenter(images, organ_list, indices, **extra)
+            t_asm = time.perf_counter()
+            for index, out in zip(indices, outputs):
+                out = out if isinstance(out, SliceOutput) else SliceOutput(masks=dict(out))
+                for organ in organ_list:
+                    mask = np.asarray(out.masks[organ.name], dtype=bool)
+                    if volume.is_2d:
+                        canonical[organ.name] |= mask
+                    else:
+                        put_slice(canonical[organ.name], index, axis, mask)
+                    for rec in out.chosen.get(organ.name, []):
+                        chosen[organ.name].append({"slice": index, **rec})
+            timer.add("assembly", t_asm)
+            bar.update(len(indices))
     t = time.perf_counter()
 
     if not volume.is_2d and cfg.assembly.largest_component:

@@ -10,6 +10,7 @@ the embedding is kept for the refinement stage.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,12 @@ import numpy as np
 import torch
 
 from salip.config import ProposalConfig
-from salip.models.sam_runtime import ImageEmbedding, decode_points_across
+from salip.models.sam_runtime import BatchSize, ImageEmbedding, decode_points_across, is_oom
+
+logger = logging.getLogger(__name__)
+
+#: The most point prompts an auto-sized decoder call may take (GPU memory permitting).
+AUTO_PROMPTS_CAP = 4096
 
 
 @dataclass
@@ -98,12 +104,15 @@ def generate_proposals(
 
 @torch.no_grad()
 def generate_proposals_batch(
-    sam: torch.nn.Module, embeddings: Sequence[ImageEmbedding], config: ProposalConfig
+    sam: torch.nn.Module,
+    embeddings: Sequence[ImageEmbedding],
+    config: ProposalConfig,
+    batch: BatchSize | None = None,
 ) -> list[Proposals]:
     """Everything-mode proposals for several embedded slices, decoded together.
 
     The point prompts of all slices of one size form one stream, cut into decoder calls of
-    ``config.points_per_batch`` prompts that may span slices; IoU and stability filtering,
+    ``batch`` prompts that may span slices; IoU and stability filtering,
     mask-to-box and box NMS (per slice, through ``batched_nms``'s class index) run batched on
     the embeddings' device. Per slice, the result equals :func:`generate_proposals` on that
     slice alone.
@@ -112,6 +121,8 @@ def generate_proposals_batch(
         sam: segment-anything ``Sam`` model.
         embeddings: the slices' embeddings (:func:`~salip.models.sam_runtime.encode_images`).
         config: everything-mode settings.
+        batch: prompts per decoder call, kept across calls (halved on out-of-memory,
+            calibrated on first use when auto); default: from ``config.points_per_batch``.
 
     Returns:
         One :class:`Proposals` per embedding, in order, each sorted by predicted IoU.
@@ -119,24 +130,33 @@ def generate_proposals_batch(
     groups: dict[tuple[Any, Any], list[int]] = {}
     for i, emb in enumerate(embeddings):
         groups.setdefault((emb.input_size, emb.original_size), []).append(i)
+    if batch is None:
+        device = embeddings[0].features.device if embeddings else torch.device("cpu")
+        batch = decoder_batch(config, device)
     out: list[Proposals | None] = [None] * len(embeddings)
     for members in groups.values():
         for i, props in zip(
-            members, _proposals_same_size(sam, [embeddings[i] for i in members], config)
+            members, _proposals_same_size(sam, [embeddings[i] for i in members], config, batch)
         ):
             out[i] = props
     return out  # type: ignore[return-value]
 
 
-def _proposals_same_size(
-    sam: torch.nn.Module, embeddings: Sequence[ImageEmbedding], config: ProposalConfig
-) -> list[Proposals]:
-    from segment_anything.utils.amg import (
-        MaskData,
-        batched_mask_to_box,
-        build_all_layer_point_grids,
-        calculate_stability_score,
+def decoder_batch(config: ProposalConfig, device: str | torch.device) -> BatchSize:
+    """Prompts per decoder call from ``config.points_per_batch`` (0: auto, see
+    :mod:`salip.models.memory`: 64 off CUDA, as segment-anything; on CUDA measured)."""
+    return BatchSize.from_setting(
+        config.points_per_batch, device, default=64, probe=64, cap=AUTO_PROMPTS_CAP
     )
+
+
+def _proposals_same_size(
+    sam: torch.nn.Module,
+    embeddings: Sequence[ImageEmbedding],
+    config: ProposalConfig,
+    batch: BatchSize,
+) -> list[Proposals]:
+    from segment_anything.utils.amg import MaskData, build_all_layer_point_grids
     from torchvision.ops import batched_nms
 
     first = embeddings[0]
@@ -150,29 +170,27 @@ def _proposals_same_size(
     all_points = points_px.repeat(len(embeddings), 1)
     all_owner = torch.arange(len(embeddings)).repeat_interleave(n_points)
     data = MaskData()
-    for start in range(0, len(all_points), config.points_per_batch):
-        pts = all_points[start : start + config.points_per_batch]
-        owner = all_owner[start : start + config.points_per_batch]
-        logits, iou = decode_points_across(
-            sam, features, owner, pts[:, None, :].to(device), first.input_size, (h, w)
-        )
-        n_out = logits.shape[1]
-        part = MaskData(
-            masks=logits.flatten(0, 1),
-            iou_preds=iou.flatten(0, 1),
-            points=pts.repeat_interleave(n_out, dim=0),
-            owner=owner.repeat_interleave(n_out).to(device),
-        )
-        if config.pred_iou_thresh > 0.0:
-            part.filter(part["iou_preds"] > config.pred_iou_thresh)
-        part["stability_score"] = calculate_stability_score(
-            part["masks"], sam.mask_threshold, config.stability_score_offset
-        )
-        if config.stability_score_thresh > 0.0:
-            part.filter(part["stability_score"] >= config.stability_score_thresh)
-        part["masks"] = part["masks"] > sam.mask_threshold
-        part["boxes"] = batched_mask_to_box(part["masks"])
+    start = 0
+    while start < len(all_points):
+        n = batch.value
+        pts = all_points[start : start + n]
+        owner = all_owner[start : start + n]
+        try:
+            with batch.measure(device) as meter:
+                part = _decode_and_filter(sam, features, owner, pts, first, config)
+        except RuntimeError as exc:  # OutOfMemoryError is a RuntimeError
+            if not is_oom(exc) or batch.value == 1:
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            batch.halve()
+            logger.warning(
+                "out of device memory decoding %d prompts; retrying %d at a time", n, batch.value
+            )
+            continue
+        batch.calibrate(meter, len(pts), device)
         data.cat(part)
+        start += len(pts)
 
     if len(data["masks"]) == 0:
         return [_empty(h, w, device) for _ in embeddings]
@@ -201,6 +219,40 @@ def _proposals_same_size(
             )
         )
     return out
+
+
+def _decode_and_filter(
+    sam: torch.nn.Module,
+    features: torch.Tensor,
+    owner: torch.Tensor,
+    pts: torch.Tensor,
+    first: ImageEmbedding,
+    config: ProposalConfig,
+) -> Any:
+    """One decoder call's masks after the IoU and stability filters, as a ``MaskData``."""
+    from segment_anything.utils.amg import MaskData, batched_mask_to_box, calculate_stability_score
+
+    device = features.device
+    logits, iou = decode_points_across(
+        sam, features, owner, pts[:, None, :].to(device), first.input_size, first.original_size
+    )
+    n_out = logits.shape[1]
+    part = MaskData(
+        masks=logits.flatten(0, 1),
+        iou_preds=iou.flatten(0, 1),
+        points=pts.repeat_interleave(n_out, dim=0),
+        owner=owner.repeat_interleave(n_out).to(device),
+    )
+    if config.pred_iou_thresh > 0.0:
+        part.filter(part["iou_preds"] > config.pred_iou_thresh)
+    part["stability_score"] = calculate_stability_score(
+        part["masks"], sam.mask_threshold, config.stability_score_offset
+    )
+    if config.stability_score_thresh > 0.0:
+        part.filter(part["stability_score"] >= config.stability_score_thresh)
+    part["masks"] = part["masks"] > sam.mask_threshold
+    part["boxes"] = batched_mask_to_box(part["masks"])
+    return part
 
 
 def _empty(h: int, w: int, device: torch.device) -> Proposals:

@@ -225,6 +225,22 @@ def display_slice(volume: np.ndarray, is_2d: bool, axis: str, index: int) -> np.
     return to_display(np.take(volume, index, axis=AXES[axis]))
 
 
+def slice_image(volume8: np.ndarray, is_2d: bool, axis: str, index: int) -> np.ndarray:
+    """One slice as the HxWx3 uint8 RGB display image the segmenters take.
+
+    Args:
+        volume8: uint8 XxYxZ canonical volume, or HxWxC uint8 image when ``is_2d``.
+        is_2d: whether ``volume8`` is a 2D image (one slice, index 0).
+        axis: "axial", "coronal" or "sagittal".
+        index: slice index along ``axis`` in the canonical volume.
+    """
+    if is_2d:
+        image = volume8 if volume8.shape[2] == 3 else np.repeat(volume8, 3, axis=2)
+        return np.ascontiguousarray(image)
+    grey = display_slice(volume8, False, axis, index)
+    return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+
+
 def iter_slices(volume8: np.ndarray, is_2d: bool, axis: str) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(index, HxWx3 uint8 RGB display image)`` for every slice.
 
@@ -233,15 +249,11 @@ def iter_slices(volume8: np.ndarray, is_2d: bool, axis: str) -> Iterator[tuple[i
         is_2d: whether ``volume8`` is a 2D image (one slice, index 0).
         axis: "axial", "coronal" or "sagittal".
     """
-    if is_2d:
-        image = volume8 if volume8.shape[2] == 3 else np.repeat(volume8, 3, axis=2)
-        yield 0, np.ascontiguousarray(image)
-        return
-    if axis not in AXES:
+    if not is_2d and axis not in AXES:
         raise ConfigError(f"unknown axis '{axis}'; use one of {', '.join(AXES)}.")
-    for index in range(volume8.shape[AXES[axis]]):
-        grey = display_slice(volume8, False, axis, index)
-        yield index, np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    count = 1 if is_2d else volume8.shape[AXES[axis]]
+    for index in range(count):
+        yield index, slice_image(volume8, is_2d, axis, index)
 
 
 def check_slice_geometry(volume: Volume, axis: str) -> None:

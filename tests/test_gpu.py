@@ -42,3 +42,27 @@ def test_cuda_volume_with_cached_text(tmp_path, tiny_models):
     for organ in ("liver", "kidney_left"):
         np.testing.assert_array_equal(first.masks[organ], second.masks[organ])
         assert first.masks[organ].shape == (122, 101, 30)
+
+
+def test_cuda_auto_batches_are_measured_and_give_the_same_masks(tmp_path, tiny_models):
+    """On CUDA, auto batch sizes come from a measured probe; masks equal fixed sizes."""
+    from salip.cascade import encoder_batch
+    from salip.config import ProposalConfig
+    from salip.models.sam import load_sam
+    from salip.models.sam_runtime import encode_images
+    from salip.proposals import decoder_batch, generate_proposals_batch
+
+    model = load_sam(tiny_models["sam_checkpoint"], device="cuda").model
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(6)]
+    enc = encoder_batch(0, "cuda")
+    assert enc.calibrating and enc.value == 1
+    embeddings = encode_images(model, images, enc)
+    assert not enc.calibrating and enc.value >= 1
+    config = ProposalConfig(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    dec = decoder_batch(config, "cuda")
+    auto = generate_proposals_batch(model, embeddings, config, dec)
+    assert not dec.calibrating and dec.value >= 64
+    fixed = generate_proposals_batch(model, embeddings, config, decoder_batch(config, "cpu"))
+    for a, b in zip(auto, fixed, strict=True):
+        assert torch.equal(a.masks, b.masks)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import salip
-from salip.config import SliceConfig
+from salip.config import SegmentConfig, SliceConfig
 from salip.errors import ConfigError
 from salip.io import read_input, to_canonical
 from salip.models.precision import resolve_precision
@@ -234,3 +234,72 @@ def test_compiled_encoder_gives_the_same_masks(tmp_path, tiny_models):
     assert len(sam_runtime._COMPILED) == before + 1  # the compiled encoder was made and used
     assert eager.masks["liver"].any()
     np.testing.assert_array_equal(eager.masks["liver"], compiled.masks["liver"])
+
+
+def test_auto_batch_sizes_on_cpu_are_the_fixed_defaults(tiny_models):
+    """0 means auto: off CUDA, 4 slices per encoder call and 64 prompts per decoder call."""
+    from salip.cascade import encoder_batch, slice_batch
+    from salip.config import ProposalConfig
+    from salip.proposals import decoder_batch
+
+    assert SegmentConfig().proposals.encoder_batch_size == 0
+    assert SegmentConfig().proposals.points_per_batch == 0
+    enc, dec = encoder_batch(0, "cpu"), decoder_batch(ProposalConfig(), "cpu")
+    assert (enc.value, enc.calibrating, dec.value, dec.calibrating) == (4, False, 64, False)
+    assert slice_batch(0, "cpu") == 4 and slice_batch(7, "cpu") == 7
+    assert encoder_batch(3, "cpu").value == 3
+    with pytest.raises(ConfigError, match="0 .auto. or more"):
+        SegmentConfig().replace(points_per_batch=-1)
+
+
+def test_calibration_sizes_the_batch_from_measured_memory(monkeypatch):
+    """A measured probe sets the batch to what fits in 70% of free memory, up to the cap."""
+    import salip.models.memory as memory
+    from salip.models.memory import PeakMeter, fit_batch
+
+    assert fit_batch(per_item_bytes=100, free_bytes=1000, cap=64) == 7
+    assert fit_batch(per_item_bytes=100, free_bytes=10**6, cap=64) == 64
+    assert fit_batch(per_item_bytes=10**9, free_bytes=10, cap=64) == 1
+    monkeypatch.setattr(memory, "free_device_bytes", lambda device: 10 * 2**30)
+    size = BatchSize(1, cap=32)
+    size.calibrating = True
+    size.calibrate(PeakMeter(bytes=2 * 2**30), items=4, device=torch.device("cuda"))
+    assert (size.value, size.calibrating) == (14, False)  # 7 GiB / 0.5 GiB per item
+    size.calibrate(PeakMeter(bytes=1), items=1, device=torch.device("cuda"))
+    assert size.value == 14  # calibrates once
+    big = BatchSize(1, cap=8)
+    big.calibrating = True
+    big.calibrate(PeakMeter(bytes=1), items=1, device=torch.device("cuda"))
+    assert big.value == 8
+
+
+def test_decoder_halves_its_prompt_batch_on_out_of_memory(monkeypatch, tiny_sam_path):
+    """An injected OOM above 16 prompts per decoder call: the calls shrink 64 -> 32 -> 16
+    and the proposals are those of the clean run."""
+    import salip.proposals as proposals
+    from salip.config import ProposalConfig
+    from salip.models.sam_runtime import encode_images
+
+    model = load_sam(str(tiny_sam_path)).model
+    embeddings = encode_images(model, _slices(3), 3)
+    config = ProposalConfig(
+        points_per_side=6, points_per_batch=64, pred_iou_thresh=0.0, stability_score_thresh=0.0
+    )
+    clean = proposals.generate_proposals_batch(model, embeddings, config)
+    decode = proposals.decode_points_across
+    calls = []
+
+    def guarded(sam, features, owner, points, *args):
+        calls.append(len(points))
+        if len(points) > 16:
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (injected)")
+        return decode(sam, features, owner, points, *args)
+
+    monkeypatch.setattr(proposals, "decode_points_across", guarded)
+    size = BatchSize(64)
+    recovered = proposals.generate_proposals_batch(model, embeddings, config, size)
+    assert calls[:3] == [64, 32, 16] and max(calls[3:]) == 16
+    assert (size.value, size.reductions) == (16, 2)
+    for a, b in zip(clean, recovered, strict=True):
+        assert len(a) > 0
+        np.testing.assert_array_equal(a.masks.numpy(), b.masks.numpy())

@@ -157,12 +157,14 @@ class _EncodedSlices:
     """Base of the SAM baselines: encode the batch once, then one answer per slice."""
 
     def __init__(self, method: Method, models: Models, case: CaseInput):
+        from salip.cascade import encoder_batch, slice_batch
         from salip.models.precision import resolve_precision
-        from salip.models.sam_runtime import BatchSize
 
         self.model, self.config, self.case = models.sam.model, method.config, case
         self.precision = resolve_precision(method.config.models.precision, models.device)
-        self.batch = BatchSize(method.config.proposals.encoder_batch_size)
+        setting = method.config.proposals.encoder_batch_size
+        self.batch = encoder_batch(setting, models.device)
+        self.slice_batch = slice_batch(setting, models.device)
 
     def __call__(
         self, images: Sequence[np.ndarray], organs: Sequence[Organ], indices: Sequence[int]

@@ -37,18 +37,71 @@ class ImageEmbedding:
 class BatchSize:
     """A batch size that halves on device out-of-memory and stays halved.
 
+    Build it with :meth:`from_setting` to honour the "0 means auto" settings: on CUDA the
+    first call then runs a probe batch and :meth:`calibrate` sizes later batches from its
+    measured peak memory and the free device memory.
+
     Attributes:
         value: the current batch size (>= 1).
         reductions: how many times it was halved.
+        cap: the largest size calibration may choose.
+        calibrating: the next call should measure its memory and call :meth:`calibrate`.
     """
 
-    def __init__(self, value: int):
+    def __init__(self, value: int, *, cap: int | None = None):
         self.value = max(1, int(value))
         self.reductions = 0
+        self.cap = self.value if cap is None else int(cap)
+        self.calibrating = False
+
+    @classmethod
+    def from_setting(
+        cls, setting: int, device: str | torch.device, *, default: int, probe: int, cap: int
+    ) -> BatchSize:
+        """A batch size for a setting where 0 means auto.
+
+        Args:
+            setting: the configured size; >= 1 is used as given.
+            device: where the batches run.
+            default: the auto size off CUDA.
+            probe: the auto size of the first (measured) call on CUDA.
+            cap: the largest auto size on CUDA.
+        """
+        if setting >= 1:
+            return cls(setting)
+        if torch.device(device).type != "cuda":
+            return cls(default)
+        size = cls(probe, cap=cap)
+        size.calibrating = True
+        return size
 
     def halve(self) -> None:
         self.value = max(1, self.value // 2)
         self.reductions += 1
+        self.calibrating = False
+
+    def measure(self, device: torch.device) -> Any:
+        """A context measuring the peak memory of the next call when calibrating (CUDA),
+        else a no-op context; pass what it yields to :meth:`calibrate` afterwards."""
+        import contextlib
+
+        from salip.models.memory import peak_memory
+
+        if self.calibrating and device.type == "cuda":
+            return peak_memory(device)
+        return contextlib.nullcontext()
+
+    def calibrate(self, meter: Any, items: int, device: torch.device) -> None:
+        """Size later batches from a measured call of ``items`` items (no-op for a no-op
+        meter): as many items as fit in the free device memory, up to :attr:`cap`."""
+        from salip.models.memory import fit_batch, free_device_bytes
+
+        if meter is None or not self.calibrating:
+            return
+        per_item = meter.bytes / max(1, items)
+        self.value = max(self.value, fit_batch(int(per_item), free_device_bytes(device), self.cap))
+        self.calibrating = False
+        logger.info("batch size %d from %.1f MiB measured per item", self.value, per_item / 2**20)
 
 
 #: torch >= 2.5 names it torch.OutOfMemoryError; torch.cuda's alias is older.
@@ -70,8 +123,27 @@ def compiled_encoder(sam: torch.nn.Module) -> Any:
     return _COMPILED[encoder]
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def resize_for_encoder(sam: torch.nn.Module, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """segment-anything's ``ResizeLongestSide.apply_image`` of each image.
+
+    CPU work with no model call, safe to run in a background thread
+    (see :mod:`salip.prefetch`).
+
+    Args:
+        sam: segment-anything ``Sam`` model (for its image size).
+        images: HxWx3 uint8 RGB images.
+
+    Returns:
+        H'xW'x3 uint8 images whose longest side is the encoder's image size.
+    """
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    transform = ResizeLongestSide(sam.image_encoder.img_size)
+    return [transform.apply_image(image) for image in images]
 
 
 @torch.no_grad()
@@ -82,6 +154,7 @@ def encode_images(
     *,
     precision: str = "fp32",
     encoder: Any = None,
+    resized: Sequence[np.ndarray] | None = None,
 ) -> list[ImageEmbedding]:
     """Encode HxWx3 uint8 RGB images with SAM's image encoder, ``batch_size`` at a time.
 
@@ -93,11 +166,13 @@ def encode_images(
         images: HxWx3 uint8 RGB images (sizes may differ).
         batch_size: images per encoder call; a :class:`BatchSize` is halved in place when
             the device runs out of memory (the batch is retried, down to 1), so later calls
-            start from the smaller size.
+            start from the smaller size, and calibrated on its first call when it is auto.
         precision: "fp32", or "bf16"/"fp16" autocast (resolved, see
             :mod:`salip.models.precision`); features come back as float32.
         encoder: the module to run instead of ``sam.image_encoder`` (e.g.
             :func:`compiled_encoder`'s); same inputs and outputs.
+        resized: :func:`resize_for_encoder` of ``images``, when already computed (e.g. in
+            a prefetch thread).
 
     Returns:
         One :class:`ImageEmbedding` per image, in order; features 1xCxhxw float32.
@@ -105,29 +180,29 @@ def encode_images(
     Raises:
         OutOfMemoryError: out of memory even with one image per batch.
     """
-    from segment_anything.utils.transforms import ResizeLongestSide
-
     from salip.models.precision import autocast
 
     size = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
-    transform = ResizeLongestSide(sam.image_encoder.img_size)
+    if resized is None:
+        resized = resize_for_encoder(sam, images)
+    elif len(resized) != len(images):
+        raise ValueError(f"{len(resized)} resized images for {len(images)} images.")
     device = sam.device
     out: list[ImageEmbedding] = []
     start = 0
     while start < len(images):
         chunk = images[start : start + size.value]
         tensors, sizes = [], []
-        for image in chunk:
-            resized = transform.apply_image(image)
-            tensor = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()
+        for image, small in zip(chunk, resized[start : start + size.value]):
+            tensor = torch.as_tensor(small, device=device).permute(2, 0, 1).contiguous()
             sizes.append((tuple(tensor.shape[-2:]), tuple(image.shape[:2])))
             tensors.append(sam.preprocess(tensor[None].float())[0])
         try:
-            with autocast(device, precision):
+            with size.measure(device) as meter, autocast(device, precision):
                 run = sam.image_encoder if encoder is None else encoder
                 features = run(torch.stack(tensors)).float()
         except RuntimeError as exc:  # OutOfMemoryError is a RuntimeError
-            if not _is_oom(exc) or size.value == 1:
+            if not is_oom(exc) or size.value == 1:
                 raise
             del tensors
             if device.type == "cuda":
@@ -139,6 +214,7 @@ def encode_images(
                 size.value,
             )
             continue
+        size.calibrate(meter, len(chunk), device)
         for i, (input_size, original_size) in enumerate(sizes):
             out.append(ImageEmbedding(features[i : i + 1], input_size, original_size))
         start += len(chunk)
