@@ -188,6 +188,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--shape", metavar="XxYxZ", help="A synthetic CT phantom of this shape, e.g. 512x512x200."
     )
     speed.add_argument("--organ", default="liver", help="Organ to segment (default: liver).")
+    speed.add_argument(
+        "--extra-organ",
+        action="append",
+        default=[],
+        metavar="ORGAN",
+        help="Also time salip on --organ plus these organs in one run (repeat or "
+        "comma-separate), to report the cost of several organs against one.",
+    )
     speed.add_argument("--json", metavar="PATH", help="Also write the results as JSON.")
     _add_config_flags(speed, ["models", "slicing", "proposals"])
     speed.set_defaults(func=_cmd_bench_speed)
@@ -337,10 +345,13 @@ def _cmd_bench_speed(args: argparse.Namespace) -> int:
         input=args.input,
         shape=args.shape,
         organ=args.organ,
+        extra_organs=[o.strip() for item in args.extra_organ for o in item.split(",") if o.strip()],
         json_path=args.json,
         **_config_options(args),
     )
     keys = ("reference_s", "salip_s", "ratio", "agreement_iou", "device", "precision", "shape")
+    if result["multi_organ_s"] is not None:
+        keys += ("multi_organs", "multi_organ_s", "multi_organ_ratio")
     for key in keys:
         logger.info("%s: %s", key, result[key])
     logger.info("salip stages (s): %s", json.dumps(result["stages"]))

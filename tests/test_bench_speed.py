@@ -67,9 +67,16 @@ def test_bench_speed_on_a_real_volume(tmp_path, tiny_sam_path, tiny_clip_dir):
     nib.save(nib.Nifti1Image(np.asarray(src.dataobj)[..., 12:15], src.affine), path)
     out = tmp_path / "speed.json"
     args = ["bench-speed", "--input", str(path), "--json", str(out), "-q"]
+    args += ["--extra-organ", "spleen,kidneys"]
     assert main(args + _models(tiny_sam_path, tiny_clip_dir) + LOOSE) == 0
     result = json.loads(out.read_text())
     assert result["shape"] == [122, 101, 3] and result["agreement_iou"] >= 0.98
+    # the several-organ run is timed as well
+    assert result["multi_organs"] == ["liver", "spleen", "kidneys"]
+    assert result["multi_organ_s"] > 0
+    assert result["multi_organ_ratio"] == pytest.approx(
+        result["multi_organ_s"] / result["salip_s"], rel=0.01
+    )
 
 
 def test_shapes_and_phantom():

@@ -194,7 +194,7 @@ def _run_reference(
     generator = SamAutomaticMaskGenerator(
         sam.model,
         points_per_side=p.points_per_side,
-        points_per_batch=p.points_per_batch,
+        points_per_batch=p.points_per_batch or 64,  # auto: the generator's default
         pred_iou_thresh=p.pred_iou_thresh,
         stability_score_thresh=p.stability_score_thresh,
         stability_score_offset=p.stability_score_offset,
@@ -241,6 +241,7 @@ def run_speed(
     input: str | Path | None = None,
     shape: str | Sequence[int] | None = None,
     organ: str = "liver",
+    extra_organs: Sequence[str] = (),
     json_path: str | Path | None = None,
     **options: Any,
 ) -> dict[str, Any]:
@@ -249,6 +250,9 @@ def run_speed(
     Args:
         input: a NIfTI volume; or ``shape`` ("512x512x200") for a synthetic CT phantom.
         organ: the organ to segment.
+        extra_organs: more organs for a third, salip-only run of ``organ`` plus these, to
+            measure what several organs in one run cost (``multi_organ_s`` and
+            ``multi_organ_ratio``, its time over the one-organ time).
         json_path: also write the result there as JSON.
         **options: salip config fields (``sam_checkpoint``, ``clip_model``,
             ``clip_pretrained``, ``device``, ``precision``, ``points_per_side``, ...).
@@ -337,6 +341,22 @@ def run_speed(
         for name, seconds in timer.seconds.items():
             stages[name] = round(stages.get(name, 0.0) + seconds, 4)
 
+        multi_s, multi_organs = None, []
+        if extra_organs:
+            multi_organs = [target, *(get_organ(o) for o in extra_organs)]
+            multi_organs = list({o.name: o for o in multi_organs}.values())
+            start = time.perf_counter()
+            cascade, _ = build_cascade(sam, clip, multi_organs, config, modality, device=device)
+            segment(
+                path,
+                organs=[o.name for o in multi_organs],
+                output=work / "salip_multi.nii.gz",
+                config=config,
+                segmenter=cascade,
+            )
+            _sync(device)
+            multi_s = time.perf_counter() - start
+
         _reset_peak(device)
         start = time.perf_counter()
         reference, reference_stages = _run_reference(
@@ -382,6 +402,9 @@ def run_speed(
         "salip_s": round(salip_s, 3),
         "ratio": round(reference_s / salip_s, 2) if salip_s > 0 else None,
         "agreement_iou": None if agreement is None else round(agreement, 4),
+        "multi_organs": [o.name for o in multi_organs],
+        "multi_organ_s": None if multi_s is None else round(multi_s, 3),
+        "multi_organ_ratio": None if multi_s is None else round(multi_s / salip_s, 3),
         "slices": n,
         "skipped_slices": len(skipped),
         "reference_slices_per_s": round(n / reference_s, 2),
