@@ -221,6 +221,7 @@ def test_resumed_run_recomputes_nothing(first_run, tmp_path, monkeypatch):
 
     monkeypatch.setattr("salip.pipeline.segment", refuse)
     monkeypatch.setattr("salip.bench.runner._load_models", refuse)
+    monkeypatch.setattr("salip.io.read_input", refuse)  # no image is even read
     again = run_benchmark(config, out=out)
     assert (again.computed, again.reused, again.errors) == (0, 15, 0)
     assert [p.stat().st_mtime_ns for p in records] == stamps
@@ -293,9 +294,24 @@ label_names = "data/names.json"
     assert "(9, 9, 3)" in cases.loc["c_shape", "error"]
     assert result.errors == 2
     assert "2 error rows" in (result.out / "summary.md").read_text()
-    # errors are retried on the next run; the good case is reused
-    again = run_benchmark(config, out=tmp_path / "out")
+    # errors are retried on the next run; the good case is reused and not even read, and
+    # the images to recompute are read ahead in the prefetch thread
+    import threading
+
+    import salip.io
+
+    reads, read = [], salip.io.read_input
+
+    def spy(path, **kwargs):
+        reads.append((Path(path).name, threading.current_thread().name))
+        return read(path, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(salip.io, "read_input", spy)
+        again = run_benchmark(config, out=tmp_path / "out")
     assert (again.computed, again.reused, again.errors) == (2, 1, 2)
+    assert sorted(name for name, _ in reads) == ["b_corrupt.nii.gz", "c_shape.nii.gz"]
+    assert all(thread.startswith("salip-prefetch") for _, thread in reads)
 
 
 @pytest.mark.parametrize(

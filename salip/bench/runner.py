@@ -38,6 +38,7 @@ from salip.bench.datasets import Case, load_dataset, load_references
 from salip.bench.methods import CaseInput, Method, Models, make_method
 from salip.config import ModelConfig
 from salip.errors import BenchmarkError, SalipError
+from salip.prefetch import prefetch
 
 logger = logging.getLogger(__name__)
 
@@ -419,15 +420,20 @@ def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 class _CaseRun:
     """One case: the volume is read once and references once, for every method."""
 
-    def __init__(self, case: Case, models_fn: Any, metrics: MetricSettings):
+    def __init__(
+        self, case: Case, models_fn: Any, metrics: MetricSettings, volume: Any = None
+    ) -> None:
         self.case, self.models_fn, self.metrics = case, models_fn, metrics
-        self._volume: Any = None
+        # A volume read ahead (see run_benchmark), or the exception reading it raised.
+        self._volume: Any = volume
         self._references: dict[str, np.ndarray] | None = None
         self._volume8: dict[tuple[Any, ...], np.ndarray] = {}
 
     def volume(self) -> Any:
         from salip.io import read_input
 
+        if isinstance(self._volume, Exception):
+            raise self._volume
         if self._volume is None:
             self._volume = read_input(self.case.image, channel=self.case.channel)
         return self._volume
@@ -599,17 +605,25 @@ def run_benchmark(
     computed = reused = 0
     all_rows: list[dict[str, Any]] = []
     total = len(cases) * len(cfg.methods)
+    plan = []
+    for case in cases:
+        folder, steps = _case_dir(out_dir, case), []
+        for method in cfg.methods:
+            record_path = folder / f"{urllib.parse.quote(method.name, safe='')}.json"
+            fingerprint = _fingerprint(method.describe(), identity, _case_identity(case), settings)
+            record = None if rerun else _read_record(record_path, fingerprint)
+            steps.append((method, record_path, fingerprint, record))
+        plan.append((case, steps))
+    # The next case's image is read in a background thread while this one runs.
+    to_compute = [case for case, steps in plan if any(step[3] is None for step in steps)]
+    needs_volume = {case.key for case in to_compute}
+    volumes = prefetch(to_compute, _read_volume, depth=1)
     with tqdm(total=total, desc="benchmark", unit="run", disable=not progress) as bar:
-        for case in cases:
-            runner = _CaseRun(case, models, cfg.metrics)
-            folder = _case_dir(out_dir, case)
-            for method in cfg.methods:
+        for case, steps in plan:
+            volume = next(volumes) if case.key in needs_volume else None
+            runner = _CaseRun(case, models, cfg.metrics, volume)
+            for method, record_path, fingerprint, record in steps:
                 bar.set_postfix_str(f"{case.key} {method.name}", refresh=False)
-                record_path = folder / f"{urllib.parse.quote(method.name, safe='')}.json"
-                fingerprint = _fingerprint(
-                    method.describe(), identity, _case_identity(case), settings
-                )
-                record = None if rerun else _read_record(record_path, fingerprint)
                 if record is not None:
                     reused += 1
                 else:
@@ -617,6 +631,7 @@ def run_benchmark(
                     computed += 1
                 all_rows += record["rows"]
                 bar.update(1)
+            del runner, volume
     device = loaded[0].device if loaded else None
     files = _write_outputs(
         out_dir, cfg, all_rows, identity, device, date, computed, reused, started
@@ -625,6 +640,17 @@ def run_benchmark(
     if errors:
         logger.warning("%d error row(s); see the `error` column of cases.csv", errors)
     return BenchmarkResult(out_dir, out_dir / "summary.md", files, computed, reused, errors)
+
+
+def _read_volume(case: Case) -> Any:
+    """The case's image as a Volume, or the exception reading it raised (kept for the case's
+    error rows rather than raised in the prefetch thread)."""
+    from salip.io import read_input
+
+    try:
+        return read_input(case.image, channel=case.channel)
+    except Exception as exc:  # noqa: BLE001 - reported per case by _compute
+        return exc
 
 
 def _read_record(path: Path, fingerprint: str) -> dict[str, Any] | None:
