@@ -24,8 +24,8 @@ from salip.models.precision import resolve_precision
 from salip.models.sam import LoadedSam
 from salip.models.sam_runtime import (
     BatchSize,
-    compiled_encoder,
     encode_images,
+    fast_encoder,
     resize_for_encoder,
 )
 from salip.organs import Organ, get_organ
@@ -135,7 +135,7 @@ class Cascade:
         self.decoder_batch = decoder_batch(config.proposals, device)
         #: Slices per call that :func:`salip.segment` should send when the setting is auto.
         self.slice_batch = slice_batch(config.proposals.encoder_batch_size, device)
-        self.encoder = compiled_encoder(sam.model) if config.models.compile else None
+        self.encoder = fast_encoder(sam.model, compile=config.models.compile)
         self.prompts = prompts
         self.config = config
         self.timer = timer or StageTimer()

@@ -66,3 +66,17 @@ def test_cuda_auto_batches_are_measured_and_give_the_same_masks(tmp_path, tiny_m
     fixed = generate_proposals_batch(model, embeddings, config, decoder_batch(config, "cpu"))
     for a, b in zip(auto, fixed, strict=True):
         assert torch.equal(a.masks, b.masks)
+
+
+def test_cuda_fused_attention_encoder_matches_stock(tiny_models):
+    from salip.models.sam import load_sam
+    from salip.models.sam_runtime import fast_encoder
+
+    model = load_sam(tiny_models["sam_checkpoint"], device="cuda").model
+    x = torch.randn(2, 3, 256, 256, device="cuda")
+    with torch.no_grad():
+        stock = model.image_encoder(x)
+        torch.testing.assert_close(fast_encoder(model)(x), stock, rtol=1e-3, atol=1e-3)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            fused = fast_encoder(model)(x).float()
+    assert torch.nn.functional.cosine_similarity(fused.flatten(), stock.flatten(), 0) > 0.99

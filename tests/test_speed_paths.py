@@ -13,7 +13,7 @@ from salip.errors import ConfigError
 from salip.io import read_input, to_canonical
 from salip.models.precision import resolve_precision
 from salip.models.sam import load_sam
-from salip.models.sam_runtime import BatchSize, OutOfMemoryError, encode_images
+from salip.models.sam_runtime import BatchSize, OutOfMemoryError, encode_images, fast_encoder
 from salip.organs import get_organ
 from salip.slicing import AXES, body_slices, choose_intensity, iter_slices, to_uint8
 from tests.conftest import TOTALSEG, require_data
@@ -104,9 +104,11 @@ def _slices(count):
     return [img for _, img in iter_slices(volume8, False, "axial")][:count]
 
 
-def _inject_oom(monkeypatch, model, limit):
-    """The image encoder raises out-of-memory for batches larger than ``limit``."""
-    forward = model.image_encoder.forward
+def _inject_oom(monkeypatch, model, limit, encoder=None):
+    """The image encoder (``encoder``, default the model's own) raises out-of-memory for
+    batches larger than ``limit``."""
+    encoder = model.image_encoder if encoder is None else encoder
+    forward = encoder.forward
     calls = []
 
     def guarded(x):
@@ -115,7 +117,7 @@ def _inject_oom(monkeypatch, model, limit):
             raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
         return forward(x)
 
-    monkeypatch.setattr(model.image_encoder, "forward", guarded)
+    monkeypatch.setattr(encoder, "forward", guarded)
     return calls
 
 
@@ -190,7 +192,9 @@ def test_segment_finishes_after_out_of_memory_with_the_same_masks(
 
     def load_with_oom(*args, **kwargs):
         loaded = load(*args, **kwargs)
-        guards.append(_inject_oom(monkeypatch, loaded.model, limit=1))
+        # the cascade runs the fused-attention encoder made for this model
+        encoder = fast_encoder(loaded.model)
+        guards.append(_inject_oom(monkeypatch, loaded.model, limit=1, encoder=encoder))
         return loaded
 
     monkeypatch.setattr(sam_module, "load_sam", load_with_oom)
@@ -222,16 +226,20 @@ def test_bf16_encoder_returns_float32_close_to_fp32(tiny_sam_path):
         assert cos > 0.99
 
 
-def test_compiled_encoder_gives_the_same_masks(tmp_path, tiny_models):
+def test_compiled_encoder_gives_the_same_masks(tmp_path, tiny_models, monkeypatch):
     """--compile: torch.compile of the encoder (one compilation here, about 30 s on CPU)."""
-    from salip.models import sam_runtime
-
     path = _crop_ct(tmp_path, 10, 14)
     options = _cascade_options(tiny_models)
     eager = salip.segment(path, **options)
-    before = len(sam_runtime._COMPILED)
+    compiled_modules, compile_ = [], torch.compile
+
+    def spy(module, **kwargs):
+        compiled_modules.append(type(module).__name__)
+        return compile_(module, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
     compiled = salip.segment(path, compile=True, **options)
-    assert len(sam_runtime._COMPILED) == before + 1  # the compiled encoder was made and used
+    assert compiled_modules == ["SdpaImageEncoder"]  # made once, for the fused encoder
     assert eager.masks["liver"].any()
     np.testing.assert_array_equal(eager.masks["liver"], compiled.masks["liver"])
 
@@ -303,3 +311,30 @@ def test_decoder_halves_its_prompt_batch_on_out_of_memory(monkeypatch, tiny_sam_
     for a, b in zip(clean, recovered, strict=True):
         assert len(a) > 0
         np.testing.assert_array_equal(a.masks.numpy(), b.masks.numpy())
+
+
+def test_fused_attention_encoder_equals_segment_anything(tiny_sam_path):
+    """SdpaImageEncoder (windowed and global blocks, relative positions) gives the stock
+    encoder's embeddings with the same weights, and the stock model is left untouched."""
+    from salip.models.sam_attention import SdpaImageEncoder
+    from salip.models.sam_runtime import fast_encoder
+
+    model = load_sam(str(tiny_sam_path)).model
+    assert (
+        model.image_encoder.blocks[0].window_size > 0
+        and model.image_encoder.blocks[1].window_size == 0
+    )
+    x = torch.randn(3, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        stock = model.image_encoder(x)
+        fused = fast_encoder(model)(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fused_bf16 = fast_encoder(model)(x).float()
+    assert isinstance(fast_encoder(model), SdpaImageEncoder) and fast_encoder(
+        model
+    ) is fast_encoder(model)
+    torch.testing.assert_close(fused, stock, rtol=1e-4, atol=1e-4)
+    cos = torch.nn.functional.cosine_similarity(fused_bf16.flatten(), stock.flatten(), 0)
+    assert cos > 0.99
+    assert type(model.image_encoder).__name__ == "ImageEncoderViT"
+    assert not any(isinstance(m, SdpaImageEncoder) for m in model.modules())

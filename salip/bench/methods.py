@@ -171,10 +171,16 @@ class _EncodedSlices:
     ) -> list[SliceOutput]:
         import torch
 
-        from salip.models.sam_runtime import encode_images
+        from salip.models.sam_runtime import encode_images, fast_encoder
 
         with torch.no_grad():
-            embeddings = encode_images(self.model, images, self.batch, precision=self.precision)
+            embeddings = encode_images(
+                self.model,
+                images,
+                self.batch,
+                precision=self.precision,
+                encoder=fast_encoder(self.model, compile=self.config.models.compile),
+            )
             return [
                 self.segment_slice(emb, index, organs)
                 for emb, index in zip(embeddings, indices, strict=True)

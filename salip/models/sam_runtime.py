@@ -8,7 +8,6 @@ the box-prompt pass (stage 6), so no image is encoded twice.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,19 +107,25 @@ class BatchSize:
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
-_COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()
+def fast_encoder(sam: torch.nn.Module, *, compile: bool = False) -> torch.nn.Module:
+    """SAM's image encoder as salip runs it: fused attention
+    (:class:`~salip.models.sam_attention.SdpaImageEncoder`) where the encoder's layout
+    allows, and optionally ``torch.compile``; same inputs, outputs and weights.
 
-
-def compiled_encoder(sam: torch.nn.Module) -> Any:
-    """``torch.compile`` of SAM's image encoder, made once per model and process.
-
-    The model itself is left as it is (eager), so other users of it, such as the reference
-    side of ``salip bench-speed``, are unaffected.
+    Made once per model and setting, and kept on the model (so it lives as long as the
+    model does). The model itself is left as it is (stock, eager), so other users of it,
+    such as the reference side of ``salip bench-speed``, are unaffected.
     """
-    encoder = sam.image_encoder
-    if encoder not in _COMPILED:
-        _COMPILED[encoder] = torch.compile(encoder)
-    return _COMPILED[encoder]
+    from salip.models.sam_attention import SdpaImageEncoder, supports_sdpa
+
+    # A plain dict attribute: nn.Module registers Module attributes as submodules.
+    cache = sam.__dict__.setdefault("_salip_encoders", {})
+    if compile not in cache:
+        encoder = sam.image_encoder
+        if supports_sdpa(encoder):
+            encoder = SdpaImageEncoder(encoder)
+        cache[compile] = torch.compile(encoder) if compile else encoder
+    return cache[compile]
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -170,7 +175,7 @@ def encode_images(
         precision: "fp32", or "bf16"/"fp16" autocast (resolved, see
             :mod:`salip.models.precision`); features come back as float32.
         encoder: the module to run instead of ``sam.image_encoder`` (e.g.
-            :func:`compiled_encoder`'s); same inputs and outputs.
+            :func:`fast_encoder`'s); same inputs and outputs.
         resized: :func:`resize_for_encoder` of ``images``, when already computed (e.g. in
             a prefetch thread).
 
