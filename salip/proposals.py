@@ -169,7 +169,7 @@ def _proposals_same_size(
     # Prompt j of the stream is grid point j % n_points of slice j // n_points.
     all_points = points_px.repeat(len(embeddings), 1)
     all_owner = torch.arange(len(embeddings)).repeat_interleave(n_points)
-    data = MaskData()
+    parts = []
     start = 0
     while start < len(all_points):
         n = batch.value
@@ -189,8 +189,12 @@ def _proposals_same_size(
             )
             continue
         batch.calibrate(meter, len(pts), device)
-        data.cat(part)
+        parts.append(part)
         start += len(pts)
+    # One concatenation at the end: MaskData.cat per call would copy the growing total
+    # each time (quadratic in the number of decoder calls).
+    keys = [key for key, _ in parts[0].items()]
+    data = MaskData(**{key: torch.cat([p[key] for p in parts]) for key in keys})
 
     if len(data["masks"]) == 0:
         return [_empty(h, w, device) for _ in embeddings]
