@@ -135,7 +135,6 @@ class Cascade:
         self.decoder_batch = decoder_batch(config.proposals, device)
         #: Slices per call that :func:`salip.segment` should send when the setting is auto.
         self.slice_batch = slice_batch(config.proposals.encoder_batch_size, device)
-        self.encoder = fast_encoder(sam.model, compile=config.models.compile)
         self.prompts = prompts
         self.config = config
         self.timer = timer or StageTimer()
@@ -233,7 +232,7 @@ class Cascade:
             images,
             self.encoder_batch,
             precision=self.precision,
-            encoder=self.encoder,
+            encoder=fast_encoder(model, compile=cfg.models.compile),
             resized=prepared,
         )
         t = timer.add("sam_encoder", t)
