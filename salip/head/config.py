@@ -1,0 +1,236 @@
+"""The head-training config: a TOML file with ``[models]``, ``[[datasets]]`` and ``[train]``.
+
+``[models]`` and ``[[datasets]]`` are the benchmark config's tables (see
+``benchmarks/README.md``): model settings by their config field names, relative checkpoint
+paths resolved against the config file's folder, and datasets of the benchmark's kinds.
+``[train]`` holds :class:`TrainSettings`. Example::
+
+    [models]
+    sam_checkpoint = "vit_b"
+    clip_model = "ViT-L-14"
+    clip_pretrained = "openai"
+
+    [[datasets]]
+    name = "totalseg"
+    kind = "nifti-multilabel"
+    images = "data/ct/*.nii.gz"
+    labels = "{dir}/../labels/{stem}.nii.gz"
+    label_names = "totalseg"
+    organs = ["liver", "spleen", "kidneys"]
+
+    [train]
+    variant = "clip"
+    epochs = 20
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from salip.config import SegmentConfig
+from salip.errors import ConfigError
+from salip.head.model import VARIANTS
+
+#: Top-level tables of a head-training config.
+CONFIG_KEYS = ("models", "datasets", "train")
+
+#: Default text prompt per class; ``{organ}`` is the organ's name with spaces.
+DEFAULT_TEMPLATE = "A computerized tomography of a {organ}."
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The ``[train]`` table.
+
+    Attributes:
+        classes: organ names the head predicts, in output order (vocabulary names or
+            synonyms); None: the union of the datasets' organs, in order of appearance.
+        prompt_template: text per class for the CLIP text encoder; ``{organ}`` is replaced
+            by the organ's name with ``_`` as spaces.
+        variant: "clip", "static" or "randtext" (see :mod:`salip.head.model`).
+        epochs: training epochs.
+        steps_per_epoch: optimiser steps per epoch (batches drawn with replacement).
+        batch_size: slices per step.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: steps of linear warm-up before the cosine decay to 0.
+        val_fraction: share of cases (patients) held out for validation.
+        seed: seed of the initialisation, the split and the sampling.
+        axis: slicing axis ("axial", "coronal", "sagittal").
+        window: CT window preset or "WIDTH,LEVEL"; None: chosen as ``salip segment`` does,
+            with the head's classes as the organs.
+        encoder_batch_size: slices per SAM encoder call while caching embeddings.
+    """
+
+    classes: tuple[str, ...] | None = None
+    prompt_template: str = DEFAULT_TEMPLATE
+    variant: str = "clip"
+    epochs: int = 20
+    steps_per_epoch: int = 200
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    val_fraction: float = 0.2
+    seed: int = 0
+    axis: str = "axial"
+    window: str | None = None
+    encoder_batch_size: int = 4
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad value and what it must be."""
+
+        def whole(value: Any, low: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+        def number(value: Any) -> bool:
+            return isinstance(value, int | float) and not isinstance(value, bool)
+
+        checks = [
+            (self.variant in VARIANTS, f"variant must be one of {', '.join(VARIANTS)}"),
+            (whole(self.epochs, 1), "epochs must be a whole number >= 1"),
+            (whole(self.steps_per_epoch, 1), "steps_per_epoch must be a whole number >= 1"),
+            (whole(self.batch_size, 1), "batch_size must be a whole number >= 1"),
+            (number(self.lr) and self.lr > 0, "lr must be a number > 0, e.g. 0.001"),
+            (
+                number(self.weight_decay) and self.weight_decay >= 0,
+                "weight_decay must be a number >= 0",
+            ),
+            (whole(self.warmup_steps, 0), "warmup_steps must be a whole number >= 0"),
+            (
+                number(self.val_fraction) and 0 <= self.val_fraction < 1,
+                "val_fraction must be in [0, 1), e.g. 0.2",
+            ),
+            (
+                isinstance(self.seed, int) and not isinstance(self.seed, bool),
+                "seed must be a whole number",
+            ),
+            (whole(self.encoder_batch_size, 1), "encoder_batch_size must be a whole number >= 1"),
+            (
+                isinstance(self.prompt_template, str) and "{organ}" in self.prompt_template,
+                "prompt_template must be text containing {organ}",
+            ),
+            (
+                self.classes is None
+                or (len(self.classes) > 0 and all(isinstance(c, str) for c in self.classes)),
+                "classes must be a non-empty list of organ names",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"[train]: {message}.")
+        try:
+            self.prompt_template.format(organ="liver")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"[train]: prompt_template {self.prompt_template!r} is not a valid template "
+                f"({exc}); use only the {{organ}} placeholder."
+            ) from exc
+
+
+@dataclass(frozen=True)
+class HeadTrainConfig:
+    """A parsed head-training config.
+
+    Attributes:
+        path: the TOML file (its folder is where relative paths resolve).
+        models: ``[models]`` (model config field names; relative checkpoint paths resolved).
+        datasets: the ``[[datasets]]`` tables as given.
+        train: the ``[train]`` settings.
+    """
+
+    path: Path
+    models: Mapping[str, Any]
+    datasets: tuple[Mapping[str, Any], ...]
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    @property
+    def base_dir(self) -> Path:
+        """The config file's folder: relative dataset paths resolve against it."""
+        return self.path.parent
+
+    def segment_config(self) -> SegmentConfig:
+        """The model and slicing settings as a :class:`SegmentConfig`.
+
+        Raises:
+            ConfigError: an invalid model setting, axis or window.
+        """
+        t = self.train
+        return SegmentConfig().replace(
+            **self.models, axis=t.axis, window=t.window, encoder_batch_size=t.encoder_batch_size
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready settings (what a resumed run must share with the run it continues)."""
+        train = dataclasses.asdict(self.train)
+        train["classes"] = list(train["classes"]) if train["classes"] is not None else None
+        return {
+            "models": dict(self.models),
+            "datasets": [dict(d) for d in self.datasets],
+            "train": train,
+        }
+
+
+def _fail_unknown(where: str, keys: Sequence[str], valid: Sequence[str]) -> None:
+    bad = [k for k in keys if k not in valid]
+    if bad:
+        close = difflib.get_close_matches(bad[0], valid, n=1, cutoff=0.6)
+        hint = f" Did you mean: {close[0]}?" if close else ""
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(bad)}.{hint} Valid keys: {', '.join(valid)}."
+        )
+
+
+def load_head_config(path: str | Path) -> HeadTrainConfig:
+    """Read and check a head-training TOML config.
+
+    Raises:
+        ConfigError: a missing or malformed file, unknown keys (the message lists the
+            valid ones), no dataset, or an invalid ``[train]`` or ``[models]`` value.
+        salip.errors.BenchmarkError: an unknown ``[models]`` key.
+    """
+    from salip.bench.runner import resolve_models
+
+    path = Path(path).absolute()
+    if not path.is_file():
+        raise ConfigError(f"head config {path} not found; pass --config FILE.toml.")
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read head config {path}: {exc}.") from exc
+    _fail_unknown(f"head config {path.name}", list(raw), CONFIG_KEYS)
+    for key in ("models", "train"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise ConfigError(f"head config {path.name}: [{key}] must be a table.")
+    datasets = raw.get("datasets")
+    if (
+        not isinstance(datasets, list)
+        or not datasets
+        or not all(isinstance(d, dict) for d in datasets)
+    ):
+        raise ConfigError(
+            f"head config {path.name}: needs at least one [[datasets]] table (the benchmark's "
+            "dataset kinds; see benchmarks/README.md)."
+        )
+    models = resolve_models(raw.get("models", {}), path.parent)
+    table = dict(raw.get("train", {}))
+    _fail_unknown("[train]", list(table), [f.name for f in dataclasses.fields(TrainSettings)])
+    if isinstance(table.get("classes"), list):
+        table["classes"] = tuple(table["classes"])
+    elif "classes" in table:
+        raise ConfigError('[train]: classes must be a list of organ names, e.g. ["liver"].')
+    settings = TrainSettings(**table)
+    settings.validate()
+    config = HeadTrainConfig(path, models, tuple(datasets), settings)
+    config.segment_config()  # model settings, axis and window fail here, before any work
+    return config
