@@ -80,7 +80,8 @@ class SliceSegmenter(Protocol):
     ``slice_batch`` attribute (int) sets how many slices a call gets when the
     ``encoder_batch_size`` setting is 0 (auto); otherwise 4. An optional ``prepare(images)``
     method is run in a background thread one batch ahead, and its result passed to the call
-    as ``prepared=``.
+    as ``prepared=``. An optional ``intensity_organs`` attribute (organs) replaces the organs
+    asked for when choosing the intensity window (a learned head keeps its training window).
     """
 
     def __call__(

@@ -25,6 +25,7 @@ logger = logging.getLogger("salip")
 
 _GROUP_TITLES = {
     "models": "models",
+    "segmenter": "segmenter (the cascade, or a learned head)",
     "slicing": "slicing and intensity",
     "proposals": "proposals (SAM everything mode)",
     "area": "area filter",
@@ -200,6 +201,28 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_flags(speed, ["models", "slicing", "proposals"])
     speed.set_defaults(func=_cmd_bench_speed)
 
+    head = sub.add_parser("head", help="Train the learned comparator head on SAM features.")
+    hsub = head.add_subparsers(dest="head_command", required=True, metavar="ACTION")
+    train = hsub.add_parser(
+        "train",
+        parents=[common],
+        help="Train a CLIP-driven head on frozen SAM embeddings of labelled datasets.",
+        description="Trains the head of `--method head` from a TOML config with the "
+        "benchmark's [models] and [[datasets]] tables and a [train] table (see "
+        "benchmarks/README.md). Writes head.pt, manifest.json and a resumable last.pt to "
+        "--out; a rerun of the same config continues after the last finished epoch. "
+        "Prints the path of head.pt.",
+    )
+    train.add_argument("--config", required=True, metavar="TOML", help="Training config file.")
+    train.add_argument("--out", required=True, metavar="DIR", help="Output folder.")
+    train.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="Start from scratch even if --out holds an unfinished run of this config.",
+    )
+    train.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
+    train.set_defaults(func=_cmd_head_train)
+
     models = sub.add_parser("models", help="Download or list SAM checkpoints.")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     dl = msub.add_parser(
@@ -333,6 +356,29 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         result.out,
     )
     sys.stdout.write(f"{result.summary_md}\n")
+    return 0
+
+
+def _cmd_head_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from salip.head.train import train_head
+
+    result = train_head(
+        args.config,
+        Path(args.out),
+        progress=not args.no_progress and not args.quiet,
+        resume=not args.no_resume,
+    )
+    metrics = result.manifest.get("metrics", {})
+    logger.info(
+        "%d epoch(s) trained now (%d before), %d steps; validation mean Dice: %s",
+        result.epochs_run,
+        result.start_epoch,
+        result.steps_run,
+        metrics.get("final_val_mean_dice"),
+    )
+    sys.stdout.write(f"{result.head_path}\n")
     return 0
 
 

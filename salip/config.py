@@ -63,6 +63,19 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class SegmenterConfig:
+    """Which segmenter turns the slices into masks."""
+
+    method: str = _opt(
+        "cascade",
+        "cascade: the zero-shot SaLIP cascade (no labels). head: a learned comparator head "
+        "trained with `salip head train` (needs --head, and its own SAM checkpoint).",
+        choices=("cascade", "head"),
+    )
+    head: str | None = _opt(None, "The head.pt that `salip head train` wrote, for --method head.")
+
+
+@dataclass(frozen=True)
 class SliceConfig:
     """How a volume becomes 8-bit RGB slices."""
 
@@ -205,6 +218,7 @@ class SegmentConfig:
     """All stage configs of one ``salip segment`` run."""
 
     models: ModelConfig = field(default_factory=ModelConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     slicing: SliceConfig = field(default_factory=SliceConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     area: AreaFilterConfig = field(default_factory=AreaFilterConfig)
@@ -279,6 +293,17 @@ class SegmentConfig:
             (
                 0.0 <= self.slicing.percentile_low < self.slicing.percentile_high <= 100.0,
                 "need 0 <= percentile_low < percentile_high <= 100",
+            ),
+        ]
+        method = self.segmenter
+        checks += [
+            (
+                method.method != "head" or bool(method.head),
+                "--method head needs --head PATH (the head.pt of `salip head train`)",
+            ),
+            (
+                method.method == "head" or method.head is None,
+                "--head is only read with --method head; add --method head or drop --head",
             ),
         ]
         for ok, message in checks:

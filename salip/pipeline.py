@@ -143,6 +143,39 @@ def _load_cascade(
     return build_cascade(sam, clip, organs, config, modality, device=device, timer=timer)
 
 
+def _load_head(
+    organs: Sequence[Organ], config: SegmentConfig, timer: StageTimer
+) -> tuple[SliceSegmenter, dict[str, Any]]:
+    """The learned head of ``--method head`` on its SAM, and its report entry."""
+    from salip.cascade import encoder_batch, slice_batch
+    from salip.head.segmenter import HeadSegmenter, load_head
+    from salip.models.precision import resolve_precision
+    from salip.models.sam import load_sam
+
+    m, setting = config.models, config.proposals.encoder_batch_size
+    device = resolve_device(m.device)
+    start = time.perf_counter()
+    sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
+    head = load_head(config.segmenter.head, sam, device=device)
+    timer.add("load_models", start)
+    trained_axis = head.slicing.get("axis")
+    if trained_axis and trained_axis != config.slicing.axis:
+        logger.warning(
+            "the head was trained on %s slices; segmenting %s slices (--axis)",
+            trained_axis,
+            config.slicing.axis,
+        )
+    segmenter = HeadSegmenter(
+        head,
+        sam,
+        batch_size=encoder_batch(setting, device),
+        precision=resolve_precision(m.precision, device),
+        slice_batch=slice_batch(setting, device),
+    )
+    segmenter.check_organs(organs)
+    return segmenter, {"device": device, "sam": sam.identity(), "head": head.identity()}
+
+
 def build_cascade(
     sam: LoadedSam,
     clip: LoadedClip,
@@ -270,11 +303,16 @@ def segment(
     for path in to_check:
         check_output(path, source, overwrite)
 
-    intensity: Intensity = choose_intensity(volume, organ_list, cfg.slicing)
+    models: dict[str, Any] = {"injected_segmenter": type(segmenter).__name__} if segmenter else {}
+    if segmenter is None and cfg.segmenter.method == "head":
+        segmenter, models = _load_head(organ_list, cfg, timer)
+        t = time.perf_counter()
+    # A learned head maps intensities as in its training (with its classes' window).
+    intensity_organs = getattr(segmenter, "intensity_organs", None) or organ_list
+    intensity: Intensity = choose_intensity(volume, list(intensity_organs), cfg.slicing)
     volume8 = to_uint8(volume, intensity, cfg.slicing)
     t = timer.add("slicing", t)
 
-    models: dict[str, Any] = {"injected_segmenter": type(segmenter).__name__} if segmenter else {}
     if segmenter is None:
         segmenter, models = _load_cascade(organ_list, cfg, intensity.modality, timer)
     t = time.perf_counter()

@@ -318,7 +318,7 @@ label_names = "data/names.json"
     ("methods", "message"),
     [
         ('name = "x"\nmethod = "salp"', "Did you mean: salip?"),
-        ('name = "x"\nmethod = "head"', "not available yet"),
+        ('name = "x"\nmethod = "head"', "--method head needs --head PATH"),
         ('name = "x"\nmethod = "sam-unprompted"\ntop_k = 2', "not read by this method"),
         ('name = "x"\nmethod = "salip"\nsam_checkpoint = "vit_h"', "belong in [models]"),
         ('name = "x"\nmethod = "salip"\nscoring = "best"', "use one of contrast, salip"),

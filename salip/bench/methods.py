@@ -16,11 +16,16 @@ kind                              what it does
                                   reference slice (reads labels: proposal recall)
 ``sam-gt-box``                    SAM prompted with the tight box of each reference
                                   component per slice (reads labels: the paper's bound)
+``head``                          a learned CLIP-driven head on SAM features (trained
+                                  with labels: ``salip head train``, variant "clip")
+``head-static``                   control: the same upsampler, plain per-class 1x1 head
+``head-randtext``                 control: learned random class codes instead of CLIP
+                                  text
 ================================  ====================================================
 
-Adding a method (e.g. the learned head of a later issue) is a subclass of :class:`Method`
-that builds a :class:`~salip.cascade.SliceSegmenter` in :meth:`Method.segmenter`, plus an
-entry in :data:`METHODS`.
+Adding a method is a subclass of :class:`Method` that builds a
+:class:`~salip.cascade.SliceSegmenter` in :meth:`Method.segmenter`, plus an entry in
+:data:`METHODS`.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ import dataclasses
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from salip.config import ModelConfig, SegmentConfig, flat_fields
+from salip.config import ModelConfig, SegmentConfig, SegmenterConfig, flat_fields
 from salip.errors import BenchmarkError, SalipError
 from salip.organs import Organ
 
@@ -58,6 +64,8 @@ _PROPOSALS = (
     "max_area",
 )
 _MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+#: Chosen by the method kind (``method``) or by head kinds only (``head``).
+_SEGMENTER_FIELDS = tuple(f.name for f in dataclasses.fields(SegmenterConfig))
 
 
 @dataclass
@@ -278,14 +286,97 @@ class SamEverythingOracle(Method):
         return _Oracle(self, models, case)
 
 
-#: Method kinds by their ``method`` value. The learned head of a later issue registers here.
+class HeadMethod(Method):
+    """A learned head (``salip head train``, variant "clip"): the comparator trained with
+    labels on the same SAM. Its ``head`` setting names the head.pt; the file's variant must
+    match the kind, and its SAM the run's (checked when it loads).
+
+    Post-processing is the cascade's: ``largest_component`` defaults as for ``salip``.
+    """
+
+    kind = "head"
+    variant: ClassVar[str] = "clip"
+    settings = (*_COMMON, "head")
+    defaults: ClassVar[dict[str, Any]] = {"method": "head"}
+
+    def __init__(self, name: str, config: SegmentConfig, options: Mapping[str, Any]):
+        from salip.head.segmenter import read_head_manifest
+        from salip.models.download import file_sha256
+
+        super().__init__(name, config, options)
+        # A missing head setting is refused by SegmentConfig's validation before this.
+        path = str(config.segmenter.head)
+        try:
+            manifest = read_head_manifest(path)
+        except SalipError as exc:
+            raise BenchmarkError(f"method '{name}' ({self.kind}): {exc}") from exc
+        if manifest.get("variant") != self.variant:
+            kind = next(
+                (
+                    k
+                    for k, c in METHODS.items()
+                    if getattr(c, "variant", None) == manifest.get("variant")
+                ),
+                "?",
+            )
+            raise BenchmarkError(
+                f"method '{name}': {path} is a '{manifest.get('variant')}' head, but method = "
+                f"'{self.kind}' expects a '{self.variant}' head; use method = '{kind}'."
+            )
+        self.head_sha256 = file_sha256(Path(path))
+        self._loaded: tuple[Any, Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "head_sha256": self.head_sha256}
+
+    def segmenter(self, models: Models, case: CaseInput) -> SliceSegmenter:
+        from salip.cascade import encoder_batch, slice_batch
+        from salip.head.segmenter import HeadSegmenter, load_head
+        from salip.models.precision import resolve_precision
+
+        if self._loaded is None or self._loaded[0] is not models.sam:
+            head = load_head(self.config.segmenter.head, models.sam, device=models.device)
+            self._loaded = (models.sam, head)
+        setting = self.config.proposals.encoder_batch_size
+        segmenter = HeadSegmenter(
+            self._loaded[1],
+            models.sam,
+            batch_size=encoder_batch(setting, models.device),
+            precision=resolve_precision(self.config.models.precision, models.device),
+            slice_batch=slice_batch(setting, models.device),
+        )
+        segmenter.check_organs(case.organs)
+        return segmenter
+
+
+class HeadStatic(HeadMethod):
+    """Control: the head's upsampler with a plain per-class 1x1 conv (no text, no
+    controller)."""
+
+    kind = "head-static"
+    variant = "static"
+
+
+class HeadRandText(HeadMethod):
+    """Control: the CLIP-driven head with learned random class codes instead of CLIP text."""
+
+    kind = "head-randtext"
+    variant = "randtext"
+
+
+#: Method kinds by their ``method`` value.
 METHODS: dict[str, type[Method]] = {
-    cls.kind: cls for cls in (SalipMethod, SamUnprompted, SamEverythingOracle, SamGtBox)
+    cls.kind: cls
+    for cls in (
+        SalipMethod,
+        SamUnprompted,
+        SamEverythingOracle,
+        SamGtBox,
+        HeadMethod,
+        HeadStatic,
+        HeadRandText,
+    )
 }
-
-#: Kinds that are planned but not available in this version, with why.
-_PLANNED = {"head": "the learned CLIP-driven head on SAM features is not available yet"}
-
 
 def make_method(table: Mapping[str, Any], models: Mapping[str, Any]) -> Method:
     """Build a method from one ``[[methods]]`` table.
@@ -305,8 +396,6 @@ def make_method(table: Mapping[str, Any], models: Mapping[str, Any]) -> Method:
         raise BenchmarkError(f"a method has no `name` (got {name!r}); it is the table's row label.")
     kind = table.get("method")
     if kind not in METHODS:
-        if kind in _PLANNED:
-            raise BenchmarkError(f"method '{name}': method = '{kind}': {_PLANNED[kind]}.")
         close = difflib.get_close_matches(str(kind), METHODS, n=1, cutoff=0.5)
         hint = f" Did you mean: {close[0]}?" if close else ""
         raise BenchmarkError(
@@ -316,7 +405,7 @@ def make_method(table: Mapping[str, Any], models: Mapping[str, Any]) -> Method:
     options = {k: v for k, v in table.items() if k not in ("name", "method")}
     allowed = cls.settings
     if allowed is None:
-        allowed = tuple(f for f in flat_fields() if f not in _MODEL_FIELDS)
+        allowed = tuple(f for f in flat_fields() if f not in (*_MODEL_FIELDS, *_SEGMENTER_FIELDS))
     bad = [key for key in options if key not in allowed]
     if bad:
         where = " (model settings belong in [models])" if set(bad) & set(_MODEL_FIELDS) else ""

@@ -81,6 +81,15 @@ ORACLE_NOTE = "† reads the reference masks (oracle / upper bound), not a zero-
 #: Marker appended to the names of methods that read the reference masks.
 ORACLE_MARK = "†"
 
+#: Method kinds trained with labels (the learned comparator head and its controls).
+TRAINED_KINDS = ("head", "head-static", "head-randtext")
+
+#: Marker and footnote for them.
+TRAINED_MARK = "‡"
+TRAINED_NOTE = (
+    "‡ a learned head trained with labels on the same SAM (comparator), not a zero-shot result."
+)
+
 #: Cell text of the Markdown tables where there is no Dice value.
 EMPTY_CELL = "–"
 
@@ -221,7 +230,15 @@ def summary_markdown(summary: pd.DataFrame, run_info: Mapping[str, Any]) -> str:
     oracle = dict.fromkeys(methods, False)
     for method, flag in zip(summary["method"].astype(str), summary["uses_ground_truth"]):
         oracle[method] = oracle[method] or _as_bool(flag)
-    labels = {m: _md_escape(m) + (f" {ORACLE_MARK}" if oracle[m] else "") for m in methods}
+    trained = dict.fromkeys(methods, False)
+    for method, kind in zip(summary["method"].astype(str), summary["method_kind"].astype(str)):
+        trained[method] = trained[method] or kind in TRAINED_KINDS
+    labels = {
+        m: _md_escape(m)
+        + (f" {ORACLE_MARK}" if oracle[m] else "")
+        + (f" {TRAINED_MARK}" if trained[m] else "")
+        for m in methods
+    }
     columns = list(dict.fromkeys(zip(summary["dataset"].astype(str), summary["organ"].astype(str))))
     one_dataset = len({dataset for dataset, _ in columns}) == 1
     headers = [
@@ -257,6 +274,8 @@ def summary_markdown(summary: pd.DataFrame, run_info: Mapping[str, Any]) -> str:
     notes = []
     if any(oracle.values()):
         notes.append(ORACLE_NOTE)
+    if any(trained.values()):
+        notes.append(TRAINED_NOTE)
     notes.append(
         f"{EMPTY_CELL} no case with a Dice value (no scored or false-positive case). Cases "
         "where prediction and reference are both empty are left out of the means; false "

@@ -162,7 +162,7 @@ def _fail_unknown(where: str, keys: Sequence[str], valid: Sequence[str]) -> None
         )
 
 
-def _resolve_models(table: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
+def resolve_models(table: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
     """``[models]`` with relative checkpoint paths made absolute against ``base_dir``."""
     from salip.models.registry import SAM_CHECKPOINTS
 
@@ -181,6 +181,15 @@ def _resolve_models(table: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
     if isinstance(pretrained, str) and (base_dir / pretrained).is_file():
         models["clip_pretrained"] = os.path.normpath(base_dir / pretrained)
     return models
+
+
+def _resolve_head(table: Any, base_dir: Path) -> Any:
+    """A ``[[methods]]`` table with a relative ``head`` path made absolute."""
+    if isinstance(table, Mapping) and isinstance(table.get("head"), str):
+        head = Path(table["head"])
+        if not head.is_absolute():
+            return {**table, "head": os.path.normpath(base_dir / head)}
+    return table
 
 
 def load_config(path: str | Path) -> BenchmarkConfig:
@@ -212,7 +221,7 @@ def load_config(path: str | Path) -> BenchmarkConfig:
                 f"config {path.name}: needs at least one [[{key}]] table; see "
                 "benchmarks/configs/ for examples."
             )
-    models = _resolve_models(raw.get("models", {}), path.parent)
+    models = resolve_models(raw.get("models", {}), path.parent)
     metrics_table = raw.get("metrics", {})
     _fail_unknown(
         "[metrics]", list(metrics_table), [f.name for f in dataclasses.fields(MetricSettings)]
@@ -240,7 +249,7 @@ def load_config(path: str | Path) -> BenchmarkConfig:
     for ok, message in checks:
         if not ok:
             raise BenchmarkError(f"[metrics]: {message}.")
-    methods = [make_method(table, models) for table in raw["methods"]]
+    methods = [make_method(_resolve_head(t, path.parent), models) for t in raw["methods"]]
     names = [m.name for m in methods]
     dataset_names = [d.get("name") if isinstance(d, dict) else None for d in raw["datasets"]]
     for what, values in (("method", names), ("dataset", dataset_names)):
