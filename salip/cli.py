@@ -40,13 +40,19 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def _add_dataclass_flags(group: Any, config_type: type) -> None:
     """Add one flag per field of a config dataclass, help and choices from its metadata."""
     hints = typing.get_type_hints(config_type)
     for f in dataclasses.fields(config_type):
         hint = hints[f.name]
         base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        help_text = f.metadata.get("help", "")
+        if "Default:" not in help_text:  # the help already explains a computed default
+            help_text += f" (default: {f.default})"
         if base is bool:
             group.add_argument(
                 _flag(f.name),
@@ -55,6 +61,8 @@ def _add_dataclass_flags(group: Any, config_type: type) -> None:
                 help=help_text,
             )
             continue
+        if typing.get_origin(base) is tuple:
+            base = _comma_list
         group.add_argument(
             _flag(f.name),
             type=base,
@@ -221,6 +229,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="Start from scratch even if --out holds an unfinished run of this config.",
     )
     train.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
+    _add_dataclass_flags(
+        train.add_argument_group("training (override the config's [train] table)"),
+        _train_settings_type(),
+    )
     train.set_defaults(func=_cmd_head_train)
 
     models = sub.add_parser("models", help="Download or list SAM checkpoints.")
@@ -359,13 +371,22 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_settings_type() -> type:
+    from salip.head.config import TrainSettings
+
+    return TrainSettings
+
+
 def _cmd_head_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from salip.head.config import load_head_config
     from salip.head.train import train_head
 
+    names = {f.name for f in dataclasses.fields(_train_settings_type())}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
     result = train_head(
-        args.config,
+        load_head_config(args.config).with_train(**overrides),
         Path(args.out),
         progress=not args.no_progress and not args.quiet,
         resume=not args.no_resume,

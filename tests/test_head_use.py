@@ -173,3 +173,69 @@ def test_benchmark_head_mistakes_are_explained(heads, tiny_models, tmp_path):
     cascade = [{"name": "s", "method": "salip", "head": str(heads["clip"])}]
     with pytest.raises(BenchmarkError, match="setting.s. head not read by this method"):
         load_config(_bench_config(tmp_path / "d", tiny_models, cascade))
+
+
+def test_train_cases_gives_nested_subsets_with_one_validation_set(
+    tiny_models, tmp_path, monkeypatch, capsys
+):
+    from tests.test_head import _slices_dataset
+
+    monkeypatch.setenv("SALIP_HOME", str(tmp_path / "salip_home"))
+    # three cases (the CT and two AMOS slices): one held out, two to train on
+    config = write_config(
+        tmp_path, tiny_models, [_ct_dataset(), _slices_dataset()], val_fraction=0.34,
+        epochs=1, steps_per_epoch=1, batch_size=2, warmup_steps=0,
+    )  # fmt: skip
+    manifests = {}
+    for n in ("1", "2"):
+        out = tmp_path / f"n{n}"
+        # [train] settings come from the command line too, one flag per field
+        argv = ["head", "train", "--config", str(config), "--out", str(out), "-q"]
+        assert main([*argv, "--train-cases", n, "--variant", "static"]) == 0
+        manifests[n] = json.loads((out / "manifest.json").read_text())
+    one, two = manifests["1"], manifests["2"]
+    assert one["variant"] == two["variant"] == "static"
+    assert one["train"]["train_cases"] == 1 and two["train"]["train_cases"] == 2
+    assert len(two["data"]["split"]["train"]) == 2
+    assert one["data"]["split"]["train"] == two["data"]["split"]["train"][:1]
+    assert one["data"]["split"]["val"] == two["data"]["split"]["val"]
+    assert len(one["data"]["split"]["val"]) == 1
+    # the left-out training case is not even encoded
+    assert len(one["data"]["cases"]) == 2 and len(two["data"]["cases"]) == 3
+
+    capsys.readouterr()
+    argv = ["head", "train", "--config", str(config), "--out", str(tmp_path / "n3")]
+    assert main([*argv, "--train-cases", "3"]) == 1
+    assert "only 2 training cases (1 more are held out" in capsys.readouterr().err
+    assert main([*argv, "--train-cases", "0"]) == 1
+    assert "train_cases must be a whole number >= 1" in capsys.readouterr().err
+
+
+def test_shipped_head_configs_parse(heads, tmp_path):
+    from salip.head.config import load_head_config
+
+    configs = Path(__file__).parent.parent / "benchmarks" / "configs"
+    train = load_head_config(configs / "head-amos.toml").train
+    assert (train.variant, train.train_cases, train.val_fraction) == ("clip", 30, 0.1)
+
+    # the benchmark config finds its heads relative to its own folder
+    bench = tmp_path / "btcv-head.toml"
+    bench.write_text((configs / "btcv-head.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    for folder, variant in [
+        *((f"amos-n{n}", "clip") for n in (1, 5, 10, 30)),
+        ("amos-n30-static", "static"),
+        ("amos-n30-randtext", "randtext"),
+    ]:
+        (tmp_path / "heads" / folder).mkdir(parents=True)
+        (tmp_path / "heads" / folder / "head.pt").symlink_to(heads[variant])
+    config = load_config(bench)
+    rows = {m.name: m.kind for m in config.methods}
+    assert rows == {
+        "salip-default": "salip",
+        "head-n1": "head",
+        "head-n5": "head",
+        "head-n10": "head",
+        "head-n30": "head",
+        "head-static-n30": "head-static",
+        "head-randtext-n30": "head-randtext",
+    }

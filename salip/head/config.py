@@ -33,12 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from salip.config import SegmentConfig
+from salip.config import SegmentConfig, _opt
 from salip.errors import ConfigError
-from salip.head.model import VARIANTS
 
 #: Top-level tables of a head-training config.
 CONFIG_KEYS = ("models", "datasets", "train")
+
+#: Head variants (see :mod:`salip.head.model`): the CLIP-driven head and its two controls.
+VARIANTS = ("clip", "static", "randtext")
 
 #: Default text prompt per class; ``{organ}`` is the organ's name with spaces.
 DEFAULT_TEMPLATE = "A computerized tomography of a {organ}."
@@ -46,42 +48,44 @@ DEFAULT_TEMPLATE = "A computerized tomography of a {organ}."
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The ``[train]`` table.
+    """The ``[train]`` table; ``salip head train`` has a flag per field (``--train-cases``)."""
 
-    Attributes:
-        classes: organ names the head predicts, in output order (vocabulary names or
-            synonyms); None: the union of the datasets' organs, in order of appearance.
-        prompt_template: text per class for the CLIP text encoder; ``{organ}`` is replaced
-            by the organ's name with ``_`` as spaces.
-        variant: "clip", "static" or "randtext" (see :mod:`salip.head.model`).
-        epochs: training epochs.
-        steps_per_epoch: optimiser steps per epoch (batches drawn with replacement).
-        batch_size: slices per step.
-        lr: peak AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_steps: steps of linear warm-up before the cosine decay to 0.
-        val_fraction: share of cases (patients) held out for validation.
-        seed: seed of the initialisation, the split and the sampling.
-        axis: slicing axis ("axial", "coronal", "sagittal").
-        window: CT window preset or "WIDTH,LEVEL"; None: chosen as ``salip segment`` does,
-            with the head's classes as the organs.
-        encoder_batch_size: slices per SAM encoder call while caching embeddings.
-    """
-
-    classes: tuple[str, ...] | None = None
-    prompt_template: str = DEFAULT_TEMPLATE
-    variant: str = "clip"
-    epochs: int = 20
-    steps_per_epoch: int = 200
-    batch_size: int = 8
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    val_fraction: float = 0.2
-    seed: int = 0
-    axis: str = "axial"
-    window: str | None = None
-    encoder_batch_size: int = 4
+    classes: tuple[str, ...] | None = _opt(
+        None,
+        "Organs the head predicts, in output order (vocabulary names or synonyms; on the "
+        "command line comma-separated). Default: the union of the datasets' organs.",
+    )
+    prompt_template: str = _opt(
+        DEFAULT_TEMPLATE,
+        "Text per class for the CLIP text encoder; {organ} becomes the organ's name with "
+        "spaces for underscores.",
+    )
+    variant: str = _opt(
+        "clip",
+        "clip: CLIP text drives a per-class dynamic head. static: a plain per-class 1x1 "
+        "conv (control). randtext: learned class codes instead of CLIP text (control).",
+        choices=VARIANTS,
+    )
+    epochs: int = _opt(20, "Training epochs.")
+    steps_per_epoch: int = _opt(200, "Optimiser steps per epoch (batches drawn with replacement).")
+    batch_size: int = _opt(8, "Slices per step.")
+    lr: float = _opt(3e-4, "Peak AdamW learning rate.")
+    weight_decay: float = _opt(1e-4, "AdamW weight decay.")
+    warmup_steps: int = _opt(100, "Steps of linear warm-up before the cosine decay to 0.")
+    val_fraction: float = _opt(0.2, "Share of the cases (patients) held out for validation.")
+    train_cases: int | None = _opt(
+        None,
+        "Train on only the first N training cases (by dataset and case id), for a learning "
+        "curve; the validation cases are the same whatever N is. Default: all.",
+    )
+    seed: int = _opt(0, "Seed of the initialisation, the split and the sampling.")
+    axis: str = _opt("axial", "Slicing axis.", choices=("axial", "coronal", "sagittal"))
+    window: str | None = _opt(
+        None,
+        "CT window preset or WIDTH,LEVEL. Default: chosen as salip segment does, with the "
+        "head's classes as the organs.",
+    )
+    encoder_batch_size: int = _opt(4, "Slices per SAM encoder call while caching embeddings.")
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad value and what it must be."""
@@ -112,6 +116,10 @@ class TrainSettings:
                 "seed must be a whole number",
             ),
             (whole(self.encoder_batch_size, 1), "encoder_batch_size must be a whole number >= 1"),
+            (
+                self.train_cases is None or whole(self.train_cases, 1),
+                "train_cases must be a whole number >= 1 (or left out: all cases)",
+            ),
             (
                 isinstance(self.prompt_template, str) and "{organ}" in self.prompt_template,
                 "prompt_template must be text containing {organ}",
@@ -154,6 +162,23 @@ class HeadTrainConfig:
     def base_dir(self) -> Path:
         """The config file's folder: relative dataset paths resolve against it."""
         return self.path.parent
+
+    def with_train(self, **overrides: Any) -> HeadTrainConfig:
+        """This config with some ``[train]`` settings replaced (the command line's flags).
+
+        Raises:
+            ConfigError: an unknown setting (the message lists the valid ones) or a bad value.
+        """
+        _fail_unknown(
+            "[train]", list(overrides), [f.name for f in dataclasses.fields(TrainSettings)]
+        )
+        if isinstance(overrides.get("classes"), list):
+            overrides["classes"] = tuple(overrides["classes"])
+        train = dataclasses.replace(self.train, **overrides)
+        train.validate()
+        config = dataclasses.replace(self, train=train)
+        config.segment_config()
+        return config
 
     def segment_config(self) -> SegmentConfig:
         """The model and slicing settings as a :class:`SegmentConfig`.

@@ -52,9 +52,7 @@ from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
 from salip.errors import ConfigError
-
-#: Head variants, see the module docstring.
-VARIANTS = ("clip", "static", "randtext")
+from salip.head.config import VARIANTS
 
 #: Channels of the upsampled features the per-class heads run on.
 FEATURE_DIM = 8

@@ -226,6 +226,19 @@ def train_head(
     for table in cfg.datasets:
         cases += load_dataset(table, cfg.base_dir)
     classes = _classes(cfg, cases)
+    train_keys, val_keys = split_cases(
+        [case.key for case in cases], settings.val_fraction, settings.seed
+    )
+    if settings.train_cases is not None:
+        if settings.train_cases > len(train_keys):
+            raise ConfigError(
+                f"[train]: train_cases = {settings.train_cases}, but there are only "
+                f"{len(train_keys)} training cases ({len(val_keys)} more are held out for "
+                "validation); lower train_cases or add cases."
+            )
+        # The first N by key: the subsets of a learning curve are nested, and the
+        # validation cases do not change with N.
+        train_keys = train_keys[: settings.train_cases]
     sam_path = resolve_sam_checkpoint(seg_cfg.models.sam_checkpoint)
     sam_sha256 = file_identity(sam_path)
     described = {
@@ -282,9 +295,9 @@ def train_head(
     )
 
     cache = EmbeddingCache(sam, batch_size=settings.encoder_batch_size, precision=precision)
-    samples, case_infos = build_samples(cases, classes, seg_cfg, cache, progress=progress)
-    train_keys, val_keys = split_cases(
-        [case.key for case in cases], settings.val_fraction, settings.seed
+    used = set(train_keys) | set(val_keys)
+    samples, case_infos = build_samples(
+        [case for case in cases if case.key in used], classes, seg_cfg, cache, progress=progress
     )
     train_samples = [s for s in samples if s.case in train_keys]
     val_samples = [s for s in samples if s.case in val_keys]
