@@ -378,6 +378,7 @@ METHODS: dict[str, type[Method]] = {
     )
 }
 
+
 def make_method(table: Mapping[str, Any], models: Mapping[str, Any]) -> Method:
     """Build a method from one ``[[methods]]`` table.
 
