@@ -8,10 +8,14 @@ read from the field's metadata, so the CLI cannot drift from the library.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from salip.errors import ConfigError
+from salip.errors import ConfigError, SalipError
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,),
@@ -21,7 +25,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
+def option(default: Any, help: str, **extra: Any) -> Any:
+    """A config field whose metadata carries its flag's help text (and ``choices``)."""
     return field(default=default, metadata={"help": help, **extra})
 
 
@@ -29,33 +34,33 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 class ModelConfig:
     """Which checkpoints to run, and where."""
 
-    sam_checkpoint: str = _opt(
+    sam_checkpoint: str = option(
         "vit_b",
         "SAM checkpoint: a .pth file in segment-anything's format (official or a fine-tune "
         "such as MedSAM), or a cached official name (vit_b, vit_l, vit_h).",
     )
-    sam_model_type: str | None = _opt(
+    sam_model_type: str | None = option(
         None,
         "Expected SAM architecture (vit_b, vit_l, vit_h). Optional: the architecture is "
         "read from the checkpoint; a mismatch is an error.",
     )
-    clip_model: str = _opt(
+    clip_model: str = option(
         "ViT-L-14",
         "CLIP model: an open_clip name (e.g. ViT-L-14), hf-hub:ORG/REPO or local-dir:PATH.",
     )
-    clip_pretrained: str | None = _opt(
+    clip_pretrained: str | None = option(
         "openai",
         "open_clip pretrained tag (e.g. openai) or a local weights file. Ignored for "
         "hf-hub: and local-dir: models.",
     )
-    device: str = _opt("auto", "Device: auto, cpu, cuda or cuda:N.")
-    precision: str = _opt(
+    device: str = option("auto", "Device: auto, cpu, cuda or cuda:N.")
+    precision: str = option(
         "auto",
         "Precision of the SAM and CLIP image encoders: fp32, or bf16/fp16 autocast (fp16 on "
         "CUDA only). auto: bf16 on CUDA, fp32 on CPU. Decoding and scoring stay fp32.",
         choices=("auto", "fp32", "bf16", "fp16"),
     )
-    compile: bool = _opt(
+    compile: bool = option(
         False,
         "torch.compile the SAM image encoder: the first batch of each slice size is slow "
         "(compilation, tens of seconds), later ones faster. Off by default.",
@@ -66,38 +71,40 @@ class ModelConfig:
 class SegmenterConfig:
     """Which segmenter turns the slices into masks."""
 
-    method: str = _opt(
+    method: str = option(
         "cascade",
         "cascade: the zero-shot SaLIP cascade (no labels). head: a learned comparator head "
         "trained with `salip head train` (needs --head, and its own SAM checkpoint).",
         choices=("cascade", "head"),
     )
-    head: str | None = _opt(None, "The head.pt that `salip head train` wrote, for --method head.")
+    head: str | None = option(None, "The head.pt that `salip head train` wrote, for --method head.")
 
 
 @dataclass(frozen=True)
 class SliceConfig:
     """How a volume becomes 8-bit RGB slices."""
 
-    axis: str = _opt(
+    axis: str = option(
         "axial",
         "Slicing axis for volumes.",
         choices=("axial", "coronal", "sagittal"),
     )
-    window: str | None = _opt(
+    window: str | None = option(
         None,
         "CT intensity window: a preset (abdomen, liver, lung, bone, brain, mediastinum) "
         "or WIDTH,LEVEL in HU. Default: the organ's preset for CT; unchanged pixels for "
         "8-bit 2D images.",
     )
-    modality: str = _opt(
+    modality: str = option(
         "auto",
         "Image modality; auto reads DICOM tags, else the intensity range (HU-like -> ct).",
         choices=("auto", "ct", "mr", "xray", "us"),
     )
-    percentile_low: float = _opt(0.5, "Lower percentile for MR/US/X-ray intensity normalisation.")
-    percentile_high: float = _opt(99.5, "Upper percentile for MR/US/X-ray intensity normalisation.")
-    skip_empty: bool = _opt(
+    percentile_low: float = option(0.5, "Lower percentile for MR/US/X-ray intensity normalisation.")
+    percentile_high: float = option(
+        99.5, "Upper percentile for MR/US/X-ray intensity normalisation."
+    )
+    skip_empty: bool = option(
         True,
         "Skip volume slices with no body in them (an intensity rule, no model: CT slices with "
         "fewer than 0.1%% of pixels above -500 HU; other volumes, fewer than 0.1%% of pixels "
@@ -110,23 +117,23 @@ class SliceConfig:
 class ProposalConfig:
     """SAM everything mode. Same meaning and defaults as SamAutomaticMaskGenerator."""
 
-    points_per_side: int = _opt(32, "Point grid size per side (points_per_side**2 prompts).")
-    points_per_batch: int = _opt(
+    points_per_side: int = option(32, "Point grid size per side (points_per_side**2 prompts).")
+    points_per_batch: int = option(
         0,
         "Point prompts per SAM decoder call; calls span slices. 0 (auto): 64 on CPU (as "
         "segment-anything); on CUDA as many as fit in free GPU memory, measured on the first "
         "call, up to 4096. Halved on out-of-memory. Masks do not depend on it.",
     )
-    pred_iou_thresh: float = _opt(0.88, "Drop proposals whose predicted IoU is at or below this.")
-    stability_score_thresh: float = _opt(
+    pred_iou_thresh: float = option(0.88, "Drop proposals whose predicted IoU is at or below this.")
+    stability_score_thresh: float = option(
         0.95, "Drop proposals whose stability score is below this."
     )
-    stability_score_offset: float = _opt(1.0, "Logit offset used to compute the stability score.")
-    box_nms_thresh: float = _opt(0.7, "Box IoU above which duplicate proposals are suppressed.")
-    min_mask_region_area: int = _opt(
+    stability_score_offset: float = option(1.0, "Logit offset used to compute the stability score.")
+    box_nms_thresh: float = option(0.7, "Box IoU above which duplicate proposals are suppressed.")
+    min_mask_region_area: int = option(
         0, "Remove holes and islands smaller than this many pixels (0: off)."
     )
-    encoder_batch_size: int = _opt(
+    encoder_batch_size: int = option(
         0,
         "Slices per SAM image-encoder batch, and per cascade batch. 0 (auto): 4 on CPU; on "
         "CUDA as many as fit in free GPU memory, measured on the first slice, up to 32. "
@@ -138,21 +145,21 @@ class ProposalConfig:
 class AreaFilterConfig:
     """Drop background-sized and speck-sized proposals."""
 
-    min_area: float = _opt(0.001, "Minimum proposal area, as a fraction of the slice.")
-    max_area: float = _opt(0.5, "Maximum proposal area, as a fraction of the slice.")
+    min_area: float = option(0.001, "Minimum proposal area, as a fraction of the slice.")
+    max_area: float = option(0.5, "Maximum proposal area, as a fraction of the slice.")
 
 
 @dataclass(frozen=True)
 class CropConfig:
     """How each proposal becomes a CLIP input."""
 
-    crop_mode: str = _opt(
+    crop_mode: str = option(
         "masked",
         "masked: pixels outside the proposal blacked out, cropped to its box; "
         "box: the image inside the proposal's box plus a context margin.",
         choices=("masked", "box"),
     )
-    crop_margin: float = _opt(
+    crop_margin: float = option(
         0.1, "Context margin around the proposal's box, as a fraction of the box size."
     )
 
@@ -161,32 +168,32 @@ class CropConfig:
 class ScoringConfig:
     """CLIP scoring of crops against the organs' descriptions."""
 
-    scoring: str = _opt(
+    scoring: str = option(
         "contrast",
         "contrast: softmax over the organ, its plausible neighbours and the background; a "
         "crop is kept only if the organ wins by --contrast-margin. salip: the paper's cosine "
         "against the organ alone, top-k kept in every slice.",
         choices=("contrast", "salip"),
     )
-    contrast_margin: float = _opt(
+    contrast_margin: float = option(
         0.0,
         "Contrast scoring: the organ's probability must beat every competitor's by more "
         "than this (0 to 1).",
     )
-    top_k: int | None = _opt(
+    top_k: int | None = option(
         None, "Crops kept per organ and slice. Default: the organ's own (2 for pairs, else 1)."
     )
-    min_score: float | None = _opt(
+    min_score: float | None = option(
         None,
         "Drop crops whose CLIP cosine score with the organ is below this (default: no threshold).",
     )
-    laterality: bool = _opt(
+    laterality: bool = option(
         True,
         "Keep left/right organs to the patient's side of the body midline, and take one "
         "crop per side for pairs (axial and coronal slices; 2D images are assumed to be in "
         "radiological convention). --no-laterality turns it off.",
     )
-    prompts_dir: str | None = _opt(
+    prompts_dir: str | None = option(
         None,
         "Folder of description prompts to use instead of the packaged ones "
         "(default: $SALIP_PROMPTS_DIR, else the packaged set).",
@@ -197,7 +204,7 @@ class ScoringConfig:
 class RefineConfig:
     """Box prompts for the second SAM pass."""
 
-    box_margin: float = _opt(
+    box_margin: float = option(
         0.0, "Grow each prompt box by this fraction of its size on every side."
     )
 
@@ -206,7 +213,7 @@ class RefineConfig:
 class AssemblyConfig:
     """Putting slice masks back into a volume."""
 
-    largest_component: bool = _opt(
+    largest_component: bool = option(
         True,
         "Volumes: keep only the largest 3D connected components of each organ (as many "
         "as the organ's top-k, so both lungs survive). Use --no-largest-component to keep all.",
@@ -318,3 +325,43 @@ def flat_fields(config_type: type[SegmentConfig] = SegmentConfig) -> dict[str, s
         for f in dataclasses.fields(stage.default_factory()):  # type: ignore[misc]
             index[f.name] = stage.name
     return index
+
+
+# --------------------------------------------------------------------------- TOML files
+
+
+def read_toml(path: Path, what: str, error: type[SalipError]) -> dict[str, Any]:
+    """The tables of a TOML config file (the benchmark's, the head training's).
+
+    Args:
+        path: the file.
+        what: its name in messages, e.g. "config" or "head config".
+        error: the exception type to raise.
+
+    Raises:
+        error: a missing file, or one that cannot be read or parsed.
+    """
+    if not path.is_file():
+        raise error(f"{what} {path} not found; pass --config FILE.toml.")
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise error(f"cannot read {what} {path}: {exc}.") from exc
+
+
+def check_keys(
+    where: str, keys: Sequence[str], valid: Sequence[str], error: type[SalipError]
+) -> None:
+    """Raise ``error`` naming unknown ``keys`` of a config table, a close valid key, and
+    the valid keys."""
+    bad = [k for k in keys if k not in valid]
+    if bad:
+        close = difflib.get_close_matches(bad[0], valid, n=1, cutoff=0.6)
+        hint = f" Did you mean: {close[0]}?" if close else ""
+        raise error(
+            f"{where}: unknown key(s) {', '.join(bad)}.{hint} Valid keys: {', '.join(valid)}."
+        )

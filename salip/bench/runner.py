@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import difflib
 import hashlib
 import json
 import logging
 import os
 import platform
-import sys
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -36,7 +34,7 @@ import numpy as np
 from salip import __version__
 from salip.bench.datasets import Case, load_dataset, load_references
 from salip.bench.methods import CaseInput, Method, Models, make_method
-from salip.config import ModelConfig
+from salip.config import ModelConfig, check_keys, read_toml
 from salip.errors import BenchmarkError, SalipError
 from salip.prefetch import prefetch
 
@@ -152,22 +150,12 @@ class BenchmarkResult:
     errors: int
 
 
-def _fail_unknown(where: str, keys: Sequence[str], valid: Sequence[str]) -> None:
-    bad = [k for k in keys if k not in valid]
-    if bad:
-        close = difflib.get_close_matches(bad[0], valid, n=1, cutoff=0.6)
-        hint = f" Did you mean: {close[0]}?" if close else ""
-        raise BenchmarkError(
-            f"{where}: unknown key(s) {', '.join(bad)}.{hint} Valid keys: {', '.join(valid)}."
-        )
-
-
 def resolve_models(table: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
     """``[models]`` with relative checkpoint paths made absolute against ``base_dir``."""
     from salip.models.registry import SAM_CHECKPOINTS
 
     valid = [f.name for f in dataclasses.fields(ModelConfig)]
-    _fail_unknown("[models]", list(table), valid)
+    check_keys("[models]", list(table), valid, BenchmarkError)
     models = dict(table)
     sam = models.get("sam_checkpoint")
     if isinstance(sam, str) and sam not in SAM_CHECKPOINTS and not Path(sam).is_absolute():
@@ -200,17 +188,8 @@ def load_config(path: str | Path) -> BenchmarkConfig:
             repeated names, or a method whose settings are invalid.
     """
     path = Path(path).absolute()
-    if not path.is_file():
-        raise BenchmarkError(f"config {path} not found; pass --config FILE.toml.")
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise BenchmarkError(f"cannot read config {path}: {exc}.") from exc
-    _fail_unknown(f"config {path.name}", list(raw), CONFIG_KEYS)
+    raw = read_toml(path, "config", BenchmarkError)
+    check_keys(f"config {path.name}", list(raw), CONFIG_KEYS, BenchmarkError)
     for key in ("models", "metrics"):
         if not isinstance(raw.get(key, {}), dict):
             raise BenchmarkError(f"config {path.name}: [{key}] must be a table.")
@@ -223,8 +202,11 @@ def load_config(path: str | Path) -> BenchmarkConfig:
             )
     models = resolve_models(raw.get("models", {}), path.parent)
     metrics_table = raw.get("metrics", {})
-    _fail_unknown(
-        "[metrics]", list(metrics_table), [f.name for f in dataclasses.fields(MetricSettings)]
+    check_keys(
+        "[metrics]",
+        list(metrics_table),
+        [f.name for f in dataclasses.fields(MetricSettings)],
+        BenchmarkError,
     )
     metrics = MetricSettings(**metrics_table)
     checks = [
@@ -439,12 +421,10 @@ class _CaseRun:
         self._volume8: dict[tuple[Any, ...], np.ndarray] = {}
 
     def volume(self) -> Any:
-        from salip.io import read_input
-
+        if self._volume is None:
+            self._volume = _read_volume(self.case)
         if isinstance(self._volume, Exception):
             raise self._volume
-        if self._volume is None:
-            self._volume = read_input(self.case.image, channel=self.case.channel)
         return self._volume
 
     def volume8(self, intensity: Any, slicing: Any) -> np.ndarray:

@@ -26,14 +26,12 @@ paths resolved against the config file's folder, and datasets of the benchmark's
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from salip.config import SegmentConfig, _opt
+from salip.config import SegmentConfig, check_keys, option, read_toml
 from salip.errors import ConfigError
 
 #: Top-level tables of a head-training config.
@@ -50,42 +48,44 @@ DEFAULT_TEMPLATE = "A computerized tomography of a {organ}."
 class TrainSettings:
     """The ``[train]`` table; ``salip head train`` has a flag per field (``--train-cases``)."""
 
-    classes: tuple[str, ...] | None = _opt(
+    classes: tuple[str, ...] | None = option(
         None,
         "Organs the head predicts, in output order (vocabulary names or synonyms; on the "
         "command line comma-separated). Default: the union of the datasets' organs.",
     )
-    prompt_template: str = _opt(
+    prompt_template: str = option(
         DEFAULT_TEMPLATE,
         "Text per class for the CLIP text encoder; {organ} becomes the organ's name with "
         "spaces for underscores.",
     )
-    variant: str = _opt(
+    variant: str = option(
         "clip",
         "clip: CLIP text drives a per-class dynamic head. static: a plain per-class 1x1 "
         "conv (control). randtext: learned class codes instead of CLIP text (control).",
         choices=VARIANTS,
     )
-    epochs: int = _opt(20, "Training epochs.")
-    steps_per_epoch: int = _opt(200, "Optimiser steps per epoch (batches drawn with replacement).")
-    batch_size: int = _opt(8, "Slices per step.")
-    lr: float = _opt(3e-4, "Peak AdamW learning rate.")
-    weight_decay: float = _opt(1e-4, "AdamW weight decay.")
-    warmup_steps: int = _opt(100, "Steps of linear warm-up before the cosine decay to 0.")
-    val_fraction: float = _opt(0.2, "Share of the cases (patients) held out for validation.")
-    train_cases: int | None = _opt(
+    epochs: int = option(20, "Training epochs.")
+    steps_per_epoch: int = option(
+        200, "Optimiser steps per epoch (batches drawn with replacement)."
+    )
+    batch_size: int = option(8, "Slices per step.")
+    lr: float = option(3e-4, "Peak AdamW learning rate.")
+    weight_decay: float = option(1e-4, "AdamW weight decay.")
+    warmup_steps: int = option(100, "Steps of linear warm-up before the cosine decay to 0.")
+    val_fraction: float = option(0.2, "Share of the cases (patients) held out for validation.")
+    train_cases: int | None = option(
         None,
         "Train on only the first N training cases (by dataset and case id), for a learning "
         "curve; the validation cases are the same whatever N is. Default: all.",
     )
-    seed: int = _opt(0, "Seed of the initialisation, the split and the sampling.")
-    axis: str = _opt("axial", "Slicing axis.", choices=("axial", "coronal", "sagittal"))
-    window: str | None = _opt(
+    seed: int = option(0, "Seed of the initialisation, the split and the sampling.")
+    axis: str = option("axial", "Slicing axis.", choices=("axial", "coronal", "sagittal"))
+    window: str | None = option(
         None,
         "CT window preset or WIDTH,LEVEL. Default: chosen as salip segment does, with the "
         "head's classes as the organs.",
     )
-    encoder_batch_size: int = _opt(4, "Slices per SAM encoder call while caching embeddings.")
+    encoder_batch_size: int = option(4, "Slices per SAM encoder call while caching embeddings.")
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad value and what it must be."""
@@ -169,8 +169,11 @@ class HeadTrainConfig:
         Raises:
             ConfigError: an unknown setting (the message lists the valid ones) or a bad value.
         """
-        _fail_unknown(
-            "[train]", list(overrides), [f.name for f in dataclasses.fields(TrainSettings)]
+        check_keys(
+            "[train]",
+            list(overrides),
+            [f.name for f in dataclasses.fields(TrainSettings)],
+            ConfigError,
         )
         if isinstance(overrides.get("classes"), list):
             overrides["classes"] = tuple(overrides["classes"])
@@ -202,16 +205,6 @@ class HeadTrainConfig:
         }
 
 
-def _fail_unknown(where: str, keys: Sequence[str], valid: Sequence[str]) -> None:
-    bad = [k for k in keys if k not in valid]
-    if bad:
-        close = difflib.get_close_matches(bad[0], valid, n=1, cutoff=0.6)
-        hint = f" Did you mean: {close[0]}?" if close else ""
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(bad)}.{hint} Valid keys: {', '.join(valid)}."
-        )
-
-
 def load_head_config(path: str | Path) -> HeadTrainConfig:
     """Read and check a head-training TOML config.
 
@@ -223,17 +216,8 @@ def load_head_config(path: str | Path) -> HeadTrainConfig:
     from salip.bench.runner import resolve_models
 
     path = Path(path).absolute()
-    if not path.is_file():
-        raise ConfigError(f"head config {path} not found; pass --config FILE.toml.")
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read head config {path}: {exc}.") from exc
-    _fail_unknown(f"head config {path.name}", list(raw), CONFIG_KEYS)
+    raw = read_toml(path, "head config", ConfigError)
+    check_keys(f"head config {path.name}", list(raw), CONFIG_KEYS, ConfigError)
     for key in ("models", "train"):
         if not isinstance(raw.get(key, {}), dict):
             raise ConfigError(f"head config {path.name}: [{key}] must be a table.")
@@ -249,7 +233,9 @@ def load_head_config(path: str | Path) -> HeadTrainConfig:
         )
     models = resolve_models(raw.get("models", {}), path.parent)
     table = dict(raw.get("train", {}))
-    _fail_unknown("[train]", list(table), [f.name for f in dataclasses.fields(TrainSettings)])
+    check_keys(
+        "[train]", list(table), [f.name for f in dataclasses.fields(TrainSettings)], ConfigError
+    )
     if isinstance(table.get("classes"), list):
         table["classes"] = tuple(table["classes"])
     elif "classes" in table:
