@@ -10,7 +10,6 @@ the embedding is kept for the refinement stage.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +18,11 @@ import numpy as np
 import torch
 
 from salip.config import ProposalConfig
-from salip.models.sam_runtime import BatchSize, ImageEmbedding, decode_points_across, is_oom
+from salip.models.sam_runtime import BatchSize, ImageEmbedding, decode_points_across
 
-logger = logging.getLogger(__name__)
-
+#: Auto ``points_per_batch``: prompts per decoder call off CUDA (segment-anything's
+#: default) and the first, measured call on CUDA.
+AUTO_PROMPTS = 64
 #: The most point prompts an auto-sized decoder call may take (GPU memory permitting).
 AUTO_PROMPTS_CAP = 4096
 
@@ -146,7 +146,11 @@ def decoder_batch(config: ProposalConfig, device: str | torch.device) -> BatchSi
     """Prompts per decoder call from ``config.points_per_batch`` (0: auto, see
     :mod:`salip.models.memory`: 64 off CUDA, as segment-anything; on CUDA measured)."""
     return BatchSize.from_setting(
-        config.points_per_batch, device, default=64, probe=64, cap=AUTO_PROMPTS_CAP
+        config.points_per_batch,
+        device,
+        default=AUTO_PROMPTS,
+        probe=AUTO_PROMPTS,
+        cap=AUTO_PROMPTS_CAP,
     )
 
 
@@ -175,20 +179,15 @@ def _proposals_same_size(
         n = batch.value
         pts = all_points[start : start + n]
         owner = all_owner[start : start + n]
-        try:
-            with batch.measure(device) as meter:
-                part = _decode_and_filter(sam, features, owner, pts, first, config)
-        except RuntimeError as exc:  # OutOfMemoryError is a RuntimeError
-            if not is_oom(exc) or batch.value == 1:
-                raise
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            batch.halve()
-            logger.warning(
-                "out of device memory decoding %d prompts; retrying %d at a time", n, batch.value
-            )
+        part = batch.attempt(
+            lambda: _decode_and_filter(sam, features, owner, pts, first, config),  # noqa: B023
+            len(pts),
+            device,
+            "decoding",
+            "prompts",
+        )
+        if part is None:
             continue
-        batch.calibrate(meter, len(pts), device)
         parts.append(part)
         start += len(pts)
     # One concatenation at the end: MaskData.cat per call would copy the growing total

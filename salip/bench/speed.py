@@ -186,6 +186,7 @@ def _run_reference(
 
     from salip.assembly import put_slice
     from salip.io import read_input
+    from salip.proposals import AUTO_PROMPTS
     from salip.slicing import choose_intensity, iter_slices, to_uint8
     from salip.writing import to_source_grid, write_mask
 
@@ -194,7 +195,7 @@ def _run_reference(
     generator = SamAutomaticMaskGenerator(
         sam.model,
         points_per_side=p.points_per_side,
-        points_per_batch=p.points_per_batch or 64,  # auto: the generator's default
+        points_per_batch=p.points_per_batch or AUTO_PROMPTS,  # auto: the generator's default
         pred_iou_thresh=p.pred_iou_thresh,
         stability_score_thresh=p.stability_score_thresh,
         stability_score_offset=p.stability_score_offset,

@@ -8,14 +8,16 @@ the box-prompt pass (stage 6), so no image is encoded twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 
 @dataclass
@@ -101,6 +103,36 @@ class BatchSize:
         self.value = max(self.value, fit_batch(int(per_item), free_device_bytes(device), self.cap))
         self.calibrating = False
         logger.info("batch size %d from %.1f MiB measured per item", self.value, per_item / 2**20)
+
+    def attempt(
+        self, work: Callable[[], R], items: int, device: torch.device, action: str, unit: str
+    ) -> R | None:
+        """Run ``work()`` on one batch of ``items`` items, measured when calibrating.
+
+        On device out-of-memory with a size above 1, frees the allocator's cache, halves and
+        returns None: the caller retries the same items, :attr:`value` at a time. Any other
+        error, or out-of-memory at size 1, is raised. ``action`` and ``unit`` name the work
+        in the warning ("encoding", "slices").
+        """
+        try:
+            with self.measure(device) as meter:
+                result = work()
+        except RuntimeError as exc:  # OutOfMemoryError is a RuntimeError
+            if not is_oom(exc) or self.value == 1:
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.halve()
+            logger.warning(
+                "out of device memory %s %d %s; retrying %d at a time",
+                action,
+                items,
+                unit,
+                self.value,
+            )
+            return None
+        self.calibrate(meter, items, device)
+        return result
 
 
 #: torch >= 2.5 names it torch.OutOfMemoryError; torch.cuda's alias is older.
@@ -202,24 +234,15 @@ def encode_images(
             tensor = torch.as_tensor(small, device=device).permute(2, 0, 1).contiguous()
             sizes.append((tuple(tensor.shape[-2:]), tuple(image.shape[:2])))
             tensors.append(sam.preprocess(tensor[None].float())[0])
-        try:
-            with size.measure(device) as meter, autocast(device, precision):
-                run = sam.image_encoder if encoder is None else encoder
-                features = run(torch.stack(tensors)).float()
-        except RuntimeError as exc:  # OutOfMemoryError is a RuntimeError
-            if not is_oom(exc) or size.value == 1:
-                raise
-            del tensors
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            size.halve()
-            logger.warning(
-                "out of device memory encoding %d slices; retrying %d at a time",
-                len(chunk),
-                size.value,
-            )
+
+        def run() -> torch.Tensor:
+            with autocast(device, precision):
+                module = sam.image_encoder if encoder is None else encoder
+                return module(torch.stack(tensors)).float()  # noqa: B023 - called right here
+
+        features = size.attempt(run, len(chunk), device, "encoding", "slices")
+        if features is None:
             continue
-        size.calibrate(meter, len(chunk), device)
         for i, (input_size, original_size) in enumerate(sizes):
             out.append(ImageEmbedding(features[i : i + 1], input_size, original_size))
         start += len(chunk)
