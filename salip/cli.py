@@ -90,6 +90,8 @@ def _config_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from salip.head.config import TrainSettings  # light: no torch
+
     parser = argparse.ArgumentParser(
         prog="salip",
         description="Zero-shot organ segmentation with a SAM + CLIP cascade (SaLIP).",
@@ -231,7 +233,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
     _add_dataclass_flags(
         train.add_argument_group("training (override the config's [train] table)"),
-        _train_settings_type(),
+        TrainSettings,
     )
     train.set_defaults(func=_cmd_head_train)
 
@@ -371,19 +373,13 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_settings_type() -> type:
-    from salip.head.config import TrainSettings
-
-    return TrainSettings
-
-
 def _cmd_head_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from salip.head.config import load_head_config
+    from salip.head.config import TrainSettings, load_head_config
     from salip.head.train import train_head
 
-    names = {f.name for f in dataclasses.fields(_train_settings_type())}
+    names = {f.name for f in dataclasses.fields(TrainSettings)}
     overrides = {k: v for k, v in vars(args).items() if k in names}
     result = train_head(
         load_head_config(args.config).with_train(**overrides),

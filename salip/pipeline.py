@@ -14,7 +14,7 @@ import numpy as np
 
 from salip import __version__
 from salip.assembly import empty_volume_mask, keep_largest_components, put_slice, to_label_map
-from salip.cascade import Cascade, SliceOutput, SliceSegmenter, StageTimer
+from salip.cascade import AUTO_SLICES_CPU, Cascade, SliceOutput, SliceSegmenter, StageTimer
 from salip.config import SegmentConfig
 from salip.errors import ConfigError, OutputError
 from salip.io import Volume, file_stem, read_input
@@ -147,12 +147,10 @@ def _load_head(
     organs: Sequence[Organ], config: SegmentConfig, timer: StageTimer
 ) -> tuple[SliceSegmenter, dict[str, Any]]:
     """The learned head of ``--method head`` on its SAM, and its report entry."""
-    from salip.cascade import encoder_batch, slice_batch
     from salip.head.segmenter import HeadSegmenter, load_head
-    from salip.models.precision import resolve_precision
     from salip.models.sam import load_sam
 
-    m, setting = config.models, config.proposals.encoder_batch_size
+    m = config.models
     device = resolve_device(m.device)
     start = time.perf_counter()
     sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
@@ -165,13 +163,7 @@ def _load_head(
             trained_axis,
             config.slicing.axis,
         )
-    segmenter = HeadSegmenter(
-        head,
-        sam,
-        batch_size=encoder_batch(setting, device),
-        precision=resolve_precision(m.precision, device),
-        slice_batch=slice_batch(setting, device),
-    )
+    segmenter = HeadSegmenter.for_config(head, sam, config, device)
     segmenter.check_organs(organs)
     return segmenter, {"device": device, "sam": sam.identity(), "head": head.identity()}
 
@@ -327,7 +319,9 @@ def segment(
         if not keep.all():
             logger.info("skipping %d of %d slices with no body", int((~keep).sum()), keep.size)
     # Auto (0): the segmenter's own preference, e.g. larger batches on a GPU.
-    batch_size = cfg.proposals.encoder_batch_size or getattr(segmenter, "slice_batch", 4)
+    batch_size = cfg.proposals.encoder_batch_size or getattr(
+        segmenter, "slice_batch", AUTO_SLICES_CPU
+    )
     kept = np.nonzero(keep)[0].tolist()
     batches = [kept[i : i + batch_size] for i in range(0, len(kept), batch_size)]
     prepare = getattr(segmenter, "prepare", None)

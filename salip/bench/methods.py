@@ -330,20 +330,13 @@ class HeadMethod(Method):
         return {**super().describe(), "head_sha256": self.head_sha256}
 
     def segmenter(self, models: Models, case: CaseInput) -> SliceSegmenter:
-        from salip.cascade import encoder_batch, slice_batch
         from salip.head.segmenter import HeadSegmenter, load_head
-        from salip.models.precision import resolve_precision
 
         if self._loaded is None or self._loaded[0] is not models.sam:
             head = load_head(self.config.segmenter.head, models.sam, device=models.device)
             self._loaded = (models.sam, head)
-        setting = self.config.proposals.encoder_batch_size
-        segmenter = HeadSegmenter(
-            self._loaded[1],
-            models.sam,
-            batch_size=encoder_batch(setting, models.device),
-            precision=resolve_precision(self.config.models.precision, models.device),
-            slice_batch=slice_batch(setting, models.device),
+        segmenter = HeadSegmenter.for_config(
+            self._loaded[1], models.sam, self.config, models.device
         )
         segmenter.check_organs(case.organs)
         return segmenter

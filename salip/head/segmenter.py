@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from salip.cascade import SliceOutput
+from salip.cascade import SliceOutput, encoder_batch, slice_batch
+from salip.config import SegmentConfig
 from salip.errors import ConfigError, ModelError
 from salip.head.cache import file_identity
 from salip.head.model import HeadArch, OrganHead
@@ -166,6 +167,23 @@ class HeadSegmenter:
         self.slice_batch = slice_batch or max(4, self.batch.value)
         self.precision = precision
         self.intensity_organs = [get_organ(name) for name in head.classes]
+
+    @classmethod
+    def for_config(
+        cls, head: LoadedHead, sam: LoadedSam, config: SegmentConfig, device: str
+    ) -> HeadSegmenter:
+        """A segmenter with the batch sizes (``encoder_batch_size``, 0: auto) and encoder
+        precision of ``config`` on ``device``, as the cascade would use them."""
+        from salip.models.precision import resolve_precision
+
+        setting = config.proposals.encoder_batch_size
+        return cls(
+            head,
+            sam,
+            batch_size=encoder_batch(setting, device),
+            precision=resolve_precision(config.models.precision, device),
+            slice_batch=slice_batch(setting, device),
+        )
 
     def check_organs(self, organs: Sequence[Organ]) -> list[int]:
         """The head's output channel of each organ.
