@@ -7,6 +7,16 @@ Every message is one line that says what went wrong and what to do next. The CLI
 from __future__ import annotations
 
 
+def one_line(text: object, limit: int = 200) -> str:
+    """The first non-blank line of ``text``, cut to ``limit`` characters.
+
+    Errors of torch and other libraries span many lines; salip's messages are one line.
+    """
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."
+
+
 class SalipError(Exception):
     """Base class for every error salip reports to its user."""
 

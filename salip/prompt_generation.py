@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from salip.errors import ConfigError, GenerationError
+from salip.errors import ConfigError, GenerationError, one_line
 from salip.organs import MODALITIES, ORGANS, Organ, parse_organs
 from salip.prompts import (
     FORMAT_VERSION,
@@ -149,6 +149,29 @@ def parse_reply(text: str | None, n: int, max_chars: int = MAX_DESCRIPTION_CHARS
     return [" ".join(d.split()) for d in descriptions[:n]]
 
 
+def _base_url(config: GenerationConfig) -> str | None:
+    """The endpoint URL from --base-url or $OPENAI_BASE_URL (None: OpenAI's); checked.
+
+    Raises:
+        GenerationError: the URL is not http(s)://HOST[:PORT]/... (one line).
+    """
+    url = config.base_url or os.environ.get("OPENAI_BASE_URL") or None
+    if url is None:
+        return None
+    source = "--base-url" if config.base_url else "$OPENAI_BASE_URL"
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        valid = False
+    if not valid:
+        raise GenerationError(
+            f"{source} {url!r} is not an http(s) URL; give one like http://localhost:8000/v1."
+        )
+    return url
+
+
 def _client(config: GenerationConfig) -> Any:
     import openai
 
@@ -160,7 +183,7 @@ def _client(config: GenerationConfig) -> Any:
         )
     return openai.OpenAI(
         api_key=key,
-        base_url=config.base_url or os.environ.get("OPENAI_BASE_URL") or None,
+        base_url=_base_url(config),
         max_retries=config.max_retries,
         timeout=config.timeout,
     )
@@ -173,13 +196,52 @@ def _endpoint(client: Any) -> str:
     return f"{parts.scheme}://{parts.hostname}{port}{parts.path.rstrip('/')}"
 
 
-def _request(client: Any, organ: Organ, modality: str, config: GenerationConfig) -> tuple:
-    """(descriptions, served model name) for one organ; GenerationError on failure."""
+#: What to check when the endpoint answers with something that is not a chat completion.
+_CHECK_ENDPOINT = (
+    "check that --base-url (or $OPENAI_BASE_URL) is an OpenAI-compatible API ending in /v1 "
+    "and that --model names a chat model it serves"
+)
+
+
+def _attempts(config: GenerationConfig, retried: bool = True) -> str:
+    """The "after N attempt(s)" of a message, for failures the client retries."""
+    return f" after {config.max_retries + 1} attempt(s)" if retried else ""
+
+
+def _status_hint(status: int) -> str:
+    """What to do about an HTTP error status from the endpoint."""
+    if status in (401, 403):
+        return "check OPENAI_API_KEY (is it the key for this endpoint?)"
+    if status == 404:
+        return "check --model and --base-url (or $OPENAI_BASE_URL)"
+    if status in (400, 405, 415, 422):
+        return _CHECK_ENDPOINT
+    return "try later, or raise --max-retries"
+
+
+def _status_error(exc: Any, where: str, config: GenerationConfig) -> GenerationError:
+    """One-line GenerationError for an HTTP error status (``openai.APIStatusError``)."""
+    status = exc.status_code
+    retried = status in (408, 409, 429) or status >= 500  # what the openai client retries
+    body = exc.body if isinstance(exc.body, str) else ""
+    if body.lstrip()[:1] == "<":  # an HTML error page, from a proxy or a web server
+        said = "an HTML error page, not the API's JSON"
+    else:
+        said = one_line(exc.message)
+    return GenerationError(
+        f"{where} answered HTTP {status}{_attempts(config, retried)} ({said}); "
+        f"{_status_hint(status)}."
+    )
+
+
+def _call(client: Any, organ: Organ, modality: str, config: GenerationConfig) -> Any:
+    """The endpoint's reply to one chat request; GenerationError (one line) on failure."""
     import openai
 
+    where = f"{organ.name}: {_endpoint(client)}"
     extra: dict[str, Any] = {} if config.seed is None else {"seed": config.seed}
     try:
-        response = client.chat.completions.create(
+        return client.chat.completions.create(
             model=config.model,
             messages=build_messages(organ, modality, config.n),
             temperature=config.temperature,
@@ -188,32 +250,62 @@ def _request(client: Any, organ: Organ, modality: str, config: GenerationConfig)
         )
     except openai.APITimeoutError as exc:
         raise GenerationError(
-            f"{organ.name}: no reply from {_endpoint(client)} within {config.timeout:g} s "
-            f"after {config.max_retries + 1} attempt(s); try later or raise --timeout."
+            f"{organ.name}: no reply from {_endpoint(client)} within {config.timeout:g} s"
+            f"{_attempts(config)}; try later or raise --timeout."
         ) from exc
     except openai.APIConnectionError as exc:
         raise GenerationError(
-            f"{organ.name}: cannot reach {_endpoint(client)} after "
-            f"{config.max_retries + 1} attempt(s) ({exc}); check --base-url."
+            f"{organ.name}: cannot reach {_endpoint(client)}{_attempts(config)} "
+            f"({one_line(exc, 100)}); check --base-url (or $OPENAI_BASE_URL) and that the "
+            "server is running."
         ) from exc
     except openai.APIStatusError as exc:
-        if exc.status_code in (401, 403):
-            hint = "check OPENAI_API_KEY"
-        elif exc.status_code == 404:
-            hint = "check --model and --base-url"
-        else:
-            hint = "try later"
+        raise _status_error(exc, where, config) from exc
+    except (openai.APIError, ValueError) as exc:  # a body that is not JSON, or not the schema
+        detail = "not JSON" if isinstance(exc, json.JSONDecodeError) else one_line(exc, 100)
         raise GenerationError(
-            f"{organ.name}: {_endpoint(client)} answered HTTP {exc.status_code} after "
-            f"{config.max_retries + 1} attempt(s): {exc.message}; {hint}."
+            f"{where} answered with a body that is not a chat completion ({detail}); "
+            f"{_CHECK_ENDPOINT}."
         ) from exc
-    if not response.choices:
-        raise GenerationError(f"{organ.name}: the reply has no choices.")
+
+
+def _reply_text(response: Any, where: str) -> str:
+    """The message text of a chat-completion reply; GenerationError if it has none."""
+    choices = getattr(response, "choices", None)
+    if isinstance(response, str) or not isinstance(choices, list):
+        kind = "text" if isinstance(response, str) else "JSON without 'choices'"
+        raise GenerationError(
+            f"{where} answered with {kind}, not a chat completion; {_CHECK_ENDPOINT}."
+        )
+    if not choices:
+        raise GenerationError(
+            f"{where} answered with no choices; try again, or try another --model."
+        )
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None)
+    if isinstance(content, str):
+        return content
+    refusal = getattr(message, "refusal", None)
+    if isinstance(refusal, str) and refusal.strip():
+        raise GenerationError(
+            f"{where}: the model refused ({one_line(refusal, 100)}); try another --model."
+        )
+    raise GenerationError(
+        f"{where}: the model's reply has no text (content is {content!r}); try again, or "
+        "try another --model."
+    )
+
+
+def _request(client: Any, organ: Organ, modality: str, config: GenerationConfig) -> tuple:
+    """(descriptions, served model name) for one organ; GenerationError on failure."""
+    response = _call(client, organ, modality, config)
+    text = _reply_text(response, f"{organ.name}: {_endpoint(client)}")
     try:
-        descriptions = parse_reply(response.choices[0].message.content, config.n)
+        descriptions = parse_reply(text, config.n)
     except GenerationError as exc:
         raise GenerationError(f"{organ.name}: {exc}") from exc
-    return descriptions, response.model
+    served = getattr(response, "model", None)
+    return descriptions, served if isinstance(served, str) else config.model
 
 
 def _check_writable(folder: Path) -> None:

@@ -16,12 +16,17 @@ from typing import Any
 
 @dataclass
 class Reply:
-    """One scripted reply: an HTTP status and either chat content or a raw body."""
+    """One scripted reply: an HTTP status and either chat content or a raw body.
+
+    ``content_type`` is the reply's Content-Type header (e.g. "text/html" for a proxy's
+    error page).
+    """
 
     status: int = 200
     content: str | None = None
     raw: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
 
 
 def descriptions_reply(descriptions: list[Any]) -> Reply:
@@ -101,7 +106,7 @@ class LoopbackLLM:
                     payload = json.dumps({"error": {"message": f"scripted {reply.status}"}})
                 data = payload.encode("utf-8")
                 self.send_response(reply.status)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", reply.content_type)
                 self.send_header("content-length", str(len(data)))
                 for key, value in reply.headers.items():
                     self.send_header(key, value)

@@ -14,6 +14,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from salip.errors import DownloadError
 from salip.models.registry import OFFICIAL_BASE_URL, SAM_CHECKPOINTS, CheckpointInfo, checkpoint_dir
@@ -30,6 +31,39 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _temporary_beside(dest: Path) -> tuple[int, Path]:
+    """An open, empty temporary file in ``dest``'s folder (created if missing): (fd, path).
+
+    Raises:
+        DownloadError: the folder cannot be created or written (one line, with the fix).
+    """
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as exc:
+        raise DownloadError(
+            f"cannot write to {dest.parent} ({exc.strerror or exc}); set SALIP_HOME to a "
+            "writable folder."
+        ) from exc
+    return fd, Path(name)
+
+
+def _write(out: Any, chunk: bytes, dest: Path) -> None:
+    """Write ``chunk`` (``b""``: flush to disk); DownloadError (one line) when the disk is
+    full or the write fails."""
+    try:
+        if chunk:
+            out.write(chunk)
+        else:
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as exc:
+        raise DownloadError(
+            f"cannot write {dest} ({exc.strerror or exc}); free disk space there or set "
+            "SALIP_HOME to another folder."
+        ) from exc
 
 
 def download_file(
@@ -49,9 +83,7 @@ def download_file(
     """
     from tqdm.auto import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    fd, tmp = _temporary_beside(dest)
     digest = hashlib.sha256()
     received = 0
     try:
@@ -79,7 +111,7 @@ def download_file(
                             ) from exc
                         if not chunk:
                             break
-                        out.write(chunk)
+                        _write(out, chunk, dest)
                         digest.update(chunk)
                         received += len(chunk)
                         bar.update(len(chunk))
@@ -87,8 +119,7 @@ def download_file(
                 raise DownloadError(
                     f"transfer of {url} ended after {received} of {length} bytes; try again."
                 )
-            out.flush()
-            os.fsync(out.fileno())
+            _write(out, b"", dest)
         actual = digest.hexdigest()
         if actual != sha256:
             raise DownloadError(

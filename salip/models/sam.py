@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from salip.errors import ModelError
+from salip.errors import ModelError, one_line
 from salip.models.registry import SAM_CHECKPOINTS, cached_checkpoint, checkpoint_dir
 
 logger = logging.getLogger(__name__)
@@ -22,6 +24,15 @@ logger = logging.getLogger(__name__)
 #: segment-anything's mask decoder always uses 8 attention heads; the count is not
 #: recoverable from weight shapes, so it is fixed here as in ``build_sam.py``.
 DECODER_NUM_HEADS = 8
+
+#: What to give instead of a file that is not a SAM checkpoint; ends those error messages.
+SAM_CHECKPOINT_HINT = (
+    "pass an official name (vit_b, vit_l or vit_h, fetched with `salip models download NAME`) "
+    "or a segment-anything .pth state dict"
+)
+
+#: The first bytes of a PyTorch zip checkpoint (a zip local-file header).
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 @dataclass(frozen=True)
@@ -80,18 +91,20 @@ def _unwrap(checkpoint: Any) -> dict[str, Any]:
     if isinstance(checkpoint, dict):
         for key in ("model", "state_dict", "model_state_dict"):
             inner = checkpoint.get(key)
-            if isinstance(inner, dict) and any("image_encoder" in k for k in inner):
+            if isinstance(inner, dict) and any(
+                isinstance(k, str) and "image_encoder" in k for k in inner
+            ):
                 checkpoint = inner
                 break
     if not isinstance(checkpoint, dict):
-        raise ModelError("the checkpoint does not hold a state dict.")
+        raise ModelError(f"it holds a {type(checkpoint).__name__}, not a state dict")
     # DataParallel and training wrappers prefix every key; strip the prefix when what
     # follows is a SAM part.
     prefixes = ("module.", "sam.", "model.")
     parts = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
     state = {}
     for key, value in checkpoint.items():
-        for prefix in prefixes:
+        for prefix in prefixes if isinstance(key, str) else ():
             if key.startswith(prefix) and key[len(prefix) :].startswith(parts):
                 key = key[len(prefix) :]
                 break
@@ -137,12 +150,15 @@ def infer_sam_arch(state_dict: dict[str, Any]) -> SamArch:
         iou_hidden = int(state_dict["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0])
         mask_tokens = int(state_dict["mask_decoder.mask_tokens.weight"].shape[0])
         mask_in = int(state_dict["prompt_encoder.mask_downscaling.0.weight"].shape[0]) * 4
-    except (KeyError, IndexError, AttributeError) as exc:
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError, ZeroDivisionError) as exc:
         raise ModelError(
-            f"not a SAM checkpoint in segment-anything's format (missing or odd {exc})."
+            f"not a SAM checkpoint in segment-anything's format (missing or odd {exc}); "
+            f"{SAM_CHECKPOINT_HINT}."
         ) from exc
-    if depth == 0 or embed_dim % head_dim:
-        raise ModelError("not a SAM checkpoint in segment-anything's format.")
+    if depth == 0 or head_dim == 0 or embed_dim % head_dim:
+        raise ModelError(
+            f"not a SAM checkpoint in segment-anything's format; {SAM_CHECKPOINT_HINT}."
+        )
     return SamArch(
         embed_dim=embed_dim,
         depth=depth,
@@ -219,8 +235,8 @@ def resolve_sam_checkpoint(spec: str) -> Path:
     """Turn ``--sam-checkpoint`` (a path or an official name) into an existing file.
 
     Raises:
-        ModelError: the file is missing, or the official checkpoint is not cached yet
-            (the message gives the download command).
+        ModelError: the file is missing or a folder, or the official checkpoint is not cached
+            yet (the message gives the download command).
     """
     path = Path(spec).expanduser()
     if path.is_file():
@@ -233,6 +249,8 @@ def resolve_sam_checkpoint(spec: str) -> Path:
             f"SAM checkpoint '{spec}' is not in the cache ({checkpoint_dir()}). "
             f"Get it with `salip models download {spec}`, or pass a file with --sam-checkpoint."
         )
+    if path.is_dir():
+        raise ModelError(f"{path} is a folder, not a SAM checkpoint file; {SAM_CHECKPOINT_HINT}.")
     if path.suffix or "/" in spec or "\\" in spec:
         raise ModelError(f"SAM checkpoint file not found: {spec}.")
     raise ModelError(
@@ -240,25 +258,137 @@ def resolve_sam_checkpoint(spec: str) -> Path:
     )
 
 
+def _file_head(path: Path, size: int = 512) -> bytes | None:
+    """The first ``size`` bytes of ``path``, or None if it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size)
+    except OSError:
+        return None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """True for bytes that read as UTF-8 text (a config, an HTML page, a pointer file)."""
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a multi-byte character cut at the end is still text
+        return exc.start >= len(head) - 3
+    return True
+
+
+def _describe_zip(path: Path) -> str:
+    """What a file starting with a zip header is, when torch could not load it."""
+    if not zipfile.is_zipfile(path):
+        return "is a truncated or damaged PyTorch checkpoint (an interrupted download or copy?)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        names = []
+    if any(name.endswith("data.pkl") for name in names):
+        return "is a damaged PyTorch checkpoint (an interrupted download or copy?)"
+    return "is a zip archive but not a PyTorch checkpoint"
+
+
+def _describe_text(head: bytes) -> str:
+    """What a text file given as a checkpoint is."""
+    if head.startswith(b"version https://git-lfs"):
+        return "is a Git LFS pointer, not the file itself (run `git lfs pull`)"
+    if re.search(rb"<(!doctype|html)", head.lower()):
+        return "is an HTML page, not a checkpoint (a failed download?)"
+    return "is a text file, not a checkpoint"
+
+
+def describe_unreadable(path: Path, exc: BaseException) -> str:
+    """Say what ``path`` is, given that ``torch.load`` failed on it with ``exc``.
+
+    Returns a predicate for a one-line error, after "it" ("is empty", "is a text file, not
+    a checkpoint", ...): the file's first bytes tell a text file, a truncated zip checkpoint,
+    a pickle with code and random bytes apart, where torch gives several lines of advice.
+    """
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if refused:  # weights_only=True met a class or function: never unpickle it
+        return (
+            f"holds Python objects besides tensors ({refused.group(1)}), which salip does not "
+            "load because unpickling them can run code (re-save the weights with "
+            "torch.save(model.state_dict(), FILE))"
+        )
+    head = _file_head(path)
+    if head is None or isinstance(exc, PermissionError):
+        reason = getattr(exc, "strerror", None) or one_line(exc, 80)
+        return f"is not readable ({reason}; check its permissions)"
+    if not head:
+        return "is empty"
+    if head.startswith(_ZIP_MAGIC):
+        return _describe_zip(path)
+    if head.startswith(b"\x80"):  # pickle protocol 2+: torch's legacy format or plain pickle
+        if isinstance(exc, EOFError) or "truncated" in str(exc).lower():
+            return "is a truncated or damaged checkpoint (an interrupted download or copy?)"
+        return "is a Python pickle, not a PyTorch weights file"
+    if _looks_like_text(head):
+        return _describe_text(head)
+    return "is not a PyTorch checkpoint (unrecognised content)"
+
+
+def _read_checkpoint(path: Path) -> Any:
+    """``torch.load`` the file safely (weights only, onto the CPU); ModelError if it fails.
+
+    ``weights_only=True`` refuses pickled objects other than tensors and plain containers,
+    so a file cannot run code while it is read. torch's warnings are logged, not printed.
+    """
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle, zip, EOF and text errors all mean "unreadable"
+            raise ModelError(
+                f"cannot read checkpoint {path}: it {describe_unreadable(path, exc)}; "
+                f"{SAM_CHECKPOINT_HINT}."
+            ) from exc
+        finally:
+            for warning in caught:
+                logger.debug("torch.load(%s): %s", path, one_line(warning.message))
+    return checkpoint
+
+
+def _load_weights(model: Any, state: dict[str, Any], arch: SamArch, path: Path) -> None:
+    """Load ``state`` into ``model`` strictly; ModelError (one line) if it does not fit."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        # torch: "Error(s) in loading state_dict for Sam:" then one indented line per problem.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = one_line(lines[1] if len(lines) > 1 else exc, 160)
+        raise ModelError(
+            f"{path}: the weights do not fit the {arch.name} SAM their shapes describe "
+            f"({detail}); {SAM_CHECKPOINT_HINT}."
+        ) from exc
+
+
 def load_sam(spec: str, *, device: str = "cpu", model_type: str | None = None) -> LoadedSam:
     """Load a SAM checkpoint (file path or official name) onto ``device``.
 
     The file is read with ``torch.load(weights_only=True, map_location="cpu")``, so a
-    checkpoint saved on a GPU loads on a CPU-only machine.
+    checkpoint saved on a GPU loads on a CPU-only machine, and a file cannot run code.
 
     Raises:
         ModelError: missing, unreadable or non-SAM file, or a ``model_type`` that does not
-            match what the file holds.
+            match what the file holds. The message is one line that names the file, says
+            what it is, and what to give instead.
     """
-    import torch
-
     path = resolve_sam_checkpoint(spec)
+    checkpoint = _read_checkpoint(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and EOF errors all mean "unreadable"
-        raise ModelError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc}).") from exc
-    state = _unwrap(checkpoint)
-    arch = infer_sam_arch(state)
+        state = _unwrap(checkpoint)
+        arch = infer_sam_arch(state)
+    except ModelError as exc:
+        message = str(exc).rstrip(".")
+        hint = "" if SAM_CHECKPOINT_HINT in message else f"; {SAM_CHECKPOINT_HINT}"
+        raise ModelError(f"{path}: {message}{hint}.") from exc
     if model_type is not None:
         if model_type not in OFFICIAL_ARCHS:
             raise ModelError(
@@ -271,10 +401,7 @@ def load_sam(spec: str, *, device: str = "cpu", model_type: str | None = None) -
                 "or pass the matching checkpoint."
             )
     model = build_sam(arch)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not fit the inferred {arch.name} SAM: {exc}") from exc
+    _load_weights(model, state, arch, path)
     model.to(device)
     logger.info("loaded SAM %s from %s on %s", arch.name, path, device)
     return LoadedSam(model=model, arch=arch, path=path)
