@@ -30,6 +30,39 @@ def option(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
+#: Default of ``InputConfig.max_voxels``: 2**30 voxels, 4 GiB as float32.
+MAX_VOXELS = 2**30
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How the input file is read."""
+
+    channel: int | None = option(
+        None,
+        "For a 4D NIfTI holding several volumes (e.g. MR sequences of a Decathlon case): the "
+        "index of the volume to segment (default: refuse 4D inputs with several volumes).",
+    )
+    series: str | None = option(
+        None,
+        "For a DICOM folder or zip holding several series: the SeriesInstanceUID to read "
+        "(default: refuse, and list the series).",
+    )
+    dicom_gaps: str = option(
+        "error",
+        "A DICOM series with a missing or corrupt slice, or uneven slice spacing: error "
+        "(name the files and positions), or resample (interpolate linearly along the slice "
+        "normal onto a uniform grid from the first to the last slice; the mask is written "
+        "in that grid).",
+        choices=("error", "resample"),
+    )
+    max_voxels: int = option(
+        MAX_VOXELS,
+        "Refuse inputs with more voxels than this, before reading their data (a header "
+        "can claim any size).",
+    )
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which checkpoints to run, and where."""
@@ -97,7 +130,10 @@ class SliceConfig:
     )
     modality: str = option(
         "auto",
-        "Image modality; auto reads DICOM tags, else the intensity range (HU-like -> ct).",
+        "Image modality. auto: DICOM tags or image metadata; else for volumes the intensity "
+        "range (HU-like: ct, otherwise mr); for 2D images a word of the file or folder name "
+        "(ct, mr/mri, xray/cxr/radiograph, us/ultrasound), and an error asking for "
+        "--modality when there is none.",
         choices=("auto", "ct", "mr", "xray", "us"),
     )
     percentile_low: float = option(0.5, "Lower percentile for MR/US/X-ray intensity normalisation.")
@@ -185,7 +221,7 @@ class ScoringConfig:
     )
     min_score: float | None = option(
         None,
-        "Drop crops whose CLIP cosine score with the organ is below this (default: no threshold).",
+        "Drop crops whose CLIP cosine score with the organ is below this. Default: no threshold.",
     )
     laterality: bool = option(
         True,
@@ -224,6 +260,7 @@ class AssemblyConfig:
 class SegmentConfig:
     """All stage configs of one ``salip segment`` run."""
 
+    input: InputConfig = field(default_factory=InputConfig)
     models: ModelConfig = field(default_factory=ModelConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     slicing: SliceConfig = field(default_factory=SliceConfig)
@@ -285,6 +322,11 @@ class SegmentConfig:
         p, a, c = self.proposals, self.area, self.crops
         checks = [
             (p.points_per_side >= 1, "points_per_side must be at least 1"),
+            (self.input.max_voxels >= 1, "max_voxels must be at least 1"),
+            (
+                self.input.channel is None or self.input.channel >= 0,
+                "channel must be 0 or more",
+            ),
             (p.points_per_batch >= 0, "points_per_batch must be 0 (auto) or more"),
             (p.encoder_batch_size >= 0, "encoder_batch_size must be 0 (auto) or more"),
             (0.0 <= p.box_nms_thresh <= 1.0, "box_nms_thresh must be in [0, 1]"),
