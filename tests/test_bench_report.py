@@ -296,3 +296,14 @@ def test_write_figures_missing_montage_and_no_scores(tmp_path: Path) -> None:
 
     with pytest.raises(BenchmarkError, match="worst"):
         write_figures(cases, tmp_path, worst=0)
+
+
+def test_empty_cell_footnote_only_when_a_cell_is_empty() -> None:
+    """The "–" footnote explains a cell that shows "–", and is absent when none does."""
+    with_empty = summary_markdown(summarize(_cases(), n_resamples=50), {})
+    assert "– no case with a Dice value" in with_empty
+    salip_only = _cases()[_cases()["method"] == "salip"]
+    markdown = summary_markdown(summarize(salip_only, n_resamples=50), {})
+    assert "–" not in "\n".join(_section(markdown, "Dice") + _section(markdown, "Per-slice"))
+    assert "no case with a Dice value" not in markdown
+    assert "both empty are left out of the means" in markdown

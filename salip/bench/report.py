@@ -194,6 +194,38 @@ def summarize(
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 
+def _dice_tables(
+    methods: list[str],
+    columns: list[tuple[str, str]],
+    headers: list[str],
+    labels: Mapping[str, str],
+    cells: Mapping[tuple[str, str, str], Mapping[str, Any]],
+) -> tuple[list[str], bool]:
+    """The Dice and per-slice Dice tables, and whether any cell shows no value."""
+    lines: list[str] = []
+    any_empty = False
+    for title, prefix in (
+        ("Dice (per case), mean ± std over cases", "dice"),
+        (
+            "Per-slice Dice (SaLIP protocol: mean 2D Dice over the slices where the organ is "
+            "present; equal to Dice for 2D images), mean ± std over cases",
+            "slice_dice",
+        ),
+    ):
+        lines += [f"## {title}", ""]
+        lines.append("| Method | " + " | ".join(headers) + " |")
+        lines.append("|---|" + "---|" * len(headers))
+        for method in methods:
+            row_cells = [
+                _mean_std_cell(cells.get((dataset, organ, method)), prefix)
+                for dataset, organ in columns
+            ]
+            any_empty = any_empty or EMPTY_CELL in row_cells
+            lines.append(f"| {labels[method]} | " + " | ".join(row_cells) + " |")
+        lines.append("")
+    return lines, any_empty
+
+
 def summary_markdown(summary: pd.DataFrame, run_info: Mapping[str, Any]) -> str:
     """The ``summary.md`` document for a :func:`summarize` table.
 
@@ -252,34 +284,22 @@ def summary_markdown(summary: pd.DataFrame, run_info: Mapping[str, Any]) -> str:
         lines.append(f"Dataset: {_md_escape(columns[0][0])}.")
         lines.append("")
 
-    for title, prefix in (
-        ("Dice (per case), mean ± std over cases", "dice"),
-        (
-            "Per-slice Dice (SaLIP protocol: mean 2D Dice over the slices where the organ is "
-            "present; equal to Dice for 2D images), mean ± std over cases",
-            "slice_dice",
-        ),
-    ):
-        lines += [f"## {title}", ""]
-        lines.append("| Method | " + " | ".join(headers) + " |")
-        lines.append("|---|" + "---|" * len(headers))
-        for method in methods:
-            row_cells = [
-                _mean_std_cell(cells.get((dataset, organ, method)), prefix)
-                for dataset, organ in columns
-            ]
-            lines.append(f"| {labels[method]} | " + " | ".join(row_cells) + " |")
-        lines.append("")
+    table_lines, any_empty = _dice_tables(methods, columns, headers, labels, cells)
+    lines += table_lines
 
     notes = []
     if any(oracle.values()):
         notes.append(ORACLE_NOTE)
     if any(trained.values()):
         notes.append(TRAINED_NOTE)
+    empty_note = (
+        f"{EMPTY_CELL} no case with a Dice value (no scored or false-positive case). "
+        if any_empty
+        else ""
+    )
     notes.append(
-        f"{EMPTY_CELL} no case with a Dice value (no scored or false-positive case). Cases "
-        "where prediction and reference are both empty are left out of the means; false "
-        "positives (empty reference, non-empty prediction) count as Dice 0."
+        f"{empty_note}Cases where prediction and reference are both empty are left out of the "
+        "means; false positives (empty reference, non-empty prediction) count as Dice 0."
     )
     coverage = _confidence_percent(run_info.get("confidence", 0.95))
     notes.append(
