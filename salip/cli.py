@@ -9,12 +9,15 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from salip.config import SegmentConfig
 logger = logging.getLogger("salip")
 
 _GROUP_TITLES = {
+    "input": "input reading",
     "models": "models",
     "segmenter": "segmenter (the cascade, or a learned head)",
     "slicing": "slicing and intensity",
@@ -51,7 +55,7 @@ def _add_dataclass_flags(group: Any, config_type: type) -> None:
         hint = hints[f.name]
         base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
         help_text = f.metadata.get("help", "")
-        if "Default:" not in help_text:  # the help already explains a computed default
+        if "default:" not in help_text.lower():  # the help already explains its default
             help_text += f" (default: {f.default})"
         if base is bool:
             group.add_argument(
@@ -156,7 +160,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     prop.add_argument("-o", "--output", required=True, help="JSON file to write.")
     prop.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
-    _add_config_flags(prop, ["models", "slicing", "proposals"])
+    _add_config_flags(prop, ["input", "models", "slicing", "proposals"])
     prop.set_defaults(func=_cmd_proposals)
 
     bench = sub.add_parser(
@@ -341,13 +345,18 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_proposals(args: argparse.Namespace) -> int:
+    from salip.output_set import OutputSet
     from salip.pipeline import propose
-    from salip.writing import check_output, write_json
+    from salip.writing import json_text
 
     output = Path(args.output)
-    check_output(output, Path(args.input), args.overwrite)
-    records, info = propose(args.input, slice_index=args.slice_index, **_config_options(args))
-    write_json(output, records)
+    with OutputSet(Path(args.input), overwrite=args.overwrite) as outputs:
+        outputs.add(output, "-o")
+        outputs.check_writable()
+        records, info = propose(args.input, slice_index=args.slice_index, **_config_options(args))
+        text = json_text(records)
+        outputs.stage(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        outputs.commit()
     logger.info("wrote %d proposals of slice %s to %s", len(records), info["slice"], output)
     return 0
 
@@ -556,18 +565,24 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``salip`` console script; returns the exit code."""
-    from salip.errors import SalipError
-
     parser = _build_parser()
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", 0)
     _setup_logging(verbose, getattr(args, "quiet", False))
+    with _terminate_as_interrupt():
+        return _run(args, verbose)
+
+
+def _run(args: argparse.Namespace, verbose: int) -> int:
+    """Run the command; every error becomes one line on stderr and a non-zero code."""
+    from salip.errors import SalipError, one_line
+
     try:
         return int(args.func(args))
     except SalipError as exc:
         if verbose:
             logger.exception("error")
-        sys.stderr.write(f"salip: error: {exc}\n")
+        sys.stderr.write(f"salip: error: {one_line(exc, limit=1000)}\n")
         return 1
     except BrokenPipeError:
         # Output piped into e.g. `head`, which stopped reading: not an error of ours.
@@ -581,9 +596,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verbose:
             logger.exception("unexpected error")
         sys.stderr.write(
-            f"salip: error: unexpected {type(exc).__name__}: {exc} (run with -v for details)\n"
+            f"salip: error: unexpected {type(exc).__name__}: {one_line(exc, limit=1000)}. This is a bug "
+            "in salip: please report it with the output of the same command run with -v.\n"
         )
         return 1
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM like Ctrl-C while a command runs, so its cleanup runs too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

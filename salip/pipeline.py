@@ -16,11 +16,12 @@ from salip import __version__
 from salip.assembly import empty_volume_mask, keep_largest_components, put_slice, to_label_map
 from salip.cascade import AUTO_SLICES_CPU, Cascade, SliceOutput, SliceSegmenter, StageTimer
 from salip.config import SegmentConfig
-from salip.errors import ConfigError, OutputError
-from salip.io import Volume, file_stem, read_input
+from salip.errors import ConfigError, InputError, OutputError
+from salip.io import Volume, file_stem, input_kind, read_input
 from salip.models.clip import LoadedClip
 from salip.models.sam import LoadedSam
 from salip.organs import Organ, parse_organs
+from salip.output_set import OutputSet
 from salip.prefetch import prefetch
 from salip.slicing import (
     AXES,
@@ -33,14 +34,7 @@ from salip.slicing import (
     slice_image,
     to_uint8,
 )
-from salip.writing import (
-    check_output,
-    mask_suffix,
-    sidecar_path,
-    to_source_grid,
-    write_json,
-    write_mask,
-)
+from salip.writing import json_text, mask_suffix, save_mask, sidecar_path, to_source_grid
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +224,28 @@ def build_cascade(
     return cascade, identity
 
 
+@dataclass
+class _Plan:
+    """The planned output files of one run (None or empty: not written)."""
+
+    combined: Path | None
+    per_organ: dict[str, Path]
+    preview: Path | None
+    report: Path | None
+
+
+@dataclass
+class _Run:
+    """What running a segmenter over the slices gives, in the canonical layout."""
+
+    canonical: dict[str, np.ndarray]
+    chosen: dict[str, list[dict[str, Any]]]
+    keep: np.ndarray
+    volume8: np.ndarray
+    intensity: Intensity
+    models: dict[str, Any]
+
+
 def segment(
     source: str | Path | Volume,
     *,
@@ -246,6 +262,11 @@ def segment(
     **options: Any,
 ) -> SegmentationResult:
     """Segment ``organs`` in a NIfTI volume, DICOM series (folder or zip) or 2D image.
+
+    The output files are one transaction: all are checked (distinct paths, not the input,
+    not existing unless ``overwrite``, writable folders) before the input is read and any
+    model runs, written to temporaries, and renamed into place only when all are ready. On
+    an error or interrupt none of them is left.
 
     Args:
         source: input path, or a :class:`~salip.io.Volume` already read with
@@ -270,31 +291,91 @@ def segment(
     Raises:
         salip.errors.SalipError: bad input, unknown organ, missing checkpoint, unsafe output.
     """
-    from tqdm.auto import tqdm
-
     timer = StageTimer()
     t0 = time.perf_counter()
     organ_list = parse_organs(organs)
     cfg = (config or SegmentConfig()).replace(**options)
+    path = source.path if isinstance(source, Volume) else Path(source)
+    with OutputSet(path, overwrite=overwrite) as outputs:
+        suffix = _mask_suffix(source)
+        plan = _plan_outputs(
+            outputs, path, organ_list, suffix, output, split, write, preview, report
+        )
+        outputs.check_writable()
+        volume = source if isinstance(source, Volume) else read_input(path, **_read_options(cfg))
+        check_slice_geometry(volume, cfg.slicing.axis)
+        timer.add("read", t0)
+        run = _run_segmenter(volume, organ_list, cfg, segmenter, timer, progress)
+        t = time.perf_counter()
+        masks, labels, label_values = _assemble(volume, run.canonical, organ_list, cfg)
+        t = timer.add("assembly", t)
+        _stage_files(
+            outputs, plan, volume, run, masks, labels, label_values, path, cfg.slicing.axis
+        )
+        timer.add("write", t)
+        run_report = _build_report(volume, path, organ_list, run, label_values, cfg, timer)
+        if plan.report is not None:
+            text = json_text(run_report)
+            outputs.stage(plan.report, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        written = outputs.commit()
+    return SegmentationResult(
+        masks, labels, label_values, volume.geometry.affine, run_report, written
+    )
+
+
+def _read_options(cfg: SegmentConfig) -> dict[str, Any]:
+    """The ``read_input`` keywords of the config's input stage."""
+    return dataclasses.asdict(cfg.input)
+
+
+def _mask_suffix(source: Path | str | Volume) -> str:
+    """.png for 2D image inputs, else .nii.gz; known from the file name before reading."""
     if isinstance(source, Volume):
-        volume, source = source, source.path
-    else:
-        source = Path(source)
-        volume = read_input(source)
-    check_slice_geometry(volume, cfg.slicing.axis)
-    t = timer.add("read", t0)
+        return mask_suffix(source.geometry)
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder.")
+    return ".png" if input_kind(path) == "image" else ".nii.gz"
 
-    suffix = mask_suffix(volume.geometry)
-    combined, per_organ = _output_paths(source, output, organ_list, split, suffix)
-    # Check every output before any model runs, so a refusal costs nothing.
-    to_check = [Path(p) for p in (preview, report) if p is not None]
-    if write:
-        to_check += [*per_organ.values()]
-        if combined is not None:
-            to_check += [combined, sidecar_path(combined)]
-    for path in to_check:
-        check_output(path, source, overwrite)
 
+def _plan_outputs(
+    outputs: OutputSet,
+    source: Path,
+    organs: Sequence[Organ],
+    suffix: str,
+    output: str | Path | None,
+    split: bool,
+    write: bool,
+    preview: str | Path | None,
+    report: str | Path | None,
+) -> _Plan:
+    """Add every output of the run to ``outputs`` (which checks them) and return the plan."""
+    combined, per_organ = _output_paths(source, output, organs, split, suffix)
+    if not write:
+        combined, per_organ = None, {}
+    if combined is not None:
+        outputs.add(combined, "-o")
+        outputs.add(sidecar_path(combined), "the label sidecar of -o,")
+    for name, path in per_organ.items():
+        outputs.add(path, f"the {name} mask of --split,")
+    plan = _Plan(combined, per_organ, None, None)
+    if preview is not None:
+        plan.preview = outputs.add(preview, "--preview")
+    if report is not None:
+        plan.report = outputs.add(report, "--report")
+    return plan
+
+
+def _run_segmenter(
+    volume: Volume,
+    organ_list: Sequence[Organ],
+    cfg: SegmentConfig,
+    segmenter: SliceSegmenter | None,
+    timer: StageTimer,
+    progress: bool,
+) -> _Run:
+    """Map intensities, load the segmenter and run it over the body slices."""
+    t = time.perf_counter()
     models: dict[str, Any] = {"injected_segmenter": type(segmenter).__name__} if segmenter else {}
     if segmenter is None and cfg.segmenter.method == "head":
         segmenter, models = _load_head(organ_list, cfg, timer)
@@ -303,21 +384,38 @@ def segment(
     intensity_organs = getattr(segmenter, "intensity_organs", None) or organ_list
     intensity: Intensity = choose_intensity(volume, list(intensity_organs), cfg.slicing)
     volume8 = to_uint8(volume, intensity, cfg.slicing)
-    t = timer.add("slicing", t)
-
+    timer.add("slicing", t)
     if segmenter is None:
         segmenter, models = _load_cascade(organ_list, cfg, intensity.modality, timer)
-    t = time.perf_counter()
-
     axis = cfg.slicing.axis
-    shape = volume.data.shape[:2] if volume.is_2d else volume.data.shape
-    canonical = {o.name: empty_volume_mask(shape) for o in organ_list}
-    chosen: dict[str, list[dict[str, Any]]] = {o.name: [] for o in organ_list}
     keep = np.ones(n_slices(volume, axis), dtype=bool)
     if cfg.slicing.skip_empty:
         keep = body_slices(volume, volume8, intensity, axis)
         if not keep.all():
             logger.info("skipping %d of %d slices with no body", int((~keep).sum()), keep.size)
+    canonical, chosen = _segment_slices(
+        volume, volume8, organ_list, cfg, segmenter, keep, timer, progress
+    )
+    return _Run(canonical, chosen, keep, volume8, intensity, models)
+
+
+def _segment_slices(
+    volume: Volume,
+    volume8: np.ndarray,
+    organ_list: Sequence[Organ],
+    cfg: SegmentConfig,
+    segmenter: SliceSegmenter,
+    keep: np.ndarray,
+    timer: StageTimer,
+    progress: bool,
+) -> tuple[dict[str, np.ndarray], dict[str, list[dict[str, Any]]]]:
+    """Feed the kept slices to ``segmenter`` in batches; canonical masks and chosen records."""
+    from tqdm.auto import tqdm
+
+    axis = cfg.slicing.axis
+    shape = volume.data.shape[:2] if volume.is_2d else volume.data.shape
+    canonical = {o.name: empty_volume_mask(shape) for o in organ_list}
+    chosen: dict[str, list[dict[str, Any]]] = {o.name: [] for o in organ_list}
     # Auto (0): the segmenter's own preference, e.g. larger batches on a GPU.
     batch_size = cfg.proposals.encoder_batch_size or getattr(
         segmenter, "slice_batch", AUTO_SLICES_CPU
@@ -348,8 +446,16 @@ def segment(
                         chosen[organ.name].append({"slice": index, **rec})
             timer.add("assembly", t_asm)
             bar.update(len(indices))
-    t = time.perf_counter()
+    return canonical, chosen
 
+
+def _assemble(
+    volume: Volume,
+    canonical: dict[str, np.ndarray],
+    organ_list: Sequence[Organ],
+    cfg: SegmentConfig,
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
+    """Component cleanup, then per-organ masks and the label map in the input's grid."""
     if not volume.is_2d and cfg.assembly.largest_component:
         for organ in organ_list:
             canonical[organ.name] = keep_largest_components(canonical[organ.name], organ.top_k)
@@ -359,72 +465,50 @@ def segment(
         name: to_source_grid(m.astype(np.uint8), volume.geometry) for name, m in canonical.items()
     }
     labels = to_source_grid(to_label_map(canonical, order), volume.geometry)
-    t = timer.add("assembly", t)
+    return masks, labels, label_values
 
-    written: list[Path] = []
-    if write:
-        if combined is not None:
-            write_mask(combined, labels, volume.geometry)
-            written.append(combined)
-            sidecar = sidecar_path(combined)
-            write_json(sidecar, {"labels": label_values, "source": str(source)})
-            written.append(sidecar)
-        for name, path in per_organ.items():
-            write_mask(path, masks[name], volume.geometry)
-            written.append(path)
-    if preview is not None:
-        _write_preview(Path(preview), volume, volume8, canonical, order, axis)
-        written.append(Path(preview))
-    timer.add("write", t)
 
-    run_report = _build_report(
-        volume, source, organ_list, canonical, chosen, label_values, intensity, cfg, models, timer
-    )
-    _, skipped = source_slice_indices(volume, axis, np.nonzero(~keep)[0].tolist())
-    run_report["slicing"]["skipped_slices"] = sorted(skipped)
-    if report is not None:
-        write_json(Path(report), run_report)
-        written.append(Path(report))
-    return SegmentationResult(
-        masks, labels, label_values, volume.geometry.affine, run_report, written
-    )
+def _stage_files(
+    outputs: OutputSet,
+    plan: _Plan,
+    volume: Volume,
+    run: _Run,
+    masks: dict[str, np.ndarray],
+    labels: np.ndarray,
+    label_values: dict[str, int],
+    source: Path,
+    axis: str,
+) -> None:
+    """Write the planned mask, sidecar, per-organ and preview files to their temporaries."""
+    geometry = volume.geometry
+    if plan.combined is not None:
+        outputs.stage(plan.combined, lambda tmp: save_mask(tmp, labels, geometry))
+        text = json_text({"labels": label_values, "source": str(source)})
+        outputs.stage(
+            sidecar_path(plan.combined), lambda tmp: tmp.write_text(text, encoding="utf-8")
+        )
+    for name, path in plan.per_organ.items():
+        outputs.stage(path, lambda tmp, m=masks[name]: save_mask(tmp, m, geometry))
+    if plan.preview is not None:
+        strip = _preview_image(volume, run.volume8, run.canonical, list(label_values), axis)
+        outputs.stage(plan.preview, lambda tmp: _save_png(tmp, strip))
 
 
 def _build_report(
     volume: Volume,
     source: Path,
     organs: Sequence[Organ],
-    canonical: dict[str, np.ndarray],
-    chosen: dict[str, list[dict[str, Any]]],
+    run: _Run,
     label_values: dict[str, int],
-    intensity: Intensity,
     cfg: SegmentConfig,
-    models: dict[str, Any],
     timer: StageTimer,
 ) -> dict[str, Any]:
+    """The run report (see the README's "Outputs" section)."""
     axis = cfg.slicing.axis
-    voxel_ml = float(np.prod(volume.spacing[:3])) / 1000.0
-    organ_rows = {}
-    for organ in organs:
-        mask = canonical[organ.name]
-        count = int(mask.sum())
-        if volume.is_2d:
-            used: list[int] = [0] if count else []
-            src_axis = 0
-        else:
-            other = tuple(a for a in range(3) if a != AXES[axis])
-            used_canonical = np.nonzero(mask.any(axis=other))[0].tolist()
-            src_axis, used = source_slice_indices(volume, axis, used_canonical)
-        src_axis, chosen_src = source_slice_indices(
-            volume, axis, [c["slice"] for c in chosen[organ.name]]
-        )
-        organ_rows[organ.name] = {
-            "label": label_values[organ.name],
-            "voxels": count,
-            "volume_ml": None if volume.is_2d else round(count * voxel_ml, 3),
-            "slices": sorted(used),
-            "chosen": [{**c, "slice": s} for c, s in zip(chosen[organ.name], chosen_src)],
-        }
+    organ_rows = {o.name: _organ_row(volume, o, run, label_values, axis) for o in organs}
+    src_axis, skipped = source_slice_indices(volume, axis, np.nonzero(~run.keep)[0].tolist())
+    if volume.is_2d:
+        src_axis = 0
     return {
         "salip_version": __version__,
         "input": {
@@ -433,35 +517,57 @@ def _build_report(
             "shape": list(volume.geometry.shape),
             "affine": volume.geometry.affine.tolist(),
             "spacing_mm": list(volume.spacing),
+            "nonfinite_voxels": volume.nonfinite,
             **volume.meta,
         },
         "slicing": {
             "axis": axis,
             "input_axis": src_axis,
             "slice_index": "index along input_axis of the input file",
-            "intensity": dataclasses.asdict(intensity),
+            "intensity": dataclasses.asdict(run.intensity),
+            "skipped_slices": sorted(skipped),
         },
         "organs": organ_rows,
-        "models": models,
+        "models": run.models,
         "config": dataclasses.asdict(cfg),
         "timings_s": {k: round(v, 4) for k, v in timer.seconds.items()},
     }
 
 
-def _write_preview(
-    path: Path,
+def _organ_row(
+    volume: Volume, organ: Organ, run: _Run, label_values: dict[str, int], axis: str
+) -> dict[str, Any]:
+    """One organ's entry of the report: label, size, slices used, chosen proposals."""
+    mask = run.canonical[organ.name]
+    count = int(mask.sum())
+    if volume.is_2d:
+        used: list[int] = [0] if count else []
+    else:
+        other = tuple(a for a in range(3) if a != AXES[axis])
+        _, used = source_slice_indices(volume, axis, np.nonzero(mask.any(axis=other))[0].tolist())
+    chosen = run.chosen[organ.name]
+    _, chosen_src = source_slice_indices(volume, axis, [c["slice"] for c in chosen])
+    voxel_ml = float(np.prod(volume.spacing[:3])) / 1000.0
+    return {
+        "label": label_values[organ.name],
+        "voxels": count,
+        "volume_ml": None if volume.is_2d else round(count * voxel_ml, 3),
+        "slices": sorted(used),
+        "chosen": [{**c, "slice": s} for c, s in zip(chosen, chosen_src)],
+    }
+
+
+def _preview_image(
     volume: Volume,
     volume8: np.ndarray,
     canonical: dict[str, np.ndarray],
     order: list[str],
     axis: str,
     max_slices: int = 3,
-) -> None:
-    from PIL import Image
-
+) -> np.ndarray:
+    """HxWx3 uint8 overlay strip of the (up to) ``max_slices`` slices with the most organ."""
     from salip.preview import preview_strip
     from salip.slicing import to_display
-    from salip.writing import atomic_write
 
     label_map = to_label_map(canonical, order)
     if volume.is_2d:
@@ -474,8 +580,27 @@ def _write_preview(
         grey = [to_display(np.take(volume8, k, axis=ax)) for k in picks]
         images = [np.repeat(g[..., None], 3, axis=2) for g in grey]
         labels = [to_display(np.take(label_map, k, axis=ax)) for k in picks]
-    strip = preview_strip(images, labels)
-    atomic_write(path, lambda tmp: Image.fromarray(strip).save(tmp, format="PNG"))
+    return preview_strip(images, labels)
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(image).save(path, format="PNG")
+
+
+def _proposal_intensity(volume: Volume, cfg: SegmentConfig) -> Intensity:
+    """The intensity mapping for proposals, which need no modality for 8-bit 2D images.
+
+    Descriptions are never read here, so an 8-bit image whose modality cannot be told is
+    shown to SAM as stored, as :func:`choose_intensity` would for any modality.
+    """
+    try:
+        return choose_intensity(volume, [], cfg.slicing)
+    except ConfigError:
+        if volume.is_2d and volume.data.dtype == np.uint8 and cfg.slicing.window is None:
+            return Intensity("unknown", "unchanged", modality_from="not needed")
+        raise
 
 
 def propose(
@@ -502,7 +627,7 @@ def propose(
     from salip.proposals import generate_proposals
 
     cfg = (config or SegmentConfig()).replace(**options)
-    volume = read_input(Path(source))
+    volume = read_input(Path(source), **_read_options(cfg))
     axis = cfg.slicing.axis
     total = n_slices(volume, axis)
     if slice_index is None:
@@ -511,7 +636,7 @@ def propose(
         raise ConfigError(f"--slice {slice_index} is out of range: the input has {total} slices.")
     # The input->canonical index map along one axis is its own inverse (a flip or identity).
     _, (canonical_index,) = source_slice_indices(volume, axis, [slice_index])
-    intensity = choose_intensity(volume, [], cfg.slicing)
+    intensity = _proposal_intensity(volume, cfg)
     volume8 = to_uint8(volume, intensity, cfg.slicing)
     image = next(img for i, img in iter_slices(volume8, volume.is_2d, axis) if i == canonical_index)
     sam = load_sam(

@@ -9,6 +9,7 @@ slice (indexed [x, y] or similar) and that display image (indexed [row, col]).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from salip.config import SliceConfig
 from salip.errors import ConfigError, InputError
-from salip.io import Volume
+from salip.io import Volume, check_plane_size
 from salip.organs import Organ
 
 logger = logging.getLogger(__name__)
@@ -80,27 +81,68 @@ def apply_window(values: np.ndarray, width: float, level: float) -> np.ndarray:
     return _linear_to_uint8(values, level - width / 2.0, 255.0 / width)
 
 
-def percentile_normalise(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map the [low, high] percentiles of ``values`` linearly to [0, 255] uint8."""
-    lo, hi = np.percentile(values, [low, high])
+def percentile_normalise(
+    values: np.ndarray, low: float, high: float, finite: np.ndarray | None = None
+) -> np.ndarray:
+    """Map the [low, high] percentiles of ``values`` linearly to [0, 255] uint8.
+
+    Args:
+        values: any shape, any real dtype.
+        low, high: percentiles in [0, 100].
+        finite: optional bool mask, same shape: only these voxels enter the percentiles
+            (the reader replaced non-finite voxels by the minimum; they must not move them).
+    """
+    sample = values if finite is None else values[finite]
+    lo, hi = np.percentile(sample, [low, high])
     if hi <= lo:
         hi = lo + 1.0
     return _linear_to_uint8(values, float(lo), 255.0 / float(hi - lo))
 
 
-def detect_modality(volume: Volume) -> str:
-    """Best guess of the modality: DICOM tags first, else the intensity range.
+#: File-name words that say a 2D image's modality (compared with the name's words).
+_NAME_MODALITY: dict[str, str] = {
+    "ct": "ct",
+    "mr": "mr",
+    "mri": "mr",
+    "xray": "xray",
+    "cxr": "xray",
+    "radiograph": "xray",
+    "dx": "xray",
+    "us": "us",
+    "ultrasound": "us",
+    "echo": "us",
+    "sonography": "us",
+}
 
-    A volume reaching -500 or lower with values above 300 looks like CT in HU; other volumes
-    are treated as MR. 2D images without tags are treated as "xray" (any non-CT photo-like
-    modality is normalised the same way).
+
+def detect_modality(volume: Volume) -> tuple[str, str]:
+    """Best guess of the modality, and how it was chosen: ``(modality, reason)``.
+
+    In order: the file's own tags (DICOM Modality, or a 2D image's metadata); for volumes,
+    the intensity range (reaching -500 or lower with values above 300 looks like CT in HU,
+    other volumes are treated as MR; non-finite voxels were replaced by the minimum when
+    the volume was read, so they do not count); for 2D images, a word of the file name or
+    its folder's name ("ct", "mr"/"mri", "xray"/"cxr"/"radiograph", "us"/"ultrasound").
+
+    Raises:
+        ConfigError: a 2D image whose tags and name say nothing: a grey or colour picture
+            can be any modality, so ``--modality`` must be given.
     """
     if volume.modality:
-        return volume.modality
-    if volume.is_2d:
-        return "xray"
-    lo, hi = float(volume.data.min()), float(volume.data.max())
-    return "ct" if lo <= -500.0 and hi >= 300.0 else "mr"
+        return volume.modality, volume.meta.get("modality_from", "file tags")
+    if not volume.is_2d:
+        lo, hi = float(volume.data.min()), float(volume.data.max())
+        guess = "ct" if lo <= -500.0 and hi >= 300.0 else "mr"
+        return guess, f"intensity range [{lo:g}, {hi:g}]"
+    for part in (volume.path.stem, volume.path.parent.name):
+        words = re.split(r"[^a-z0-9]+", part.lower())
+        for word in words:
+            if word in _NAME_MODALITY:
+                return _NAME_MODALITY[word], f"the word '{word}' in the file path"
+    raise ConfigError(
+        f"{volume.path}: cannot tell the modality of a 2D image from its name or metadata; "
+        "pass --modality ct, mr, xray or us."
+    )
 
 
 @dataclass(frozen=True)
@@ -111,24 +153,32 @@ class Intensity:
     method: str  # "window", "percentile" or "unchanged"
     width: float | None = None
     level: float | None = None
+    modality_from: str = "--modality"
 
 
 def choose_intensity(volume: Volume, organs: list[Organ], config: SliceConfig) -> Intensity:
-    """Decide how to map intensities to 8 bits for ``volume``."""
-    modality = detect_modality(volume) if config.modality == "auto" else config.modality
+    """Decide how to map intensities to 8 bits for ``volume``.
+
+    Raises:
+        ConfigError: ``--modality auto`` on a 2D image that does not say its modality.
+    """
+    if config.modality == "auto":
+        modality, reason = detect_modality(volume)
+    else:
+        modality, reason = config.modality, "--modality"
     if volume.is_2d and volume.data.dtype == np.uint8 and config.window is None:
-        return Intensity(modality, "unchanged")
+        return Intensity(modality, "unchanged", modality_from=reason)
     if config.window is not None:
         if modality != "ct":
             logger.warning("applying a CT window to a %s image as asked", modality)
         width, level = parse_window(config.window)
-        return Intensity(modality, "window", width, level)
+        return Intensity(modality, "window", width, level, reason)
     if modality == "ct":
         presets = {organ.window for organ in organs}
         preset = organs[0].window if len(presets) == 1 else "abdomen"
         width, level = WINDOWS[preset]
-        return Intensity(modality, "window", width, level)
-    return Intensity(modality, "percentile")
+        return Intensity(modality, "window", width, level, reason)
+    return Intensity(modality, "percentile", modality_from=reason)
 
 
 def to_uint8(volume: Volume, intensity: Intensity, config: SliceConfig) -> np.ndarray:
@@ -137,7 +187,9 @@ def to_uint8(volume: Volume, intensity: Intensity, config: SliceConfig) -> np.nd
         return volume.data
     if intensity.method == "window":
         return apply_window(volume.data, intensity.width, intensity.level)  # type: ignore[arg-type]
-    return percentile_normalise(volume.data, config.percentile_low, config.percentile_high)
+    return percentile_normalise(
+        volume.data, config.percentile_low, config.percentile_high, volume.finite_mask
+    )
 
 
 #: Hounsfield units above which a CT voxel counts as body (air and padding lie below).
@@ -257,11 +309,14 @@ def iter_slices(volume8: np.ndarray, is_2d: bool, axis: str) -> Iterator[tuple[i
 
 
 def check_slice_geometry(volume: Volume, axis: str) -> None:
-    """Warn on strongly anisotropic in-plane spacing; refuse empty volumes."""
+    """Warn on strongly anisotropic in-plane spacing; refuse empty volumes and slices too
+    small or too narrow for SAM (:func:`salip.io.check_plane_size`)."""
     if volume.data.size == 0:
         raise InputError(f"{volume.path}: the image is empty.")
     if volume.is_2d:
         return
+    plane = tuple(n for i, n in enumerate(volume.data.shape) if i != AXES[axis])
+    check_plane_size(plane, f"{volume.path}: {axis} slices")
     in_plane = [s for i, s in enumerate(volume.spacing) if i != AXES[axis]]
     if max(in_plane) > 1.5 * min(in_plane):
         logger.warning(

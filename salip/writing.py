@@ -38,21 +38,54 @@ def check_output(path: Path, input_path: Path, overwrite: bool) -> None:
     resolved, source = path.resolve(), input_path.resolve()
     if resolved == source or (source.is_dir() and source in resolved.parents):
         raise OutputError(f"{path}: refusing to write into the input {input_path}.")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} exists; pass --overwrite to replace it.")
     if path.exists() and path.is_dir():
         raise OutputError(f"{path} is a folder; give a file name.")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} exists; pass --overwrite to replace it.")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path``; clean up on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def file_mode() -> int:
+    """Permission bits a new file gets from the process umask (0o644 under umask 022).
+
+    ``tempfile.mkstemp`` creates files with mode 0600, and a rename keeps it, so files
+    written through a temporary are given this mode before they are renamed into place.
+    """
+    umask = _read_umask()
+    return 0o666 & ~umask
+
+
+def _read_umask() -> int:
+    # Linux shows the umask in /proc without changing it; elsewhere the only portable way
+    # is to set it and put it back (os.umask has no read-only form before Python 3.13).
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def temporary_beside(path: Path) -> Path:
+    """A new empty file beside ``path`` (same folder, so the final rename is atomic)."""
     suffix = "".join(path.suffixes) or ".tmp"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
-    tmp = Path(tmp_name)
+    return Path(tmp_name)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path``; clean up on failure.
+
+    The file gets the umask's normal mode (:func:`file_mode`), not the temporary's 0600.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_beside(path)
     try:
         write(tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -70,11 +103,16 @@ def write_mask(path: Path, mask: np.ndarray, geometry: SourceGeometry) -> None:
     NIfTI and DICOM inputs get a NIfTI file with the input's affine (and header, for NIfTI
     inputs) and uint8 voxels; 2D inputs get a single-channel 8-bit PNG of the same size.
     """
+    atomic_write(path, lambda tmp: save_mask(tmp, mask, geometry))
+
+
+def save_mask(path: Path, mask: np.ndarray, geometry: SourceGeometry) -> None:
+    """Write ``mask`` to ``path`` as it is (no temporary): the body of :func:`write_mask`."""
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
     if geometry.kind == "image":
         from PIL import Image
 
-        atomic_write(path, lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))
+        Image.fromarray(mask).save(path, format="PNG")
         return
     import nibabel as nib
 
@@ -86,12 +124,17 @@ def write_mask(path: Path, mask: np.ndarray, geometry: SourceGeometry) -> None:
         image.header.set_xyzt_units("mm")
         image.set_qform(geometry.affine, code=1)
         image.set_sform(geometry.affine, code=1)
-    atomic_write(path, lambda tmp: nib.save(image, str(tmp)))
+    nib.save(image, str(path))
+
+
+def json_text(payload: Any) -> str:
+    """``payload`` as salip writes JSON: 2-space indent, trailing newline, numpy as lists."""
+    return json.dumps(payload, indent=2, default=_json_default) + "\n"
 
 
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (2-space indent, trailing newline)."""
-    text = json.dumps(payload, indent=2, default=_json_default) + "\n"
+    text = json_text(payload)
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 

@@ -81,7 +81,9 @@ def test_segment_split_writes_one_file_per_organ(tmp_path, model_flags):
 def test_segment_png_slice(tmp_path, model_flags):
     png = require_data(SLICES / "images" / "amos_0004_75.png")
     out = tmp_path / "liver.png"
-    assert main(["segment", str(png), "--organ", "liver", "-o", str(out), "-q", *model_flags]) == 0
+    # The AMOS slices are CT; nothing in the file says so, so the modality is given.
+    args = ["segment", str(png), "--organ", "liver", "--modality", "ct", "-o", str(out), "-q"]
+    assert main([*args, *model_flags]) == 0
     mask = np.asarray(Image.open(out))
     assert mask.shape == (512, 512) and mask.dtype == np.uint8
     assert set(np.unique(mask)) <= {0, 1}
@@ -91,7 +93,9 @@ def test_segment_is_deterministic(tmp_path, tiny_models):
     png = require_data(SLICES / "images" / "amos_0006_90.png")
     options = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     runs = [
-        salip.segment(png, organs=["liver", "aorta"], write=False, **tiny_models, **options)
+        salip.segment(
+            png, organs=["liver", "aorta"], write=False, modality="ct", **tiny_models, **options
+        )
         for _ in range(2)
     ]
     np.testing.assert_array_equal(runs[0].labels, runs[1].labels)
@@ -237,7 +241,8 @@ def test_existing_output_is_kept_unless_overwrite(capsys, tmp_path, model_flags)
     out = tmp_path / "mask.png"
     out.write_bytes(b"precious")
     assert "--overwrite" in _error(
-        capsys, ["segment", str(png), "--organ", "liver", "-o", str(out), *model_flags]
+        capsys,
+        ["segment", str(png), "--organ", "liver", "-o", str(out), "--modality", "ct", *model_flags],
     )
     assert out.read_bytes() == b"precious"
     assert (
@@ -250,6 +255,8 @@ def test_existing_output_is_kept_unless_overwrite(capsys, tmp_path, model_flags)
                 "-o",
                 str(out),
                 "--overwrite",
+                "--modality",
+                "ct",
                 "-q",
                 *model_flags,
             ]

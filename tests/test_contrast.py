@@ -200,7 +200,7 @@ def test_segment_reuses_cached_text_and_one_crop_pass_for_all_organs(
     image = require_data(SLICES / "images" / "amos_0006_90.png")
     proposals = count_calls(monkeypatch, cascade_module, "generate_proposals_batch")
     crops = count_calls(monkeypatch, ClipScorer, "image_embeddings")
-    options = dict(write=False, points_per_side=4, **tiny_models)
+    options = dict(write=False, points_per_side=4, modality="ct", **tiny_models)
     one = salip.segment(image, organs=["liver"], **options)
     assert (proposals[0], crops[0]) == (1, 1)
     text = one.report["models"]["scoring"]["text_cache"]

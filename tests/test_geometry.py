@@ -153,7 +153,7 @@ def test_2d_nifti_keeps_its_shape(tmp_path):
 def test_png_mask_same_size_and_pixels(tmp_path):
     path = require_data(SLICES / "images" / "amos_0006_90.png")
     out = tmp_path / "mask.png"
-    salip.segment(path, organs=["liver"], output=out, segmenter=ThresholdSegmenter())
+    salip.segment(path, organs=["liver"], output=out, segmenter=ThresholdSegmenter(), modality="ct")
     mask = np.asarray(Image.open(out))
     pixels = np.asarray(Image.open(path).convert("RGB"))
     assert mask.shape == pixels.shape[:2] and mask.dtype == np.uint8

@@ -60,8 +60,11 @@ def test_intensity_choice():
     assert choose_intensity(ct, lungs, SliceConfig()).level == -600.0
     assert choose_intensity(ct, liver + lungs, SliceConfig()).width == 400.0  # abdomen
     assert choose_intensity(mr, liver, SliceConfig()).method == "percentile"
-    assert choose_intensity(png, liver, SliceConfig()).method == "unchanged"
-    assert choose_intensity(png, liver, SliceConfig(window="bone")).method == "window"
+    ct2d = SliceConfig(modality="ct")  # the AMOS slices are CT, and nothing in them says so
+    assert choose_intensity(png, liver, ct2d).method == "unchanged"
+    assert choose_intensity(png, liver, SliceConfig(modality="ct", window="bone")).method == (
+        "window"
+    )
     forced = choose_intensity(mr, liver, SliceConfig(modality="ct"))
     assert forced.method == "window"
 
@@ -73,3 +76,33 @@ def test_slices_per_axis(axis, shape):
     slices = list(iter_slices(volume, False, axis))
     assert slices[0][1].shape == (*shape, 3)
     assert len(slices) == {"axial": 30, "coronal": 101, "sagittal": 122}[axis]
+
+
+def test_modality_of_2d_images_is_never_assumed(tmp_path):
+    """A 2D image says its modality by metadata or name, or --modality is asked for."""
+    from PIL import Image
+
+    from salip.errors import ConfigError
+    from salip.slicing import detect_modality
+
+    pixels = np.zeros((32, 32), dtype=np.uint8)
+    for name, expected in [("chest_cxr_01.png", "xray"), ("liver-CT.png", "ct"),
+                           ("mri_t2.png", "mr"), ("us/frame7.png", "us")]:  # fmt: skip
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(path)
+        modality, reason = detect_modality(read_input(path))
+        assert modality == expected, name
+        assert "in the file path" in reason
+    tagged = tmp_path / "tagged.png"
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Modality", "MR")
+    Image.fromarray(pixels).save(tagged, pnginfo=info)
+    assert detect_modality(read_input(tagged)) == ("mr", "image metadata")
+    png = read_input(require_data(SLICES / "images" / "amos_0004_75.png"))
+    with pytest.raises(ConfigError, match="--modality"):
+        choose_intensity(png, [get_organ("liver")], SliceConfig())
+    given = choose_intensity(png, [get_organ("liver")], SliceConfig(modality="ct"))
+    assert (given.modality, given.modality_from) == ("ct", "--modality")

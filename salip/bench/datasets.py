@@ -19,8 +19,9 @@ Four kinds of layout are understood (:data:`KINDS`, keys per kind in :data:`KIND
     ``target`` organ, thresholded (``threshold``) and optionally filled (``fill_outline``).
 
 Every kind also takes ``modality`` ("ct", "mr", "xray", "us"): the images' modality, for
-intensity mapping and prompts (default: the label set's, else detected from the image; 2D
-images without it are treated as X-ray, so 2D CT slices need ``modality = "ct"``).
+intensity mapping and prompts (default: the label set's, else detected from the image as
+``salip segment --modality auto`` does; a 2D image whose metadata and file name do not say
+its modality is an error row, so 2D datasets need ``modality``, e.g. ``"ct"``).
 
 Dataset class names are mapped to the vocabulary by name (canonical names and synonyms, see
 :func:`salip.organs.get_organ`), by the ``organ_map`` table of the config, and through the
