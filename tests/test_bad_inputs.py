@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import zipfile
 from collections.abc import Callable
@@ -36,6 +37,7 @@ import pytest
 from PIL import Image
 
 from salip.cli import main
+from salip.writing import file_mode
 from tests.conftest import SLICES, TOTALSEG, require_data
 from tests.llm_server import LoopbackLLM, Reply
 
@@ -421,6 +423,10 @@ CASES = [
          before_models=False),
     Case("checkpoint-pickle", _ct_with({}), [*MASK, "--sam-checkpoint", "{out}/evil.pth"],
          existing={"evil.pth": b""}, message=r"evil\.pth", before_models=False),
+    # The default CLIP with no cached weights and no reachable hub: fail fast, one line.
+    Case("clip-offline", _ct_with({}), [*MASK, "--clip-model", "ViT-B-32",
+         "--clip-pretrained", "openai"], message=r"not in the cache.*--clip-pretrained FILE",
+         before_models=False),
     # The language-model endpoint answers with a body that is not JSON.
     Case("llm-reply-not-json", _ct_with({}), [], message=r"not JSON.*--base-url",
          before_models=False),
@@ -526,6 +532,12 @@ def test_bad_input_matrix(case, tmp_path, tiny_models, readonly_dir, capsys, mon
         _evil_pickle(out / "evil.pth", tmp_path / "pwned")
     if case.id == "sigint-while-writing":
         _interrupt_on_stage(monkeypatch, after=2)
+    if case.id == "clip-offline":
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        request.addfinalizer(closed.close)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     argv_prefix = None
     if case.id == "llm-reply-not-json":
         server = LoopbackLLM().start()
@@ -565,6 +577,8 @@ def test_bad_input_matrix(case, tmp_path, tiny_models, readonly_dir, capsys, mon
         added = _tree(folder) - trees[str(folder)]
         expected = set(case.outputs) if folder == out and case.code == 0 else set()
         assert added == expected, f"unexpected files in {folder}: {sorted(added)}"
+    for name in case.outputs if case.code == 0 else ():  # the umask's mode, not 0600
+        assert (out / name).stat().st_mode & 0o777 == file_mode(), name
     assert not (tmp_path / "pwned").exists(), "the pickle's code ran"
     if case.check is not None:
         case.check(out, source)
