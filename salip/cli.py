@@ -21,8 +21,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from salip import __version__
 from salip.config import SegmentConfig
+from salip.version import __version__
 
 logger = logging.getLogger("salip")
 

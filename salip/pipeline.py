@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from salip import __version__
 from salip.assembly import empty_volume_mask, keep_largest_components, put_slice, to_label_map
 from salip.cascade import AUTO_SLICES_CPU, Cascade, SliceOutput, SliceSegmenter, StageTimer
 from salip.config import SegmentConfig
 from salip.errors import ConfigError, InputError, OutputError
 from salip.io import Volume, file_stem, input_kind, read_input
 from salip.models.clip import LoadedClip
+from salip.models.device import resolve_device
 from salip.models.sam import LoadedSam
 from salip.organs import Organ, parse_organs
 from salip.output_set import OutputSet
@@ -34,6 +34,7 @@ from salip.slicing import (
     slice_image,
     to_uint8,
 )
+from salip.version import __version__
 from salip.writing import json_text, mask_suffix, save_mask, sidecar_path, to_source_grid
 
 logger = logging.getLogger(__name__)
@@ -59,29 +60,6 @@ class SegmentationResult:
     affine: np.ndarray
     report: dict[str, Any]
     outputs: list[Path] = field(default_factory=list)
-
-
-def resolve_device(spec: str) -> str:
-    """``auto`` -> ``cuda`` if available else ``cpu``; validate explicit CUDA devices."""
-    import torch
-
-    spec = spec.strip().lower()
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
-        return "cpu"
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"device '{spec}' asked for, but CUDA is not available; use --device cpu."
-            )
-        index = spec.partition(":")[2]
-        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise ConfigError(
-                f"no CUDA device '{spec}'; {torch.cuda.device_count()} device(s) visible."
-            )
-        return spec
-    raise ConfigError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N.")
 
 
 def _output_paths(

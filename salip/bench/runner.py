@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from salip import __version__
 from salip.bench.datasets import Case, load_dataset, load_references
 from salip.bench.methods import CaseInput, Method, Models, make_method
-from salip.config import ModelConfig, check_keys, read_toml
+from salip.config import check_keys, read_toml
 from salip.errors import BenchmarkError, SalipError
+from salip.models.specs import local_dir, resolve_model_paths
 from salip.prefetch import prefetch
+from salip.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -152,23 +153,7 @@ class BenchmarkResult:
 
 def resolve_models(table: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
     """``[models]`` with relative checkpoint paths made absolute against ``base_dir``."""
-    from salip.models.registry import SAM_CHECKPOINTS
-
-    valid = [f.name for f in dataclasses.fields(ModelConfig)]
-    check_keys("[models]", list(table), valid, BenchmarkError)
-    models = dict(table)
-    sam = models.get("sam_checkpoint")
-    if isinstance(sam, str) and sam not in SAM_CHECKPOINTS and not Path(sam).is_absolute():
-        models["sam_checkpoint"] = os.path.normpath(base_dir / sam)
-    clip = models.get("clip_model")
-    if isinstance(clip, str) and clip.startswith("local-dir:"):
-        folder = Path(clip[len("local-dir:") :])
-        if not folder.is_absolute():
-            models["clip_model"] = f"local-dir:{os.path.normpath(base_dir / folder)}"
-    pretrained = models.get("clip_pretrained")
-    if isinstance(pretrained, str) and (base_dir / pretrained).is_file():
-        models["clip_pretrained"] = os.path.normpath(base_dir / pretrained)
-    return models
+    return resolve_model_paths(table, base_dir, BenchmarkError)
 
 
 def _resolve_head(table: Any, base_dir: Path) -> Any:
@@ -263,8 +248,8 @@ def _model_identity(config: BenchmarkConfig, needs_clip: bool) -> dict[str, Any]
     if needs_clip:
         clip: dict[str, Any] = {"model": m.clip_model, "pretrained": m.clip_pretrained}
         weights: list[Path] = []
-        if m.clip_model.startswith("local-dir:"):
-            folder = Path(m.clip_model[len("local-dir:") :])
+        folder = local_dir(m.clip_model)
+        if folder is not None:
             weights = sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
         elif m.clip_pretrained and Path(m.clip_pretrained).is_file():
             weights = [Path(m.clip_pretrained)]
@@ -301,8 +286,8 @@ def _device_info(device: str) -> dict[str, Any]:
 
 def _load_models(config: BenchmarkConfig, needs_clip: bool) -> Models:
     from salip.models.clip import load_clip
+    from salip.models.device import resolve_device
     from salip.models.sam import load_sam
-    from salip.pipeline import resolve_device
 
     m = config.methods[0].config.models
     device = resolve_device(m.device)

@@ -269,19 +269,20 @@ def run_speed(
     import nibabel as nib
     import torch
 
-    from salip import __version__
     from salip.config import SegmentConfig
     from salip.io import read_input, to_canonical
     from salip.models.clip import load_clip
+    from salip.models.device import resolve_device
     from salip.models.download import file_sha256
     from salip.models.precision import resolve_precision
     from salip.models.registry import SAM_CHECKPOINTS
     from salip.models.sam import load_sam
     from salip.models.sam_runtime import encode_images
     from salip.organs import get_organ
-    from salip.pipeline import build_cascade, resolve_device, segment, source_slice_indices
+    from salip.pipeline import build_cascade, segment, source_slice_indices
     from salip.prompts import load_prompts
     from salip.slicing import AXES, choose_intensity
+    from salip.version import __version__
     from salip.writing import write_json
 
     if (input is None) == (shape is None):

@@ -37,6 +37,9 @@ from salip.errors import ConfigError
 #: Top-level tables of a head-training config.
 CONFIG_KEYS = ("models", "datasets", "train")
 
+#: The ``format`` of a head manifest (head.pt and manifest.json) this salip reads and writes.
+MANIFEST_FORMAT = "salip-head/1"
+
 #: Head variants (see :mod:`salip.head.model`): the CLIP-driven head and its two controls.
 VARIANTS = ("clip", "static", "randtext")
 
@@ -213,7 +216,8 @@ def load_head_config(path: str | Path) -> HeadTrainConfig:
             valid ones), no dataset, or an invalid ``[train]`` or ``[models]`` value.
         salip.errors.BenchmarkError: an unknown ``[models]`` key.
     """
-    from salip.bench.runner import resolve_models
+    from salip.errors import BenchmarkError
+    from salip.models.specs import resolve_model_paths
 
     path = Path(path).absolute()
     raw = read_toml(path, "head config", ConfigError)
@@ -231,7 +235,7 @@ def load_head_config(path: str | Path) -> HeadTrainConfig:
             f"head config {path.name}: needs at least one [[datasets]] table (the benchmark's "
             "dataset kinds; see benchmarks/README.md)."
         )
-    models = resolve_models(raw.get("models", {}), path.parent)
+    models = resolve_model_paths(raw.get("models", {}), path.parent, BenchmarkError)
     table = dict(raw.get("train", {}))
     check_keys(
         "[train]", list(table), [f.name for f in dataclasses.fields(TrainSettings)], ConfigError

@@ -19,8 +19,8 @@ from salip.cascade import SliceOutput, encoder_batch, slice_batch
 from salip.config import SegmentConfig
 from salip.errors import ConfigError, ModelError
 from salip.head.cache import file_identity
+from salip.head.config import MANIFEST_FORMAT
 from salip.head.model import HeadArch, OrganHead
-from salip.head.train import MANIFEST_FORMAT
 from salip.models.sam import LoadedSam
 from salip.models.sam_runtime import BatchSize, encode_images
 from salip.organs import Organ

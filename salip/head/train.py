@@ -38,15 +38,14 @@ from typing import Any
 
 import torch
 
-from salip import __version__
 from salip.errors import ConfigError
-from salip.head.config import HeadTrainConfig, load_head_config
+from salip.head.config import MANIFEST_FORMAT, HeadTrainConfig, load_head_config
 from salip.head.model import HeadArch, OrganHead, trainable_parameters
+from salip.version import __version__
 
 logger = logging.getLogger(__name__)
 
 #: ``format`` of head.pt manifests; bumped when the layout changes.
-MANIFEST_FORMAT = "salip-head/1"
 
 
 @dataclass
@@ -212,9 +211,9 @@ def train_head(
     from salip.head.cache import EmbeddingCache, file_identity
     from salip.head.data import SliceDataset, build_samples, sampling_weights, split_cases
     from salip.head.loss import head_loss
+    from salip.models.device import resolve_device
     from salip.models.precision import resolve_precision
     from salip.models.sam import load_sam, resolve_sam_checkpoint
-    from salip.pipeline import resolve_device
 
     cfg = config if isinstance(config, HeadTrainConfig) else load_head_config(config)
     out = Path(out)

@@ -33,6 +33,7 @@ from typing import Any
 from salip.errors import ModelError, one_line
 from salip.models.registry import salip_home
 from salip.models.sam import describe_unreadable
+from salip.models.specs import local_dir
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ def _weight_files(folder: Path) -> list[Path]:
 
 def check_local_dir(spec: str) -> None:
     """ModelError (one line) unless ``local-dir:PATH`` is a folder open_clip can load."""
-    folder = Path(spec.removeprefix("local-dir:")).expanduser()
+    folder = local_dir(spec)
     what = f"cannot load CLIP {spec}:"
     needs = "--clip-model local-dir:PATH needs a folder with open_clip_config.json and weights"
     if not folder.is_dir():
@@ -271,8 +272,9 @@ def _read_file(name: str, source: str | None) -> Path | None:
     """The weights file open_clip reads for ``name``/``source``, when there is one."""
     if source and os.path.isfile(source):
         return Path(source)
-    if name.startswith("local-dir:"):
-        files = _weight_files(Path(name.removeprefix("local-dir:")).expanduser())
+    folder = local_dir(name)
+    if folder is not None:
+        files = _weight_files(folder)
         return files[0] if len(files) == 1 else None
     return None
 

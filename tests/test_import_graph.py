@@ -1,0 +1,93 @@
+"""salip's modules form no import cycle, counting imports made inside functions."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in sorted((REPO / "salip").rglob("*.py")):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _imported(module: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The salip modules ``module`` imports anywhere in its file (functions included)."""
+    found: set[str] = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in known and name != module}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module name -> the salip modules it imports."""
+    known = _modules()
+    return {name: _imported(name, path, known) for name, path in known.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (first repeated last), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_among_salip_modules():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_finds_cycles():
+    """The check above can fail: a graph with a cycle through a function-level import."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+    graph = import_graph()
+    # Function-level imports are seen: pipeline imports the head's segmenter inside a function.
+    assert "salip.head.segmenter" in graph["salip.pipeline"]
+    graph["salip.head.segmenter"] = graph["salip.head.segmenter"] | {"salip.pipeline"}
+    assert find_cycle(graph) is not None
+
+
+def test_local_dir_parsing_matches_open_clip():
+    from open_clip.factory import parse_model_name
+
+    from salip.models.specs import local_dir
+
+    for spec in ("local-dir:/models/clip", "local-dir:rel/dir", "ViT-L-14", "hf-hub:org/repo"):
+        schema, identifier = parse_model_name(spec)
+        folder = local_dir(spec)
+        assert (folder is not None) == (schema == "local-dir"), spec
+        if folder is not None:
+            assert folder == Path(identifier)
