@@ -2,7 +2,32 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+import numpy as np
 import torch
+
+Boxes = TypeVar("Boxes", np.ndarray, torch.Tensor)
+
+
+def grow_boxes(boxes: Boxes, margin: float) -> Boxes:
+    """Grow XYXY boxes by ``margin`` x their size on every side, unclipped.
+
+    The one box convention of salip: XYXY in pixels of the slice with the max corner
+    inclusive, as ``batched_mask_to_box`` gives it, so a box from x0 to x1 is
+    ``x1 - x0 + 1`` pixels wide and that is the size the margin scales.
+
+    Args:
+        boxes: float Kx4 (or 4) XYXY, numpy or torch.
+        margin: fraction of the box's width/height added on each side (0: unchanged).
+
+    Returns:
+        Boxes of the same type and shape, XYXY with the max corner inclusive.
+    """
+    x0, y0, x1, y1 = (boxes[..., i] for i in range(4))
+    dx, dy = (x1 - x0 + 1) * margin, (y1 - y0 + 1) * margin
+    stack = torch.stack if isinstance(boxes, torch.Tensor) else np.stack
+    return stack([x0 - dx, y0 - dy, x1 + dx, y1 + dy], -1)
 
 
 def prompt_boxes(boxes: torch.Tensor, margin: float, height: int, width: int) -> torch.Tensor:
@@ -11,7 +36,8 @@ def prompt_boxes(boxes: torch.Tensor, margin: float, height: int, width: int) ->
     Args:
         boxes: Kx4 float XYXY in pixels of the slice (max inclusive, as from
             ``batched_mask_to_box``).
-        margin: fraction of the box's width/height added on each side (0: unchanged).
+        margin: fraction of the box's width/height added on each side (0: unchanged),
+            as :func:`grow_boxes` counts it.
         height, width: slice size.
 
     Returns:
@@ -21,8 +47,5 @@ def prompt_boxes(boxes: torch.Tensor, margin: float, height: int, width: int) ->
 
     boxes = boxes.float()
     if margin > 0:
-        size = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], dim=1).repeat(
-            1, 2
-        )
-        boxes = boxes + size * margin * torch.tensor([-1.0, -1.0, 1.0, 1.0], device=boxes.device)
+        boxes = grow_boxes(boxes, margin)
     return clip_boxes_to_image(boxes, (height, width))

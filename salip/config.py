@@ -8,14 +8,13 @@ read from the field's metadata, so the CLI cannot drift from the library.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from salip.errors import ConfigError, SalipError
+from salip.errors import ConfigError, SalipError, did_you_mean
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,),
@@ -402,8 +401,7 @@ def check_keys(
     the valid keys."""
     bad = [k for k in keys if k not in valid]
     if bad:
-        close = difflib.get_close_matches(bad[0], valid, n=1, cutoff=0.6)
-        hint = f" Did you mean: {close[0]}?" if close else ""
+        hint = did_you_mean(bad[0], valid, cutoff=0.6)
         raise error(
             f"{where}: unknown key(s) {', '.join(bad)}.{hint} Valid keys: {', '.join(valid)}."
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from salip.boxes import grow_boxes
 from salip.config import CropConfig
 from salip.proposals import Proposals
 
@@ -17,18 +18,17 @@ CROP_MODES = ("masked", "box")
 def expand_box(
     box: np.ndarray, margin: float, height: int, width: int
 ) -> tuple[int, int, int, int]:
-    """Grow an XYXY box (inclusive max) by ``margin`` x its size per side, clipped.
+    """Grow an XYXY box (max corner inclusive) by ``margin`` (:func:`salip.boxes.grow_boxes`)
+    and clip it to the image.
 
     Returns integer (x0, y0, x1, y1) with exclusive x1, y1, ready for slicing.
     """
-    x0, y0, x1, y1 = (float(v) for v in box)
-    dx = (x1 - x0 + 1) * margin
-    dy = (y1 - y0 + 1) * margin
+    x0, y0, x1, y1 = grow_boxes(np.asarray(box, dtype=np.float64), margin).tolist()
     return (
-        max(0, int(np.floor(x0 - dx))),
-        max(0, int(np.floor(y0 - dy))),
-        min(width, int(np.ceil(x1 + 1 + dx))),
-        min(height, int(np.ceil(y1 + 1 + dy))),
+        max(0, int(np.floor(x0))),
+        max(0, int(np.floor(y0))),
+        min(width, int(np.ceil(x1 + 1))),
+        min(height, int(np.ceil(y1 + 1))),
     )
 
 

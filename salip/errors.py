@@ -6,6 +6,31 @@ Every message is one line that says what went wrong and what to do next. The CLI
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Callable, Iterable
+
+
+def did_you_mean(
+    word: str,
+    options: Iterable[str],
+    *,
+    n: int = 1,
+    cutoff: float = 0.5,
+    show: Callable[[str], str] | None = None,
+) -> str:
+    """`` Did you mean: a, b?`` for the ``n`` options closest to ``word``, or "".
+
+    Args:
+        word: what the user wrote.
+        options: the valid spellings (difflib's ratio ranks them, best first).
+        n, cutoff: at most ``n`` suggestions, each at least ``cutoff`` similar.
+        show: maps a matched option to the name to suggest (repeats are dropped), e.g. a
+            synonym to its canonical name.
+    """
+    close = difflib.get_close_matches(str(word), list(options), n=n, cutoff=cutoff)
+    names = list(dict.fromkeys(show(c) if show else c for c in close))
+    return f" Did you mean: {', '.join(names)}?" if names else ""
+
 
 def one_line(text: object, limit: int = 200) -> str:
     """The first non-blank line of ``text``, cut to ``limit`` characters.

@@ -12,10 +12,9 @@ them against TotalSegmentator's own name tables.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
-from salip.errors import OrganError
+from salip.errors import OrganError, did_you_mean
 from salip.organs import with_pairs
 
 
@@ -271,8 +270,7 @@ def get_label_sets(name: str) -> list[LabelSet]:
     if key in ALIASES:
         return [LABEL_SETS[n] for n in ALIASES[key]]
     valid = [*LABEL_SETS, *ALIASES]
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    hint = did_you_mean(key, valid, n=3)
     raise OrganError(f"unknown label set '{name}'.{hint} Valid: {', '.join(valid)}.")
 
 

@@ -12,13 +12,12 @@ radiological display convention shows on the image right.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from salip.errors import OrganError
+from salip.errors import OrganError, did_you_mean
 
 MODALITIES = ("ct", "mr", "xray", "us")
 REGIONS = ("head", "thorax", "abdomen", "pelvis", "fetal")
@@ -172,9 +171,7 @@ def get_organ(name: str) -> Organ:
     key = _key(name)
     if key in _LOOKUP:
         return ORGANS[_LOOKUP[key]]
-    close = difflib.get_close_matches(key, list(_LOOKUP), n=4, cutoff=0.5)
-    suggestions = list(dict.fromkeys(_LOOKUP[c] for c in close))  # best match first
-    hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
+    hint = did_you_mean(key, _LOOKUP, n=4, show=_LOOKUP.__getitem__)  # synonyms -> names
     raise OrganError(
         f"unknown organ '{name}'.{hint} `salip organs` lists all {len(ORGANS)} known organs."
     )

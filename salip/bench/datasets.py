@@ -36,7 +36,6 @@ files are read, and checked against the image's shape, by :func:`load_references
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import glob
 import json
 import logging
@@ -49,7 +48,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from salip.errors import BenchmarkError, OrganError
+from salip.errors import BenchmarkError, OrganError, did_you_mean
 from salip.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, file_stem
 from salip.label_sets import MSD, TOTALSEG, TOTALSEG_FILES, LabelSet, get_label_sets
 from salip.organs import MODALITIES, ORGANS, get_organ, with_pairs
@@ -357,8 +356,7 @@ def _check_organ_map(spec: _Spec, organ_map: Mapping[str, str], names: Iterable[
     known = list(dict.fromkeys(names))
     for key in organ_map:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            hint = did_you_mean(key, known, n=3)
             spec.fail(
                 f"organ_map key '{key}' is not a class of this dataset.{hint} "
                 f"Its classes: {', '.join(known)}."
@@ -667,16 +665,14 @@ def load_dataset(
         )
     kind = spec.get("kind")
     if kind not in KINDS:
-        close = difflib.get_close_matches(str(kind), KINDS, n=1, cutoff=0.5)
-        hint = f" Did you mean: {close[0]}?" if close else ""
+        hint = did_you_mean(str(kind), KINDS)
         raise BenchmarkError(
             f"dataset '{name}': unknown kind {kind!r}.{hint} Valid kinds: {', '.join(KINDS)}."
         )
     valid = KIND_KEYS[kind]
     unknown = [key for key in spec if key not in valid]
     if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), valid, n=1, cutoff=0.5)
-        hint = f" Did you mean: {close[0]}?" if close else ""
+        hint = did_you_mean(str(unknown[0]), valid)
         raise BenchmarkError(
             f"dataset '{name}' ({kind}): unknown key(s) {', '.join(map(str, unknown))}.{hint} "
             f"Valid keys for {kind}: {', '.join(valid)}."

@@ -31,7 +31,6 @@ Adding a method is a subclass of :class:`Method` that builds a
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from salip.config import ModelConfig, SegmentConfig, SegmenterConfig, flat_fields
-from salip.errors import BenchmarkError, SalipError
+from salip.errors import BenchmarkError, SalipError, did_you_mean
 from salip.organs import Organ
 
 if TYPE_CHECKING:
@@ -300,8 +299,8 @@ class HeadMethod(Method):
     defaults: ClassVar[dict[str, Any]] = {"method": "head"}
 
     def __init__(self, name: str, config: SegmentConfig, options: Mapping[str, Any]):
+        from salip.hashing import file_sha256
         from salip.head.segmenter import read_head_manifest
-        from salip.models.download import file_sha256
 
         super().__init__(name, config, options)
         # A missing head setting is refused by SegmentConfig's validation before this.
@@ -390,8 +389,7 @@ def make_method(table: Mapping[str, Any], models: Mapping[str, Any]) -> Method:
         raise BenchmarkError(f"a method has no `name` (got {name!r}); it is the table's row label.")
     kind = table.get("method")
     if kind not in METHODS:
-        close = difflib.get_close_matches(str(kind), METHODS, n=1, cutoff=0.5)
-        hint = f" Did you mean: {close[0]}?" if close else ""
+        hint = did_you_mean(str(kind), METHODS)
         raise BenchmarkError(
             f"method '{name}': unknown method {kind!r}.{hint} Valid methods: {', '.join(METHODS)}."
         )
@@ -403,8 +401,7 @@ def make_method(table: Mapping[str, Any], models: Mapping[str, Any]) -> Method:
     bad = [key for key in options if key not in allowed]
     if bad:
         where = " (model settings belong in [models])" if set(bad) & set(_MODEL_FIELDS) else ""
-        close = difflib.get_close_matches(bad[0], allowed, n=1, cutoff=0.6)
-        hint = f" Did you mean: {close[0]}?" if close else ""
+        hint = did_you_mean(bad[0], allowed, cutoff=0.6)
         raise BenchmarkError(
             f"method '{name}' ({kind}): setting(s) {', '.join(bad)} not read by this "
             f"method{where}.{hint} Valid settings: {', '.join(sorted(allowed))}."

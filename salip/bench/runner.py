@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from salip.bench.datasets import Case, load_dataset, load_references
 from salip.bench.methods import CaseInput, Method, Models, make_method
 from salip.config import check_keys, read_toml
 from salip.errors import BenchmarkError, SalipError
+from salip.hashing import fingerprint
 from salip.models.specs import local_dir, resolve_model_paths
 from salip.prefetch import prefetch
 from salip.version import __version__
@@ -233,7 +233,7 @@ def load_config(path: str | Path) -> BenchmarkConfig:
 
 def _model_identity(config: BenchmarkConfig, needs_clip: bool) -> dict[str, Any]:
     """Model settings with checkpoint SHA-256s; fails early when a checkpoint is missing."""
-    from salip.models.download import file_sha256
+    from salip.hashing import file_sha256
     from salip.models.sam import resolve_sam_checkpoint
 
     m = config.methods[0].config.models
@@ -317,11 +317,6 @@ def _case_identity(case: Case) -> dict[str, Any]:
         "threshold": case.threshold,
         "fill_outline": case.fill_outline,
     }
-
-
-def _fingerprint(*parts: Any) -> str:
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _spacing(geometry: Any, ndim: int) -> tuple[float, ...]:
@@ -584,9 +579,9 @@ def run_benchmark(
         folder, steps = _case_dir(out_dir, case), []
         for method in cfg.methods:
             record_path = folder / f"{urllib.parse.quote(method.name, safe='')}.json"
-            fingerprint = _fingerprint(method.describe(), identity, _case_identity(case), settings)
-            record = None if rerun else _read_record(record_path, fingerprint)
-            steps.append((method, record_path, fingerprint, record))
+            key = fingerprint([method.describe(), identity, _case_identity(case), settings])
+            record = None if rerun else _read_record(record_path, key)
+            steps.append((method, record_path, key, record))
         plan.append((case, steps))
     # The next case's image is read in a background thread while this one runs.
     to_compute = [case for case, steps in plan if any(step[3] is None for step in steps)]
@@ -596,12 +591,12 @@ def run_benchmark(
         for case, steps in plan:
             volume = next(volumes) if case.key in needs_volume else None
             runner = _CaseRun(case, models, cfg.metrics, volume)
-            for method, record_path, fingerprint, record in steps:
+            for method, record_path, key, record in steps:
                 bar.set_postfix_str(f"{case.key} {method.name}", refresh=False)
                 if record is not None:
                     reused += 1
                 else:
-                    record = _compute(runner, case, method, record_path, fingerprint, out_dir)
+                    record = _compute(runner, case, method, record_path, key, out_dir)
                     computed += 1
                 all_rows += record["rows"]
                 bar.update(1)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from salip.models.download import file_sha256
+from salip.hashing import file_sha256
 from salip.models.sam import LoadedSam
 from salip.models.sam_runtime import BatchSize, ImageEmbedding, encode_images
 

@@ -24,15 +24,6 @@ logger = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks (checkpoints are gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _temporary_beside(dest: Path) -> tuple[int, Path]:
     """An open, empty temporary file in ``dest``'s folder (created if missing): (fd, path).
 
