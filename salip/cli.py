@@ -93,9 +93,12 @@ def _config_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in fields}
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    from salip.head.config import TrainSettings  # light: no torch
+if typing.TYPE_CHECKING:
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
+
+def _build_parser() -> argparse.ArgumentParser:
+    """The top ``salip`` parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="salip",
         description="Zero-shot organ segmentation with a SAM + CLIP cascade (SaLIP).",
@@ -107,7 +110,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("-q", "--quiet", action="store_true", help="Only warnings and errors.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_segment(sub, common)
+    _add_proposals(sub, common)
+    _add_benchmark(sub, common)
+    _add_bench_speed(sub, common)
+    _add_head(sub, common)
+    _add_models(sub, common)
+    _add_organs(sub, common)
+    _add_prompts(sub, common)
+    return parser
 
+
+def _add_segment(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip segment``."""
     seg = sub.add_parser(
         "segment",
         parents=[common],
@@ -143,6 +158,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_flags(seg, list(_GROUP_TITLES))
     seg.set_defaults(func=_cmd_segment)
 
+
+def _add_proposals(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip proposals``."""
     prop = sub.add_parser(
         "proposals",
         parents=[common],
@@ -163,6 +181,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_flags(prop, ["input", "models", "slicing", "proposals"])
     prop.set_defaults(func=_cmd_proposals)
 
+
+def _add_benchmark(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip benchmark``."""
     bench = sub.add_parser(
         "benchmark",
         parents=[common],
@@ -187,6 +208,9 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     bench.set_defaults(func=_cmd_benchmark)
 
+
+def _add_bench_speed(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip bench-speed``."""
     speed = sub.add_parser(
         "bench-speed",
         parents=[common],
@@ -215,6 +239,11 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_flags(speed, ["models", "slicing", "proposals"])
     speed.set_defaults(func=_cmd_bench_speed)
 
+
+def _add_head(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip head train``."""
+    from salip.head.config import TrainSettings  # light: no torch
+
     head = sub.add_parser("head", help="Train the learned comparator head on SAM features.")
     hsub = head.add_subparsers(dest="head_command", required=True, metavar="ACTION")
     train = hsub.add_parser(
@@ -241,6 +270,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=_cmd_head_train)
 
+
+def _add_models(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip models download`` and ``salip models list``."""
     models = sub.add_parser("models", help="Download or list SAM checkpoints.")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     dl = msub.add_parser(
@@ -262,6 +294,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ls.set_defaults(func=_cmd_models_list)
 
+
+def _add_organs(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip organs``."""
     organs = sub.add_parser(
         "organs",
         parents=[common],
@@ -274,6 +309,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "msd (all Decathlon tasks) or one msd_* task.",
     )
     organs.set_defaults(func=_cmd_organs)
+
+
+def _add_prompts(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip prompts generate``, ``list`` and ``show``."""
+    from salip.prompt_generation import GenerationConfig
 
     prompts = sub.add_parser("prompts", help="Generate, list or show description prompts.")
     psub = prompts.add_subparsers(dest="prompts_command", required=True, metavar="ACTION")
@@ -305,8 +345,6 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Replace existing entries of this modality (hand-written ones included).",
     )
-    from salip.prompt_generation import GenerationConfig
-
     _add_dataclass_flags(gen.add_argument_group("language model"), GenerationConfig)
     gen.set_defaults(func=_cmd_prompts_generate)
     pls = psub.add_parser(
@@ -319,7 +357,6 @@ def _build_parser() -> argparse.ArgumentParser:
     show.add_argument("organ", help="Organ name (or 'background').")
     show.add_argument("--modality", choices=("ct", "mr", "xray", "us"), help="Only this one.")
     show.set_defaults(func=_cmd_prompts_show)
-    return parser
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
