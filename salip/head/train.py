@@ -26,7 +26,6 @@ changed config is refused with the names of the changed settings. Use another ``
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import math
@@ -39,13 +38,12 @@ from typing import Any
 import torch
 
 from salip.errors import ConfigError
+from salip.hashing import fingerprint
 from salip.head.config import MANIFEST_FORMAT, HeadTrainConfig, load_head_config
 from salip.head.model import HeadArch, OrganHead, trainable_parameters
 from salip.version import __version__
 
 logger = logging.getLogger(__name__)
-
-#: ``format`` of head.pt manifests; bumped when the layout changes.
 
 
 @dataclass
@@ -88,11 +86,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _fingerprint(settings: dict[str, Any]) -> str:
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -181,6 +174,67 @@ def _validate(
     return dice
 
 
+@dataclass
+class _Run:
+    """The resolved settings, cases and split of one training run (phase 1)."""
+
+    cfg: HeadTrainConfig
+    out: Path
+    seg_cfg: Any
+    cases: list[Any]
+    classes: list[str]
+    train_keys: list[str]
+    val_keys: list[str]
+    sam_path: Path
+    sam_sha256: str
+    described: dict[str, Any]
+    fingerprint: str
+
+    @property
+    def settings(self) -> Any:
+        return self.cfg.train
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+
+@dataclass
+class _Models:
+    """SAM, the CLIP text codes and the head's architecture (phase 2)."""
+
+    device: str
+    precision: str
+    sam: Any
+    prompts: list[str]
+    codes: torch.Tensor | None
+    clip_identity: dict[str, Any] | None
+    arch: HeadArch
+
+
+@dataclass
+class _Data:
+    """The embedding cache and the training and validation slices (phase 3)."""
+
+    cache: Any
+    case_infos: list[dict[str, Any]]
+    train_samples: list[Any]
+    val_samples: list[Any]
+    weights: torch.Tensor
+
+
+@dataclass
+class _Trainer:
+    """Head, optimiser, schedule and history, fresh or resumed (phase 4)."""
+
+    model: OrganHead
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    manifest_base: dict[str, Any]
+    history: list[dict[str, Any]]
+    start_epoch: int
+
+
 def train_head(
     config: HeadTrainConfig | str | Path,
     out: str | Path,
@@ -205,26 +259,77 @@ def train_head(
         salip.errors.BenchmarkError: a bad dataset table or case.
         salip.errors.ModelError: a missing or unreadable checkpoint.
     """
-    from tqdm.auto import tqdm
+    run = _plan_run(config, out)
+    state = _previous_state(run) if resume and run.last_path.is_file() else None
+    if state is not None and state["epoch"] >= run.settings.epochs:
+        return _finished(run.out, state)
+    if state is None:  # a fresh start: an older run's head must not outlive it
+        _remove_stale_head(run.out)
+    models = _load_models(run)
+    data = _load_data(run, models, progress)
+    trainer = _build_trainer(run, models, data, state)
+    step_losses, state = _run_epochs(run, models.device, data, trainer, state, progress)
+    if state is None:  # pragma: no cover - epochs >= 1 always runs or resumes one
+        raise ConfigError("nothing to train: epochs must be at least 1.")
+    head_path, manifest = _write_head(run.out, state)
+    return HeadTrainResult(
+        out=run.out,
+        head_path=head_path,
+        manifest=manifest,
+        start_epoch=trainer.start_epoch,
+        epochs_run=run.settings.epochs - trainer.start_epoch,
+        steps_run=len(step_losses),
+        step_losses=step_losses,
+        cache_hits=data.cache.hits,
+        cache_misses=data.cache.misses,
+        history=trainer.history,
+    )
 
+
+def _plan_run(config: HeadTrainConfig | str | Path, out: str | Path) -> _Run:
+    """Phase 1: the config, the output folder, the cases and their split, the fingerprint."""
     from salip.bench.datasets import load_dataset
-    from salip.head.cache import EmbeddingCache, file_identity
-    from salip.head.data import SliceDataset, build_samples, sampling_weights, split_cases
-    from salip.head.loss import head_loss
-    from salip.models.device import resolve_device
-    from salip.models.precision import resolve_precision
-    from salip.models.sam import load_sam, resolve_sam_checkpoint
+    from salip.head.cache import file_identity
+    from salip.models.sam import resolve_sam_checkpoint
 
     cfg = config if isinstance(config, HeadTrainConfig) else load_head_config(config)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the trained head.")
-    settings = cfg.train
     seg_cfg = cfg.segment_config()
     cases = []
     for table in cfg.datasets:
         cases += load_dataset(table, cfg.base_dir)
     classes = _classes(cfg, cases)
+    train_keys, val_keys = _split(cfg, cases)
+    sam_path = resolve_sam_checkpoint(seg_cfg.models.sam_checkpoint)
+    sam_sha256 = file_identity(sam_path)
+    described = {
+        **cfg.describe(),
+        "classes": classes,
+        "cases": [case.key for case in cases],
+        "sam_sha256": sam_sha256,
+    }
+    return _Run(
+        cfg=cfg,
+        out=out,
+        seg_cfg=seg_cfg,
+        cases=cases,
+        classes=classes,
+        train_keys=train_keys,
+        val_keys=val_keys,
+        sam_path=sam_path,
+        sam_sha256=sam_sha256,
+        described=described,
+        fingerprint=fingerprint(described),
+    )
+
+
+def _split(cfg: HeadTrainConfig, cases: Sequence[Any]) -> tuple[list[str], list[str]]:
+    """Training and validation case keys, the training ones cut to ``train_cases``."""
+    from salip.head.data import split_cases
+
+    settings = cfg.train
     train_keys, val_keys = split_cases(
         [case.key for case in cases], settings.val_fraction, settings.seed
     )
@@ -238,68 +343,82 @@ def train_head(
         # The first N by key: the subsets of a learning curve are nested, and the
         # validation cases do not change with N.
         train_keys = train_keys[: settings.train_cases]
-    sam_path = resolve_sam_checkpoint(seg_cfg.models.sam_checkpoint)
-    sam_sha256 = file_identity(sam_path)
-    described = {
-        **cfg.describe(),
-        "classes": classes,
-        "cases": [case.key for case in cases],
-        "sam_sha256": sam_sha256,
-    }
-    fingerprint = _fingerprint(described)
+    return train_keys, val_keys
 
-    last_path = out / "last.pt"
-    state: dict[str, Any] | None = None
-    if resume and last_path.is_file():
-        state = _load_state(last_path)
-        if state.get("fingerprint") != fingerprint:
-            changed = _changed(state.get("settings", {}), described) or ["settings"]
-            raise ConfigError(
-                f"{out} holds a head training run with other settings (changed: "
-                f"{', '.join(changed)}); train into another --out folder, or start again "
-                "there with resume=False (--no-resume)."
-            )
-        if state["epoch"] >= settings.epochs:
-            head_path = out / "head.pt"
-            if head_path.is_file():
-                manifest = torch.load(head_path, map_location="cpu", weights_only=True)["manifest"]
-            else:
-                head_path, manifest = _write_head(out, state)
-            logger.info(
-                "%s: training already complete (%d epochs); nothing to do", out, state["epoch"]
-            )
-            return HeadTrainResult(
-                out, head_path, manifest, state["epoch"], 0, 0, history=state["history"]
-            )
 
-    if state is None:  # a fresh start: an older run's head must not outlive it
-        for stale in (out / "head.pt", out / "manifest.json"):
-            if stale.is_file():
-                logger.info("%s: replacing the head of an earlier run", stale)
-                stale.unlink()
-    device = resolve_device(seg_cfg.models.device)
-    precision = resolve_precision(seg_cfg.models.precision, device)
-    sam = load_sam(str(sam_path), device=device, model_type=seg_cfg.models.sam_model_type)
-    embed_dim = int(sam.arch.prompt_embed_dim)
-    prompts = class_prompts(classes, settings.prompt_template)
+def _previous_state(run: _Run) -> dict[str, Any]:
+    """The saved state of the run in ``run.out``; refused if its settings differ."""
+    state = _load_state(run.last_path)
+    if state.get("fingerprint") != run.fingerprint:
+        changed = _changed(state.get("settings", {}), run.described) or ["settings"]
+        raise ConfigError(
+            f"{run.out} holds a head training run with other settings (changed: "
+            f"{', '.join(changed)}); train into another --out folder, or start again "
+            "there with resume=False (--no-resume)."
+        )
+    return state
+
+
+def _finished(out: Path, state: dict[str, Any]) -> HeadTrainResult:
+    """The result of a run that is already complete (head.pt written again if missing)."""
+    head_path = out / "head.pt"
+    if head_path.is_file():
+        manifest = torch.load(head_path, map_location="cpu", weights_only=True)["manifest"]
+    else:
+        head_path, manifest = _write_head(out, state)
+    logger.info("%s: training already complete (%d epochs); nothing to do", out, state["epoch"])
+    return HeadTrainResult(out, head_path, manifest, state["epoch"], 0, 0, history=state["history"])
+
+
+def _remove_stale_head(out: Path) -> None:
+    for stale in (out / "head.pt", out / "manifest.json"):
+        if stale.is_file():
+            logger.info("%s: replacing the head of an earlier run", stale)
+            stale.unlink()
+
+
+def _load_models(run: _Run) -> _Models:
+    """Phase 2: device, precision, SAM, the prompts' CLIP codes and the head's architecture."""
+    from salip.models.device import resolve_device
+    from salip.models.precision import resolve_precision
+    from salip.models.sam import load_sam
+
+    settings, models = run.settings, run.seg_cfg.models
+    device = resolve_device(models.device)
+    precision = resolve_precision(models.precision, device)
+    sam = load_sam(str(run.sam_path), device=device, model_type=models.sam_model_type)
+    prompts = class_prompts(run.classes, settings.prompt_template)
     codes = None
     clip_identity = None
     if settings.variant != "static":
-        codes, clip_identity = _text_codes(seg_cfg, prompts, device)
+        codes, clip_identity = _text_codes(run.seg_cfg, prompts, device)
     arch = HeadArch(
-        embed_dim=embed_dim,
-        num_classes=len(classes),
+        embed_dim=int(sam.arch.prompt_embed_dim),
+        num_classes=len(run.classes),
         variant=settings.variant,
         text_dim=None if codes is None else int(codes.shape[1]),
     )
+    return _Models(device, precision, sam, prompts, codes, clip_identity, arch)
 
-    cache = EmbeddingCache(sam, batch_size=settings.encoder_batch_size, precision=precision)
-    used = set(train_keys) | set(val_keys)
-    samples, case_infos = build_samples(
-        [case for case in cases if case.key in used], classes, seg_cfg, cache, progress=progress
+
+def _load_data(run: _Run, models: _Models, progress: bool) -> _Data:
+    """Phase 3: every used slice's embedding (cached) and target, split and weighted."""
+    from salip.head.cache import EmbeddingCache
+    from salip.head.data import build_samples, sampling_weights
+
+    cache = EmbeddingCache(
+        models.sam, batch_size=run.settings.encoder_batch_size, precision=models.precision
     )
-    train_samples = [s for s in samples if s.case in train_keys]
-    val_samples = [s for s in samples if s.case in val_keys]
+    used = set(run.train_keys) | set(run.val_keys)
+    samples, case_infos = build_samples(
+        [case for case in run.cases if case.key in used],
+        run.classes,
+        run.seg_cfg,
+        cache,
+        progress=progress,
+    )
+    train_samples = [s for s in samples if s.case in run.train_keys]
+    val_samples = [s for s in samples if s.case in run.val_keys]
     if not train_samples:
         raise ConfigError(
             "no training slice: every slice of the training cases is empty; check the "
@@ -310,16 +429,24 @@ def train_head(
         "head data: %d train slices (%d cases), %d validation slices (%d cases); "
         "embedding cache: %d hits, %d encoded",
         len(train_samples),
-        len(train_keys),
+        len(run.train_keys),
         len(val_samples),
-        len(val_keys),
+        len(run.val_keys),
         cache.hits,
         cache.misses,
     )
+    return _Data(cache, case_infos, train_samples, val_samples, weights)
 
+
+def _build_trainer(
+    run: _Run, models: _Models, data: _Data, state: dict[str, Any] | None
+) -> _Trainer:
+    """Phase 4: the seeded head, AdamW and its schedule; resumed from ``state`` if given."""
+    settings = run.settings
     torch.manual_seed(settings.seed)
     # randtext starts from random codes: CLIP only told it the code size D.
-    model = OrganHead(arch, codes if settings.variant == "clip" else None).to(device)
+    codes = models.codes if settings.variant == "clip" else None
+    model = OrganHead(models.arch, codes).to(models.device)
     model.train()
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
@@ -333,22 +460,41 @@ def train_head(
         return lr_factor(step, warmup, total_steps)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    manifest_base = {
+    trainer = _Trainer(model, optimizer, scheduler, _manifest_base(run, models, data), [], 0)
+    if state is not None:
+        model.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        trainer.history = list(state["history"])
+        trainer.start_epoch = int(state["epoch"])
+        trainer.manifest_base["created"] = state["manifest"]["created"]
+        logger.info(
+            "resuming %s after epoch %d of %d", run.out, trainer.start_epoch, settings.epochs
+        )
+    return trainer
+
+
+def _manifest_base(run: _Run, models: _Models, data: _Data) -> dict[str, Any]:
+    """The manifest of head.pt, less the metrics (known when training is done)."""
+    settings, seg_cfg, arch, sam = run.settings, run.seg_cfg, models.arch, models.sam
+    clip = settings.variant == "clip"
+    return {
         "format": MANIFEST_FORMAT,
         "salip_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "sam": {
             "checkpoint": seg_cfg.models.sam_checkpoint,
             "path": str(sam.path),
-            "sha256": sam_sha256,
+            "sha256": run.sam_sha256,
             "arch": sam.arch.name,
             "image_size": sam.arch.image_size,
-            "embed_dim": embed_dim,
+            "embed_dim": int(sam.arch.prompt_embed_dim),
         },
-        "clip": clip_identity if settings.variant == "clip" else None,
-        "classes": classes,
+        "clip": models.clip_identity if clip else None,
+        "classes": run.classes,
         "prompt_template": settings.prompt_template,
-        "prompts": prompts if settings.variant == "clip" else None,
+        "prompts": models.prompts if clip else None,
         "variant": settings.variant,
         "head": {
             "embed_dim": arch.embed_dim,
@@ -357,7 +503,7 @@ def train_head(
             "text_dim": arch.text_dim,
             "trainable_parameters": trainable_parameters(arch),
         },
-        "encoder_precision": precision,
+        "encoder_precision": models.precision,
         "slicing": {
             "axis": settings.axis,
             "window": settings.window,
@@ -365,73 +511,45 @@ def train_head(
             "percentile_low": seg_cfg.slicing.percentile_low,
             "percentile_high": seg_cfg.slicing.percentile_high,
         },
-        "train": described["train"],
+        "train": run.described["train"],
         "data": {
-            "datasets": described["datasets"],
-            "cases": case_infos,
-            "split": {"train": train_keys, "val": val_keys},
-            "slices": {"train": len(train_samples), "val": len(val_samples)},
+            "datasets": run.described["datasets"],
+            "cases": data.case_infos,
+            "split": {"train": run.train_keys, "val": run.val_keys},
+            "slices": {"train": len(data.train_samples), "val": len(data.val_samples)},
         },
     }
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if state is not None:
-        model.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"])
-        manifest_base["created"] = state["manifest"]["created"]
-        logger.info("resuming %s after epoch %d of %d", out, start_epoch, settings.epochs)
 
-    train_set = SliceDataset(train_samples)
+
+def _run_epochs(
+    run: _Run,
+    device: str,
+    data: _Data,
+    trainer: _Trainer,
+    state: dict[str, Any] | None,
+    progress: bool,
+) -> tuple[list[float], dict[str, Any] | None]:
+    """Phase 5: the remaining epochs, each validated, logged and saved to last.pt.
+
+    Returns every step's loss and the last saved state (``state`` if no epoch ran).
+    """
+    from salip.head.data import SliceDataset
+
+    settings = run.settings
+    train_set = SliceDataset(data.train_samples)
     val_loader = torch.utils.data.DataLoader(
-        SliceDataset(val_samples), batch_size=settings.batch_size
+        SliceDataset(data.val_samples), batch_size=settings.batch_size
     )
     step_losses: list[float] = []
-    for epoch in range(start_epoch, settings.epochs):
+    for epoch in range(trainer.start_epoch, settings.epochs):
         started = time.perf_counter()
-        # A generator per epoch, seeded from (seed, epoch): a resumed epoch draws the same
-        # slices as it would have in one uninterrupted run.
-        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
-        sampler = torch.utils.data.WeightedRandomSampler(
-            weights,
-            settings.steps_per_epoch * settings.batch_size,
-            replacement=True,
-            generator=generator,
-        )
-        loader = torch.utils.data.DataLoader(
-            train_set, batch_size=settings.batch_size, sampler=sampler
-        )
-        losses = []
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{settings.epochs}",
-            unit="step",
-            disable=not progress,
-        )
-        for features, target, valid, labelled in bar:
-            logits = model(features.to(device))
-            loss = head_loss(logits, target.to(device), valid.to(device), labelled.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+        losses = _train_epoch(run, device, train_set, data.weights, trainer, epoch, progress)
         step_losses += losses
-        val_dice = _validate(model, val_loader, classes, device) if val_samples else None
-        scored = [v for v in (val_dice or {}).values() if v is not None]
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": round(sum(losses) / len(losses), 6),
-            "val_dice": val_dice,
-            "val_mean_dice": round(sum(scored) / len(scored), 6) if scored else None,
-            "lr": scheduler.get_last_lr()[0],
-            "wall_s": round(time.perf_counter() - started, 2),
-        }
-        history.append(record)
+        val_dice = (
+            _validate(trainer.model, val_loader, run.classes, device) if data.val_samples else None
+        )
+        record = _epoch_record(epoch, losses, val_dice, trainer, started)
+        trainer.history.append(record)
         logger.info(
             "epoch %d/%d: train loss %.4f, validation Dice %s",
             epoch + 1,
@@ -440,33 +558,81 @@ def train_head(
             "n/a (no validation cases)" if val_dice is None else f"{record['val_mean_dice']}",
         )
         state = {
-            "fingerprint": fingerprint,
-            "settings": described,
+            "fingerprint": run.fingerprint,
+            "settings": run.described,
             "epoch": epoch + 1,
-            "head": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "head": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
-            "history": history,
-            "manifest": manifest_base,
+            "history": trainer.history,
+            "manifest": trainer.manifest_base,
         }
-        _save_torch(last_path, state)
+        _save_torch(run.last_path, state)
+    return step_losses, state
 
-    if state is None:  # pragma: no cover - epochs >= 1 always runs or resumes one
-        raise ConfigError("nothing to train: epochs must be at least 1.")
-    head_path, manifest = _write_head(out, state)
-    return HeadTrainResult(
-        out=out,
-        head_path=head_path,
-        manifest=manifest,
-        start_epoch=start_epoch,
-        epochs_run=settings.epochs - start_epoch,
-        steps_run=len(step_losses),
-        step_losses=step_losses,
-        cache_hits=cache.hits,
-        cache_misses=cache.misses,
-        history=history,
+
+def _train_epoch(
+    run: _Run,
+    device: str,
+    train_set: Any,
+    weights: torch.Tensor,
+    trainer: _Trainer,
+    epoch: int,
+    progress: bool,
+) -> list[float]:
+    """One epoch of ``steps_per_epoch`` optimiser steps; the loss of each step."""
+    from tqdm.auto import tqdm
+
+    from salip.head.loss import head_loss
+
+    settings = run.settings
+    # A generator per epoch, seeded from (seed, epoch): a resumed epoch draws the same
+    # slices as it would have in one uninterrupted run.
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
+    sampler = torch.utils.data.WeightedRandomSampler(
+        weights,
+        settings.steps_per_epoch * settings.batch_size,
+        replacement=True,
+        generator=generator,
     )
+    loader = torch.utils.data.DataLoader(train_set, batch_size=settings.batch_size, sampler=sampler)
+    losses = []
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{settings.epochs}",
+        unit="step",
+        disable=not progress,
+    )
+    for features, target, valid, labelled in bar:
+        logits = trainer.model(features.to(device))
+        loss = head_loss(logits, target.to(device), valid.to(device), labelled.to(device))
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    return losses
+
+
+def _epoch_record(
+    epoch: int,
+    losses: list[float],
+    val_dice: dict[str, float | None] | None,
+    trainer: _Trainer,
+    started: float,
+) -> dict[str, Any]:
+    """The history entry of one epoch."""
+    scored = [v for v in (val_dice or {}).values() if v is not None]
+    return {
+        "epoch": epoch + 1,
+        "train_loss": round(sum(losses) / len(losses), 6),
+        "val_dice": val_dice,
+        "val_mean_dice": round(sum(scored) / len(scored), 6) if scored else None,
+        "lr": trainer.scheduler.get_last_lr()[0],
+        "wall_s": round(time.perf_counter() - started, 2),
+    }
 
 
 def _text_codes(
