@@ -13,7 +13,7 @@ radiological display convention shows on the image right.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -21,7 +21,6 @@ from salip.errors import OrganError, did_you_mean
 
 MODALITIES = ("ct", "mr", "xray", "us")
 REGIONS = ("head", "thorax", "abdomen", "pelvis", "fetal")
-LATERALITIES = ("none", "left", "right")
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,6 @@ class Organ:
     parts: tuple[str, ...] = ()
 
 
-_CT_MR = ("ct", "mr")
 _ABDO_US = ("ct", "mr", "us")
 _THORAX = ("thorax",)
 _UPPER = ("thorax", "abdomen")
@@ -195,11 +193,6 @@ def parse_organs(values: str | Iterable[str]) -> list[Organ]:
         if organ not in organs:
             organs.append(organ)
     return organs
-
-
-def organ_names(organs: Sequence[Organ]) -> list[str]:
-    """Canonical names of ``organs``, in order."""
-    return [organ.name for organ in organs]
 
 
 _T = TypeVar("_T")

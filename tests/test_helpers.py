@@ -1,0 +1,44 @@
+"""The shared helpers that replaced per-module copies: hashes, suggestions, box growing."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from salip.boxes import grow_boxes, prompt_boxes
+from salip.crops import expand_box
+from salip.errors import did_you_mean
+from salip.hashing import file_sha256, fingerprint
+
+
+def test_fingerprint_is_canonical_json():
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint(("x", {"k": 1})) == fingerprint(["x", {"k": 1}])
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_file_sha256_of_known_bytes(tmp_path):
+    path = tmp_path / "abc"
+    path.write_bytes(b"abc")
+    assert file_sha256(path) == ("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+
+
+def test_did_you_mean():
+    assert did_you_mean("livr", ["liver", "spleen"]) == " Did you mean: liver?"
+    assert did_you_mean("zzz", ["liver"]) == ""
+    names = {"kidney_l": "kidney_left", "kidney_left": "kidney_left"}
+    assert did_you_mean("kidney_lef", names, n=3, show=names.__getitem__) == (
+        " Did you mean: kidney_left?"
+    )
+
+
+def test_grow_boxes_one_convention_for_numpy_and_torch():
+    box = np.array([20.0, 10.0, 39.0, 19.0])  # 20 x 10 pixels, max corner inclusive
+    grown = grow_boxes(box, 0.5)
+    np.testing.assert_allclose(grown, [10.0, 5.0, 49.0, 24.0])
+    torch.testing.assert_close(
+        grow_boxes(torch.tensor([box]), 0.5), torch.tensor([grown], dtype=torch.float64)
+    )
+    assert expand_box(box, 0.5, 50, 60) == (10, 5, 50, 25)  # exclusive max, clipped
+    prompt = prompt_boxes(torch.tensor([box], dtype=torch.float32), 0.5, 22, 45)
+    torch.testing.assert_close(prompt, torch.tensor([[10.0, 5.0, 45.0, 22.0]]))
