@@ -37,8 +37,8 @@ def test_grow_boxes_one_convention_for_numpy_and_torch():
     grown = grow_boxes(box, 0.5)
     np.testing.assert_allclose(grown, [10.0, 5.0, 49.0, 24.0])
     torch.testing.assert_close(
-        grow_boxes(torch.tensor([box]), 0.5), torch.tensor([grown], dtype=torch.float64)
+        grow_boxes(torch.from_numpy(box[None]), 0.5), torch.from_numpy(grown[None])
     )
     assert expand_box(box, 0.5, 50, 60) == (10, 5, 50, 25)  # exclusive max, clipped
-    prompt = prompt_boxes(torch.tensor([box], dtype=torch.float32), 0.5, 22, 45)
+    prompt = prompt_boxes(torch.from_numpy(box[None]).float(), 0.5, 22, 45)
     torch.testing.assert_close(prompt, torch.tensor([[10.0, 5.0, 45.0, 22.0]]))
