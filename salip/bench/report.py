@@ -249,33 +249,15 @@ def summary_markdown(summary: pd.DataFrame, run_info: Mapping[str, Any]) -> str:
         BenchmarkError: a column of :data:`SUMMARY_COLUMNS` is missing.
     """
     _require(summary, SUMMARY_COLUMNS, "summary")
-    lines = ["# SaLIP benchmark", ""]
-    run_line = _run_line(run_info)
-    if run_line:
-        lines += [run_line, ""]
-
+    lines = _title_lines(run_info)
     methods = _unique(summary["method"].astype(str))
     if not methods:
         lines += ["No results: the benchmark ran no case.", "", "0 error rows.", ""]
         return "\n".join(lines)
 
-    oracle = dict.fromkeys(methods, False)
-    for method, flag in zip(summary["method"].astype(str), summary["uses_ground_truth"]):
-        oracle[method] = oracle[method] or _as_bool(flag)
-    trained = dict.fromkeys(methods, False)
-    for method, kind in zip(summary["method"].astype(str), summary["method_kind"].astype(str)):
-        trained[method] = trained[method] or kind in TRAINED_KINDS
-    labels = {
-        m: _md_escape(m)
-        + (f" {ORACLE_MARK}" if oracle[m] else "")
-        + (f" {TRAINED_MARK}" if trained[m] else "")
-        for m in methods
-    }
-    columns = list(dict.fromkeys(zip(summary["dataset"].astype(str), summary["organ"].astype(str))))
-    one_dataset = len({dataset for dataset, _ in columns}) == 1
-    headers = [
-        _md_escape(organ if one_dataset else f"{organ} ({dataset})") for dataset, organ in columns
-    ]
+    oracle, trained = _method_flags(summary, methods)
+    labels = _method_labels(methods, oracle, trained)
+    columns, headers, one_dataset = _table_columns(summary)
     cells: dict[tuple[str, str, str], Mapping[str, Any]] = {
         (str(row["dataset"]), str(row["organ"]), str(row["method"])): row
         for row in summary.to_dict("records")
@@ -286,11 +268,65 @@ def summary_markdown(summary: pd.DataFrame, run_info: Mapping[str, Any]) -> str:
 
     table_lines, any_empty = _dice_tables(methods, columns, headers, labels, cells)
     lines += table_lines
+    notes = _notes(any(oracle.values()), any(trained.values()), any_empty, run_info)
+    for note in notes:
+        lines += [note, ""]
+    lines += _cases_table(summary, methods, labels)
+    return "\n".join(lines)
 
+
+def _title_lines(run_info: Mapping[str, Any]) -> list[str]:
+    """The title and, when ``run_info`` gives anything, the run line."""
+    lines = ["# SaLIP benchmark", ""]
+    run_line = _run_line(run_info)
+    if run_line:
+        lines += [run_line, ""]
+    return lines
+
+
+def _method_flags(
+    summary: pd.DataFrame, methods: list[str]
+) -> tuple[dict[str, bool], dict[str, bool]]:
+    """Per method: whether it reads the reference, and whether it is a trained head."""
+    oracle = dict.fromkeys(methods, False)
+    for method, flag in zip(summary["method"].astype(str), summary["uses_ground_truth"]):
+        oracle[method] = oracle[method] or _as_bool(flag)
+    trained = dict.fromkeys(methods, False)
+    for method, kind in zip(summary["method"].astype(str), summary["method_kind"].astype(str)):
+        trained[method] = trained[method] or kind in TRAINED_KINDS
+    return oracle, trained
+
+
+def _method_labels(
+    methods: list[str], oracle: Mapping[str, bool], trained: Mapping[str, bool]
+) -> dict[str, str]:
+    """Escaped method names with the oracle and trained markers."""
+    return {
+        m: _md_escape(m)
+        + (f" {ORACLE_MARK}" if oracle[m] else "")
+        + (f" {TRAINED_MARK}" if trained[m] else "")
+        for m in methods
+    }
+
+
+def _table_columns(summary: pd.DataFrame) -> tuple[list[tuple[str, str]], list[str], bool]:
+    """The (dataset, organ) columns, their headers, and whether there is one dataset."""
+    columns = list(dict.fromkeys(zip(summary["dataset"].astype(str), summary["organ"].astype(str))))
+    one_dataset = len({dataset for dataset, _ in columns}) == 1
+    headers = [
+        _md_escape(organ if one_dataset else f"{organ} ({dataset})") for dataset, organ in columns
+    ]
+    return columns, headers, one_dataset
+
+
+def _notes(
+    any_oracle: bool, any_trained: bool, any_empty: bool, run_info: Mapping[str, Any]
+) -> list[str]:
+    """The notes under the tables: markers, empty cells and Dice rules, where the CIs are."""
     notes = []
-    if any(oracle.values()):
+    if any_oracle:
         notes.append(ORACLE_NOTE)
-    if any(trained.values()):
+    if any_trained:
         notes.append(TRAINED_NOTE)
     empty_note = (
         f"{EMPTY_CELL} no case with a Dice value (no scored or false-positive case). "
@@ -306,10 +342,12 @@ def summary_markdown(summary: pd.DataFrame, run_info: Mapping[str, Any]) -> str:
         f"The {coverage} bootstrap confidence intervals of the means (Dice and per-slice Dice), "
         "mean NSD, HD95, time and GPU memory are in summary.csv."
     )
-    for note in notes:
-        lines += [note, ""]
+    return notes
 
-    lines += ["## Cases", ""]
+
+def _cases_table(summary: pd.DataFrame, methods: list[str], labels: Mapping[str, str]) -> list[str]:
+    """The "Cases" section: per-method row counts, then the total number of error rows."""
+    lines = ["## Cases", ""]
     lines.append(
         "| Method | Rows | Scored | Both empty (excluded from means) | False positive "
         "(Dice 0) | Errors |"
@@ -328,7 +366,7 @@ def summary_markdown(summary: pd.DataFrame, run_info: Mapping[str, Any]) -> str:
     plural = "" if total_errors == 1 else "s"
     lines.append(f"{total_errors} error row{plural}; see cases.csv `error` column.")
     lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def write_figures(cases: pd.DataFrame, out_dir: Path, *, worst: int = 6) -> list[Path]:

@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,34 @@ def _agreement(
     return float(np.mean(ious)) if ious else None
 
 
+@dataclass
+class _Setup:
+    """What every timed run shares: the input file, the config and the loaded models."""
+
+    work: Path
+    path: Path
+    source: str
+    shape: list[int]
+    modality: str
+    config: Any
+    target: Any
+    device: str
+    precision: str
+    sam: Any
+    clip: Any
+    descriptions: Sequence[str]
+
+
+@dataclass
+class _Timed:
+    """One timed run: wall seconds, seconds per stage, and the peak memory after it."""
+
+    seconds: float
+    stages: dict[str, float]
+    peak_device_mb: float | None
+    rss_mb: float
+
+
 def run_speed(
     *,
     input: str | Path | None = None,
@@ -266,23 +295,10 @@ def run_speed(
     Raises:
         ConfigError: neither or both of ``input`` and ``shape``; bad option values.
     """
-    import nibabel as nib
-    import torch
-
     from salip.config import SegmentConfig
-    from salip.io import read_input, to_canonical
-    from salip.models.clip import load_clip
     from salip.models.device import resolve_device
-    from salip.models.download import file_sha256
     from salip.models.precision import resolve_precision
-    from salip.models.registry import SAM_CHECKPOINTS
-    from salip.models.sam import load_sam
-    from salip.models.sam_runtime import encode_images
     from salip.organs import get_organ
-    from salip.pipeline import build_cascade, segment, source_slice_indices
-    from salip.prompts import load_prompts
-    from salip.slicing import AXES, choose_intensity
-    from salip.version import __version__
     from salip.writing import write_json
 
     if (input is None) == (shape is None):
@@ -298,132 +314,219 @@ def run_speed(
     device = resolve_device(config.models.device)
     precision = resolve_precision(config.models.precision, device)
     with tempfile.TemporaryDirectory(prefix="salip-speed-") as tmp:
-        work = Path(tmp)
-        if input is None:
-            dims = parse_shape(shape) if isinstance(shape, str) else tuple(shape)
-            data, affine = synthetic_ct(dims)
-            path = work / f"synthetic_{'x'.join(map(str, dims))}.nii.gz"
-            nib.save(nib.Nifti1Image(data, affine), path)
-            source = f"synthetic {'x'.join(map(str, dims))}"
-        else:
-            path, source = Path(input), str(input)
-        probe = read_input(path)
-        modality = choose_intensity(probe, [target], config.slicing).modality
-        shape_out = list(probe.geometry.shape)
-        del probe
+        setup = _prepare(Path(tmp), input, shape, config, target, device, precision)
+        result, salip = _time_salip(setup)
+        multi = _time_multi_organ(setup, extra_organs)
+        reference, ref = _time_reference(setup)
+        compared = _compare_masks(setup, result, reference)
+    payload = _result_dict(setup, settings, salip, ref, multi, compared)
+    if json_path is not None:
+        write_json(Path(json_path), payload)
+    return payload
 
-        m = config.models
-        sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
-        clip = load_clip(m.clip_model, m.clip_pretrained, device=device)
-        prompts = load_prompts(target, modality, config.scoring.prompts_dir)
-        # Warm-up (CUDA context, kernels) on one dummy slice, outside both timings.
-        dummy = np.zeros((64, 64, 3), dtype=np.uint8)
-        encode_images(sam.model, [dummy], 1, precision=precision)
-        _sync(device)
 
-        from salip.cascade import StageTimer
+def _prepare(
+    work: Path,
+    input: str | Path | None,
+    shape: str | Sequence[int] | None,
+    config: Any,
+    target: Any,
+    device: str,
+    precision: str,
+) -> _Setup:
+    """Write the phantom (or take ``input``), probe it, load the models and warm them up."""
+    import nibabel as nib
 
-        timer = StageTimer()
-        _reset_peak(device)
-        start = time.perf_counter()
-        cascade, _ = build_cascade(
-            sam, clip, [target], config, modality, device=device, timer=timer
-        )
-        result = segment(
-            path,
-            organs=[target.name],
-            output=work / "salip.nii.gz",
-            config=config,
-            segmenter=cascade,
-        )
-        _sync(device)
-        salip_s = time.perf_counter() - start
-        salip_peak, salip_rss = _peak_mb(device), _rss_mb()
-        stages = {**result.report["timings_s"]}
-        for name, seconds in timer.seconds.items():
-            stages[name] = round(stages.get(name, 0.0) + seconds, 4)
+    from salip.io import read_input
+    from salip.models.clip import load_clip
+    from salip.models.sam import load_sam
+    from salip.models.sam_runtime import encode_images
+    from salip.prompts import load_prompts
+    from salip.slicing import choose_intensity
 
-        multi_s, multi_organs = None, []
-        if extra_organs:
-            multi_organs = [target, *(get_organ(o) for o in extra_organs)]
-            multi_organs = list({o.name: o for o in multi_organs}.values())
-            start = time.perf_counter()
-            cascade, _ = build_cascade(sam, clip, multi_organs, config, modality, device=device)
-            segment(
-                path,
-                organs=[o.name for o in multi_organs],
-                output=work / "salip_multi.nii.gz",
-                config=config,
-                segmenter=cascade,
-            )
-            _sync(device)
-            multi_s = time.perf_counter() - start
+    if input is None:
+        dims = parse_shape(shape) if isinstance(shape, str) else tuple(shape)
+        data, affine = synthetic_ct(dims)
+        path = work / f"synthetic_{'x'.join(map(str, dims))}.nii.gz"
+        nib.save(nib.Nifti1Image(data, affine), path)
+        source = f"synthetic {'x'.join(map(str, dims))}"
+    else:
+        path, source = Path(input), str(input)
+    probe = read_input(path)
+    modality = choose_intensity(probe, [target], config.slicing).modality
+    shape_out = list(probe.geometry.shape)
+    del probe
 
-        _reset_peak(device)
-        start = time.perf_counter()
-        reference, reference_stages = _run_reference(
-            path,
-            work / "reference.nii.gz",
-            target,
-            (sam, clip, device),
-            prompts.descriptions,
-            config,
-        )
-        _sync(device)
-        reference_s = time.perf_counter() - start
-        reference_peak, reference_rss = _peak_mb(device), _rss_mb()
+    m = config.models
+    sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
+    clip = load_clip(m.clip_model, m.clip_pretrained, device=device)
+    prompts = load_prompts(target, modality, config.scoring.prompts_dir)
+    # Warm-up (CUDA context, kernels) on one dummy slice, outside both timings.
+    dummy = np.zeros((64, 64, 3), dtype=np.uint8)
+    encode_images(sam.model, [dummy], 1, precision=precision)
+    _sync(device)
+    return _Setup(
+        work=work,
+        path=path,
+        source=source,
+        shape=shape_out,
+        modality=modality,
+        config=config,
+        target=target,
+        device=device,
+        precision=precision,
+        sam=sam,
+        clip=clip,
+        descriptions=prompts.descriptions,
+    )
 
-        volume = read_input(path)
-        salip_mask = to_canonical(result.masks[target.name].astype(bool), volume.geometry)
-        ax = AXES[config.slicing.axis]
-        skipped = result.report["slicing"]["skipped_slices"]  # file indices
-        _, in_file = source_slice_indices(volume, config.slicing.axis, range(volume.data.shape[ax]))
-        segmented = ~np.isin(in_file, skipped)
-        agreement = _agreement(reference, salip_mask, ax, segmented)
-        n = int(volume.data.shape[ax])
-    checkpoint = Path(sam.path)
+
+def _time_salip(setup: _Setup) -> tuple[Any, _Timed]:
+    """(B): the one-organ salip run; its result and timing (cascade stages added in)."""
+    from salip.cascade import StageTimer
+    from salip.pipeline import build_cascade, segment
+
+    s, device = setup, setup.device
+    timer = StageTimer()
+    _reset_peak(device)
+    start = time.perf_counter()
+    cascade, _ = build_cascade(
+        s.sam, s.clip, [s.target], s.config, s.modality, device=device, timer=timer
+    )
+    result = segment(
+        s.path,
+        organs=[s.target.name],
+        output=s.work / "salip.nii.gz",
+        config=s.config,
+        segmenter=cascade,
+    )
+    _sync(device)
+    seconds = time.perf_counter() - start
+    peak, rss = _peak_mb(device), _rss_mb()
+    stages = {**result.report["timings_s"]}
+    for name, stage_s in timer.seconds.items():
+        stages[name] = round(stages.get(name, 0.0) + stage_s, 4)
+    return result, _Timed(seconds, stages, peak, rss)
+
+
+def _time_multi_organ(setup: _Setup, extra_organs: Sequence[str]) -> tuple[list[Any], float | None]:
+    """The salip run of the organ plus ``extra_organs`` (none without them): organs, seconds."""
+    from salip.organs import get_organ
+    from salip.pipeline import build_cascade, segment
+
+    if not extra_organs:
+        return [], None
+    s = setup
+    multi_organs = [s.target, *(get_organ(o) for o in extra_organs)]
+    multi_organs = list({o.name: o for o in multi_organs}.values())
+    start = time.perf_counter()
+    cascade, _ = build_cascade(s.sam, s.clip, multi_organs, s.config, s.modality, device=s.device)
+    segment(
+        s.path,
+        organs=[o.name for o in multi_organs],
+        output=s.work / "salip_multi.nii.gz",
+        config=s.config,
+        segmenter=cascade,
+    )
+    _sync(s.device)
+    return multi_organs, time.perf_counter() - start
+
+
+def _time_reference(setup: _Setup) -> tuple[np.ndarray, _Timed]:
+    """(A): the reference run; its canonical mask and timing."""
+    s = setup
+    _reset_peak(s.device)
+    start = time.perf_counter()
+    reference, reference_stages = _run_reference(
+        s.path,
+        s.work / "reference.nii.gz",
+        s.target,
+        (s.sam, s.clip, s.device),
+        s.descriptions,
+        s.config,
+    )
+    _sync(s.device)
+    seconds = time.perf_counter() - start
+    return reference, _Timed(seconds, reference_stages, _peak_mb(s.device), _rss_mb())
+
+
+def _compare_masks(
+    setup: _Setup, result: Any, reference: np.ndarray
+) -> tuple[float | None, int, list[int]]:
+    """Agreement of salip's mask with the reference's, the slice count and skipped slices."""
+    from salip.io import read_input, to_canonical
+    from salip.pipeline import source_slice_indices
+    from salip.slicing import AXES
+
+    config = setup.config
+    volume = read_input(setup.path)
+    salip_mask = to_canonical(result.masks[setup.target.name].astype(bool), volume.geometry)
+    ax = AXES[config.slicing.axis]
+    skipped = result.report["slicing"]["skipped_slices"]  # file indices
+    _, in_file = source_slice_indices(volume, config.slicing.axis, range(volume.data.shape[ax]))
+    segmented = ~np.isin(in_file, skipped)
+    agreement = _agreement(reference, salip_mask, ax, segmented)
+    return agreement, int(volume.data.shape[ax]), skipped
+
+
+def _result_dict(
+    setup: _Setup,
+    settings: dict[str, Any],
+    salip: _Timed,
+    ref: _Timed,
+    multi: tuple[list[Any], float | None],
+    compared: tuple[float | None, int, list[int]],
+) -> dict[str, Any]:
+    """The result dict: the run's setup, the checkpoint's identity, timings and agreement."""
+    import torch
+
+    from salip.hashing import file_sha256
+    from salip.models.registry import SAM_CHECKPOINTS
+    from salip.version import __version__
+
+    s, device = setup, setup.device
+    multi_organs, multi_s = multi
+    agreement, n, skipped = compared
+    checkpoint = Path(s.sam.path)
     sha = file_sha256(checkpoint)
     official = next((name for name, info in SAM_CHECKPOINTS.items() if info.sha256 == sha), None)
-    payload = {
+    return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "input": source,
-        "shape": shape_out,
-        "organ": target.name,
+        "input": s.source,
+        "shape": s.shape,
+        "organ": s.target.name,
         "device": device,
         "gpu": torch.cuda.get_device_name(torch.device(device))
         if device.startswith("cuda")
         else None,
         "cpu_threads": torch.get_num_threads(),
-        "precision": precision,
+        "precision": s.precision,
         "reference_precision": "fp32",
         "sam_checkpoint": str(checkpoint),
         "sam_checkpoint_sha256": sha,
-        "sam_weights": f"official {official}" if official else f"not official ({sam.arch.name})",
-        "clip_model": m.clip_model,
-        "reference_s": round(reference_s, 3),
-        "salip_s": round(salip_s, 3),
-        "ratio": round(reference_s / salip_s, 2) if salip_s > 0 else None,
+        "sam_weights": f"official {official}" if official else f"not official ({s.sam.arch.name})",
+        "clip_model": s.config.models.clip_model,
+        "reference_s": round(ref.seconds, 3),
+        "salip_s": round(salip.seconds, 3),
+        "ratio": round(ref.seconds / salip.seconds, 2) if salip.seconds > 0 else None,
         "agreement_iou": None if agreement is None else round(agreement, 4),
         "multi_organs": [o.name for o in multi_organs],
         "multi_organ_s": None if multi_s is None else round(multi_s, 3),
-        "multi_organ_ratio": None if multi_s is None else round(multi_s / salip_s, 3),
+        "multi_organ_ratio": None if multi_s is None else round(multi_s / salip.seconds, 3),
         "slices": n,
         "skipped_slices": len(skipped),
-        "reference_slices_per_s": round(n / reference_s, 2),
-        "salip_slices_per_s": round(n / salip_s, 2),
-        "stages": stages,
-        "reference_stages": {k: round(v, 4) for k, v in reference_stages.items()},
-        "peak_device_mb": {"salip": salip_peak, "reference": reference_peak},
+        "reference_slices_per_s": round(n / ref.seconds, 2),
+        "salip_slices_per_s": round(n / salip.seconds, 2),
+        "stages": salip.stages,
+        "reference_stages": {k: round(v, 4) for k, v in ref.stages.items()},
+        "peak_device_mb": {"salip": salip.peak_device_mb, "reference": ref.peak_device_mb},
         "peak_host_rss_mb": {
-            "after_salip": round(salip_rss, 1),
-            "after_reference": round(reference_rss, 1),
+            "after_salip": round(salip.rss_mb, 1),
+            "after_reference": round(ref.rss_mb, 1),
         },
         "settings": {k: v for k, v in settings.items() if k not in ("sam_checkpoint",)},
         "versions": {"salip": __version__, "torch": torch.__version__},
     }
-    if json_path is not None:
-        write_json(Path(json_path), payload)
-    return payload
 
 
 def markdown_line(result: dict[str, Any]) -> str:
