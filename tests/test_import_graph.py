@@ -1,4 +1,5 @@
-"""salip's modules form no import cycle, counting imports made inside functions."""
+"""Layout rules: no import cycle among salip modules (imports inside functions count too),
+and no function over 100 lines."""
 
 from __future__ import annotations
 
@@ -91,3 +92,20 @@ def test_local_dir_parsing_matches_open_clip():
         assert (folder is not None) == (schema == "local-dir"), spec
         if folder is not None:
             assert folder == Path(identifier)
+
+
+def long_functions(limit: int = 100) -> list[str]:
+    """``path:line name (N lines)`` for every function in salip/ longer than ``limit``."""
+    found = []
+    for path in sorted((REPO / "salip").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({length})")
+    return found
+
+
+def test_no_function_over_100_lines():
+    assert long_functions() == []
+    assert long_functions(limit=60)  # the check reads real functions (some exceed 60)
