@@ -21,10 +21,15 @@ def put_slice(volume_mask: np.ndarray, index: int, axis: str, display_mask: np.n
 
 
 def keep_largest_components(mask: np.ndarray, n: int) -> np.ndarray:
-    """Keep the ``n`` largest connected components of a bool mask (full connectivity)."""
-    from skimage.measure import label
+    """Keep the ``n`` largest connected components of a bool mask (full connectivity).
 
-    labels, count = label(mask, return_num=True, connectivity=mask.ndim)
+    Components are numbered in raster order (as skimage.measure.label numbers them), so
+    equal sizes are broken the same way on every run.
+    """
+    from scipy import ndimage
+
+    full = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+    labels, count = ndimage.label(mask, structure=full)
     if count <= n:
         return mask
     sizes = np.bincount(labels.ravel())

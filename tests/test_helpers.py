@@ -42,3 +42,23 @@ def test_grow_boxes_one_convention_for_numpy_and_torch():
     assert expand_box(box, 0.5, 50, 60) == (10, 5, 50, 25)  # exclusive max, clipped
     prompt = prompt_boxes(torch.from_numpy(box[None]).float(), 0.5, 22, 45)
     torch.testing.assert_close(prompt, torch.tensor([[10.0, 5.0, 45.0, 22.0]]))
+
+
+def test_largest_components_match_skimage_labelling():
+    """scipy.ndimage.label (full connectivity) numbers components as skimage's label does,
+    so the components kept, ties included, are the same as before the switch."""
+    from skimage.measure import label
+
+    from salip.assembly import keep_largest_components
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        mask = rng.random((12, 10, 6)) < 0.2
+        labels, count = label(mask, return_num=True, connectivity=3)
+        for n in (1, 2):
+            sizes = np.bincount(labels.ravel())
+            sizes[0] = 0
+            expected = (
+                mask if count <= n else np.isin(labels, np.argsort(sizes, kind="stable")[::-1][:n])
+            )
+            np.testing.assert_array_equal(keep_largest_components(mask, n), expected)
