@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from salip.cascade import AUTO_SLICES_CPU, Cascade, SliceOutput, SliceSegmenter,
 from salip.config import SegmentConfig
 from salip.errors import ConfigError, InputError, OutputError
 from salip.io import Volume, file_stem, input_kind, read_input
+from salip.io.orientation import source_slice_indices
 from salip.models.clip import LoadedClip
 from salip.models.device import resolve_device
 from salip.models.sam import LoadedSam
@@ -80,24 +81,6 @@ def _output_paths(
             "change the output name."
         )
     return path, {}
-
-
-def source_slice_indices(
-    volume: Volume, axis: str, canonical: Iterable[int]
-) -> tuple[int, list[int]]:
-    """Map canonical slice indices along ``axis`` to (input axis, input indices).
-
-    The input axis is the file array axis that ``axis`` slices run along; indices count
-    along it in the file (0 and the given indices for 2D images).
-    """
-    if volume.is_2d:
-        return 0, list(canonical)
-    ornt = volume.geometry.ornt
-    target = AXES[axis]
-    src_axis = int(np.nonzero(ornt[:, 0] == target)[0][0])
-    n = volume.data.shape[target]
-    flipped = ornt[src_axis, 1] < 0
-    return src_axis, [n - 1 - k if flipped else k for k in canonical]
 
 
 def _load_cascade(

@@ -18,6 +18,7 @@ import numpy as np
 from salip.config import SliceConfig
 from salip.errors import ConfigError, InputError
 from salip.io import Volume, check_plane_size
+from salip.io.orientation import AXES  # canonical axis per slicing axis name
 from salip.organs import Organ
 
 logger = logging.getLogger(__name__)
@@ -31,9 +32,6 @@ WINDOWS: dict[str, tuple[float, float]] = {
     "brain": (80.0, 40.0),
     "mediastinum": (350.0, 50.0),
 }
-
-#: Canonical array axis sliced for each slicing axis name.
-AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
 def parse_window(spec: str) -> tuple[float, float]:

@@ -18,19 +18,9 @@ import numpy as np
 
 from salip.errors import OutputError
 from salip.io import SourceGeometry
+from salip.io.orientation import to_source_grid  # noqa: F401 - its old home, still imported
 
 logger = logging.getLogger(__name__)
-
-
-def to_source_grid(canonical: np.ndarray, geometry: SourceGeometry) -> np.ndarray:
-    """Undo the canonical reorientation: a canonical XxYxZ array -> the input's shape."""
-    if geometry.kind == "image":
-        return canonical
-    from nibabel import orientations as nio
-
-    back = nio.ornt_transform(nio.axcodes2ornt("RAS"), geometry.ornt)
-    source = nio.apply_orientation(canonical, back)
-    return source.reshape(geometry.shape)
 
 
 def check_output(path: Path, input_path: Path, overwrite: bool) -> None:

@@ -283,7 +283,7 @@ def test_qform_differs_from_sform(tmp_path, caplog):
 
 @pytest.mark.parametrize("chunk", [sio.NONFINITE_CHUNK, 1000])
 def test_nonfinite_voxels_become_the_minimum(tmp_path, caplog, monkeypatch, chunk):
-    monkeypatch.setattr(sio, "NONFINITE_CHUNK", chunk)
+    monkeypatch.setattr(sio.checks, "NONFINITE_CHUNK", chunk)  # where it is read
     src = _ct()
     data = np.asarray(src.dataobj).astype(np.float32)
     lowest, highest = float(data.min()), float(data.max())

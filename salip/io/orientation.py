@@ -1,0 +1,94 @@
+"""Canonical orientation and its inverse: volumes are reoriented to RAS+ on the way in
+(:func:`_canonical`, :func:`to_canonical`) and masks go back to the input's grid
+(:func:`to_source_grid`); :func:`source_slice_indices` maps canonical slice indices to the
+input file's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from salip.errors import InputError
+from salip.io.volume import SourceGeometry, Volume
+
+#: Canonical array axis sliced for each slicing axis name.
+AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def _canonical(
+    data: np.ndarray, affine: np.ndarray, kind: str, path: Path, header: Any = None
+) -> Volume:
+    """Reorient an XxYxZ array with its affine to RAS+ and record how to undo it."""
+    import nibabel as nib
+    from nibabel import orientations as nio
+
+    shape = data.shape
+    vol3 = data.reshape(shape + (1,) * (3 - data.ndim)) if data.ndim < 3 else data
+    ornt = nio.io_orientation(affine)
+    to_ras = nio.ornt_transform(ornt, nio.axcodes2ornt("RAS"))
+    canonical = nio.apply_orientation(vol3, to_ras)
+    canonical_affine = affine @ nio.inv_ornt_aff(to_ras, vol3.shape)
+    spacing = tuple(float(s) for s in nib.affines.voxel_sizes(canonical_affine))
+    geometry = SourceGeometry(
+        kind=kind, shape=tuple(shape), affine=affine.copy(), ornt=ornt, header=header
+    )
+    return Volume(
+        data=np.ascontiguousarray(canonical, dtype=np.float32),
+        affine=canonical_affine,
+        spacing=spacing,
+        geometry=geometry,
+        modality=None,
+        path=path,
+    )
+
+
+def to_canonical(array: np.ndarray, geometry: SourceGeometry) -> np.ndarray:
+    """An array in the input's grid -> salip's canonical layout, like the input's data.
+
+    The inverse of :func:`to_source_grid`: an array of ``geometry.shape`` (e.g. a reference
+    mask stored like the input file) becomes XxYxZ in canonical RAS+ order; 2D images (HxW)
+    come back unchanged.
+    """
+    if geometry.kind == "image":
+        return array
+    from nibabel import orientations as nio
+
+    if tuple(array.shape) != tuple(geometry.shape):
+        raise InputError(
+            f"array of shape {array.shape} is not in the input's grid {geometry.shape}."
+        )
+    vol3 = array.reshape(array.shape + (1,) * (3 - array.ndim)) if array.ndim < 3 else array
+    to_ras = nio.ornt_transform(geometry.ornt, nio.axcodes2ornt("RAS"))
+    return nio.apply_orientation(vol3, to_ras)
+
+
+def to_source_grid(canonical: np.ndarray, geometry: SourceGeometry) -> np.ndarray:
+    """Undo the canonical reorientation: a canonical XxYxZ array -> the input's shape."""
+    if geometry.kind == "image":
+        return canonical
+    from nibabel import orientations as nio
+
+    back = nio.ornt_transform(nio.axcodes2ornt("RAS"), geometry.ornt)
+    source = nio.apply_orientation(canonical, back)
+    return source.reshape(geometry.shape)
+
+
+def source_slice_indices(
+    volume: Volume, axis: str, canonical: Iterable[int]
+) -> tuple[int, list[int]]:
+    """Map canonical slice indices along ``axis`` to (input axis, input indices).
+
+    The input axis is the file array axis that ``axis`` slices run along; indices count
+    along it in the file (0 and the given indices for 2D images).
+    """
+    if volume.is_2d:
+        return 0, list(canonical)
+    ornt = volume.geometry.ornt
+    target = AXES[axis]
+    src_axis = int(np.nonzero(ornt[:, 0] == target)[0][0])
+    n = volume.data.shape[target]
+    flipped = ornt[src_axis, 1] < 0
+    return src_axis, [n - 1 - k if flipped else k for k in canonical]
