@@ -60,11 +60,6 @@ class OutputSet:
         if not self._committed:
             self.abort()
 
-    @property
-    def paths(self) -> list[Path]:
-        """The planned paths, in the order they were added."""
-        return [o.path for o in self._outputs.values()]
-
     def add(self, path: str | Path, role: str) -> Path:
         """Plan one output; ``role`` names it in messages (e.g. "--report").
 

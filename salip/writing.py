@@ -58,9 +58,12 @@ def _read_umask() -> int:
     return umask
 
 
-def temporary_beside(path: Path) -> Path:
-    """A new empty file beside ``path`` (same folder, so the final rename is atomic)."""
-    suffix = "".join(path.suffixes) or ".tmp"
+def temporary_beside(path: Path, suffix: str | None = None) -> Path:
+    """A new empty file beside ``path`` (same folder, so the final rename is atomic).
+
+    Its name is ``.<name>.<random><suffix>``; ``suffix`` defaults to ``path``'s own.
+    """
+    suffix = suffix or "".join(path.suffixes) or ".tmp"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp_name)

@@ -22,6 +22,7 @@ from salip.errors import DownloadError
 from salip.models import download as download_mod
 from salip.models.download import download_checkpoint, download_file, list_cached
 from salip.models.registry import SAM_CHECKPOINTS, CheckpointInfo, checkpoint_dir
+from salip.writing import file_mode
 
 PAYLOAD = os.urandom(3 * (1 << 20) + 12345)  # several 1 MiB chunks plus a tail
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -117,6 +118,7 @@ def test_good_file_lands_with_no_leftovers(server: Loopback, tmp_path: Path) -> 
     assert dest.read_bytes() == PAYLOAD
     assert _files(folder) == ["good.bin"]
     assert server.requests == ["/good.bin"]
+    assert dest.stat().st_mode & 0o777 == file_mode()  # the umask's mode, not mkstemp's 0600
 
 
 def test_good_file_with_progress_bar(server: Loopback, tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,43 +17,77 @@ from typing import Any
 
 from salip.errors import DownloadError
 from salip.models.registry import OFFICIAL_BASE_URL, SAM_CHECKPOINTS, CheckpointInfo, checkpoint_dir
+from salip.writing import file_mode, temporary_beside
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
 
-def _temporary_beside(dest: Path) -> tuple[int, Path]:
-    """An open, empty temporary file in ``dest``'s folder (created if missing): (fd, path).
+def _temporary(dest: Path) -> Path:
+    """An empty ``.part`` file beside ``dest``, its folder created if missing.
 
     Raises:
         DownloadError: the folder cannot be created or written (one line, with the fix).
     """
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        return temporary_beside(dest, suffix=".part")
     except OSError as exc:
         raise DownloadError(
             f"cannot write to {dest.parent} ({exc.strerror or exc}); set SALIP_HOME to a "
             "writable folder."
         ) from exc
-    return fd, Path(name)
 
 
-def _write(out: Any, chunk: bytes, dest: Path) -> None:
-    """Write ``chunk`` (``b""``: flush to disk); DownloadError (one line) when the disk is
-    full or the write fails."""
+def _stream(
+    url: str,
+    out: Any,
+    digest: Any,
+    name: str,
+    expected: int | None,
+    *,
+    progress: bool,
+    timeout: float,
+) -> int:
+    """Copy ``url`` into the open file ``out``, updating ``digest``; the bytes received.
+
+    ``name`` labels the progress bar; ``expected`` is its total when the server sends no
+    Content-Length.
+
+    Raises:
+        DownloadError: the server cannot be reached, or the transfer breaks off or ends
+            short of its Content-Length. Errors writing ``out`` propagate as OSError.
+    """
+    from tqdm.auto import tqdm
+
     try:
-        if chunk:
-            out.write(chunk)
-        else:
-            out.flush()
-            os.fsync(out.fileno())
-    except OSError as exc:
+        response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http/https URL)
+    except (urllib.error.URLError, OSError) as exc:
+        raise DownloadError(f"cannot download {url}: {exc}.") from exc
+    received = 0
+    with response:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length else expected
+        with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress) as bar:
+            while True:
+                try:
+                    chunk = response.read(_CHUNK)
+                except (OSError, ValueError) as exc:  # IncompleteRead, reset, timeout
+                    raise DownloadError(
+                        f"transfer of {url} broke off after {received} bytes: {exc}."
+                    ) from exc
+                if not chunk:
+                    break
+                out.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if length and received != int(length):
         raise DownloadError(
-            f"cannot write {dest} ({exc.strerror or exc}); free disk space there or set "
-            "SALIP_HOME to another folder."
-        ) from exc
+            f"transfer of {url} ended after {received} of {length} bytes; try again."
+        )
+    return received
 
 
 def download_file(
@@ -68,55 +101,35 @@ def download_file(
 ) -> Path:
     """Download ``url`` to ``dest`` atomically, checking its SHA-256.
 
-    Raises:
-        DownloadError: network failure, short transfer or hash mismatch. Nothing is left at
-            ``dest`` or beside it in any of these cases.
-    """
-    from tqdm.auto import tqdm
+    The file gets the umask's normal mode (:func:`salip.writing.file_mode`).
 
-    fd, tmp = _temporary_beside(dest)
+    Raises:
+        DownloadError: network failure, short transfer, a folder or disk that cannot be
+            written, or hash mismatch. Nothing is left at ``dest`` or beside it in any of
+            these cases.
+    """
+    tmp = _temporary(dest)
     digest = hashlib.sha256()
-    received = 0
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http/https URL)
-            except (urllib.error.URLError, OSError) as exc:
-                raise DownloadError(f"cannot download {url}: {exc}.") from exc
-            with response:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length else expected_size
-                with tqdm(
-                    total=total,
-                    unit="B",
-                    unit_scale=True,
-                    desc=dest.name,
-                    disable=not progress,
-                ) as bar:
-                    while True:
-                        try:
-                            chunk = response.read(_CHUNK)
-                        except (OSError, ValueError) as exc:  # IncompleteRead, reset, timeout
-                            raise DownloadError(
-                                f"transfer of {url} broke off after {received} bytes: {exc}."
-                            ) from exc
-                        if not chunk:
-                            break
-                        _write(out, chunk, dest)
-                        digest.update(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
-            if length and received != int(length):
-                raise DownloadError(
-                    f"transfer of {url} ended after {received} of {length} bytes; try again."
+        try:
+            with open(tmp, "wb") as out:
+                received = _stream(
+                    url, out, digest, dest.name, expected_size, progress=progress, timeout=timeout
                 )
-            _write(out, b"", dest)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:  # writing the file: reading errors are DownloadErrors
+            raise DownloadError(
+                f"cannot write {dest} ({exc.strerror or exc}); free disk space there or set "
+                "SALIP_HOME to another folder."
+            ) from exc
         actual = digest.hexdigest()
         if actual != sha256:
             raise DownloadError(
                 f"{url}: SHA-256 {actual} does not match the expected {sha256}; the file was "
                 "discarded. Check the URL or mirror and try again."
             )
+        os.chmod(tmp, file_mode())
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
