@@ -15,7 +15,7 @@ import numpy as np
 from salip.assembly import empty_volume_mask, keep_largest_components, put_slice, to_label_map
 from salip.cascade import AUTO_SLICES_CPU, Cascade, SliceOutput, SliceSegmenter, StageTimer
 from salip.config import SegmentConfig
-from salip.errors import ConfigError, InputError, OutputError
+from salip.errors import ConfigError, OutputError
 from salip.io import Volume, file_stem, input_kind, read_input
 from salip.io.orientation import source_slice_indices
 from salip.models.clip import LoadedClip
@@ -291,12 +291,8 @@ def _read_options(cfg: SegmentConfig) -> dict[str, Any]:
 
 def _mask_suffix(source: Path | str | Volume) -> str:
     """.png for 2D image inputs, else .nii.gz; known from the file name before reading."""
-    if isinstance(source, Volume):
-        return mask_suffix(source.geometry)
-    path = Path(source)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder.")
-    return ".png" if input_kind(path) == "image" else ".nii.gz"
+    kind = source.geometry.kind if isinstance(source, Volume) else input_kind(Path(source))
+    return mask_suffix(kind)
 
 
 def _plan_outputs(

@@ -85,9 +85,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def mask_suffix(geometry: SourceGeometry) -> str:
-    """File suffix of masks for this input: .png for 2D images, else .nii.gz."""
-    return ".png" if geometry.kind == "image" else ".nii.gz"
+def mask_suffix(kind: str) -> str:
+    """File suffix of masks for an input of ``kind`` (:attr:`SourceGeometry.kind` or
+    :func:`salip.io.input_kind`): .png for 2D images, else .nii.gz."""
+    return ".png" if kind == "image" else ".nii.gz"
 
 
 def write_mask(path: Path, mask: np.ndarray, geometry: SourceGeometry) -> None:

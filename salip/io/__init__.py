@@ -93,7 +93,13 @@ __all__ = [
 
 
 def input_kind(path: Path) -> str:
-    """Classify ``path`` as "nifti", "dicom" (folder or zip) or "image"."""
+    """Classify ``path`` as "nifti", "dicom" (folder or zip) or "image".
+
+    Raises:
+        InputError: ``path`` does not exist, is a single DICOM file, or has another suffix.
+    """
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder.")
     name = path.name.lower()
     if path.is_dir() or name.endswith(".zip"):
         return "dicom"
@@ -144,8 +150,6 @@ def read_input(
         )
     if isinstance(max_voxels, bool) or not isinstance(max_voxels, Integral) or max_voxels < 1:
         raise InputError(f"max_voxels {max_voxels!r} must be a whole number >= 1 (--max-voxels).")
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder.")
     kind = input_kind(path)
     if kind == "nifti":
         return read_nifti(path, channel=channel, max_voxels=max_voxels)
