@@ -14,14 +14,13 @@ import contextlib
 import logging
 import os
 import signal
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from salip.errors import OutputError
-from salip.writing import check_output, file_mode, temporary_beside
+from salip.writing import check_output, file_mode, temporary_beside, write_problem
 
 logger = logging.getLogger(__name__)
 
@@ -87,25 +86,17 @@ class OutputSet:
         Raises:
             OutputError: a folder is not writable, or a parent of it is a file.
         """
-        probed: set[Path] = set()
+        checked: set[Path] = set()
         for output in self._outputs.values():
-            folder = _nearest_existing(output.path.parent)
-            if folder in probed:
+            folder = output.path.parent
+            if folder in checked:
                 continue
-            probed.add(folder)
-            if not folder.is_dir():
+            checked.add(folder)
+            problem = write_problem(folder)
+            if problem is not None:
                 raise OutputError(
-                    f"{output.role} {output.path}: {folder} is a file, not a folder; choose "
-                    "another output path."
+                    f"{output.role} {output.path}: {problem}; choose another output folder."
                 )
-            try:
-                with tempfile.TemporaryFile(dir=folder):
-                    pass
-            except OSError as exc:
-                raise OutputError(
-                    f"{output.role} {output.path}: cannot write in {folder} "
-                    f"({exc.strerror or exc}); choose a writable output folder."
-                ) from exc
 
     def stage(self, path: str | Path, write: Callable[[Path], None]) -> None:
         """Write a planned output to a temporary file beside it: ``write(tmp_path)``."""
@@ -171,13 +162,6 @@ class OutputSet:
 def _identity(path: Path) -> str:
     """One key per file: symbolic links, ``..`` and case (where it is ignored) resolved."""
     return os.path.normcase(os.path.realpath(path))
-
-
-def _nearest_existing(folder: Path) -> Path:
-    folder = folder.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
 
 
 def _roll_back(done: list[tuple[_Output, Path | None]]) -> None:

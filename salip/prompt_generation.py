@@ -311,10 +311,9 @@ def _request(client: Any, organ: Organ, modality: str, config: GenerationConfig)
 def _check_writable(folder: Path) -> None:
     """ConfigError unless ``folder`` (or, if missing, its nearest existing parent) is
     writable: found before any request, not after the replies have been paid for."""
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
+    from salip.writing import write_problem
+
+    if write_problem(folder) is not None:
         raise ConfigError(
             f"cannot write prompts to {folder}; pass --prompts-dir DIR to write elsewhere."
         )

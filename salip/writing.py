@@ -58,6 +58,26 @@ def _read_umask() -> int:
     return umask
 
 
+def write_problem(folder: Path) -> str | None:
+    """Why no file can be created in ``folder``, or None if one can; creates nothing.
+
+    A folder that does not exist yet is judged by its nearest existing parent (it would be
+    created there). The check creates and removes a temporary file, which also catches
+    read-only file systems and, unlike ``os.access``, means what it says for root.
+    """
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        return f"cannot write in {existing} ({exc.strerror or exc})"
+    return None
+
+
 def temporary_beside(path: Path, suffix: str | None = None) -> Path:
     """A new empty file beside ``path`` (same folder, so the final rename is atomic).
 

@@ -183,6 +183,15 @@ def test_no_api_key_fails_before_any_request(llm, cache, capsys, monkeypatch):
     assert snapshot(cache) == before
 
 
+def test_unwritable_prompt_folder_fails_before_any_request(llm, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    llm.script = [descriptions_reply(GOOD)]
+    rc = generate(llm, tmp_path / "a_file" / "prompts", "--organ", "liver", "--modality", "ct")
+    assert rc == 1
+    assert "cannot write prompts to" in capsys.readouterr().err
+    assert llm.requests == []
+
+
 def test_existing_entry_needs_force(llm, cache, capsys):
     before = snapshot(cache)
     llm.script = [descriptions_reply(GOOD)]
