@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from salip.cli import main
+from salip.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench-speed", *sys.argv[1:]]))

@@ -1,1 +1,1 @@
-"""Packaged description prompts (the repository's prompts/ folder); see salip.prompts."""
+"""Packaged description prompts (the repository's prompts/ folder); see salip.core.prompts."""

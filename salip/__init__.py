@@ -17,22 +17,22 @@ from salip.version import __version__
 __all__ = ["segment", "SegmentConfig", "SegmentationResult", "SalipError", "__version__"]
 
 if TYPE_CHECKING:
-    from salip.config import SegmentConfig
-    from salip.errors import SalipError
-    from salip.pipeline import SegmentationResult, segment
+    from salip.api.pipeline import SegmentationResult, segment
+    from salip.core.config import SegmentConfig
+    from salip.core.errors import SalipError
 
 
 def __getattr__(name: str) -> Any:
     if name in ("segment", "SegmentationResult"):
-        from salip import pipeline
+        from salip.api import pipeline
 
         return getattr(pipeline, name)
     if name == "SegmentConfig":
-        from salip.config import SegmentConfig
+        from salip.core.config import SegmentConfig
 
         return SegmentConfig
     if name == "SalipError":
-        from salip.errors import SalipError
+        from salip.core.errors import SalipError
 
         return SalipError
     raise AttributeError(f"module 'salip' has no attribute {name!r}")

@@ -53,7 +53,7 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    """``salip.cli.main`` replaces the root handlers; put them back after each test."""
+    """``salip.apps.cli.main`` replaces the root handlers; put them back after each test."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     salip_level = logging.getLogger("salip").level

@@ -36,8 +36,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from salip.cli import main
-from salip.writing import file_mode
+from salip.apps.cli import main
+from salip.io.writing import file_mode
 from tests.conftest import SLICES, TOTALSEG, require_data
 from tests.llm_server import LoopbackLLM, Reply
 
@@ -498,7 +498,7 @@ def _evil_pickle(path: Path, marker: Path) -> None:
 
 def _interrupt_on_stage(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
     """Send this process a real SIGINT once ``after`` outputs have been staged."""
-    from salip.output_set import OutputSet
+    from salip.io.output_set import OutputSet
 
     original = OutputSet.stage
     calls = []

@@ -7,10 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from salip.bench.baselines import component_boxes, everything_oracle, sam_gt_box, sam_unprompted
+from salip.engines.proposals import Proposals
 from salip.models.sam import load_sam
 from salip.models.sam_runtime import encode_images
-from salip.proposals import Proposals
+from salip.strategies.baselines import (
+    component_boxes,
+    everything_oracle,
+    sam_gt_box,
+    sam_unprompted,
+)
 from tests.conftest import SLICES, require_data
 
 

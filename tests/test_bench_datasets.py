@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from salip.bench.datasets import (
+from salip.core.errors import BenchmarkError
+from salip.core.label_sets import LABEL_SETS, TOTALSEG_FILES
+from salip.io import file_stem
+from salip.io.datasets import (
     KINDS,
     expand_pattern,
     image_shape,
@@ -19,9 +22,6 @@ from salip.bench.datasets import (
     load_references,
     mask_threshold,
 )
-from salip.errors import BenchmarkError
-from salip.io import file_stem
-from salip.label_sets import LABEL_SETS, TOTALSEG_FILES
 from tests.conftest import SLICES, TOTALSEG, require_data
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from salip.bench.metrics import (
+from salip.apps.bench.metrics import (
     DiceResult,
     bootstrap_ci,
     dice_case,
@@ -18,7 +18,7 @@ from salip.bench.metrics import (
     slice_dice,
     surface_distances,
 )
-from salip.errors import BenchmarkError
+from salip.core.errors import BenchmarkError
 
 
 def _brute_surface(mask: np.ndarray) -> np.ndarray:

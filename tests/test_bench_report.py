@@ -11,15 +11,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from salip.bench.report import (
+from salip.apps.bench.report import (
     ORACLE_NOTE,
     SUMMARY_COLUMNS,
     summarize,
     summary_markdown,
     write_figures,
 )
-from salip.bench.runner import CASE_COLUMNS
-from salip.errors import BenchmarkError
+from salip.apps.bench.runner import CASE_COLUMNS
+from salip.core.errors import BenchmarkError
 
 NAN = math.nan
 
@@ -257,7 +257,7 @@ def _png(path: Path) -> np.ndarray:
 def test_write_figures_with_montage(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _write_montage(tmp_path / "cases" / "toy" / "c1" / "salip.npz")
     cases = _cases(montage="cases/toy/c1/salip.npz")
-    with caplog.at_level(logging.WARNING, logger="salip.bench.report"):
+    with caplog.at_level(logging.WARNING, logger="salip.apps.bench.report"):
         paths = write_figures(cases, tmp_path, worst=3)
     assert paths == [
         tmp_path / "figures" / "dice_boxplot.png",

@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from salip.bench import methods as bench_methods
-from salip.bench.runner import CASE_COLUMNS, load_config, run_benchmark
-from salip.errors import BenchmarkError
+from salip.apps.bench import methods as bench_methods
+from salip.apps.bench.runner import CASE_COLUMNS, load_config, run_benchmark
+from salip.core.errors import BenchmarkError
 from salip.io import read_input, to_canonical
-from salip.slicing import display_slice
-from salip.writing import to_source_grid
+from salip.io.slicing import display_slice
+from salip.io.writing import to_source_grid
 from tests.conftest import SLICES, TOTALSEG, require_data
 
 METHODS = ["salip", "salip-paper", "sam-unprompted", "sam-everything-oracle", "sam-gt-box"]
@@ -188,9 +188,9 @@ def test_only_oracle_methods_are_handed_references(first_run):
 
 def test_oracle_rows_depend_on_the_reference(tmp_path, tiny_sam_path):
     """The same oracle on the same image, with a reference moved away: a different mask."""
-    from salip.bench.methods import CaseInput, Models, make_method
+    from salip.apps.bench.methods import CaseInput, Models, make_method
+    from salip.core.organs import get_organ
     from salip.models.sam import load_sam
-    from salip.organs import get_organ
 
     volume = read_input(require_data(SLICES / "images" / "amos_0006_90.png"))
     image = volume.data
@@ -219,8 +219,8 @@ def test_resumed_run_recomputes_nothing(first_run, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished case was segmented again")
 
-    monkeypatch.setattr("salip.pipeline.segment", refuse)
-    monkeypatch.setattr("salip.bench.runner._load_models", refuse)
+    monkeypatch.setattr("salip.api.pipeline.segment", refuse)
+    monkeypatch.setattr("salip.apps.bench.runner._load_models", refuse)
     monkeypatch.setattr("salip.io.read_input", refuse)  # no image is even read
     again = run_benchmark(config, out=out)
     assert (again.computed, again.reused, again.errors) == (0, 15, 0)
@@ -365,7 +365,7 @@ def test_missing_config_is_explained(tmp_path):
 
 
 def test_cli_prints_the_summary_path(first_run, tmp_path, capsys):
-    from salip.cli import main
+    from salip.apps.cli import main
 
     config, result, _ = first_run
     out = tmp_path / "out"

@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from salip.bench.speed import parse_shape, synthetic_ct
-from salip.cli import main
-from salip.errors import ConfigError
+from salip.apps.bench.speed import parse_shape, synthetic_ct
+from salip.apps.cli import main
+from salip.core.errors import ConfigError
 from tests.conftest import TOTALSEG, require_data
 
 KEYS = {

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 import salip
-from salip.cli import main
-from salip.config import flat_fields
+from salip.apps.cli import main
+from salip.core.config import flat_fields
 from tests.conftest import SLICES, TOTALSEG, require_data
 
 FAST = ["--points-per-side", "8", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
@@ -141,7 +141,7 @@ def test_flags_map_one_to_one_onto_config(tmp_path, monkeypatch):
         seen.update(kwargs)
         raise salip.SalipError("stop")
 
-    monkeypatch.setattr("salip.pipeline.segment", fake_segment)
+    monkeypatch.setattr("salip.api.pipeline.segment", fake_segment)
     main(["segment", "x.nii.gz", "--organ", "liver", "--points-per-side", "7", "--window",
           "lung", "--crop-mode", "box", "--no-largest-component", "--top-k", "3"])  # fmt: skip
     config = salip.SegmentConfig().replace(**{k: v for k, v in seen.items() if k in flat_fields()})

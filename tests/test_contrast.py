@@ -1,6 +1,6 @@
 """Contrast scoring, laterality and the text-embedding cache.
 
-Selection tests run the real :class:`salip.cascade.Cascade` with a stub CLIP whose text and
+Selection tests run the real :class:`salip.strategies.cascade.Cascade` with a stub CLIP whose text and
 crop embeddings have a known geometry, so the right answer is known exactly.
 """
 
@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import salip
-from salip.cascade import Cascade
-from salip.config import SegmentConfig
+from salip.core.config import SegmentConfig
+from salip.core.organs import get_organ
+from salip.core.prompts import PromptSet
+from salip.engines.scoring import ClipScorer, contrast_scores
 from salip.models.clip import LoadedClip, load_clip
-from salip.organs import get_organ
-from salip.prompts import PromptSet
-from salip.scoring import ClipScorer, contrast_scores
+from salip.strategies.cascade import Cascade
 from tests.conftest import SLICES, require_data
 
 D = 8
@@ -195,7 +195,7 @@ def test_text_embedding_cache_is_hit_on_the_second_run(clip, tmp_path, monkeypat
 def test_segment_reuses_cached_text_and_one_crop_pass_for_all_organs(
     tmp_path, monkeypatch, tiny_models
 ):
-    import salip.cascade as cascade_module
+    import salip.strategies.cascade as cascade_module
 
     image = require_data(SLICES / "images" / "amos_0006_90.png")
     proposals = count_calls(monkeypatch, cascade_module, "generate_proposals_batch")

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from salip.cli import main
-from salip.errors import DownloadError
+from salip.apps.cli import main
+from salip.core.errors import DownloadError
+from salip.io.writing import file_mode
 from salip.models import download as download_mod
 from salip.models.download import download_checkpoint, download_file, list_cached
 from salip.models.registry import SAM_CHECKPOINTS, CheckpointInfo, checkpoint_dir
-from salip.writing import file_mode
 
 PAYLOAD = os.urandom(3 * (1 << 20) + 12345)  # several 1 MiB chunks plus a tail
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

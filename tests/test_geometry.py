@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import salip
-from salip.slicing import apply_window, percentile_normalise
+from salip.io.slicing import apply_window, percentile_normalise
 from tests.conftest import SLICES, TOTALSEG, require_data
 
 WINDOW = (400.0, 50.0)

@@ -1,4 +1,4 @@
-"""The learned organ head (salip.head): model, cache, data, loss, training, inference."""
+"""The learned organ head (salip.apps.training): model, cache, data, loss, training, inference."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from salip.errors import ConfigError, SalipError
-from salip.head import cache as cache_module
-from salip.head.cache import EmbeddingCache
-from salip.head.config import load_head_config
-from salip.head.data import build_samples, sampling_weights, split_cases, to_head_frame
-from salip.head.loss import head_loss
-from salip.head.model import VARIANTS, HeadArch, OrganHead, trainable_parameters
-from salip.head.segmenter import HeadSegmenter, load_head
-from salip.head.train import train_head
+from salip.apps.training import cache as cache_module
+from salip.apps.training.cache import EmbeddingCache
+from salip.apps.training.config import load_head_config
+from salip.apps.training.data import build_samples, sampling_weights, split_cases, to_head_frame
+from salip.apps.training.loss import head_loss
+from salip.apps.training.train import train_head
+from salip.core.errors import ConfigError, SalipError
+from salip.models.head import VARIANTS, HeadArch, OrganHead, trainable_parameters
+from salip.strategies.head import HeadSegmenter, load_head
 from tests.conftest import SLICES, TOTALSEG, require_data
 from tests.tiny_models import make_tiny_sam
 
@@ -188,7 +188,7 @@ def test_split_and_sampling_weights() -> None:
     assert split_cases(["a/1", "a/2", "b/1", "b/2", "b/3"], 0.4, seed=0) == (train, val)
     assert split_cases(["a/1"], 0.5, seed=0) == (["a/1"], [])
 
-    from salip.head.data import SliceSample
+    from salip.apps.training.data import SliceSample
 
     def sample(present: list[bool]) -> SliceSample:
         target = torch.zeros(2, 4, 4, dtype=torch.float16)
@@ -213,8 +213,8 @@ def test_split_and_sampling_weights() -> None:
 def test_embedding_cache_hit_on_second_run(
     tiny_sam_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from salip.bench.datasets import load_dataset
-    from salip.config import SegmentConfig
+    from salip.core.config import SegmentConfig
+    from salip.io.datasets import load_dataset
     from salip.models.registry import salip_home
     from salip.models.sam import load_sam
 
@@ -285,7 +285,7 @@ def test_training_lowers_the_loss(
 def test_resume_continues_and_refuses_changes(
     tmp_path: Path, tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from salip.head import train as train_module
+    from salip.apps.training import train as train_module
 
     settings = dict(epochs=3, steps_per_epoch=3, batch_size=2, lr=1e-3, warmup_steps=1)
     config = write_config(

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import salip
-from salip.bench.runner import load_config, run_benchmark
-from salip.cli import main
-from salip.errors import BenchmarkError, ConfigError
-from salip.head.train import train_head
+from salip.apps.bench.runner import load_config, run_benchmark
+from salip.apps.cli import main
+from salip.apps.training.train import train_head
+from salip.core.errors import BenchmarkError, ConfigError
 from tests.conftest import TOTALSEG, require_data
 from tests.test_head import CT_ORGANS, _ct_dataset, _toml_table, write_config
 
@@ -71,8 +71,8 @@ def test_head_train_prints_the_head_and_resumes_to_nothing(heads, tiny_models, c
 def test_segment_method_head_writes_the_library_result(heads, tiny_models, tmp_path):
     """`salip segment --method head` gives the masks of segment() with the head segmenter,
     in the input's grid, windowed as in training (the head's classes, not the asked organ)."""
-    from salip.head.segmenter import HeadSegmenter, load_head
     from salip.models.sam import load_sam
+    from salip.strategies.head import HeadSegmenter, load_head
 
     ct = require_data(TOTALSEG / "example_ct_sm.nii.gz")
     out, report = tmp_path / "liver.nii.gz", tmp_path / "report.json"
@@ -212,7 +212,7 @@ def test_train_cases_gives_nested_subsets_with_one_validation_set(
 
 
 def test_shipped_head_configs_parse(heads, tmp_path):
-    from salip.head.config import load_head_config
+    from salip.apps.training.config import load_head_config
 
     configs = Path(__file__).parent.parent / "benchmarks" / "configs"
     train = load_head_config(configs / "head-amos.toml").train

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from salip.boxes import grow_boxes, prompt_boxes
-from salip.crops import expand_box
-from salip.errors import did_you_mean
-from salip.hashing import file_sha256, fingerprint
+from salip.core.errors import did_you_mean
+from salip.core.hashing import file_sha256, fingerprint
+from salip.engines.boxes import grow_boxes, prompt_boxes
+from salip.engines.crops import expand_box
 
 
 def test_fingerprint_is_canonical_json():
@@ -49,7 +49,7 @@ def test_largest_components_match_skimage_labelling():
     so the components kept, ties included, are the same as before the switch."""
     from skimage.measure import label
 
-    from salip.assembly import keep_largest_components
+    from salip.strategies.assembly import keep_largest_components
 
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -21,9 +21,9 @@ from nibabel import orientations as nio
 from PIL import Image, PngImagePlugin
 
 from salip import io as sio
-from salip.errors import InputError
+from salip.core.errors import InputError
 from salip.io import check_plane_size, read_input
-from salip.writing import to_source_grid, write_mask
+from salip.io.writing import to_source_grid, write_mask
 from tests.conftest import TOTALSEG, require_data
 
 CT = TOTALSEG / "example_ct_sm.nii.gz"

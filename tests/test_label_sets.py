@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from salip.cli import main
-from salip.errors import OrganError
-from salip.label_sets import LABEL_SETS, get_label_sets, label_values
-from salip.organs import ORGANS, get_organ
+from salip.apps.cli import main
+from salip.core.errors import OrganError
+from salip.core.label_sets import LABEL_SETS, get_label_sets, label_values
+from salip.core.organs import ORGANS, get_organ
 from tests.conftest import TOTALSEG, require_data
 
 

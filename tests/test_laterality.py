@@ -6,11 +6,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from salip.config import SliceConfig
+from salip.core.config import SliceConfig
+from salip.core.organs import get_organ
+from salip.engines.laterality import body_midline
 from salip.io import read_input
-from salip.laterality import body_midline
-from salip.organs import get_organ
-from salip.slicing import choose_intensity, iter_slices, to_display, to_uint8
+from salip.io.slicing import choose_intensity, iter_slices, to_display, to_uint8
 from tests.conftest import TOTALSEG, require_data
 
 # (image, reference mask, label table): kidney_left / kidney_right label values.

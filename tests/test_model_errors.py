@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from salip.cli import main
-from salip.errors import ModelError
+from salip.apps.cli import main
+from salip.core.errors import ModelError
 from salip.models import clip as clip_module
 from salip.models.clip import load_clip
 from salip.models.registry import salip_home

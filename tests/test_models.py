@@ -8,7 +8,7 @@ import zipfile
 import pytest
 import torch
 
-from salip.errors import ModelError
+from salip.core.errors import ModelError
 from salip.models.clip import load_clip
 from salip.models.sam import OFFICIAL_ARCHS, build_sam, infer_sam_arch, load_sam
 from tests.tiny_models import TINY_SAM_ARCH, register_tiny_clip

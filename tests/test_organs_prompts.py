@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from salip.errors import ConfigError, OrganError
-from salip.organs import ORGANS, competitors, family, get_organ, pair_of, parse_organs
-from salip.prompts import (
+from salip.core.errors import ConfigError, OrganError
+from salip.core.organs import ORGANS, competitors, family, get_organ, pair_of, parse_organs
+from salip.core.prompts import (
     BACKGROUND,
     load_competitors,
     load_prompt_file,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from salip.errors import OutputError
-from salip.output_set import OutputSet
+from salip.core.errors import OutputError
+from salip.io.output_set import OutputSet
 from tests.conftest import REPO, TOTALSEG, require_data
 
 
@@ -127,14 +127,14 @@ def test_sigint_in_a_real_process_while_writing_leaves_no_output(tmp_path, tiny_
     script = textwrap.dedent(
         """
         import os, signal, sys
-        from salip import output_set
+        from salip.io import output_set
         original = output_set.OutputSet.stage
         def stage(self, path, write):
             original(self, path, write)
             if str(path).endswith(".json"):
                 os.kill(os.getpid(), signal.SIGINT)
         output_set.OutputSet.stage = stage
-        from salip.cli import main
+        from salip.apps.cli import main
         sys.exit(main(sys.argv[1:]))
         """
     )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import salip
-from salip.prefetch import prefetch
+from salip.core.prefetch import prefetch
 from tests.conftest import TOTALSEG, require_data
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from salip.cli import main
-from salip.errors import GenerationError
-from salip.prompt_generation import TEMPLATE_VERSION, parse_reply, template_sha256
-from salip.prompts import load_prompts, prompts_dir, read_prompt_file
+from salip.apps.cli import main
+from salip.apps.prompt_generation import TEMPLATE_VERSION, parse_reply, template_sha256
+from salip.core.errors import GenerationError
+from salip.core.prompts import load_prompts, prompts_dir, read_prompt_file
 from tests.llm_server import LoopbackLLM, Reply, descriptions_reply
 
 KEY = "sk-test-DO-NOT-LEAK-0123456789"
@@ -86,8 +86,8 @@ def test_good_reply_lands_with_provenance(llm, tmp_path, capsys):
 
 def test_key_is_never_logged_or_written(llm, tmp_path, caplog):
     """Every logger at DEBUG, the openai client's included: the key appears nowhere."""
-    from salip.organs import get_organ
-    from salip.prompt_generation import GenerationConfig, generate_prompts
+    from salip.apps.prompt_generation import GenerationConfig, generate_prompts
+    from salip.core.organs import get_organ
 
     caplog.set_level(logging.DEBUG)
     llm.script = [Reply(status=429, headers={"retry-after-ms": "1"}), descriptions_reply(GOOD)]
@@ -216,7 +216,7 @@ def test_existing_entry_needs_force(llm, cache, capsys):
 
 
 def test_all_writes_every_organ_of_the_modality(llm, tmp_path):
-    from salip.organs import ORGANS
+    from salip.core.organs import ORGANS
 
     folder = tmp_path / "xray_set"
     llm.script = [descriptions_reply(GOOD[:4])]

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from salip.config import AreaFilterConfig, ProposalConfig
+from salip.core.config import AreaFilterConfig, ProposalConfig
+from salip.engines.proposals import generate_proposals
 from salip.models.sam import load_sam
 from salip.models.sam_runtime import encode_images
-from salip.proposals import generate_proposals
 from tests.conftest import SLICES, require_data
 
 # A random-weight SAM gives image-wide masks that box NMS collapses, so the settings that
@@ -133,7 +133,7 @@ def test_cross_slice_decoding_matches_one_slice_at_a_time(sam):
 def test_batched_proposals_equal_per_slice_proposals(sam, nms):
     """Proposals of a batch of slices (decoder calls spanning slices, NMS per slice) equal
     the proposals of each slice generated alone, mask for mask and in order."""
-    from salip.proposals import generate_proposals_batch
+    from salip.engines.proposals import generate_proposals_batch
 
     embeddings = encode_images(sam.model, _real_slices(), batch_size=3)
     # 64 prompts per slice in calls of 40: every call but the first mixes two slices.
@@ -161,8 +161,8 @@ def test_batched_proposals_equal_per_slice_proposals(sam, nms):
 def test_area_filter_bounds(sam):
     import torch
 
-    from salip.area_filter import area_filter
-    from salip.proposals import Proposals
+    from salip.engines.area_filter import area_filter
+    from salip.engines.proposals import Proposals
 
     masks = torch.zeros((3, 10, 10), dtype=torch.bool)
     masks[0, :1, :1] = True  # 1% of the slice

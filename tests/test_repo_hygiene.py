@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from salip.cli import _build_parser
+from salip.apps.cli import _build_parser
 from tests.conftest import REPO
 
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from salip.config import CropConfig
-from salip.crops import expand_box, make_crops, pad_to_square
+from salip.core.config import CropConfig
+from salip.engines.crops import expand_box, make_crops, pad_to_square
+from salip.engines.proposals import Proposals
+from salip.engines.scoring import ClipScorer, cosine_scores, select_top_k
 from salip.models.clip import load_clip
-from salip.proposals import Proposals
-from salip.scoring import ClipScorer, cosine_scores, select_top_k
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from salip.config import SliceConfig
-from salip.errors import ConfigError
+from salip.core.config import SliceConfig
+from salip.core.errors import ConfigError
+from salip.core.organs import get_organ
 from salip.io import read_input
-from salip.organs import get_organ
-from salip.slicing import (
+from salip.io.slicing import (
     apply_window,
     choose_intensity,
     from_display,
@@ -82,8 +82,8 @@ def test_modality_of_2d_images_is_never_assumed(tmp_path):
     """A 2D image says its modality by metadata or name, or --modality is asked for."""
     from PIL import Image
 
-    from salip.errors import ConfigError
-    from salip.slicing import detect_modality
+    from salip.core.errors import ConfigError
+    from salip.io.slicing import detect_modality
 
     pixels = np.zeros((32, 32), dtype=np.uint8)
     for name, expected in [("chest_cxr_01.png", "xray"), ("liver-CT.png", "ct"),

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 import salip
-from salip.config import SegmentConfig, SliceConfig
-from salip.errors import ConfigError
+from salip.core.config import SegmentConfig, SliceConfig
+from salip.core.errors import ConfigError
+from salip.core.organs import get_organ
 from salip.io import read_input, to_canonical
+from salip.io.slicing import AXES, body_slices, choose_intensity, iter_slices, to_uint8
 from salip.models.precision import resolve_precision
 from salip.models.sam import load_sam
 from salip.models.sam_runtime import BatchSize, OutOfMemoryError, encode_images, fast_encoder
-from salip.organs import get_organ
-from salip.slicing import AXES, body_slices, choose_intensity, iter_slices, to_uint8
 from tests.conftest import TOTALSEG, require_data
 
 CASES = [
@@ -246,9 +246,9 @@ def test_compiled_encoder_gives_the_same_masks(tmp_path, tiny_models, monkeypatc
 
 def test_auto_batch_sizes_on_cpu_are_the_fixed_defaults(tiny_models):
     """0 means auto: off CUDA, 4 slices per encoder call and 64 prompts per decoder call."""
-    from salip.cascade import encoder_batch, slice_batch
-    from salip.config import ProposalConfig
-    from salip.proposals import decoder_batch
+    from salip.core.config import ProposalConfig
+    from salip.engines.proposals import decoder_batch
+    from salip.strategies.cascade import encoder_batch, slice_batch
 
     assert SegmentConfig().proposals.encoder_batch_size == 0
     assert SegmentConfig().proposals.points_per_batch == 0
@@ -284,8 +284,8 @@ def test_calibration_sizes_the_batch_from_measured_memory(monkeypatch):
 def test_decoder_halves_its_prompt_batch_on_out_of_memory(monkeypatch, tiny_sam_path):
     """An injected OOM above 16 prompts per decoder call: the calls shrink 64 -> 32 -> 16
     and the proposals are those of the clean run."""
-    import salip.proposals as proposals
-    from salip.config import ProposalConfig
+    import salip.engines.proposals as proposals
+    from salip.core.config import ProposalConfig
     from salip.models.sam_runtime import encode_images
 
     model = load_sam(str(tiny_sam_path)).model

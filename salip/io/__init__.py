@@ -1,7 +1,7 @@
 """Stage 1, volume I/O: read NIfTI, DICOM series and 2D images into one canonical form.
 
 Volumes are reoriented to canonical RAS+ on the way in (nibabel's orientation tools) and the
-:class:`SourceGeometry` remembers how to undo it, so that :mod:`salip.writing` can return
+:class:`SourceGeometry` remembers how to undo it, so that :mod:`salip.io.writing` can return
 masks in the input's exact grid. DICOM series are first put in the grid dcm2niix (and so
 TotalSegmentator) writes for them: columns along i, rows along j flipped (LAS for an axial
 series), slices sorted along the slice normal.
@@ -29,7 +29,7 @@ from __future__ import annotations
 from numbers import Integral
 from pathlib import Path
 
-from salip.errors import InputError
+from salip.core.errors import InputError
 from salip.io.checks import (
     MIN_SIDE_PX,
     NONFINITE_CHUNK,

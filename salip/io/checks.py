@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from salip.errors import InputError
+from salip.core.errors import InputError
 from salip.io.volume import Volume
 
 # One logger for the whole package, as when it was one module (log lines and filters

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from salip.errors import InputError
+from salip.core.errors import InputError
 from salip.io.checks import _reason, check_voxels
 from salip.io.orientation import _canonical
 from salip.io.volume import (

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from salip.errors import InputError
+from salip.core.errors import InputError
 from salip.io.checks import (
     SAM_LONG_SIDE_PX,
     _reason,

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from salip.errors import InputError
+from salip.core.errors import InputError
 from salip.io.checks import _reason, _replace_nonfinite, check_voxels
 from salip.io.orientation import _canonical
 from salip.io.volume import DEFAULT_MAX_VOXELS, Volume

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from salip.errors import InputError
+from salip.core.errors import InputError
 from salip.io.volume import SourceGeometry, Volume
 
 #: Canonical array axis sliced for each slicing axis name.

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from salip.config import MAX_VOXELS
+from salip.core.config import MAX_VOXELS
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")

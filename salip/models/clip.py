@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from salip.errors import ModelError, one_line
+from salip.core.errors import ModelError, one_line
 from salip.models.registry import salip_home
 from salip.models.sam import describe_unreadable
 from salip.models.specs import local_dir

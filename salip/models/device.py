@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from salip.errors import ConfigError
+from salip.core.errors import ConfigError
 
 
 def resolve_device(spec: str) -> str:

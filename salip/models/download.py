@@ -15,9 +15,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from salip.errors import DownloadError
+from salip.core.errors import DownloadError
+from salip.io.writing import file_mode, temporary_beside
 from salip.models.registry import OFFICIAL_BASE_URL, SAM_CHECKPOINTS, CheckpointInfo, checkpoint_dir
-from salip.writing import file_mode, temporary_beside
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def download_file(
 ) -> Path:
     """Download ``url`` to ``dest`` atomically, checking its SHA-256.
 
-    The file gets the umask's normal mode (:func:`salip.writing.file_mode`).
+    The file gets the umask's normal mode (:func:`salip.io.writing.file_mode`).
 
     Raises:
         DownloadError: network failure, short transfer, a folder or disk that cannot be

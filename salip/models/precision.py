@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from salip.errors import ConfigError
+from salip.core.errors import ConfigError
 
 #: Accepted ``--precision`` values.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from salip.errors import ModelError, one_line
+from salip.core.errors import ModelError, one_line
 from salip.models.registry import SAM_CHECKPOINTS, cached_checkpoint, checkpoint_dir
 
 logger = logging.getLogger(__name__)

@@ -168,7 +168,7 @@ def resize_for_encoder(sam: torch.nn.Module, images: Sequence[np.ndarray]) -> li
     """segment-anything's ``ResizeLongestSide.apply_image`` of each image.
 
     CPU work with no model call, safe to run in a background thread
-    (see :mod:`salip.prefetch`).
+    (see :mod:`salip.core.prefetch`).
 
     Args:
         sam: segment-anything ``Sam`` model (for its image size).

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from salip.config import ModelConfig, check_keys
-from salip.errors import SalipError
+from salip.core.config import ModelConfig, check_keys
+from salip.core.errors import SalipError
 from salip.models.registry import SAM_CHECKPOINTS
 
 #: open_clip's schema for a local folder (``open_clip.factory.LOCAL_DIR_PREFIX``). Parsed
@@ -38,7 +38,7 @@ def resolve_model_paths(
     file's folder), so a config runs the same from any working folder.
 
     Raises:
-        error: a key that is not a :class:`~salip.config.ModelConfig` field.
+        error: a key that is not a :class:`~salip.core.config.ModelConfig` field.
     """
     valid = [f.name for f in dataclasses.fields(ModelConfig)]
     check_keys("[models]", list(table), valid, error)

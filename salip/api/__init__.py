@@ -1,0 +1,1 @@
+"""Layer 6: ``salip.segment``, ``salip.propose`` and the method factory."""

@@ -1,0 +1,623 @@
+"""``salip.segment``: the one-call API from an input file to masks in its own grid."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from salip.core.config import SegmentConfig
+from salip.core.errors import ConfigError, OutputError
+from salip.core.organs import Organ, parse_organs
+from salip.core.prefetch import prefetch
+from salip.io import Volume, file_stem, input_kind, read_input
+from salip.io.orientation import source_slice_indices
+from salip.io.output_set import OutputSet
+from salip.io.slicing import (
+    AXES,
+    Intensity,
+    body_slices,
+    check_slice_geometry,
+    choose_intensity,
+    iter_slices,
+    n_slices,
+    slice_image,
+    to_uint8,
+)
+from salip.io.writing import json_text, mask_suffix, save_mask, sidecar_path, to_source_grid
+from salip.models.clip import LoadedClip
+from salip.models.device import resolve_device
+from salip.models.sam import LoadedSam
+from salip.strategies.assembly import (
+    empty_volume_mask,
+    keep_largest_components,
+    put_slice,
+    to_label_map,
+)
+from salip.strategies.cascade import (
+    AUTO_SLICES_CPU,
+    Cascade,
+    SliceOutput,
+    SliceSegmenter,
+    StageTimer,
+)
+from salip.version import __version__
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentationResult:
+    """What :func:`segment` returns.
+
+    Attributes:
+        masks: organ name -> uint8 0/1 mask in the input's exact grid (input shape; HxW for
+            2D images).
+        labels: uint8 label map in the input's grid (value ``label_values[organ]``).
+        label_values: organ name -> label value (1, 2, ... in the order asked).
+        affine: 4x4 voxel-to-RAS+ matrix of the input grid (identity for 2D images).
+        report: the run report (see the README's "Outputs" section).
+        outputs: files written, in order.
+    """
+
+    masks: dict[str, np.ndarray]
+    labels: np.ndarray
+    label_values: dict[str, int]
+    affine: np.ndarray
+    report: dict[str, Any]
+    outputs: list[Path] = field(default_factory=list)
+
+
+def _output_paths(
+    volume_path: Path, output: str | Path | None, organs: Sequence[Organ], split: bool, suffix: str
+) -> tuple[Path | None, dict[str, Path]]:
+    """(combined file or None, organ -> per-organ file) for this run."""
+    stem = file_stem(volume_path)
+    if split:
+        folder = Path(output) if output is not None else Path.cwd() / f"{stem}_salip"
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"{folder} is a file; --split needs a folder for -o.")
+        return None, {o.name: folder / f"{o.name}{suffix}" for o in organs}
+    path = Path(output) if output is not None else Path.cwd() / f"{stem}_salip{suffix}"
+    allowed = (".png",) if suffix == ".png" else (".nii.gz", ".nii")
+    if not path.name.lower().endswith(allowed):
+        raise OutputError(
+            f"{path}: masks for this input are written as {' or '.join(allowed)}; "
+            "change the output name."
+        )
+    return path, {}
+
+
+def _load_cascade(
+    organs: Sequence[Organ], config: SegmentConfig, modality: str, timer: StageTimer
+) -> tuple[SliceSegmenter, dict[str, Any]]:
+    from salip.models.clip import load_clip
+    from salip.models.sam import load_sam
+
+    m = config.models
+    device = resolve_device(m.device)
+    start = time.perf_counter()
+    sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
+    clip = load_clip(m.clip_model, m.clip_pretrained, device=device)
+    timer.add("load_models", start)
+    return build_cascade(sam, clip, organs, config, modality, device=device, timer=timer)
+
+
+def _load_head(
+    organs: Sequence[Organ], config: SegmentConfig, timer: StageTimer
+) -> tuple[SliceSegmenter, dict[str, Any]]:
+    """The learned head of ``--method head`` on its SAM, and its report entry."""
+    from salip.models.sam import load_sam
+    from salip.strategies.head import HeadSegmenter, load_head
+
+    m = config.models
+    device = resolve_device(m.device)
+    start = time.perf_counter()
+    sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
+    head = load_head(config.segmenter.head, sam, device=device)
+    timer.add("load_models", start)
+    trained_axis = head.slicing.get("axis")
+    if trained_axis and trained_axis != config.slicing.axis:
+        logger.warning(
+            "the head was trained on %s slices; segmenting %s slices (--axis)",
+            trained_axis,
+            config.slicing.axis,
+        )
+    segmenter = HeadSegmenter.for_config(head, sam, config, device)
+    segmenter.check_organs(organs)
+    return segmenter, {"device": device, "sam": sam.identity(), "head": head.identity()}
+
+
+def build_cascade(
+    sam: LoadedSam,
+    clip: LoadedClip,
+    organs: Sequence[Organ],
+    config: SegmentConfig,
+    modality: str,
+    *,
+    device: str,
+    timer: StageTimer | None = None,
+) -> tuple[Cascade, dict[str, Any]]:
+    """The SaLIP cascade for ``organs`` on already loaded models, and its report entry.
+
+    Loads the organs' description prompts for ``modality`` (and their competitors' with
+    contrast scoring) and embeds them (through the on-disk text cache).
+
+    Returns:
+        (the cascade, a JSON-ready description: device, models, prompts, scoring).
+    """
+    from salip.core.prompts import load_competitors, load_prompts, prompts_dir
+    from salip.models.registry import salip_home
+    from salip.strategies.cascade import Cascade
+
+    scoring = config.scoring
+    folder = scoring.prompts_dir
+    timer = timer or StageTimer()
+    start = time.perf_counter()
+    prompts = {o.name: load_prompts(o, modality, folder) for o in organs}
+    competitors = {}
+    if scoring.scoring == "contrast":
+        competitors = {o.name: load_competitors(o, modality, list(organs), folder) for o in organs}
+    timer.add("load_prompts", start)
+    text_cache = salip_home() / "cache" / "text"
+    cascade = Cascade(sam, clip, prompts, config, device, timer, competitors, text_cache)
+    identity = {
+        "device": device,
+        "sam": sam.identity(),
+        "clip": clip.identity(),
+        "prompts_dir": str(prompts_dir(folder)),
+        "prompts": {
+            name: {
+                "modality": p.modality,
+                "requested_modality": p.requested_modality,
+                "count": len(p.descriptions),
+                "sha256": p.sha256(),
+                **p.provenance,
+            }
+            for name, p in prompts.items()
+        },
+        "scoring": {
+            "mode": scoring.scoring,
+            "logit_scale": round(cascade.scorer.logit_scale, 4),
+            "classes": cascade.classes,
+            "text_cache": {
+                "dir": str(text_cache),
+                "hits": cascade.scorer.cache_hits,
+                "misses": cascade.scorer.cache_misses,
+            },
+        },
+    }
+    return cascade, identity
+
+
+@dataclass
+class _Plan:
+    """The planned output files of one run (None or empty: not written)."""
+
+    combined: Path | None
+    per_organ: dict[str, Path]
+    preview: Path | None
+    report: Path | None
+
+
+@dataclass
+class _Run:
+    """What running a segmenter over the slices gives, in the canonical layout."""
+
+    canonical: dict[str, np.ndarray]
+    chosen: dict[str, list[dict[str, Any]]]
+    keep: np.ndarray
+    volume8: np.ndarray
+    intensity: Intensity
+    models: dict[str, Any]
+
+
+def segment(
+    source: str | Path | Volume,
+    *,
+    organs: str | Sequence[str],
+    output: str | Path | None = None,
+    split: bool = False,
+    overwrite: bool = False,
+    write: bool = True,
+    preview: str | Path | None = None,
+    report: str | Path | None = None,
+    config: SegmentConfig | None = None,
+    segmenter: SliceSegmenter | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> SegmentationResult:
+    """Segment ``organs`` in a NIfTI volume, DICOM series (folder or zip) or 2D image.
+
+    The output files are one transaction: all are checked (distinct paths, not the input,
+    not existing unless ``overwrite``, writable folders) before the input is read and any
+    model runs, written to temporaries, and renamed into place only when all are ready. On
+    an error or interrupt none of them is left.
+
+    Args:
+        source: input path, or a :class:`~salip.io.Volume` already read with
+            :func:`salip.io.read_input` (outputs are then named after its ``path``).
+        organs: organ names (list, or comma-separated string); label values follow order.
+        output: mask file (multi-label when several organs), or the folder for ``split``.
+            Default: ``<input stem>_salip.nii.gz`` (``.png`` for 2D) in the working folder.
+        split: one file per organ in the ``output`` folder instead of one multi-label file.
+        overwrite: replace existing outputs.
+        write: write mask files (False: only return arrays, e.g. from notebooks).
+        preview: PNG path for an overlay of the slices with the most organ.
+        report: JSON path for the run report.
+        config: a full :class:`SegmentConfig`; ``options`` are applied on top.
+        segmenter: a slice segmenter replacing the SaLIP cascade (no models are loaded).
+        progress: show a progress bar over slices.
+        **options: any config field by its flat name, e.g. ``sam_checkpoint="vit_b"``,
+            ``points_per_side=16``, ``window="liver"``, ``axis="axial"``.
+
+    Returns:
+        A :class:`SegmentationResult`.
+
+    Raises:
+        salip.core.errors.SalipError: bad input, unknown organ, missing checkpoint, unsafe output.
+    """
+    timer = StageTimer()
+    t0 = time.perf_counter()
+    organ_list = parse_organs(organs)
+    cfg = (config or SegmentConfig()).replace(**options)
+    path = source.path if isinstance(source, Volume) else Path(source)
+    with OutputSet(path, overwrite=overwrite) as outputs:
+        suffix = _mask_suffix(source)
+        plan = _plan_outputs(
+            outputs, path, organ_list, suffix, output, split, write, preview, report
+        )
+        outputs.check_writable()
+        volume = source if isinstance(source, Volume) else read_input(path, **_read_options(cfg))
+        check_slice_geometry(volume, cfg.slicing.axis)
+        timer.add("read", t0)
+        run = _run_segmenter(volume, organ_list, cfg, segmenter, timer, progress)
+        t = time.perf_counter()
+        masks, labels, label_values = _assemble(volume, run.canonical, organ_list, cfg)
+        t = timer.add("assembly", t)
+        _stage_files(
+            outputs, plan, volume, run, masks, labels, label_values, path, cfg.slicing.axis
+        )
+        timer.add("write", t)
+        run_report = _build_report(volume, path, organ_list, run, label_values, cfg, timer)
+        if plan.report is not None:
+            text = json_text(run_report)
+            outputs.stage(plan.report, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        written = outputs.commit()
+    return SegmentationResult(
+        masks, labels, label_values, volume.geometry.affine, run_report, written
+    )
+
+
+def _read_options(cfg: SegmentConfig) -> dict[str, Any]:
+    """The ``read_input`` keywords of the config's input stage."""
+    return dataclasses.asdict(cfg.input)
+
+
+def _mask_suffix(source: Path | str | Volume) -> str:
+    """.png for 2D image inputs, else .nii.gz; known from the file name before reading."""
+    kind = source.geometry.kind if isinstance(source, Volume) else input_kind(Path(source))
+    return mask_suffix(kind)
+
+
+def _plan_outputs(
+    outputs: OutputSet,
+    source: Path,
+    organs: Sequence[Organ],
+    suffix: str,
+    output: str | Path | None,
+    split: bool,
+    write: bool,
+    preview: str | Path | None,
+    report: str | Path | None,
+) -> _Plan:
+    """Add every output of the run to ``outputs`` (which checks them) and return the plan."""
+    combined, per_organ = _output_paths(source, output, organs, split, suffix)
+    if not write:
+        combined, per_organ = None, {}
+    if combined is not None:
+        outputs.add(combined, "-o")
+        outputs.add(sidecar_path(combined), "the label sidecar of -o,")
+    for name, path in per_organ.items():
+        outputs.add(path, f"the {name} mask of --split,")
+    plan = _Plan(combined, per_organ, None, None)
+    if preview is not None:
+        plan.preview = outputs.add(preview, "--preview")
+    if report is not None:
+        plan.report = outputs.add(report, "--report")
+    return plan
+
+
+def _run_segmenter(
+    volume: Volume,
+    organ_list: Sequence[Organ],
+    cfg: SegmentConfig,
+    segmenter: SliceSegmenter | None,
+    timer: StageTimer,
+    progress: bool,
+) -> _Run:
+    """Map intensities, load the segmenter and run it over the body slices."""
+    t = time.perf_counter()
+    models: dict[str, Any] = {"injected_segmenter": type(segmenter).__name__} if segmenter else {}
+    if segmenter is None and cfg.segmenter.method == "head":
+        segmenter, models = _load_head(organ_list, cfg, timer)
+        t = time.perf_counter()
+    # A learned head maps intensities as in its training (with its classes' window).
+    intensity_organs = getattr(segmenter, "intensity_organs", None) or organ_list
+    intensity: Intensity = choose_intensity(volume, list(intensity_organs), cfg.slicing)
+    volume8 = to_uint8(volume, intensity, cfg.slicing)
+    timer.add("slicing", t)
+    if segmenter is None:
+        segmenter, models = _load_cascade(organ_list, cfg, intensity.modality, timer)
+    axis = cfg.slicing.axis
+    keep = np.ones(n_slices(volume, axis), dtype=bool)
+    if cfg.slicing.skip_empty:
+        keep = body_slices(volume, volume8, intensity, axis)
+        if not keep.all():
+            logger.info("skipping %d of %d slices with no body", int((~keep).sum()), keep.size)
+    canonical, chosen = _segment_slices(
+        volume, volume8, organ_list, cfg, segmenter, keep, timer, progress
+    )
+    return _Run(canonical, chosen, keep, volume8, intensity, models)
+
+
+def _segment_slices(
+    volume: Volume,
+    volume8: np.ndarray,
+    organ_list: Sequence[Organ],
+    cfg: SegmentConfig,
+    segmenter: SliceSegmenter,
+    keep: np.ndarray,
+    timer: StageTimer,
+    progress: bool,
+) -> tuple[dict[str, np.ndarray], dict[str, list[dict[str, Any]]]]:
+    """Feed the kept slices to ``segmenter`` in batches; canonical masks and chosen records."""
+    from tqdm.auto import tqdm
+
+    axis = cfg.slicing.axis
+    shape = volume.data.shape[:2] if volume.is_2d else volume.data.shape
+    canonical = {o.name: empty_volume_mask(shape) for o in organ_list}
+    chosen: dict[str, list[dict[str, Any]]] = {o.name: [] for o in organ_list}
+    # Auto (0): the segmenter's own preference, e.g. larger batches on a GPU.
+    batch_size = cfg.proposals.encoder_batch_size or getattr(
+        segmenter, "slice_batch", AUTO_SLICES_CPU
+    )
+    kept = np.nonzero(keep)[0].tolist()
+    batches = [kept[i : i + batch_size] for i in range(0, len(kept), batch_size)]
+    prepare = getattr(segmenter, "prepare", None)
+
+    def load(indices: list[int]) -> tuple[list[int], list[np.ndarray], Any]:
+        # Runs in the prefetch thread, while the segmenter works on the previous batch.
+        images = [slice_image(volume8, volume.is_2d, axis, i) for i in indices]
+        return indices, images, prepare(images) if prepare is not None else None
+
+    with tqdm(total=len(kept), desc="slices", unit="slice", disable=not progress) as bar:
+        for indices, images, prepared in prefetch(batches, load):
+            extra = {"prepared": prepared} if prepare is not None else {}
+            outputs = segmenter(images, organ_list, indices, **extra)
+            t_asm = time.perf_counter()
+            for index, out in zip(indices, outputs):
+                out = out if isinstance(out, SliceOutput) else SliceOutput(masks=dict(out))
+                for organ in organ_list:
+                    mask = np.asarray(out.masks[organ.name], dtype=bool)
+                    if volume.is_2d:
+                        canonical[organ.name] |= mask
+                    else:
+                        put_slice(canonical[organ.name], index, axis, mask)
+                    for rec in out.chosen.get(organ.name, []):
+                        chosen[organ.name].append({"slice": index, **rec})
+            timer.add("assembly", t_asm)
+            bar.update(len(indices))
+    return canonical, chosen
+
+
+def _assemble(
+    volume: Volume,
+    canonical: dict[str, np.ndarray],
+    organ_list: Sequence[Organ],
+    cfg: SegmentConfig,
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
+    """Component cleanup, then per-organ masks and the label map in the input's grid."""
+    if not volume.is_2d and cfg.assembly.largest_component:
+        for organ in organ_list:
+            canonical[organ.name] = keep_largest_components(canonical[organ.name], organ.top_k)
+    order = [o.name for o in organ_list]
+    label_values = {name: i for i, name in enumerate(order, start=1)}
+    masks = {
+        name: to_source_grid(m.astype(np.uint8), volume.geometry) for name, m in canonical.items()
+    }
+    labels = to_source_grid(to_label_map(canonical, order), volume.geometry)
+    return masks, labels, label_values
+
+
+def _stage_files(
+    outputs: OutputSet,
+    plan: _Plan,
+    volume: Volume,
+    run: _Run,
+    masks: dict[str, np.ndarray],
+    labels: np.ndarray,
+    label_values: dict[str, int],
+    source: Path,
+    axis: str,
+) -> None:
+    """Write the planned mask, sidecar, per-organ and preview files to their temporaries."""
+    geometry = volume.geometry
+    if plan.combined is not None:
+        outputs.stage(plan.combined, lambda tmp: save_mask(tmp, labels, geometry))
+        text = json_text({"labels": label_values, "source": str(source)})
+        outputs.stage(
+            sidecar_path(plan.combined), lambda tmp: tmp.write_text(text, encoding="utf-8")
+        )
+    for name, path in plan.per_organ.items():
+        outputs.stage(path, lambda tmp, m=masks[name]: save_mask(tmp, m, geometry))
+    if plan.preview is not None:
+        strip = _preview_image(volume, run.volume8, run.canonical, list(label_values), axis)
+        outputs.stage(plan.preview, lambda tmp: _save_png(tmp, strip))
+
+
+def _build_report(
+    volume: Volume,
+    source: Path,
+    organs: Sequence[Organ],
+    run: _Run,
+    label_values: dict[str, int],
+    cfg: SegmentConfig,
+    timer: StageTimer,
+) -> dict[str, Any]:
+    """The run report (see the README's "Outputs" section)."""
+    axis = cfg.slicing.axis
+    organ_rows = {o.name: _organ_row(volume, o, run, label_values, axis) for o in organs}
+    src_axis, skipped = source_slice_indices(volume, axis, np.nonzero(~run.keep)[0].tolist())
+    if volume.is_2d:
+        src_axis = 0
+    return {
+        "salip_version": __version__,
+        "input": {
+            "path": str(source),
+            "kind": volume.geometry.kind,
+            "shape": list(volume.geometry.shape),
+            "affine": volume.geometry.affine.tolist(),
+            "spacing_mm": list(volume.spacing),
+            "nonfinite_voxels": volume.nonfinite,
+            **volume.meta,
+        },
+        "slicing": {
+            "axis": axis,
+            "input_axis": src_axis,
+            "slice_index": "index along input_axis of the input file",
+            "intensity": dataclasses.asdict(run.intensity),
+            "skipped_slices": sorted(skipped),
+        },
+        "organs": organ_rows,
+        "models": run.models,
+        "config": dataclasses.asdict(cfg),
+        "timings_s": {k: round(v, 4) for k, v in timer.seconds.items()},
+    }
+
+
+def _organ_row(
+    volume: Volume, organ: Organ, run: _Run, label_values: dict[str, int], axis: str
+) -> dict[str, Any]:
+    """One organ's entry of the report: label, size, slices used, chosen proposals."""
+    mask = run.canonical[organ.name]
+    count = int(mask.sum())
+    if volume.is_2d:
+        used: list[int] = [0] if count else []
+    else:
+        other = tuple(a for a in range(3) if a != AXES[axis])
+        _, used = source_slice_indices(volume, axis, np.nonzero(mask.any(axis=other))[0].tolist())
+    chosen = run.chosen[organ.name]
+    _, chosen_src = source_slice_indices(volume, axis, [c["slice"] for c in chosen])
+    voxel_ml = float(np.prod(volume.spacing[:3])) / 1000.0
+    return {
+        "label": label_values[organ.name],
+        "voxels": count,
+        "volume_ml": None if volume.is_2d else round(count * voxel_ml, 3),
+        "slices": sorted(used),
+        "chosen": [{**c, "slice": s} for c, s in zip(chosen, chosen_src)],
+    }
+
+
+def _preview_image(
+    volume: Volume,
+    volume8: np.ndarray,
+    canonical: dict[str, np.ndarray],
+    order: list[str],
+    axis: str,
+    max_slices: int = 3,
+) -> np.ndarray:
+    """HxWx3 uint8 overlay strip of the (up to) ``max_slices`` slices with the most organ."""
+    from salip.io.preview import preview_strip
+    from salip.io.slicing import to_display
+
+    label_map = to_label_map(canonical, order)
+    if volume.is_2d:
+        images, labels = [next(iter_slices(volume8, True, axis))[1]], [label_map]
+    else:
+        ax = AXES[axis]
+        other = tuple(a for a in range(3) if a != ax)
+        area = (label_map > 0).sum(axis=other)
+        picks = sorted(np.argsort(area, kind="stable")[::-1][:max_slices].tolist())
+        grey = [to_display(np.take(volume8, k, axis=ax)) for k in picks]
+        images = [np.repeat(g[..., None], 3, axis=2) for g in grey]
+        labels = [to_display(np.take(label_map, k, axis=ax)) for k in picks]
+    return preview_strip(images, labels)
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(image).save(path, format="PNG")
+
+
+def _proposal_intensity(volume: Volume, cfg: SegmentConfig) -> Intensity:
+    """The intensity mapping for proposals, which need no modality for 8-bit 2D images.
+
+    Descriptions are never read here, so an 8-bit image whose modality cannot be told is
+    shown to SAM as stored, as :func:`choose_intensity` would for any modality.
+    """
+    try:
+        return choose_intensity(volume, [], cfg.slicing)
+    except ConfigError:
+        if volume.is_2d and volume.data.dtype == np.uint8 and cfg.slicing.window is None:
+            return Intensity("unknown", "unchanged", modality_from="not needed")
+        raise
+
+
+def propose(
+    source: str | Path,
+    *,
+    slice_index: int | None = None,
+    config: SegmentConfig | None = None,
+    **options: Any,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Everything-mode proposals of one image or one volume slice.
+
+    Args:
+        source: input path, or a :class:`~salip.io.Volume` already read with
+            :func:`salip.io.read_input` (outputs are then named after its ``path``).
+        slice_index: slice along ``axis``, as indexed in the input file (default: middle).
+        config: settings; ``options`` apply on top (same names as :func:`segment`'s).
+
+    Returns:
+        (records as segment-anything's ``amg.py --convert-to-rle`` writes them, info dict
+        with the slice used and the model identity).
+    """
+    from salip.engines.proposals import generate_proposals
+    from salip.models.sam import load_sam
+    from salip.models.sam_runtime import encode_images
+
+    cfg = (config or SegmentConfig()).replace(**options)
+    volume = read_input(Path(source), **_read_options(cfg))
+    axis = cfg.slicing.axis
+    total = n_slices(volume, axis)
+    if slice_index is None:
+        slice_index = total // 2
+    if not 0 <= slice_index < total:
+        raise ConfigError(f"--slice {slice_index} is out of range: the input has {total} slices.")
+    # The input->canonical index map along one axis is its own inverse (a flip or identity).
+    _, (canonical_index,) = source_slice_indices(volume, axis, [slice_index])
+    intensity = _proposal_intensity(volume, cfg)
+    volume8 = to_uint8(volume, intensity, cfg.slicing)
+    image = next(img for i, img in iter_slices(volume8, volume.is_2d, axis) if i == canonical_index)
+    sam = load_sam(
+        cfg.models.sam_checkpoint,
+        device=resolve_device(cfg.models.device),
+        model_type=cfg.models.sam_model_type,
+    )
+    (embedding,) = encode_images(sam.model, [image], 1)
+    records = generate_proposals(sam.model, embedding, cfg.proposals).to_records()
+    info = {
+        "slice": slice_index,
+        "axis": axis,
+        "sam": sam.identity(),
+        "image_size": list(image.shape[:2]),
+    }
+    return records, info

@@ -1,0 +1,1 @@
+"""Layer 7: applications on the API: the CLI, the benchmark and head training."""

@@ -1,0 +1,724 @@
+"""``salip benchmark``: run methods over datasets and write the Dice table.
+
+:func:`run_benchmark` reads a TOML config (:func:`load_config`), lists every dataset's cases,
+loads the models once, and for each (case, method) segments the case, scores every organ
+against its reference and saves the rows at once under ``<out>/cases/``. A rerun reuses every
+saved result whose inputs are unchanged (the fingerprint of method settings, models, case
+files and metric settings), so an interrupted run loses at most the case in flight; error
+results are retried. At the end it writes ``cases.csv``, ``summary.csv``, ``summary.md``,
+``figures/`` and ``run.json`` (see ``benchmarks/README.md``).
+
+Masks are compared in the image file's own grid; distances use the file's voxel sizes in mm
+(2D images: pixels). ``wall_s`` is the time to segment one case with one method, models
+loaded and the file read; ``peak_gpu_mb`` the peak CUDA memory allocated meanwhile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from salip.apps.bench.methods import CaseInput, Method, Models, make_method
+from salip.core.config import check_keys, read_toml
+from salip.core.errors import BenchmarkError, SalipError
+from salip.core.hashing import fingerprint
+from salip.core.prefetch import prefetch
+from salip.io.datasets import Case, load_dataset, load_references
+from salip.models.specs import local_dir, resolve_model_paths
+from salip.version import __version__
+
+logger = logging.getLogger(__name__)
+
+#: Top-level tables of a benchmark config.
+CONFIG_KEYS = ("models", "metrics", "methods", "datasets")
+
+#: Columns of cases.csv, in order.
+CASE_COLUMNS = (
+    "dataset",
+    "case",
+    "organ",
+    "method",
+    "method_kind",
+    "uses_ground_truth",
+    "status",
+    "error",
+    "dice",
+    "dice_status",
+    "slice_dice",
+    "gt_slices",
+    "nsd",
+    "hd95",
+    "pred_voxels",
+    "gt_voxels",
+    "spacing",
+    "approximate",
+    "wall_s",
+    "peak_gpu_mb",
+    "device",
+    "montage",
+)
+
+_PACKAGES = (
+    "torch",
+    "torchvision",
+    "segment-anything",
+    "open_clip_torch",
+    "numpy",
+    "scipy",
+    "nibabel",
+    "pydicom",
+    "scikit-image",
+    "pandas",
+    "matplotlib",
+)
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """The ``[metrics]`` table.
+
+    Attributes:
+        nsd_tolerance_mm: NSD tolerance in mm (pixels for 2D images).
+        bootstrap_resamples: resamples of the bootstrap confidence intervals.
+        confidence: coverage of the confidence intervals.
+        seed: seed of the bootstrap.
+        worst_cases: cases per method in the worst-case montage.
+    """
+
+    nsd_tolerance_mm: float = 2.0
+    bootstrap_resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+    worst_cases: int = 6
+
+
+@dataclass
+class BenchmarkConfig:
+    """A parsed benchmark config.
+
+    Attributes:
+        path: the TOML file.
+        models: ``[models]`` settings (model config field names; relative paths resolved).
+        metrics: the ``[metrics]`` settings.
+        methods: the rows, in order.
+        datasets: the ``[[datasets]]`` tables as given.
+        raw: the whole file as parsed, for run.json.
+    """
+
+    path: Path
+    models: dict[str, Any]
+    metrics: MetricSettings
+    methods: list[Method]
+    datasets: list[dict[str, Any]]
+    raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def base_dir(self) -> Path:
+        """The config file's folder: relative paths resolve against it."""
+        return self.path.parent
+
+
+@dataclass
+class BenchmarkResult:
+    """What :func:`run_benchmark` returns.
+
+    Attributes:
+        out: the output folder.
+        summary_md: the Markdown summary.
+        files: every output file written at the end (tables, figures, run.json).
+        computed: (case, method) results computed in this run.
+        reused: results reused from an earlier run.
+        errors: error rows in cases.csv.
+    """
+
+    out: Path
+    summary_md: Path
+    files: list[Path]
+    computed: int
+    reused: int
+    errors: int
+
+
+def resolve_models(table: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
+    """``[models]`` with relative checkpoint paths made absolute against ``base_dir``."""
+    return resolve_model_paths(table, base_dir, BenchmarkError)
+
+
+def _resolve_head(table: Any, base_dir: Path) -> Any:
+    """A ``[[methods]]`` table with a relative ``head`` path made absolute."""
+    if isinstance(table, Mapping) and isinstance(table.get("head"), str):
+        head = Path(table["head"])
+        if not head.is_absolute():
+            return {**table, "head": os.path.normpath(base_dir / head)}
+    return table
+
+
+def load_config(path: str | Path) -> BenchmarkConfig:
+    """Read and check a benchmark TOML config (see ``benchmarks/README.md``).
+
+    Raises:
+        BenchmarkError: a missing or malformed file, unknown keys, no method or dataset,
+            repeated names, or a method whose settings are invalid.
+    """
+    path = Path(path).absolute()
+    raw = read_toml(path, "config", BenchmarkError)
+    check_keys(f"config {path.name}", list(raw), CONFIG_KEYS, BenchmarkError)
+    for key in ("models", "metrics"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise BenchmarkError(f"config {path.name}: [{key}] must be a table.")
+    for key in ("methods", "datasets"):
+        items = raw.get(key)
+        if not isinstance(items, list) or not items:
+            raise BenchmarkError(
+                f"config {path.name}: needs at least one [[{key}]] table; see "
+                "benchmarks/configs/ for examples."
+            )
+    models = resolve_models(raw.get("models", {}), path.parent)
+    metrics_table = raw.get("metrics", {})
+    check_keys(
+        "[metrics]",
+        list(metrics_table),
+        [f.name for f in dataclasses.fields(MetricSettings)],
+        BenchmarkError,
+    )
+    metrics = MetricSettings(**metrics_table)
+    checks = [
+        (
+            isinstance(metrics.nsd_tolerance_mm, int | float) and metrics.nsd_tolerance_mm >= 0,
+            "nsd_tolerance_mm must be a distance >= 0",
+        ),
+        (
+            isinstance(metrics.bootstrap_resamples, int) and metrics.bootstrap_resamples >= 1,
+            "bootstrap_resamples must be a whole number >= 1",
+        ),
+        (
+            isinstance(metrics.confidence, float) and 0 < metrics.confidence < 1,
+            "confidence must be between 0 and 1, e.g. 0.95",
+        ),
+        (isinstance(metrics.seed, int), "seed must be a whole number"),
+        (
+            isinstance(metrics.worst_cases, int) and metrics.worst_cases >= 1,
+            "worst_cases must be a whole number >= 1",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise BenchmarkError(f"[metrics]: {message}.")
+    methods = [make_method(_resolve_head(t, path.parent), models) for t in raw["methods"]]
+    names = [m.name for m in methods]
+    dataset_names = [d.get("name") if isinstance(d, dict) else None for d in raw["datasets"]]
+    for what, values in (("method", names), ("dataset", dataset_names)):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise BenchmarkError(
+                f"{what} name(s) repeat: {', '.join(repeated)}; names must differ."
+            )
+    return BenchmarkConfig(path, models, metrics, methods, list(raw["datasets"]), raw)
+
+
+# --------------------------------------------------------------------------- identities
+
+
+def _model_identity(config: BenchmarkConfig, needs_clip: bool) -> dict[str, Any]:
+    """Model settings with checkpoint SHA-256s; fails early when a checkpoint is missing."""
+    from salip.core.hashing import file_sha256
+    from salip.models.sam import resolve_sam_checkpoint
+
+    m = config.methods[0].config.models
+    sam_path = Path(resolve_sam_checkpoint(m.sam_checkpoint))
+    identity: dict[str, Any] = {
+        "sam": {
+            "checkpoint": m.sam_checkpoint,
+            "path": str(sam_path),
+            "sha256": file_sha256(sam_path),
+        }
+    }
+    if needs_clip:
+        clip: dict[str, Any] = {"model": m.clip_model, "pretrained": m.clip_pretrained}
+        weights: list[Path] = []
+        folder = local_dir(m.clip_model)
+        if folder is not None:
+            weights = sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
+        elif m.clip_pretrained and Path(m.clip_pretrained).is_file():
+            weights = [Path(m.clip_pretrained)]
+        # A named open_clip tag pins its weights; the open_clip version is in run.json.
+        clip["sha256"] = {p.name: file_sha256(p) for p in weights}
+        identity["clip"] = clip
+    return identity
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"salip": __version__, "python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _device_info(device: str) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"device": device, "platform": platform.platform()}
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        info["gpu"] = torch.cuda.get_device_name(index)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["cpu_threads"] = torch.get_num_threads()
+    return info
+
+
+def _load_models(config: BenchmarkConfig, needs_clip: bool) -> Models:
+    from salip.models.clip import load_clip
+    from salip.models.device import resolve_device
+    from salip.models.sam import load_sam
+
+    m = config.methods[0].config.models
+    device = resolve_device(m.device)
+    start = time.perf_counter()
+    sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
+    clip = load_clip(m.clip_model, m.clip_pretrained, device=device) if needs_clip else None
+    logger.info("models loaded on %s in %.1f s", device, time.perf_counter() - start)
+    return Models(sam, clip, device)
+
+
+# --------------------------------------------------------------------------- one case
+
+
+def _case_dir(out: Path, case: Case) -> Path:
+    quote = lambda text: urllib.parse.quote(text, safe="")  # noqa: E731
+    return out / "cases" / quote(case.dataset) / quote(case.case_id)
+
+
+def _case_identity(case: Case) -> dict[str, Any]:
+    return {
+        "image": str(case.image),
+        "organs": list(case.organs),
+        "channel": case.channel,
+        "label": str(case.label) if case.label else None,
+        "values": {k: list(v) for k, v in case.values.items()},
+        "files": {k: [str(p) for p in v] for k, v in case.files.items()},
+        "threshold": case.threshold,
+        "fill_outline": case.fill_outline,
+    }
+
+
+def _spacing(geometry: Any, ndim: int) -> tuple[float, ...]:
+    """Voxel sizes in mm along the file's array axes (1.0 per axis for 2D images)."""
+    import nibabel as nib
+
+    if geometry.kind == "image":
+        return (1.0,) * ndim
+    return tuple(float(s) for s in nib.affines.voxel_sizes(geometry.affine)[:ndim])
+
+
+def _score(
+    pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], slice_axis: int | None, tol: float
+) -> dict[str, Any]:
+    from salip.apps.bench import metrics
+
+    dice = metrics.dice_case(pred, gt)
+    if slice_axis is None:  # a 2D image is its own single slice
+        slice_dice, gt_slices = (dice.dice, 1) if gt.any() else (None, 0)
+    else:
+        slice_dice, gt_slices = metrics.slice_dice(pred, gt, slice_axis)
+    return {
+        "dice": dice.dice,
+        "dice_status": dice.status,
+        "slice_dice": slice_dice,
+        "gt_slices": gt_slices,
+        "nsd": metrics.nsd(pred, gt, spacing, tol),
+        "hd95": metrics.hd95(pred, gt, spacing),
+        "pred_voxels": int(np.count_nonzero(pred)),
+        "gt_voxels": int(np.count_nonzero(gt)),
+    }
+
+
+def _montage_slices(
+    volume: Any, volume8: np.ndarray, axis: str, pred: np.ndarray, gt: np.ndarray
+) -> dict[str, Any]:
+    """The display slice with the most reference (else prediction) of one organ."""
+    from salip.io import to_canonical
+    from salip.io.slicing import AXES, display_slice
+
+    if volume.is_2d:
+        index = 0
+        gt_c, pred_c = gt, pred
+    else:
+        gt_c, pred_c = to_canonical(gt, volume.geometry), to_canonical(pred, volume.geometry)
+        other = tuple(a for a in range(3) if a != AXES[axis])
+        area = gt_c.sum(axis=other) if gt_c.any() else pred_c.sum(axis=other)
+        index = int(np.argmax(area)) if area.any() else len(area) // 2
+    image = display_slice(volume8, volume.is_2d, axis, index)
+    if image.ndim == 3:
+        image = (
+            image[..., :3].mean(axis=2).astype(np.uint8) if image.shape[2] > 1 else image[..., 0]
+        )
+    return {
+        "image": np.ascontiguousarray(image, dtype=np.uint8),
+        "gt": np.ascontiguousarray(display_slice(gt_c, volume.is_2d, axis, index), dtype=bool),
+        "pred": np.ascontiguousarray(display_slice(pred_c, volume.is_2d, axis, index), dtype=bool),
+        "index": np.int64(index),
+    }
+
+
+def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    from salip.io.writing import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    atomic_write(path, write)
+
+
+class _CaseRun:
+    """One case: the volume is read once and references once, for every method."""
+
+    def __init__(
+        self, case: Case, models_fn: Any, metrics: MetricSettings, volume: Any = None
+    ) -> None:
+        self.case, self.models_fn, self.metrics = case, models_fn, metrics
+        # A volume read ahead (see run_benchmark), or the exception reading it raised.
+        self._volume: Any = volume
+        self._references: dict[str, np.ndarray] | None = None
+        self._volume8: dict[tuple[Any, ...], np.ndarray] = {}
+
+    def volume(self) -> Any:
+        if self._volume is None:
+            self._volume = _read_volume(self.case)
+        if isinstance(self._volume, Exception):
+            raise self._volume
+        return self._volume
+
+    def volume8(self, intensity: Any, slicing: Any) -> np.ndarray:
+        """The 8-bit volume for the montage, made once per intensity mapping."""
+        from salip.io.slicing import to_uint8
+
+        key = (intensity, slicing.percentile_low, slicing.percentile_high)
+        if key not in self._volume8:
+            self._volume8[key] = to_uint8(self.volume(), intensity, slicing)
+        return self._volume8[key]
+
+    def references(self) -> dict[str, np.ndarray]:
+        """Reference masks in the image file's grid, read once per case."""
+        if self._references is None:
+            self._references = load_references(self.case)
+        return self._references
+
+    def run(self, method: Method) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+        """Segment and score the case with ``method``: (rows, montage arrays)."""
+        import torch
+
+        from salip.api.pipeline import segment, source_slice_indices
+        from salip.core.organs import get_organ
+        from salip.io import to_canonical
+        from salip.io.slicing import choose_intensity
+
+        case, volume = self.case, self.volume()
+        models: Models = self.models_fn()
+        organs = tuple(get_organ(o) for o in case.organs)
+        config = method.config
+        if case.modality and config.slicing.modality == "auto":
+            config = config.replace(modality=case.modality)
+        intensity = choose_intensity(volume, list(organs), config.slicing)
+        given = None
+        if method.uses_ground_truth:  # only oracle rows ever see the references
+            given = {
+                name: to_canonical(ref, volume.geometry) for name, ref in self.references().items()
+            }
+        cuda = models.device.startswith("cuda")
+        if cuda:
+            torch.cuda.synchronize(models.device)
+            torch.cuda.reset_peak_memory_stats(models.device)
+        start = time.perf_counter()
+        segmenter = method.segmenter(
+            models, CaseInput(organs, intensity.modality, volume.is_2d, given)
+        )
+        result = segment(
+            volume, organs=list(case.organs), write=False, config=config, segmenter=segmenter
+        )
+        if cuda:
+            torch.cuda.synchronize(models.device)
+        wall = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated(models.device) / 2**20 if cuda else None
+        references = self.references()
+        volume8 = self.volume8(intensity, config.slicing)
+        axis = config.slicing.axis
+        rows, montage = [], {}
+        for organ in case.organs:
+            pred = result.masks[organ].astype(bool)
+            gt = references[organ]
+            if pred.shape != gt.shape:
+                raise BenchmarkError(
+                    f"case {case.key}: prediction {pred.shape} and reference {gt.shape} differ "
+                    "in shape."
+                )
+            spacing = _spacing(volume.geometry, gt.ndim)
+            slice_axis = None if volume.is_2d else source_slice_indices(volume, axis, [])[0]
+            scores = _score(pred, gt, spacing, slice_axis, self.metrics.nsd_tolerance_mm)
+            rows.append(
+                {
+                    **scores,
+                    "organ": organ,
+                    "spacing": ",".join(f"{s:g}" for s in spacing),
+                    "wall_s": round(wall, 4),
+                    "peak_gpu_mb": None if peak is None else round(peak, 1),
+                    "device": models.device,
+                }
+            )
+            for key, value in _montage_slices(volume, volume8, axis, pred, gt).items():
+                montage[f"{organ}__{key}"] = value
+        return rows, montage
+
+
+def _base_row(case: Case, method: Method) -> dict[str, Any]:
+    return {
+        "dataset": case.dataset,
+        "case": case.case_id,
+        "method": method.name,
+        "method_kind": method.kind,
+        "uses_ground_truth": method.uses_ground_truth,
+    }
+
+
+def _error_rows(case: Case, exc: BaseException) -> list[dict[str, Any]]:
+    reason = str(exc) if isinstance(exc, SalipError) else f"{type(exc).__name__}: {exc}"
+    return [
+        {
+            "organ": organ,
+            "status": "error",
+            "error": reason,
+            "approximate": case.approximate.get(organ, ""),
+        }
+        for organ in case.organs
+    ]
+
+
+def _full_rows(case: Case, method: Method, rows: list[dict[str, Any]], montage: str) -> list[dict]:
+    full = []
+    for row in rows:
+        merged = {c: None for c in CASE_COLUMNS}
+        merged.update(_base_row(case, method))
+        merged.update({"status": "ok", "error": "", "montage": montage})
+        merged["approximate"] = case.approximate.get(row["organ"], "")
+        merged.update(row)
+        full.append(merged)
+    return full
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_benchmark(
+    config: str | Path | BenchmarkConfig,
+    *,
+    out: str | Path | None = None,
+    limit: int | None = None,
+    rerun: bool = False,
+    progress: bool = False,
+) -> BenchmarkResult:
+    """Run a benchmark config and write its outputs.
+
+    Args:
+        config: the TOML file (or a parsed :class:`BenchmarkConfig`).
+        out: output folder; default ``benchmark-results/<config stem>`` in the working folder.
+        limit: at most this many cases per dataset (the first by case id).
+        rerun: recompute every case, ignoring saved results.
+        progress: show a progress bar over (case, method) pairs.
+
+    Returns:
+        A :class:`BenchmarkResult`.
+
+    Raises:
+        BenchmarkError: a bad config or dataset (before any model runs).
+        salip.core.errors.ModelError: a missing or unreadable checkpoint.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config if isinstance(config, BenchmarkConfig) else load_config(config)
+    out_dir = Path(out) if out is not None else Path.cwd() / "benchmark-results" / cfg.path.stem
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchmarkError(f"--out {out_dir} is a file; give a folder.")
+    started = time.perf_counter()
+    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    cases: list[Case] = []
+    for table in cfg.datasets:
+        cases += load_dataset(table, cfg.base_dir, limit=limit)
+    needs_clip = any(m.needs_clip for m in cfg.methods)
+    identity = _model_identity(cfg, needs_clip)
+    loaded: list[Models] = []
+
+    def models() -> Models:  # loaded on first need: a fully resumed run loads nothing
+        if not loaded:
+            loaded.append(_load_models(cfg, needs_clip))
+        return loaded[0]
+
+    settings = dataclasses.asdict(cfg.metrics)
+    computed = reused = 0
+    all_rows: list[dict[str, Any]] = []
+    total = len(cases) * len(cfg.methods)
+    plan = []
+    for case in cases:
+        folder, steps = _case_dir(out_dir, case), []
+        for method in cfg.methods:
+            record_path = folder / f"{urllib.parse.quote(method.name, safe='')}.json"
+            key = fingerprint([method.describe(), identity, _case_identity(case), settings])
+            record = None if rerun else _read_record(record_path, key)
+            steps.append((method, record_path, key, record))
+        plan.append((case, steps))
+    # The next case's image is read in a background thread while this one runs.
+    to_compute = [case for case, steps in plan if any(step[3] is None for step in steps)]
+    needs_volume = {case.key for case in to_compute}
+    volumes = prefetch(to_compute, _read_volume, depth=1)
+    with tqdm(total=total, desc="benchmark", unit="run", disable=not progress) as bar:
+        for case, steps in plan:
+            volume = next(volumes) if case.key in needs_volume else None
+            runner = _CaseRun(case, models, cfg.metrics, volume)
+            for method, record_path, key, record in steps:
+                bar.set_postfix_str(f"{case.key} {method.name}", refresh=False)
+                if record is not None:
+                    reused += 1
+                else:
+                    record = _compute(runner, case, method, record_path, key, out_dir)
+                    computed += 1
+                all_rows += record["rows"]
+                bar.update(1)
+            del runner, volume
+    device = loaded[0].device if loaded else None
+    files = _write_outputs(
+        out_dir, cfg, all_rows, identity, device, date, computed, reused, started
+    )
+    errors = sum(1 for row in all_rows if row["status"] == "error")
+    if errors:
+        logger.warning("%d error row(s); see the `error` column of cases.csv", errors)
+    return BenchmarkResult(out_dir, out_dir / "summary.md", files, computed, reused, errors)
+
+
+def _read_volume(case: Case) -> Any:
+    """The case's image as a Volume, or the exception reading it raised (kept for the case's
+    error rows rather than raised in the prefetch thread)."""
+    from salip.io import read_input
+
+    try:
+        return read_input(case.image, channel=case.channel)
+    except Exception as exc:  # noqa: BLE001 - reported per case by _compute
+        return exc
+
+
+def _read_record(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """A saved result to reuse, or None (missing, unreadable, stale or an error)."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        logger.warning("%s: unreadable saved result; recomputing", path)
+        return None
+    if record.get("fingerprint") != fingerprint:
+        logger.info("%s: settings, models or files changed; recomputing", path)
+        return None
+    if record.get("status") != "ok":
+        return None  # errors are retried
+    return record
+
+
+def _compute(
+    runner: _CaseRun, case: Case, method: Method, path: Path, fingerprint: str, out: Path
+) -> dict[str, Any]:
+    from salip.io.writing import write_json
+
+    montage_rel = ""
+    try:
+        rows, montage = runner.run(method)
+        if montage:
+            montage_path = path.with_suffix(".npz")
+            _save_npz(montage_path, montage)
+            montage_rel = montage_path.relative_to(out).as_posix()
+        status = "ok"
+    except Exception as exc:  # noqa: BLE001
+        # One bad case (unreadable file, shape mismatch, out of memory) must not end a run
+        # of hundreds: it becomes error rows with the reason. Unexpected exception types
+        # may be bugs, so their traceback is logged.
+        expected = isinstance(exc, SalipError)
+        logger.warning("%s with %s failed: %s", case.key, method.name, exc, exc_info=not expected)
+        rows, status = _error_rows(case, exc), "error"
+    record = {
+        "fingerprint": fingerprint,
+        "status": status,
+        "rows": _full_rows(case, method, rows, montage_rel),
+    }
+    write_json(path, record)
+    return record
+
+
+def _write_outputs(
+    out: Path,
+    cfg: BenchmarkConfig,
+    rows: list[dict[str, Any]],
+    identity: dict[str, Any],
+    device: str | None,
+    date: str,
+    computed: int,
+    reused: int,
+    started: float,
+) -> list[Path]:
+    import pandas as pd
+
+    from salip.apps.bench.report import summarize, summary_markdown, write_figures
+    from salip.io.writing import atomic_write, write_json
+
+    cases = pd.DataFrame(rows, columns=list(CASE_COLUMNS))
+    m = cfg.metrics
+    summary = summarize(
+        cases, n_resamples=m.bootstrap_resamples, confidence=m.confidence, seed=m.seed
+    )
+    run_info = {
+        "config": str(cfg.path),
+        "date": date,
+        "device": device or "not loaded (every result reused)",
+        "salip_version": __version__,
+        "sam": identity["sam"]["checkpoint"],
+        "clip": identity.get("clip", {}).get("model"),
+        "confidence": m.confidence,
+    }
+    files = [out / "cases.csv", out / "summary.csv", out / "summary.md"]
+    atomic_write(files[0], lambda tmp: cases.to_csv(tmp, index=False))
+    atomic_write(files[1], lambda tmp: summary.to_csv(tmp, index=False))
+    markdown = summary_markdown(summary, run_info)
+    atomic_write(files[2], lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
+    files += write_figures(cases, out, worst=m.worst_cases)
+    run_json = {
+        **run_info,
+        "config_file": cfg.raw,
+        "models": identity,
+        "methods": [method.describe() for method in cfg.methods],
+        "versions": _versions(),
+        "hardware": _device_info(device) if device else None,
+        "results": {
+            "computed": computed,
+            "reused": reused,
+            "rows": len(rows),
+            "error_rows": int((cases["status"] == "error").sum()) if len(cases) else 0,
+        },
+        "wall_s": round(time.perf_counter() - started, 2),
+    }
+    write_json(out / "run.json", run_json)
+    files.append(out / "run.json")
+    return files

@@ -1,0 +1,660 @@
+"""The ``salip`` command line.
+
+Every settings flag is generated from a field of the stage configs in :mod:`salip.core.config`
+(``--points-per-side`` <-> ``ProposalConfig.points_per_side``), and the commands call the
+library with keyword arguments. Errors are one line and a non-zero exit; ``-v`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+import typing
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from salip.core.config import SegmentConfig
+from salip.version import __version__
+
+logger = logging.getLogger("salip")
+
+_GROUP_TITLES = {
+    "input": "input reading",
+    "models": "models",
+    "segmenter": "segmenter (the cascade, or a learned head)",
+    "slicing": "slicing and intensity",
+    "proposals": "proposals (SAM everything mode)",
+    "area": "area filter",
+    "crops": "crops",
+    "scoring": "CLIP scoring",
+    "refine": "refinement (box prompts)",
+    "assembly": "assembly",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _add_dataclass_flags(group: Any, config_type: type) -> None:
+    """Add one flag per field of a config dataclass, help and choices from its metadata."""
+    hints = typing.get_type_hints(config_type)
+    for f in dataclasses.fields(config_type):
+        hint = hints[f.name]
+        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+        help_text = f.metadata.get("help", "")
+        if "default:" not in help_text.lower():  # the help already explains its default
+            help_text += f" (default: {f.default})"
+        if base is bool:
+            group.add_argument(
+                _flag(f.name),
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+            continue
+        if typing.get_origin(base) is tuple:
+            base = _comma_list
+        group.add_argument(
+            _flag(f.name),
+            type=base,
+            choices=f.metadata.get("choices"),
+            default=argparse.SUPPRESS,
+            metavar=None if f.metadata.get("choices") else f.name.split("_")[-1].upper(),
+            help=help_text,
+        )
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, stages: Sequence[str]) -> None:
+    """Add one flag per field of the named stages of :class:`SegmentConfig`."""
+    for stage in dataclasses.fields(SegmentConfig):
+        if stage.name in stages:
+            group = parser.add_argument_group(_GROUP_TITLES[stage.name])
+            _add_dataclass_flags(group, stage.default_factory)  # type: ignore[arg-type]
+
+
+def _config_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Config flags the user actually gave (unset flags keep the config defaults)."""
+    from salip.core.config import flat_fields
+
+    fields = flat_fields()
+    return {k: v for k, v in vars(args).items() if k in fields}
+
+
+if typing.TYPE_CHECKING:
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    """The top ``salip`` parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="salip",
+        description="Zero-shot organ segmentation with a SAM + CLIP cascade (SaLIP).",
+    )
+    parser.add_argument("--version", action="version", version=f"salip {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="count", default=0, help="More logging; tracebacks on errors."
+    )
+    common.add_argument("-q", "--quiet", action="store_true", help="Only warnings and errors.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_segment(sub, common)
+    _add_proposals(sub, common)
+    _add_benchmark(sub, common)
+    _add_bench_speed(sub, common)
+    _add_head(sub, common)
+    _add_models(sub, common)
+    _add_organs(sub, common)
+    _add_prompts(sub, common)
+    return parser
+
+
+def _add_segment(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip segment``."""
+    seg = sub.add_parser(
+        "segment",
+        parents=[common],
+        help="Segment organs in a NIfTI volume, DICOM series or 2D image.",
+        description="Segment organs with no labels and no fine-tuning. Masks are written in "
+        "the input's own grid: NIfTI for volumes and DICOM series, PNG for 2D images.",
+    )
+    seg.add_argument("input", help="NIfTI file, DICOM folder or .zip, or PNG/JPEG/TIFF image.")
+    seg.add_argument(
+        "--organ",
+        action="append",
+        required=True,
+        help="Organ to segment; repeat or comma-separate for several (see `salip organs`).",
+    )
+    out = seg.add_argument_group("outputs")
+    out.add_argument(
+        "-o",
+        "--output",
+        help="Mask file (multi-label for several organs, with a JSON sidecar of label "
+        "values), or with --split a folder. Default: <input stem>_salip.nii.gz/.png here.",
+    )
+    out.add_argument(
+        "--split", action="store_true", help="One mask file per organ in the -o folder."
+    )
+    out.add_argument("--overwrite", action="store_true", help="Replace existing output files.")
+    out.add_argument(
+        "--preview", metavar="PNG", help="Write an overlay of the slices with the most organ."
+    )
+    out.add_argument(
+        "--report", metavar="JSON", help="Write the run report (volumes, scores, timings)."
+    )
+    out.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    _add_config_flags(seg, list(_GROUP_TITLES))
+    seg.set_defaults(func=_cmd_segment)
+
+
+def _add_proposals(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip proposals``."""
+    prop = sub.add_parser(
+        "proposals",
+        parents=[common],
+        help="Write SAM everything-mode proposals of one image or slice as JSON.",
+        description="Writes the same records as segment-anything's scripts/amg.py "
+        "--convert-to-rle: segmentation (COCO RLE), bbox (XYWH), area, predicted_iou, "
+        "stability_score, point_coords, crop_box. CLIP flags are accepted and unused.",
+    )
+    prop.add_argument("input", help="NIfTI file, DICOM folder or .zip, or 2D image.")
+    prop.add_argument(
+        "--slice",
+        type=int,
+        dest="slice_index",
+        help="Slice index in the input file along --axis (default: middle).",
+    )
+    prop.add_argument("-o", "--output", required=True, help="JSON file to write.")
+    prop.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
+    _add_config_flags(prop, ["input", "models", "slicing", "proposals"])
+    prop.set_defaults(func=_cmd_proposals)
+
+
+def _add_benchmark(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip benchmark``."""
+    bench = sub.add_parser(
+        "benchmark",
+        parents=[common],
+        help="Score salip and its baselines against datasets with reference masks.",
+        description="Runs the methods of a TOML config over its datasets and writes "
+        "cases.csv, summary.csv, summary.md, figures/ and run.json (see benchmarks/README.md). "
+        "Finished cases are saved at once and reused by a rerun. Prints the path of "
+        "summary.md.",
+    )
+    bench.add_argument("--config", required=True, metavar="TOML", help="Benchmark config file.")
+    bench.add_argument(
+        "--out",
+        metavar="DIR",
+        help="Output folder. Default: benchmark-results/<config name> in the working folder.",
+    )
+    bench.add_argument(
+        "--limit", type=int, metavar="N", help="At most N cases per dataset (the first by id)."
+    )
+    bench.add_argument(
+        "--rerun", action="store_true", help="Recompute every case, ignoring saved results."
+    )
+    bench.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    bench.set_defaults(func=_cmd_benchmark)
+
+
+def _add_bench_speed(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip bench-speed``."""
+    speed = sub.add_parser(
+        "bench-speed",
+        parents=[common],
+        help="Time salip against the SaLIP reference cost structure on one volume.",
+        description="In one process, on the same device, checkpoints and slices: (A) the "
+        "reference structure (SamAutomaticMaskGenerator per slice, CLIP with texts encoded "
+        "again, SamPredictor.set_image plus box prompts) and (B) salip. Prints the ratio A/B, "
+        "the mask agreement (mean IoU), per-stage seconds, and a Markdown line for "
+        "benchmarks/RESULTS.md.",
+    )
+    source = speed.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", metavar="NIFTI", help="A NIfTI volume to segment.")
+    source.add_argument(
+        "--shape", metavar="XxYxZ", help="A synthetic CT phantom of this shape, e.g. 512x512x200."
+    )
+    speed.add_argument("--organ", default="liver", help="Organ to segment (default: liver).")
+    speed.add_argument(
+        "--extra-organ",
+        action="append",
+        default=[],
+        metavar="ORGAN",
+        help="Also time salip on --organ plus these organs in one run (repeat or "
+        "comma-separate), to report the cost of several organs against one.",
+    )
+    speed.add_argument("--json", metavar="PATH", help="Also write the results as JSON.")
+    _add_config_flags(speed, ["models", "slicing", "proposals"])
+    speed.set_defaults(func=_cmd_bench_speed)
+
+
+def _add_head(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip head train``."""
+    from salip.apps.training.config import TrainSettings  # light: no torch
+
+    head = sub.add_parser("head", help="Train the learned comparator head on SAM features.")
+    hsub = head.add_subparsers(dest="head_command", required=True, metavar="ACTION")
+    train = hsub.add_parser(
+        "train",
+        parents=[common],
+        help="Train a CLIP-driven head on frozen SAM embeddings of labelled datasets.",
+        description="Trains the head of `--method head` from a TOML config with the "
+        "benchmark's [models] and [[datasets]] tables and a [train] table (see "
+        "benchmarks/README.md). Writes head.pt, manifest.json and a resumable last.pt to "
+        "--out; a rerun of the same config continues after the last finished epoch. "
+        "Prints the path of head.pt.",
+    )
+    train.add_argument("--config", required=True, metavar="TOML", help="Training config file.")
+    train.add_argument("--out", required=True, metavar="DIR", help="Output folder.")
+    train.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="Start from scratch even if --out holds an unfinished run of this config.",
+    )
+    train.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
+    _add_dataclass_flags(
+        train.add_argument_group("training (override the config's [train] table)"),
+        TrainSettings,
+    )
+    train.set_defaults(func=_cmd_head_train)
+
+
+def _add_models(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip models download`` and ``salip models list``."""
+    models = sub.add_parser("models", help="Download or list SAM checkpoints.")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    dl = msub.add_parser(
+        "download",
+        parents=[common],
+        help="Download official SAM checkpoints into the cache ($SALIP_HOME).",
+    )
+    dl.add_argument(
+        "names", nargs="*", default=["vit_b"], help="vit_b, vit_l and/or vit_h (default: vit_b)."
+    )
+    dl.add_argument(
+        "--mirror", metavar="URL", help="Base URL to fetch from instead of Meta's server."
+    )
+    dl.add_argument("--force", action="store_true", help="Download again even if cached.")
+    dl.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    dl.set_defaults(func=_cmd_models_download)
+    ls = msub.add_parser(
+        "list", parents=[common], help="Show which official checkpoints are cached."
+    )
+    ls.set_defaults(func=_cmd_models_list)
+
+
+def _add_organs(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip organs``."""
+    organs = sub.add_parser(
+        "organs",
+        parents=[common],
+        help="List the organs salip knows, or their values in a public label set.",
+    )
+    organs.add_argument(
+        "--labels",
+        metavar="SET",
+        help="Show organ -> label values in a label set: totalseg, totalseg_mr, btcv, amos, "
+        "msd (all Decathlon tasks) or one msd_* task.",
+    )
+    organs.set_defaults(func=_cmd_organs)
+
+
+def _add_prompts(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    """``salip prompts generate``, ``list`` and ``show``."""
+    from salip.apps.prompt_generation import GenerationConfig
+
+    prompts = sub.add_parser("prompts", help="Generate, list or show description prompts.")
+    psub = prompts.add_subparsers(dest="prompts_command", required=True, metavar="ACTION")
+    pdir = argparse.ArgumentParser(add_help=False)
+    pdir.add_argument(
+        "--prompts-dir",
+        metavar="DIR",
+        help="Prompt folder (default: $SALIP_PROMPTS_DIR, else the packaged prompts).",
+    )
+    gen = psub.add_parser(
+        "generate",
+        parents=[common, pdir],
+        help="Ask a language model (any OpenAI-compatible endpoint) for descriptions.",
+        description="Writes N visual descriptions per organ into the prompt cache, with "
+        "provenance. The key is read from OPENAI_API_KEY; --base-url or OPENAI_BASE_URL "
+        "selects the endpoint. Nothing is written unless every organ succeeds.",
+    )
+    gen.add_argument(
+        "--organ", action="append", help="Organ to describe; repeat or comma-separate."
+    )
+    gen.add_argument(
+        "--all", action="store_true", dest="all_organs", help="Every organ of --modality."
+    )
+    gen.add_argument(
+        "--modality", required=True, choices=("ct", "mr", "xray", "us"), help="Image modality."
+    )
+    gen.add_argument(
+        "--force",
+        action="store_true",
+        help="Replace existing entries of this modality (hand-written ones included).",
+    )
+    _add_dataclass_flags(gen.add_argument_group("language model"), GenerationConfig)
+    gen.set_defaults(func=_cmd_prompts_generate)
+    pls = psub.add_parser(
+        "list", parents=[common, pdir], help="What is cached, per organ and modality."
+    )
+    pls.set_defaults(func=_cmd_prompts_list)
+    show = psub.add_parser(
+        "show", parents=[common, pdir], help="Print an organ's descriptions and provenance."
+    )
+    show.add_argument("organ", help="Organ name (or 'background').")
+    show.add_argument("--modality", choices=("ct", "mr", "xray", "us"), help="Only this one.")
+    show.set_defaults(func=_cmd_prompts_show)
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from salip.api.pipeline import segment
+
+    result = segment(
+        args.input,
+        organs=args.organ,
+        output=args.output,
+        split=args.split,
+        overwrite=args.overwrite,
+        preview=args.preview,
+        report=args.report,
+        progress=not args.no_progress and not args.quiet,
+        **_config_options(args),
+    )
+    for name, row in result.report["organs"].items():
+        size = f"{row['volume_ml']} ml" if row["volume_ml"] is not None else f"{row['voxels']} px"
+        logger.info("%s: %s in %d slice(s)", name, size, len(row["slices"]))
+    for path in result.outputs:
+        logger.info("wrote %s", path)
+    return 0
+
+
+def _cmd_proposals(args: argparse.Namespace) -> int:
+    from salip.api.pipeline import propose
+    from salip.io.output_set import OutputSet
+    from salip.io.writing import json_text
+
+    output = Path(args.output)
+    with OutputSet(Path(args.input), overwrite=args.overwrite) as outputs:
+        outputs.add(output, "-o")
+        outputs.check_writable()
+        records, info = propose(args.input, slice_index=args.slice_index, **_config_options(args))
+        text = json_text(records)
+        outputs.stage(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        outputs.commit()
+    logger.info("wrote %d proposals of slice %s to %s", len(records), info["slice"], output)
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from salip.apps.bench.runner import run_benchmark
+
+    result = run_benchmark(
+        args.config,
+        out=args.out,
+        limit=args.limit,
+        rerun=args.rerun,
+        progress=not args.no_progress and not args.quiet,
+    )
+    logger.info(
+        "%d computed, %d reused, %d error row(s); outputs in %s",
+        result.computed,
+        result.reused,
+        result.errors,
+        result.out,
+    )
+    sys.stdout.write(f"{result.summary_md}\n")
+    return 0
+
+
+def _cmd_head_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from salip.apps.training.config import TrainSettings, load_head_config
+    from salip.apps.training.train import train_head
+
+    names = {f.name for f in dataclasses.fields(TrainSettings)}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    result = train_head(
+        load_head_config(args.config).with_train(**overrides),
+        Path(args.out),
+        progress=not args.no_progress and not args.quiet,
+        resume=not args.no_resume,
+    )
+    metrics = result.manifest.get("metrics", {})
+    logger.info(
+        "%d epoch(s) trained now (%d before), %d steps; validation mean Dice: %s",
+        result.epochs_run,
+        result.start_epoch,
+        result.steps_run,
+        metrics.get("final_val_mean_dice"),
+    )
+    sys.stdout.write(f"{result.head_path}\n")
+    return 0
+
+
+def _cmd_bench_speed(args: argparse.Namespace) -> int:
+    import json
+
+    from salip.apps.bench.speed import markdown_line, run_speed
+
+    result = run_speed(
+        input=args.input,
+        shape=args.shape,
+        organ=args.organ,
+        extra_organs=[o.strip() for item in args.extra_organ for o in item.split(",") if o.strip()],
+        json_path=args.json,
+        **_config_options(args),
+    )
+    keys = ("reference_s", "salip_s", "ratio", "agreement_iou", "device", "precision", "shape")
+    if result["multi_organ_s"] is not None:
+        keys += ("multi_organs", "multi_organ_s", "multi_organ_ratio")
+    for key in keys:
+        logger.info("%s: %s", key, result[key])
+    logger.info("salip stages (s): %s", json.dumps(result["stages"]))
+    logger.info("reference stages (s): %s", json.dumps(result["reference_stages"]))
+    sys.stdout.write(markdown_line(result) + "\n")
+    return 0
+
+
+def _cmd_models_download(args: argparse.Namespace) -> int:
+    from salip.models.download import download_checkpoint
+    from salip.models.registry import OFFICIAL_BASE_URL
+
+    for name in args.names:
+        path = download_checkpoint(
+            name,
+            base_url=args.mirror or OFFICIAL_BASE_URL,
+            force=args.force,
+            progress=not args.no_progress and not args.quiet,
+        )
+        logger.info("%s: %s", name, path)
+    return 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from salip.models.download import list_cached
+    from salip.models.registry import checkpoint_dir
+
+    rows = list_cached()
+    sys.stdout.write(f"cache: {checkpoint_dir()}\n")
+    for row in rows:
+        state = f"cached, {row['bytes']:,} bytes" if row["cached"] else "not cached"
+        sys.stdout.write(f"{row['name']:6s} {state}  {row['file']}\n")
+    return 0
+
+
+def _cmd_organs(args: argparse.Namespace) -> int:
+    from salip.core.organs import ORGANS
+
+    out = sys.stdout
+    if args.labels:
+        from salip.core.label_sets import get_label_sets
+
+        for ls in get_label_sets(args.labels):
+            out.write(f"{ls.name}: {ls.title}\n")
+            for organ, values in ls.labels.items():
+                note = (
+                    f"  (approximate: {ls.approximate[organ]})" if organ in ls.approximate else ""
+                )
+                out.write(f"  {organ:30s} {'+'.join(map(str, values))}{note}\n")
+        return 0
+    out.write(f"{'organ':30s} {'top-k':5s} {'window':11s} {'side':5s} modalities / regions\n")
+    for organ in ORGANS.values():
+        extra = []
+        if organ.parts:
+            extra.append(f"pair of {' + '.join(organ.parts)}")
+        if organ.synonyms:
+            extra.append(f"also: {', '.join(organ.synonyms)}")
+        side = organ.laterality if organ.laterality != "none" else "-"
+        out.write(
+            f"{organ.name:30s} {organ.top_k:<5d} {organ.window:11s} {side:5s} "
+            f"{','.join(organ.modalities)} / {','.join(organ.regions)}"
+            + (f"  ({'; '.join(extra)})" if extra else "")
+            + "\n"
+        )
+    return 0
+
+
+def _cmd_prompts_generate(args: argparse.Namespace) -> int:
+    from salip.apps.prompt_generation import GenerationConfig, generate_prompts, resolve_targets
+
+    names = {f.name for f in dataclasses.fields(GenerationConfig)}
+    config = GenerationConfig(**{k: v for k, v in vars(args).items() if k in names})
+    targets = resolve_targets(args.organ, args.all_organs, args.modality)
+    written = generate_prompts(
+        targets,
+        args.modality,
+        config=config,
+        prompts_folder=args.prompts_dir,
+        force=args.force,
+    )
+    for path in written:
+        logger.info("wrote %s", path)
+    return 0
+
+
+def _cmd_prompts_list(args: argparse.Namespace) -> int:
+    from salip.core.prompts import list_entries, prompts_dir
+
+    out = sys.stdout
+    out.write(f"prompts: {prompts_dir(args.prompts_dir)}\n")
+    for row in list_entries(args.prompts_dir):
+        if "error" in row:
+            out.write(f"{row['organ']:30s} INVALID: {row['error']}\n")
+            continue
+        out.write(
+            f"{row['organ']:30s} {row['modality']:5s} {row['count']:3d}  {row['source']:12s} "
+            f"{row['origin']}  {row['date']}\n"
+        )
+    return 0
+
+
+def _cmd_prompts_show(args: argparse.Namespace) -> int:
+    from salip.core.organs import get_organ
+    from salip.core.prompts import BACKGROUND, load_prompt_file, prompts_dir
+
+    name = args.organ if args.organ == BACKGROUND else get_organ(args.organ).name
+    data = load_prompt_file(name, args.prompts_dir)
+    entries = data["entries"]
+    if args.modality and args.modality not in entries:
+        from salip.core.errors import ConfigError
+
+        raise ConfigError(
+            f"{name} has no {args.modality} descriptions in {prompts_dir(args.prompts_dir)}; "
+            f"it has: {', '.join(entries)}."
+        )
+    out = sys.stdout
+    out.write(f"{name}  ({prompts_dir(args.prompts_dir) / f'{name}.json'})\n")
+    for modality, entry in entries.items():
+        if args.modality and modality != args.modality:
+            continue
+        origin = {k: v for k, v in entry.items() if k != "descriptions" and v is not None}
+        out.write(f"\n[{modality}] " + ", ".join(f"{k}: {v}" for k, v in origin.items()) + "\n")
+        for text in entry["descriptions"]:
+            out.write(f"  - {text}\n")
+    return 0
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("salip").setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``salip`` console script; returns the exit code."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", 0)
+    _setup_logging(verbose, getattr(args, "quiet", False))
+    with _terminate_as_interrupt():
+        return _run(args, verbose)
+
+
+def _run(args: argparse.Namespace, verbose: int) -> int:
+    """Run the command; every error becomes one line on stderr and a non-zero code."""
+    from salip.core.errors import SalipError, one_line
+
+    try:
+        return int(args.func(args))
+    except SalipError as exc:
+        if verbose:
+            logger.exception("error")
+        sys.stderr.write(f"salip: error: {one_line(exc, limit=1000)}\n")
+        return 1
+    except BrokenPipeError:
+        # Output piped into e.g. `head`, which stopped reading: not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("salip: interrupted\n")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last-resort one-line report
+        if verbose:
+            logger.exception("unexpected error")
+        sys.stderr.write(
+            f"salip: error: unexpected {type(exc).__name__}: {one_line(exc, limit=1000)}. This is a bug "
+            "in salip: please report it with the output of the same command run with -v.\n"
+        )
+        return 1
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM like Ctrl-C while a command runs, so its cleanup runs too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

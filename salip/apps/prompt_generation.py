@@ -1,0 +1,433 @@
+"""Writing organ descriptions with a language model, offline, into the prompt cache.
+
+One chat-completion request per organ asks any OpenAI-compatible endpoint for a JSON object
+``{"descriptions": [...]}``: N short visual descriptions of how the organ looks in one
+modality. Replies are validated, and nothing is written until every organ of the run has a
+valid reply, so a failed run leaves the cache byte-for-byte unchanged. Each written entry
+records the model, the template version and hash, the date and the sampling settings.
+
+The API key is read from ``$OPENAI_API_KEY`` and only handed to the ``openai`` client; it is
+never written to a file or logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from salip.core.errors import ConfigError, GenerationError, one_line
+from salip.core.organs import MODALITIES, ORGANS, Organ, parse_organs
+from salip.core.prompts import (
+    FORMAT_VERSION,
+    MAX_DESCRIPTION_CHARS,
+    description_problems,
+    prompts_dir,
+    read_prompt_file,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Bump when either template changes; the hash below changes with the text anyway.
+TEMPLATE_VERSION = "1"
+
+SYSTEM_TEMPLATE = """\
+You are a radiologist who writes short visual descriptions of anatomy for an image-text \
+model. The model compares each description with a small image crop, so every description \
+must say what the structure looks like in the image: its shape, size, texture, intensity \
+or signal, borders, and position relative to neighbouring structures. Never write \
+instructions, steps, diagnoses or advice. Answer with a JSON object only."""
+
+USER_TEMPLATE = """\
+Write {n} different one-sentence visual descriptions of the {organ} as it appears on \
+{modality_text}.
+- Each description is at most {max_words} words and describes appearance only: shape, \
+texture, {intensity_word}, margins, and position relative to neighbouring organs.
+- At least one description says what a tight crop around the {organ} alone looks like.
+- Left and right mean the patient's left and right.
+Answer with exactly this JSON shape and nothing else:
+{{"descriptions": ["...", "..."]}}"""
+
+_MODALITY_TEXT = {
+    "ct": ("axial computed tomography (CT) images", "attenuation and enhancement"),
+    "mr": ("axial magnetic resonance (MR) images", "T1 and T2 signal intensity"),
+    "xray": ("plain radiographs (X-ray)", "radiographic density"),
+    "us": ("ultrasound images", "echogenicity"),
+}
+
+
+def template_sha256() -> str:
+    """SHA-256 of both templates: the identity of the request wording."""
+    text = json.dumps({"system": SYSTEM_TEMPLATE, "user": USER_TEMPLATE})
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Settings of ``salip prompts generate`` (one CLI flag per field)."""
+
+    model: str = field(
+        default="gpt-4o-mini",
+        metadata={"help": "Chat model name at the endpoint."},
+    )
+    n: int = field(default=8, metadata={"help": "Descriptions per organ and modality."})
+    base_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "OpenAI-compatible API base URL (e.g. http://localhost:8000/v1). "
+            "Default: $OPENAI_BASE_URL, else OpenAI's."
+        },
+    )
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature."})
+    seed: int | None = field(
+        default=None, metadata={"help": "Sampling seed, for endpoints that support one."}
+    )
+    max_retries: int = field(
+        default=4,
+        metadata={"help": "Retries of transient failures (429, 5xx, timeouts), with backoff."},
+    )
+    timeout: float = field(default=60.0, metadata={"help": "Seconds to wait for one reply."})
+
+    def validate(self) -> None:
+        """Raise ConfigError for out-of-range values."""
+        if not 1 <= self.n <= 32:
+            raise ConfigError("n must be between 1 and 32.")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ConfigError("temperature must be between 0 and 2.")
+        if self.max_retries < 0 or self.timeout <= 0:
+            raise ConfigError("max_retries must be >= 0 and timeout > 0.")
+
+
+def build_messages(organ: Organ, modality: str, n: int) -> list[dict[str, str]]:
+    """The chat messages for one organ and modality."""
+    modality_text, intensity_word = _MODALITY_TEXT[modality]
+    user = USER_TEMPLATE.format(
+        n=n,
+        organ=organ.name.replace("_", " "),
+        modality_text=modality_text,
+        intensity_word=intensity_word,
+        max_words=40,
+    )
+    return [{"role": "system", "content": SYSTEM_TEMPLATE}, {"role": "user", "content": user}]
+
+
+def parse_reply(text: str | None, n: int, max_chars: int = MAX_DESCRIPTION_CHARS) -> list[str]:
+    """The descriptions in a model reply; GenerationError if it is not what was asked.
+
+    Accepts the JSON object alone or inside a Markdown code fence. Keeps the first ``n`` of
+    a longer list; refuses fewer than ``n``, empty, duplicate or over-long strings.
+    """
+    if not text or not text.strip():
+        raise GenerationError("the model's reply is empty.")
+    body = text.strip()
+    fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, flags=re.DOTALL)
+    if fence:
+        body = fence.group(1)
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise GenerationError(f"the model's reply is not JSON ({exc}): {body[:80]!r}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("descriptions"), list):
+        raise GenerationError(
+            'the model\'s reply is not a JSON object {"descriptions": [string, ...]}: '
+            f"{body[:80]!r}"
+        )
+    descriptions = data["descriptions"]
+    problems = description_problems(descriptions, max_chars)
+    if problems:
+        raise GenerationError("the model's descriptions are unusable: " + "; ".join(problems))
+    if len(descriptions) < n:
+        raise GenerationError(f"the model gave {len(descriptions)} descriptions, not {n}.")
+    return [" ".join(d.split()) for d in descriptions[:n]]
+
+
+def _base_url(config: GenerationConfig) -> str | None:
+    """The endpoint URL from --base-url or $OPENAI_BASE_URL (None: OpenAI's); checked.
+
+    Raises:
+        GenerationError: the URL is not http(s)://HOST[:PORT]/... (one line).
+    """
+    url = config.base_url or os.environ.get("OPENAI_BASE_URL") or None
+    if url is None:
+        return None
+    source = "--base-url" if config.base_url else "$OPENAI_BASE_URL"
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        valid = False
+    if not valid:
+        raise GenerationError(
+            f"{source} {url!r} is not an http(s) URL; give one like http://localhost:8000/v1."
+        )
+    return url
+
+
+def _client(config: GenerationConfig) -> Any:
+    import openai
+
+    key = os.environ.get("OPENAI_API_KEY", "").strip()
+    if not key:
+        raise GenerationError(
+            "OPENAI_API_KEY is not set: export it before running `salip prompts generate` "
+            "(a local server that ignores keys accepts any value, e.g. OPENAI_API_KEY=local)."
+        )
+    return openai.OpenAI(
+        api_key=key,
+        base_url=_base_url(config),
+        max_retries=config.max_retries,
+        timeout=config.timeout,
+    )
+
+
+def _endpoint(client: Any) -> str:
+    """The API base URL without credentials or query, for the provenance record."""
+    parts = urlsplit(str(client.base_url))
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path.rstrip('/')}"
+
+
+#: What to check when the endpoint answers with something that is not a chat completion.
+_CHECK_ENDPOINT = (
+    "check that --base-url (or $OPENAI_BASE_URL) is an OpenAI-compatible API ending in /v1 "
+    "and that --model names a chat model it serves"
+)
+
+
+def _attempts(config: GenerationConfig, retried: bool = True) -> str:
+    """The "after N attempt(s)" of a message, for failures the client retries."""
+    return f" after {config.max_retries + 1} attempt(s)" if retried else ""
+
+
+def _status_hint(status: int) -> str:
+    """What to do about an HTTP error status from the endpoint."""
+    if status in (401, 403):
+        return "check OPENAI_API_KEY (is it the key for this endpoint?)"
+    if status == 404:
+        return "check --model and --base-url (or $OPENAI_BASE_URL)"
+    if status in (400, 405, 415, 422):
+        return _CHECK_ENDPOINT
+    return "try later, or raise --max-retries"
+
+
+def _status_error(exc: Any, where: str, config: GenerationConfig) -> GenerationError:
+    """One-line GenerationError for an HTTP error status (``openai.APIStatusError``)."""
+    status = exc.status_code
+    retried = status in (408, 409, 429) or status >= 500  # what the openai client retries
+    body = exc.body if isinstance(exc.body, str) else ""
+    if body.lstrip()[:1] == "<":  # an HTML error page, from a proxy or a web server
+        said = "an HTML error page, not the API's JSON"
+    else:
+        said = one_line(exc.message)
+    return GenerationError(
+        f"{where} answered HTTP {status}{_attempts(config, retried)} ({said}); "
+        f"{_status_hint(status)}."
+    )
+
+
+def _call(client: Any, organ: Organ, modality: str, config: GenerationConfig) -> Any:
+    """The endpoint's reply to one chat request; GenerationError (one line) on failure."""
+    import openai
+
+    where = f"{organ.name}: {_endpoint(client)}"
+    extra: dict[str, Any] = {} if config.seed is None else {"seed": config.seed}
+    try:
+        return client.chat.completions.create(
+            model=config.model,
+            messages=build_messages(organ, modality, config.n),
+            temperature=config.temperature,
+            response_format={"type": "json_object"},
+            **extra,
+        )
+    except openai.APITimeoutError as exc:
+        raise GenerationError(
+            f"{organ.name}: no reply from {_endpoint(client)} within {config.timeout:g} s"
+            f"{_attempts(config)}; try later or raise --timeout."
+        ) from exc
+    except openai.APIConnectionError as exc:
+        raise GenerationError(
+            f"{organ.name}: cannot reach {_endpoint(client)}{_attempts(config)} "
+            f"({one_line(exc, 100)}); check --base-url (or $OPENAI_BASE_URL) and that the "
+            "server is running."
+        ) from exc
+    except openai.APIStatusError as exc:
+        raise _status_error(exc, where, config) from exc
+    except (openai.APIError, ValueError) as exc:  # a body that is not JSON, or not the schema
+        detail = "not JSON" if isinstance(exc, json.JSONDecodeError) else one_line(exc, 100)
+        raise GenerationError(
+            f"{where} answered with a body that is not a chat completion ({detail}); "
+            f"{_CHECK_ENDPOINT}."
+        ) from exc
+
+
+def _reply_text(response: Any, where: str) -> str:
+    """The message text of a chat-completion reply; GenerationError if it has none."""
+    choices = getattr(response, "choices", None)
+    if isinstance(response, str) or not isinstance(choices, list):
+        kind = "text" if isinstance(response, str) else "JSON without 'choices'"
+        raise GenerationError(
+            f"{where} answered with {kind}, not a chat completion; {_CHECK_ENDPOINT}."
+        )
+    if not choices:
+        raise GenerationError(
+            f"{where} answered with no choices; try again, or try another --model."
+        )
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None)
+    if isinstance(content, str):
+        return content
+    refusal = getattr(message, "refusal", None)
+    if isinstance(refusal, str) and refusal.strip():
+        raise GenerationError(
+            f"{where}: the model refused ({one_line(refusal, 100)}); try another --model."
+        )
+    raise GenerationError(
+        f"{where}: the model's reply has no text (content is {content!r}); try again, or "
+        "try another --model."
+    )
+
+
+def _request(client: Any, organ: Organ, modality: str, config: GenerationConfig) -> tuple:
+    """(descriptions, served model name) for one organ; GenerationError on failure."""
+    response = _call(client, organ, modality, config)
+    text = _reply_text(response, f"{organ.name}: {_endpoint(client)}")
+    try:
+        descriptions = parse_reply(text, config.n)
+    except GenerationError as exc:
+        raise GenerationError(f"{organ.name}: {exc}") from exc
+    served = getattr(response, "model", None)
+    return descriptions, served if isinstance(served, str) else config.model
+
+
+def _check_writable(folder: Path) -> None:
+    """ConfigError unless ``folder`` (or, if missing, its nearest existing parent) is
+    writable: found before any request, not after the replies have been paid for."""
+    from salip.io.writing import write_problem
+
+    if write_problem(folder) is not None:
+        raise ConfigError(
+            f"cannot write prompts to {folder}; pass --prompts-dir DIR to write elsewhere."
+        )
+
+
+def resolve_targets(organs: Sequence[str] | None, all_organs: bool, modality: str) -> list[Organ]:
+    """The organs of a generate run: named ones, or with ``all_organs`` every organ of
+    ``modality``. Raises ConfigError/OrganError with the fix."""
+    if modality not in MODALITIES:
+        raise ConfigError(f"unknown modality '{modality}'; use one of {', '.join(MODALITIES)}.")
+    if all_organs and organs:
+        raise ConfigError("give --organ or --all, not both.")
+    if all_organs:
+        return [o for o in ORGANS.values() if modality in o.modalities]
+    if not organs:
+        raise ConfigError("name organs with --organ (repeatable) or use --all.")
+    targets = parse_organs(organs)
+    for organ in targets:
+        if modality not in organ.modalities:
+            raise ConfigError(
+                f"{organ.name} is not imaged by {modality} in salip's vocabulary (its "
+                f"modalities: {', '.join(organ.modalities)})."
+            )
+    return targets
+
+
+def generate_prompts(
+    organs: Sequence[Organ],
+    modality: str,
+    *,
+    config: GenerationConfig | None = None,
+    prompts_folder: str | Path | None = None,
+    force: bool = False,
+    client: Any = None,
+) -> list[Path]:
+    """Generate descriptions of ``organs`` in ``modality`` and write them to the cache.
+
+    Args:
+        organs: target organs (see :func:`resolve_targets`).
+        modality: "ct", "mr", "xray" or "us".
+        config: model, sampling and retry settings.
+        prompts_folder: prompt folder to write (created if missing); default
+            :func:`salip.core.prompts.prompts_dir`.
+        force: replace existing entries of ``modality`` (hand-written ones included, with
+            a warning naming them).
+        client: an ``openai.OpenAI`` client to use instead of one built from the environment.
+
+    Returns:
+        The prompt files written, in organ order.
+
+    Raises:
+        GenerationError: no API key, endpoint failure after retries, or an invalid reply.
+        ConfigError: an existing entry without ``force``, or an unreadable cache file.
+    """
+    from salip.io.writing import atomic_write
+
+    config = config or GenerationConfig()
+    config.validate()
+    folder = prompts_dir(prompts_folder)
+    # Check the cache before any request: refusals cost nothing.
+    existing: dict[str, dict[str, Any]] = {}
+    conflicts = []
+    for organ in organs:
+        path = folder / f"{organ.name}.json"
+        if path.exists():
+            existing[organ.name] = read_prompt_file(path)
+            entry = existing[organ.name]["entries"].get(modality)
+            if entry is not None:
+                conflicts.append((organ.name, entry["source"]))
+    if conflicts and not force:
+        listed = ", ".join(f"{name} ({source})" for name, source in conflicts)
+        raise ConfigError(
+            f"{folder} already has {modality} descriptions for {listed}; pass --force to "
+            "replace them, or --prompts-dir DIR to write a separate prompt set."
+        )
+    _check_writable(folder)
+    hand_written = {name for name, source in conflicts if source == "hand-written"}
+    client = client if client is not None else _client(config)
+    endpoint = _endpoint(client)
+    results = {}
+    for organ in organs:
+        logger.info(
+            "asking %s for %d %s descriptions of %s", config.model, config.n, modality, organ.name
+        )
+        results[organ.name] = _request(client, organ, modality, config)
+
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    sampling = {"temperature": config.temperature, "seed": config.seed, "n": config.n}
+    written = []
+    for organ in organs:
+        descriptions, served = results[organ.name]
+        data = existing.get(
+            organ.name, {"format_version": FORMAT_VERSION, "organ": organ.name, "entries": {}}
+        )
+        data["entries"][modality] = {
+            "descriptions": descriptions,
+            "source": "generated",
+            "date": today,
+            "generator": config.model,
+            "served_model": served,
+            "endpoint": endpoint,
+            "template_version": TEMPLATE_VERSION,
+            "template_sha256": template_sha256(),
+            "sampling": sampling,
+        }
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        path = folder / f"{organ.name}.json"
+        try:
+            atomic_write(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write {path} ({exc}); pass --prompts-dir DIR to write elsewhere."
+            ) from exc
+        written.append(path)
+        if organ.name in hand_written:
+            logger.warning("replaced the hand-written %s descriptions of %s", modality, organ.name)
+    return written

@@ -1,0 +1,142 @@
+"""On-disk cache of SAM image embeddings for training the head.
+
+The SAM encoder is frozen, so a slice's embedding never changes: it is computed once and
+stored as fp16 under ``<SALIP_HOME>/cache/head_embeddings``, one file per slice. A file's
+name is the SHA-256 of its key: the SAM checkpoint's SHA-256, the encoder precision, the
+image file's SHA-256 (and channel), the slicing axis, the slice index and the intensity
+mapping; any change to those gives a new file. Files are written atomically, so an
+interrupted run leaves no torn entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from salip.core.hashing import file_sha256
+from salip.models.sam import LoadedSam
+from salip.models.sam_runtime import BatchSize, ImageEmbedding, encode_images
+
+logger = logging.getLogger(__name__)
+
+#: Slices encoded and written per round (bounds the memory held by new embeddings).
+_CHUNK = 32
+
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def default_cache_dir() -> Path:
+    """``<SALIP_HOME>/cache/head_embeddings``."""
+    from salip.models.registry import salip_home
+
+    return salip_home() / "cache" / "head_embeddings"
+
+
+def file_identity(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (of a folder: of its files' names and bytes).
+
+    Remembered per process by (path, size, modification time), so a checkpoint of
+    gigabytes is read once per run however often it is asked for.
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if memo_key not in _SHA_MEMO:
+        if path.is_dir():  # a DICOM series folder
+            digest = hashlib.sha256()
+            for item in sorted(p for p in path.rglob("*") if p.is_file()):
+                digest.update(f"{item.relative_to(path).as_posix()}:{file_sha256(item)}".encode())
+            _SHA_MEMO[memo_key] = digest.hexdigest()
+        else:
+            _SHA_MEMO[memo_key] = file_sha256(path)
+    return _SHA_MEMO[memo_key]
+
+
+def save_embedding(path: Path, embedding: ImageEmbedding) -> None:
+    """Write one embedding atomically: CxHxW fp16 features and the two sizes."""
+    from salip.io.writing import atomic_write
+
+    payload = {
+        "features": embedding.features[0].detach().to("cpu", torch.float16).contiguous(),
+        "input_size": list(embedding.input_size),
+        "original_size": list(embedding.original_size),
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_embedding(path: Path) -> ImageEmbedding:
+    """Read a cached embedding: features 1xCxhxw float32 on the CPU."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return ImageEmbedding(
+        features=payload["features"].float()[None],
+        input_size=tuple(int(v) for v in payload["input_size"]),
+        original_size=tuple(int(v) for v in payload["original_size"]),
+    )
+
+
+class EmbeddingCache:
+    """SAM embeddings of slices, encoded on first request and read from disk after.
+
+    Args:
+        sam: the frozen SAM model (its checkpoint file is hashed for the key).
+        folder: cache folder; default :func:`default_cache_dir`.
+        batch_size: slices per encoder call (halved on out-of-memory, see
+            :class:`~salip.models.sam_runtime.BatchSize`).
+        precision: encoder precision ("fp32", "bf16", "fp16"), resolved; part of the key.
+
+    Attributes:
+        hits: slices found in the cache so far.
+        misses: slices encoded so far.
+    """
+
+    def __init__(
+        self,
+        sam: LoadedSam,
+        folder: Path | None = None,
+        *,
+        batch_size: int = 4,
+        precision: str = "fp32",
+    ):
+        self.sam = sam
+        self.folder = Path(folder) if folder is not None else default_cache_dir()
+        self.sam_sha256 = file_identity(sam.path)
+        self.batch = BatchSize(batch_size)
+        self.precision = precision
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, key: Mapping[str, Any]) -> Path:
+        """The cache file of a slice described by ``key`` (JSON-ready values)."""
+        full = {"sam_sha256": self.sam_sha256, "precision": self.precision, **key}
+        digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode("utf-8")).hexdigest()
+        return self.folder / digest[:2] / f"{digest}.pt"
+
+    def ensure(self, keys: Sequence[Mapping[str, Any]], images: Sequence[np.ndarray]) -> list[Path]:
+        """Make sure every slice has a cache file; encode the missing ones.
+
+        Args:
+            keys: one key per slice (image identity, axis, index, intensity, ...).
+            images: the slices as HxWx3 uint8 RGB display images, in the same order.
+
+        Returns:
+            The slices' cache files, in order.
+        """
+        paths = [self.path(key) for key in keys]
+        todo = [i for i, path in enumerate(paths) if not path.is_file()]
+        self.hits += len(paths) - len(todo)
+        self.misses += len(todo)
+        for start in range(0, len(todo), _CHUNK):
+            chunk = todo[start : start + _CHUNK]
+            embeddings = encode_images(
+                self.sam.model, [images[i] for i in chunk], self.batch, precision=self.precision
+            )
+            for i, embedding in zip(chunk, embeddings, strict=True):
+                save_embedding(paths[i], embedding)
+        return paths

@@ -1,0 +1,1 @@
+"""Layer 1: errors, settings, the organ vocabulary, label sets and prompt files."""

@@ -1,0 +1,291 @@
+"""Stage 3, proposals: SAM everything mode on precomputed slice embeddings.
+
+Same algorithm and defaults as segment-anything's ``SamAutomaticMaskGenerator`` with one
+crop layer (the whole slice): a point grid, predicted-IoU and stability filters, removal of
+masks touching the slice border only where the crop is inner (never, for the whole slice),
+box NMS, and optional small-region cleanup. The difference is that the image encoder has
+already run over a batch of slices (:func:`salip.models.sam_runtime.encode_images`), and
+the embedding is kept for the refinement stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from salip.core.config import ProposalConfig
+from salip.models.sam_runtime import BatchSize, ImageEmbedding, decode_points_across
+
+#: Auto ``points_per_batch``: prompts per decoder call off CUDA (segment-anything's
+#: default) and the first, measured call on CUDA.
+AUTO_PROMPTS = 64
+#: The most point prompts an auto-sized decoder call may take (GPU memory permitting).
+AUTO_PROMPTS_CAP = 4096
+
+
+@dataclass
+class Proposals:
+    """Everything-mode proposals of one slice.
+
+    Attributes:
+        masks: NxHxW bool tensor at the slice's original size.
+        boxes: Nx4 float tensor, XYXY in pixels of the slice (max coordinates inclusive).
+        iou_preds: N float tensor, SAM's predicted IoU.
+        stability: N float tensor, stability score.
+        points: Nx2 float tensor, XY of the grid point that produced each mask, in pixels.
+    """
+
+    masks: torch.Tensor
+    boxes: torch.Tensor
+    iou_preds: torch.Tensor
+    stability: torch.Tensor
+    points: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+    @property
+    def areas(self) -> torch.Tensor:
+        """N int64 tensor of mask areas in pixels."""
+        return self.masks.flatten(1).sum(1)
+
+    def select(self, keep: torch.Tensor) -> Proposals:
+        """Proposals at indices (or boolean mask) ``keep``, in that order.
+
+        The fields may live on different devices (points stay on the CPU, as in
+        segment-anything's MaskData); ``keep`` is moved to each one's.
+        """
+        fields = (self.masks, self.boxes, self.iou_preds, self.stability, self.points)
+        return Proposals(*(f[keep.to(f.device)] for f in fields))
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """Records as segment-anything's ``scripts/amg.py --convert-to-rle`` writes them.
+
+        Keys: segmentation (COCO RLE), area, bbox (XYWH), predicted_iou, point_coords,
+        stability_score, crop_box (XYWH, the whole slice).
+        """
+        from segment_anything.utils.amg import (
+            area_from_rle,
+            box_xyxy_to_xywh,
+            coco_encode_rle,
+            mask_to_rle_pytorch,
+        )
+
+        h, w = self.masks.shape[-2:]
+        rles = mask_to_rle_pytorch(self.masks.cpu())
+        return [
+            {
+                "segmentation": coco_encode_rle(rle),
+                "area": area_from_rle(rle),
+                "bbox": box_xyxy_to_xywh(self.boxes[i].cpu()).tolist(),
+                "predicted_iou": float(self.iou_preds[i]),
+                "point_coords": [self.points[i].cpu().tolist()],
+                "stability_score": float(self.stability[i]),
+                "crop_box": [0, 0, int(w), int(h)],
+            }
+            for i, rle in enumerate(rles)
+        ]
+
+
+@torch.no_grad()
+def generate_proposals(
+    sam: torch.nn.Module, embedding: ImageEmbedding, config: ProposalConfig
+) -> Proposals:
+    """Everything-mode proposals for one embedded slice.
+
+    Returns proposals sorted by predicted IoU (NMS order), like the reference generator.
+    """
+    return generate_proposals_batch(sam, [embedding], config)[0]
+
+
+@torch.no_grad()
+def generate_proposals_batch(
+    sam: torch.nn.Module,
+    embeddings: Sequence[ImageEmbedding],
+    config: ProposalConfig,
+    batch: BatchSize | None = None,
+) -> list[Proposals]:
+    """Everything-mode proposals for several embedded slices, decoded together.
+
+    The point prompts of all slices of one size form one stream, cut into decoder calls of
+    ``batch`` prompts that may span slices; IoU and stability filtering,
+    mask-to-box and box NMS (per slice, through ``batched_nms``'s class index) run batched on
+    the embeddings' device. Per slice, the result equals :func:`generate_proposals` on that
+    slice alone.
+
+    Args:
+        sam: segment-anything ``Sam`` model.
+        embeddings: the slices' embeddings (:func:`~salip.models.sam_runtime.encode_images`).
+        config: everything-mode settings.
+        batch: prompts per decoder call, kept across calls (halved on out-of-memory,
+            calibrated on first use when auto); default: from ``config.points_per_batch``.
+
+    Returns:
+        One :class:`Proposals` per embedding, in order, each sorted by predicted IoU.
+    """
+    groups: dict[tuple[Any, Any], list[int]] = {}
+    for i, emb in enumerate(embeddings):
+        groups.setdefault((emb.input_size, emb.original_size), []).append(i)
+    if batch is None:
+        device = embeddings[0].features.device if embeddings else torch.device("cpu")
+        batch = decoder_batch(config, device)
+    out: list[Proposals | None] = [None] * len(embeddings)
+    for members in groups.values():
+        for i, props in zip(
+            members, _proposals_same_size(sam, [embeddings[i] for i in members], config, batch)
+        ):
+            out[i] = props
+    return out  # type: ignore[return-value]
+
+
+def decoder_batch(config: ProposalConfig, device: str | torch.device) -> BatchSize:
+    """Prompts per decoder call from ``config.points_per_batch`` (0: auto, see
+    :mod:`salip.models.memory`: 64 off CUDA, as segment-anything; on CUDA measured)."""
+    return BatchSize.from_setting(
+        config.points_per_batch,
+        device,
+        default=AUTO_PROMPTS,
+        probe=AUTO_PROMPTS,
+        cap=AUTO_PROMPTS_CAP,
+    )
+
+
+def _proposals_same_size(
+    sam: torch.nn.Module,
+    embeddings: Sequence[ImageEmbedding],
+    config: ProposalConfig,
+    batch: BatchSize,
+) -> list[Proposals]:
+    from segment_anything.utils.amg import MaskData, build_all_layer_point_grids
+    from torchvision.ops import batched_nms
+
+    first = embeddings[0]
+    h, w = first.original_size
+    device = first.features.device
+    features = torch.cat([e.features for e in embeddings])
+    grid = build_all_layer_point_grids(config.points_per_side, 0, 1)[0]
+    points_px = torch.as_tensor(grid * np.array([[w, h]]), dtype=torch.float)
+    n_points = len(points_px)
+    # Prompt j of the stream is grid point j % n_points of slice j // n_points.
+    all_points = points_px.repeat(len(embeddings), 1)
+    all_owner = torch.arange(len(embeddings)).repeat_interleave(n_points)
+    parts = []
+    start = 0
+    while start < len(all_points):
+        n = batch.value
+        pts = all_points[start : start + n]
+        owner = all_owner[start : start + n]
+        part = batch.attempt(
+            lambda: _decode_and_filter(sam, features, owner, pts, first, config),  # noqa: B023
+            len(pts),
+            device,
+            "decoding",
+            "prompts",
+        )
+        if part is None:
+            continue
+        parts.append(part)
+        start += len(pts)
+    # One concatenation at the end: MaskData.cat per call would copy the growing total
+    # each time (quadratic in the number of decoder calls).
+    keys = [key for key, _ in parts[0].items()]
+    data = MaskData(**{key: torch.cat([p[key] for p in parts]) for key in keys})
+
+    if len(data["masks"]) == 0:
+        return [_empty(h, w, device) for _ in embeddings]
+    # NMS within each slice: the owner is batched_nms's class index. Kept indices come back
+    # sorted by predicted IoU, so each slice's subset is in the reference generator's order.
+    keep = batched_nms(
+        data["boxes"].float(), data["iou_preds"], data["owner"], config.box_nms_thresh
+    )
+    data.filter(keep)
+    out = []
+    for i in range(len(embeddings)):
+        sel = data["owner"] == i
+        mine = MaskData(**{k: v[sel.to(v.device)] for k, v in data.items()})
+        if len(mine["masks"]) == 0:
+            out.append(_empty(h, w, device))
+            continue
+        if config.min_mask_region_area > 0:
+            mine = _remove_small_regions(mine, config)
+        out.append(
+            Proposals(
+                mine["masks"],
+                mine["boxes"].float(),
+                mine["iou_preds"],
+                mine["stability_score"],
+                mine["points"].float(),
+            )
+        )
+    return out
+
+
+def _decode_and_filter(
+    sam: torch.nn.Module,
+    features: torch.Tensor,
+    owner: torch.Tensor,
+    pts: torch.Tensor,
+    first: ImageEmbedding,
+    config: ProposalConfig,
+) -> Any:
+    """One decoder call's masks after the IoU and stability filters, as a ``MaskData``."""
+    from segment_anything.utils.amg import MaskData, batched_mask_to_box, calculate_stability_score
+
+    device = features.device
+    logits, iou = decode_points_across(
+        sam, features, owner, pts[:, None, :].to(device), first.input_size, first.original_size
+    )
+    n_out = logits.shape[1]
+    part = MaskData(
+        masks=logits.flatten(0, 1),
+        iou_preds=iou.flatten(0, 1),
+        points=pts.repeat_interleave(n_out, dim=0),
+        owner=owner.repeat_interleave(n_out).to(device),
+    )
+    if config.pred_iou_thresh > 0.0:
+        part.filter(part["iou_preds"] > config.pred_iou_thresh)
+    part["stability_score"] = calculate_stability_score(
+        part["masks"], sam.mask_threshold, config.stability_score_offset
+    )
+    if config.stability_score_thresh > 0.0:
+        part.filter(part["stability_score"] >= config.stability_score_thresh)
+    part["masks"] = part["masks"] > sam.mask_threshold
+    part["boxes"] = batched_mask_to_box(part["masks"])
+    return part
+
+
+def _empty(h: int, w: int, device: torch.device) -> Proposals:
+    z = torch.zeros(0, device=device)
+    return Proposals(
+        torch.zeros((0, h, w), dtype=torch.bool, device=device),
+        torch.zeros((0, 4), device=device),
+        z,
+        z,
+        torch.zeros((0, 2)),
+    )
+
+
+def _remove_small_regions(data: Any, config: ProposalConfig) -> Any:
+    """segment-anything's hole/island cleanup and re-NMS, via its own static method."""
+    from segment_anything import SamAutomaticMaskGenerator
+    from segment_anything.utils.amg import mask_to_rle_pytorch, rle_to_mask
+
+    masks = data["masks"]
+    data["rles"] = mask_to_rle_pytorch(masks.cpu())
+    del data["masks"]
+    # The reference generator re-runs NMS at max(box_nms_thresh, crop_nms_thresh), with
+    # crop_nms_thresh fixed at its default 0.7 for a single crop layer.
+    data = SamAutomaticMaskGenerator.postprocess_small_regions(
+        data, config.min_mask_region_area, max(config.box_nms_thresh, 0.7)
+    )
+    if len(data["rles"]):
+        decoded = [torch.as_tensor(rle_to_mask(rle)) for rle in data["rles"]]
+        data["masks"] = torch.stack(decoded).to(masks.device)
+    else:
+        data["masks"] = masks[:0]
+    del data["rles"]
+    return data

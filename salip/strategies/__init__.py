@@ -1,0 +1,1 @@
+"""Layer 5: strategies that drive a volume through the engines."""
