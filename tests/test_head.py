@@ -19,8 +19,8 @@ from salip.apps.training.data import build_samples, sampling_weights, split_case
 from salip.apps.training.loss import head_loss
 from salip.apps.training.train import train_head
 from salip.core.errors import ConfigError, SalipError
-from salip.models.head import VARIANTS, HeadArch, OrganHead, trainable_parameters
-from salip.strategies.head import HeadSegmenter, load_head
+from salip.models.head import VARIANTS, HeadArch, OrganHead, load_head, trainable_parameters
+from salip.strategies.head import HeadSegmenter
 from tests.conftest import SLICES, TOTALSEG, require_data
 from tests.tiny_models import make_tiny_sam
 

@@ -71,8 +71,9 @@ def test_head_train_prints_the_head_and_resumes_to_nothing(heads, tiny_models, c
 def test_segment_method_head_writes_the_library_result(heads, tiny_models, tmp_path):
     """`salip segment --method head` gives the masks of segment() with the head segmenter,
     in the input's grid, windowed as in training (the head's classes, not the asked organ)."""
+    from salip.models.head import load_head
     from salip.models.sam import load_sam
-    from salip.strategies.head import HeadSegmenter, load_head
+    from salip.strategies.head import HeadSegmenter
 
     ct = require_data(TOTALSEG / "example_ct_sm.nii.gz")
     out, report = tmp_path / "liver.nii.gz", tmp_path / "report.json"

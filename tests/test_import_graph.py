@@ -109,3 +109,37 @@ def long_functions(limit: int = 100) -> list[str]:
 def test_no_function_over_100_lines():
     assert long_functions() == []
     assert long_functions(limit=60)  # the check reads real functions (some exceed 60)
+
+
+#: Layers, bottom to top; a module may import only from its own layer or those below.
+LAYERS = ("core", "io", "models", "engines", "strategies", "api", "apps")
+
+
+def layer_of(module: str) -> int:
+    """The layer index of a salip module (``salip`` itself re-exports the API)."""
+    if module in ("salip.version",):
+        return 0
+    if module == "salip":
+        return LAYERS.index("api")
+    return LAYERS.index(module.split(".")[1])
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """'a -> b' for every import of a module from a higher layer."""
+    return sorted(
+        f"{a} -> {b}" for a, deps in graph.items() for b in deps if layer_of(b) > layer_of(a)
+    )
+
+
+def test_every_module_lies_in_a_layer():
+    for module in import_graph():
+        assert module in ("salip", "salip.version") or module.split(".")[1] in LAYERS, module
+
+
+def test_no_module_imports_from_a_higher_layer():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_layer_check_finds_upward_imports():
+    graph = {"salip.core.config": {"salip.api.pipeline"}, "salip.api.pipeline": set()}
+    assert upward_imports(graph) == ["salip.core.config -> salip.api.pipeline"]

@@ -113,8 +113,9 @@ def _load_head(
     organs: Sequence[Organ], config: SegmentConfig, timer: StageTimer
 ) -> tuple[SliceSegmenter, dict[str, Any]]:
     """The learned head of ``--method head`` on its SAM, and its report entry."""
+    from salip.models.head import load_head
     from salip.models.sam import load_sam
-    from salip.strategies.head import HeadSegmenter, load_head
+    from salip.strategies.head import HeadSegmenter
 
     m = config.models
     device = resolve_device(m.device)

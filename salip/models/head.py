@@ -1,4 +1,6 @@
-"""The learned organ head: a CLIP-driven dynamic segmentation head on SAM image embeddings.
+"""The learned organ head: a CLIP-driven dynamic segmentation head on SAM image embeddings,
+and :func:`load_head` for the head.pt files ``salip head train`` writes (a head only
+works on the SAM encoder it was trained on, so loading checks the checkpoint's SHA-256).
 
 The idea is the CLIP-Driven Universal Model's (Liu et al., ICCV 2023), put on the frozen
 SAM image encoder instead of a 3D U-Net. Per image and class, a controller turns the
@@ -44,15 +46,27 @@ text 196,864 + controller 78,489), whatever K is. :func:`trainable_parameters` c
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
-from salip.apps.training.config import VARIANTS
-from salip.core.errors import ConfigError
+from salip.core.errors import ConfigError, ModelError
+from salip.core.hashing import file_sha256
+from salip.models.sam import LoadedSam
+
+logger = logging.getLogger(__name__)
+
+#: The ``format`` of a head manifest (head.pt and manifest.json) this salip reads and writes.
+MANIFEST_FORMAT = "salip-head/1"
+
+#: Head variants: the CLIP-driven head and its two controls.
+VARIANTS = ("clip", "static", "randtext")
 
 #: Channels of the upsampled features the per-class heads run on.
 FEATURE_DIM = 8
@@ -224,3 +238,102 @@ class OrganHead(nn.Module):
             [image[:, None].expand(b, k, HIDDEN_DIM), text[None].expand(b, k, HIDDEN_DIM)], dim=-1
         )
         return dynamic_head(features, self.controller(joint))
+
+
+@dataclass
+class LoadedHead:
+    """A trained head ready for inference.
+
+    Attributes:
+        model: the head in eval mode on its device.
+        manifest: the manifest it was saved with (see :mod:`salip.apps.training.train`).
+        classes: its classes, in output order.
+        path: the head.pt file.
+    """
+
+    model: OrganHead
+    manifest: dict[str, Any]
+    classes: tuple[str, ...]
+    path: Path
+
+    @property
+    def slicing(self) -> dict[str, Any]:
+        """The slicing settings it was trained with (axis, window, percentiles, ...)."""
+        return dict(self.manifest.get("slicing", {}))
+
+    def identity(self) -> dict[str, Any]:
+        """JSON-ready description for reports."""
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "variant": m.get("variant"),
+            "classes": list(self.classes),
+            "sam_sha256": m.get("sam", {}).get("sha256"),
+            "clip": m.get("clip"),
+            "salip_version": m.get("salip_version"),
+        }
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelError(f"head file not found: {path}; train one with `salip head train`.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and EOF errors all mean "unreadable"
+        raise ModelError(f"{path}: cannot read the head ({type(exc).__name__}: {exc}).") from exc
+    manifest = payload.get("manifest") if isinstance(payload, dict) else None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ModelError(
+            f"{path} is not a salip head (expected a {MANIFEST_FORMAT} manifest); give the "
+            "head.pt that `salip head train` wrote."
+        )
+    return payload
+
+
+def read_head_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a head.pt (classes, variant, SAM, slicing, data), without a model.
+
+    Raises:
+        ModelError: a missing or unreadable file, or not a salip head.
+    """
+    return dict(_read_payload(Path(path))["manifest"])
+
+
+def load_head(path: str | Path, sam: LoadedSam, *, device: str = "cpu") -> LoadedHead:
+    """Load a head.pt written by :func:`salip.apps.training.train.train_head` for use with ``sam``.
+
+    Read with ``torch.load(weights_only=True)``; the head is rebuilt from its manifest.
+
+    Raises:
+        ModelError: a missing or unreadable file, or not a salip head.
+        ConfigError: ``sam`` is not the SAM checkpoint the head was trained on.
+    """
+    path = Path(path)
+    payload = _read_payload(path)
+    manifest = payload["manifest"]
+    trained = manifest["sam"]
+    given = file_sha256(sam.path)
+    if given != trained["sha256"]:
+        raise ConfigError(
+            f"{path} was trained on the SAM checkpoint {trained['checkpoint']} "
+            f"({trained['arch']}, sha256 {trained['sha256'][:12]}...), but the SAM given is "
+            f"{sam.path} (sha256 {given[:12]}...). A head only works on its own SAM: pass "
+            f"--sam-checkpoint {trained['checkpoint']}, or train a head for this SAM."
+        )
+    h = manifest["head"]
+    arch = HeadArch(
+        embed_dim=int(h["embed_dim"]),
+        num_classes=int(h["num_classes"]),
+        variant=str(h["variant"]),
+        text_dim=None if h["text_dim"] is None else int(h["text_dim"]),
+    )
+    model = OrganHead(arch)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (KeyError, RuntimeError) as exc:
+        raise ModelError(
+            f"{path}: weights do not fit the head its manifest describes: {exc}"
+        ) from exc
+    model.to(device).eval()
+    logger.info("loaded %s head (%s) from %s", arch.variant, ", ".join(manifest["classes"]), path)
+    return LoadedHead(model, manifest, tuple(manifest["classes"]), path)

@@ -300,7 +300,7 @@ class HeadMethod(Method):
 
     def __init__(self, name: str, config: SegmentConfig, options: Mapping[str, Any]):
         from salip.core.hashing import file_sha256
-        from salip.strategies.head import read_head_manifest
+        from salip.models.head import read_head_manifest
 
         super().__init__(name, config, options)
         # A missing head setting is refused by SegmentConfig's validation before this.
@@ -329,7 +329,8 @@ class HeadMethod(Method):
         return {**super().describe(), "head_sha256": self.head_sha256}
 
     def segmenter(self, models: Models, case: CaseInput) -> SliceSegmenter:
-        from salip.strategies.head import HeadSegmenter, load_head
+        from salip.models.head import load_head
+        from salip.strategies.head import HeadSegmenter
 
         if self._loaded is None or self._loaded[0] is not models.sam:
             head = load_head(self.config.segmenter.head, models.sam, device=models.device)

@@ -1,9 +1,11 @@
-"""The learned organ head: a CLIP-driven dynamic head on frozen SAM image embeddings.
+"""Training the learned organ head (``salip head train``): a CLIP-driven dynamic head on
+frozen SAM image embeddings.
 
-Modules: :mod:`~salip.models.head` (the network), :mod:`~salip.apps.training.cache` (SAM embedding
-cache), :mod:`~salip.apps.training.data` (training slices and targets), :mod:`~salip.apps.training.loss`
-(partial-label loss), :mod:`~salip.apps.training.config` (the TOML config),
-:mod:`~salip.apps.training.train` (training) and :mod:`~salip.strategies.head` (inference).
+Modules: :mod:`~salip.apps.training.cache` (SAM embedding cache),
+:mod:`~salip.apps.training.data` (training slices and targets),
+:mod:`~salip.apps.training.loss` (partial-label loss), :mod:`~salip.apps.training.config`
+(the TOML config) and :mod:`~salip.apps.training.train` (training). The network and its
+loader are :mod:`salip.models.head`; inference is :mod:`salip.strategies.head`.
 
 Importing this package is cheap: the names below load their module (and torch) on first use.
 """
@@ -13,20 +15,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "HeadSegmenter",
-    "HeadTrainConfig",
-    "HeadTrainResult",
-    "LoadedHead",
-    "load_head",
-    "load_head_config",
-    "train_head",
-]
+__all__ = ["HeadTrainConfig", "HeadTrainResult", "load_head_config", "train_head"]
 
 _WHERE = {
-    "HeadSegmenter": "salip.strategies.head",
-    "LoadedHead": "salip.strategies.head",
-    "load_head": "salip.strategies.head",
     "HeadTrainConfig": "salip.apps.training.config",
     "load_head_config": "salip.apps.training.config",
     "HeadTrainResult": "salip.apps.training.train",
@@ -36,7 +27,6 @@ _WHERE = {
 if TYPE_CHECKING:
     from salip.apps.training.config import HeadTrainConfig, load_head_config
     from salip.apps.training.train import HeadTrainResult, train_head
-    from salip.strategies.head import HeadSegmenter, LoadedHead, load_head
 
 
 def __getattr__(name: str) -> Any:

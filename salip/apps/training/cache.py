@@ -10,8 +10,6 @@ interrupted run leaves no torn entry.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from salip.core.hashing import file_sha256
+from salip.core.hashing import file_sha256, fingerprint
 from salip.models.sam import LoadedSam
 from salip.models.sam_runtime import BatchSize, ImageEmbedding, encode_images
 
@@ -29,34 +27,12 @@ logger = logging.getLogger(__name__)
 #: Slices encoded and written per round (bounds the memory held by new embeddings).
 _CHUNK = 32
 
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
 
 def default_cache_dir() -> Path:
     """``<SALIP_HOME>/cache/head_embeddings``."""
     from salip.models.registry import salip_home
 
     return salip_home() / "cache" / "head_embeddings"
-
-
-def file_identity(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (of a folder: of its files' names and bytes).
-
-    Remembered per process by (path, size, modification time), so a checkpoint of
-    gigabytes is read once per run however often it is asked for.
-    """
-    path = Path(path).resolve()
-    stat = path.stat()
-    memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if memo_key not in _SHA_MEMO:
-        if path.is_dir():  # a DICOM series folder
-            digest = hashlib.sha256()
-            for item in sorted(p for p in path.rglob("*") if p.is_file()):
-                digest.update(f"{item.relative_to(path).as_posix()}:{file_sha256(item)}".encode())
-            _SHA_MEMO[memo_key] = digest.hexdigest()
-        else:
-            _SHA_MEMO[memo_key] = file_sha256(path)
-    return _SHA_MEMO[memo_key]
 
 
 def save_embedding(path: Path, embedding: ImageEmbedding) -> None:
@@ -106,7 +82,7 @@ class EmbeddingCache:
     ):
         self.sam = sam
         self.folder = Path(folder) if folder is not None else default_cache_dir()
-        self.sam_sha256 = file_identity(sam.path)
+        self.sam_sha256 = file_sha256(sam.path)
         self.batch = BatchSize(batch_size)
         self.precision = precision
         self.hits = 0
@@ -115,7 +91,7 @@ class EmbeddingCache:
     def path(self, key: Mapping[str, Any]) -> Path:
         """The cache file of a slice described by ``key`` (JSON-ready values)."""
         full = {"sam_sha256": self.sam_sha256, "precision": self.precision, **key}
-        digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode("utf-8")).hexdigest()
+        digest = fingerprint(full)
         return self.folder / digest[:2] / f"{digest}.pt"
 
     def ensure(self, keys: Sequence[Mapping[str, Any]], images: Sequence[np.ndarray]) -> list[Path]:

@@ -33,15 +33,11 @@ from typing import Any
 
 from salip.core.config import SegmentConfig, check_keys, option, read_toml
 from salip.core.errors import ConfigError
+from salip.models.head import VARIANTS
 
 #: Top-level tables of a head-training config.
 CONFIG_KEYS = ("models", "datasets", "train")
 
-#: The ``format`` of a head manifest (head.pt and manifest.json) this salip reads and writes.
-MANIFEST_FORMAT = "salip-head/1"
-
-#: Head variants (see :mod:`salip.models.head`): the CLIP-driven head and its two controls.
-VARIANTS = ("clip", "static", "randtext")
 
 #: Default text prompt per class; ``{organ}`` is the organ's name with spaces.
 DEFAULT_TEMPLATE = "A computerized tomography of a {organ}."

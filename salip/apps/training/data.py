@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import InterpolationMode, resize
 
-from salip.apps.training.cache import EmbeddingCache, file_identity, load_embedding
+from salip.apps.training.cache import EmbeddingCache, load_embedding
 from salip.core.config import SegmentConfig
+from salip.core.hashing import file_sha256
 from salip.io.datasets import Case
 from salip.models.head import UPSCALE
 
@@ -123,7 +124,7 @@ def _case_samples(
         for name, mask in case.references(labelled_names).items()
     }
     base_key = {
-        "image_sha256": file_identity(case.image),
+        "image_sha256": file_sha256(case.image),
         "channel": case.channel,
         "axis": axis,
         "intensity": dataclasses.asdict(intensity),

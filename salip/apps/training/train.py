@@ -37,10 +37,10 @@ from typing import Any
 
 import torch
 
-from salip.apps.training.config import MANIFEST_FORMAT, HeadTrainConfig, load_head_config
+from salip.apps.training.config import HeadTrainConfig, load_head_config
 from salip.core.errors import ConfigError
 from salip.core.hashing import fingerprint
-from salip.models.head import HeadArch, OrganHead, trainable_parameters
+from salip.models.head import MANIFEST_FORMAT, HeadArch, OrganHead, trainable_parameters
 from salip.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ def train_head(
 
 def _plan_run(config: HeadTrainConfig | str | Path, out: str | Path) -> _Run:
     """Phase 1: the config, the output folder, the cases and their split, the fingerprint."""
-    from salip.apps.training.cache import file_identity
+    from salip.core.hashing import file_sha256
     from salip.io.datasets import load_dataset
     from salip.models.sam import resolve_sam_checkpoint
 
@@ -303,7 +303,7 @@ def _plan_run(config: HeadTrainConfig | str | Path, out: str | Path) -> _Run:
     classes = _classes(cfg, cases)
     train_keys, val_keys = _split(cfg, cases)
     sam_path = resolve_sam_checkpoint(seg_cfg.models.sam_checkpoint)
-    sam_sha256 = file_identity(sam_path)
+    sam_sha256 = file_sha256(sam_path)
     described = {
         **cfg.describe(),
         "classes": classes,
