@@ -101,7 +101,7 @@ def first_run(tmp_path_factory, tiny_sam_path, tiny_clip_dir):
     folder = tmp_path_factory.mktemp("bench")
     config = write_config(folder, tiny_sam_path, tiny_clip_dir)
     seen: dict[str, set[bool]] = {}
-    originals = {cls: cls.segmenter for cls in bench_methods.METHODS.values()}
+    originals = {bench_methods.Method: bench_methods.Method.build}
 
     def spy(original):
         def segmenter(self, models, case):
@@ -125,7 +125,7 @@ def first_run(tmp_path_factory, tiny_sam_path, tiny_clip_dir):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SALIP_HOME", str(folder / "home"))
         for cls, original in originals.items():
-            mp.setattr(cls, "segmenter", spy(original))
+            mp.setattr(cls, "build", spy(original))
         mp.setattr(salip.models.sam, "load_sam", counted("sam", salip.models.sam.load_sam))
         mp.setattr(salip.models.clip, "load_clip", counted("clip", salip.models.clip.load_clip))
         result = run_benchmark(config, out=folder / "out")
@@ -188,7 +188,8 @@ def test_only_oracle_methods_are_handed_references(first_run):
 
 def test_oracle_rows_depend_on_the_reference(tmp_path, tiny_sam_path):
     """The same oracle on the same image, with a reference moved away: a different mask."""
-    from salip.apps.bench.methods import CaseInput, Models, make_method
+    from salip.api.factory import CaseInput, Models
+    from salip.apps.bench.methods import make_method
     from salip.core.organs import get_organ
     from salip.models.sam import load_sam
 
@@ -201,11 +202,15 @@ def test_oracle_rows_depend_on_the_reference(tmp_path, tiny_sam_path):
     liver = (get_organ("liver"),)
     masks = []
     for reference in (ref, np.roll(ref, 150, axis=1)):
-        seg = method.segmenter(models, CaseInput(liver, "ct", True, {"liver": reference}))
+        seg = method.build(
+            models, CaseInput(liver, "ct", True, {"liver": reference})
+        ).strategy.segmenter
         (out,) = seg([image], liver, [0])
         masks.append(out.masks["liver"])
     assert masks[0].shape == ref.shape and not np.array_equal(masks[0], masks[1])
-    empty = method.segmenter(models, CaseInput(liver, "ct", True, {"liver": ref & False}))
+    empty = method.build(
+        models, CaseInput(liver, "ct", True, {"liver": ref & False})
+    ).strategy.segmenter
     assert not empty([image], liver, [0])[0].masks["liver"].any()
 
 

@@ -1,6 +1,6 @@
 """Contrast scoring, laterality and the text-embedding cache.
 
-Selection tests run the real :class:`salip.strategies.cascade.Cascade` with a stub CLIP whose text and
+Selection tests run the real :class:`salip.engines.recogniser.ClipRecogniser` with a stub CLIP whose text and
 crop embeddings have a known geometry, so the right answer is known exactly.
 """
 
@@ -16,9 +16,9 @@ import salip
 from salip.core.config import SegmentConfig
 from salip.core.organs import get_organ
 from salip.core.prompts import PromptSet
+from salip.engines.recogniser import ClipRecogniser
 from salip.engines.scoring import ClipScorer, contrast_scores
 from salip.models.clip import LoadedClip, load_clip
-from salip.strategies.cascade import Cascade
 from tests.conftest import SLICES, require_data
 
 D = 8
@@ -43,8 +43,8 @@ class StubTextModel(torch.nn.Module):
         return self.vectors[tokens]
 
 
-def stub_cascade(classes: dict[str, torch.Tensor], target: str, **options) -> Cascade:
-    """A Cascade scoring ``target`` against the other ``classes`` (name -> text vector)."""
+def stub_cascade(classes: dict[str, torch.Tensor], target: str, **options) -> ClipRecogniser:
+    """A recogniser scoring ``target`` against the other ``classes`` (name -> text vector)."""
     texts = {name: (f"{name} description a", f"{name} description b") for name in classes}
     flat = [(name, text) for name, pair in texts.items() for text in pair]
     index = {text: i for i, (_, text) in enumerate(flat)}
@@ -59,7 +59,7 @@ def stub_cascade(classes: dict[str, torch.Tensor], target: str, **options) -> Ca
     sets = {name: PromptSet(name, "ct", "ct", texts[name], {}) for name in classes}
     rivals = [sets[name] for name in classes if name != target]
     config = SegmentConfig().replace(**options)
-    return Cascade(None, clip, {target: sets[target]}, config, "cpu", None, {target: rivals})
+    return ClipRecogniser(clip, {target: sets[target]}, config, "cpu", None, {target: rivals})
 
 
 # Target t, a near-identical competitor c (cosine 0.995) and the background b.
@@ -195,7 +195,7 @@ def test_text_embedding_cache_is_hit_on_the_second_run(clip, tmp_path, monkeypat
 def test_segment_reuses_cached_text_and_one_crop_pass_for_all_organs(
     tmp_path, monkeypatch, tiny_models
 ):
-    import salip.strategies.cascade as cascade_module
+    import salip.engines.proposer as cascade_module
 
     image = require_data(SLICES / "images" / "amos_0006_90.png")
     proposals = count_calls(monkeypatch, cascade_module, "generate_proposals_batch")

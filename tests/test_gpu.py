@@ -47,10 +47,10 @@ def test_cuda_volume_with_cached_text(tmp_path, tiny_models):
 def test_cuda_auto_batches_are_measured_and_give_the_same_masks(tmp_path, tiny_models):
     """On CUDA, auto batch sizes come from a measured probe; masks equal fixed sizes."""
     from salip.core.config import ProposalConfig
+    from salip.engines.encoder import encoder_batch
     from salip.engines.proposals import decoder_batch, generate_proposals_batch
     from salip.models.sam import load_sam
     from salip.models.sam_runtime import encode_images
-    from salip.strategies.cascade import encoder_batch
 
     model = load_sam(tiny_models["sam_checkpoint"], device="cuda").model
     rng = np.random.default_rng(0)

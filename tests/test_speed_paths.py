@@ -247,8 +247,8 @@ def test_compiled_encoder_gives_the_same_masks(tmp_path, tiny_models, monkeypatc
 def test_auto_batch_sizes_on_cpu_are_the_fixed_defaults(tiny_models):
     """0 means auto: off CUDA, 4 slices per encoder call and 64 prompts per decoder call."""
     from salip.core.config import ProposalConfig
+    from salip.engines.encoder import encoder_batch, slice_batch
     from salip.engines.proposals import decoder_batch
-    from salip.strategies.cascade import encoder_batch, slice_batch
 
     assert SegmentConfig().proposals.encoder_batch_size == 0
     assert SegmentConfig().proposals.points_per_batch == 0

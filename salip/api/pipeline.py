@@ -12,10 +12,20 @@ from typing import Any
 
 import numpy as np
 
+from salip.api.factory import (
+    SEGMENT_METHODS,
+    CaseInput,
+    MethodKind,
+    Models,
+    build,
+    get_method,
+    load_models,
+    window_organs,
+)
 from salip.core.config import SegmentConfig
 from salip.core.errors import ConfigError, OutputError
 from salip.core.organs import Organ, parse_organs
-from salip.core.prefetch import prefetch
+from salip.core.timing import StageTimer
 from salip.io import Volume, file_stem, input_kind, read_input
 from salip.io.orientation import source_slice_indices
 from salip.io.output_set import OutputSet
@@ -27,26 +37,14 @@ from salip.io.slicing import (
     choose_intensity,
     iter_slices,
     n_slices,
-    slice_image,
     to_uint8,
 )
 from salip.io.writing import json_text, mask_suffix, save_mask, sidecar_path, to_source_grid
-from salip.models.clip import LoadedClip
 from salip.models.device import resolve_device
-from salip.models.sam import LoadedSam
-from salip.strategies.assembly import (
-    empty_volume_mask,
-    keep_largest_components,
-    put_slice,
-    to_label_map,
-)
-from salip.strategies.cascade import (
-    AUTO_SLICES_CPU,
-    Cascade,
-    SliceOutput,
-    SliceSegmenter,
-    StageTimer,
-)
+from salip.strategies.assembly import keep_largest_components, to_label_map
+from salip.strategies.base import SliceSegmenter, Strategy
+from salip.strategies.slices import SlicesStrategy
+from salip.strategies.volume_view import VolumeView
 from salip.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -94,109 +92,6 @@ def _output_paths(
     return path, {}
 
 
-def _load_cascade(
-    organs: Sequence[Organ], config: SegmentConfig, modality: str, timer: StageTimer
-) -> tuple[SliceSegmenter, dict[str, Any]]:
-    from salip.models.clip import load_clip
-    from salip.models.sam import load_sam
-
-    m = config.models
-    device = resolve_device(m.device)
-    start = time.perf_counter()
-    sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
-    clip = load_clip(m.clip_model, m.clip_pretrained, device=device)
-    timer.add("load_models", start)
-    return build_cascade(sam, clip, organs, config, modality, device=device, timer=timer)
-
-
-def _load_head(
-    organs: Sequence[Organ], config: SegmentConfig, timer: StageTimer
-) -> tuple[SliceSegmenter, dict[str, Any]]:
-    """The learned head of ``--method head`` on its SAM, and its report entry."""
-    from salip.models.head import load_head
-    from salip.models.sam import load_sam
-    from salip.strategies.head import HeadSegmenter
-
-    m = config.models
-    device = resolve_device(m.device)
-    start = time.perf_counter()
-    sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
-    head = load_head(config.segmenter.head, sam, device=device)
-    timer.add("load_models", start)
-    trained_axis = head.slicing.get("axis")
-    if trained_axis and trained_axis != config.slicing.axis:
-        logger.warning(
-            "the head was trained on %s slices; segmenting %s slices (--axis)",
-            trained_axis,
-            config.slicing.axis,
-        )
-    segmenter = HeadSegmenter.for_config(head, sam, config, device)
-    segmenter.check_organs(organs)
-    return segmenter, {"device": device, "sam": sam.identity(), "head": head.identity()}
-
-
-def build_cascade(
-    sam: LoadedSam,
-    clip: LoadedClip,
-    organs: Sequence[Organ],
-    config: SegmentConfig,
-    modality: str,
-    *,
-    device: str,
-    timer: StageTimer | None = None,
-) -> tuple[Cascade, dict[str, Any]]:
-    """The SaLIP cascade for ``organs`` on already loaded models, and its report entry.
-
-    Loads the organs' description prompts for ``modality`` (and their competitors' with
-    contrast scoring) and embeds them (through the on-disk text cache).
-
-    Returns:
-        (the cascade, a JSON-ready description: device, models, prompts, scoring).
-    """
-    from salip.core.prompts import load_competitors, load_prompts, prompts_dir
-    from salip.models.registry import salip_home
-    from salip.strategies.cascade import Cascade
-
-    scoring = config.scoring
-    folder = scoring.prompts_dir
-    timer = timer or StageTimer()
-    start = time.perf_counter()
-    prompts = {o.name: load_prompts(o, modality, folder) for o in organs}
-    competitors = {}
-    if scoring.scoring == "contrast":
-        competitors = {o.name: load_competitors(o, modality, list(organs), folder) for o in organs}
-    timer.add("load_prompts", start)
-    text_cache = salip_home() / "cache" / "text"
-    cascade = Cascade(sam, clip, prompts, config, device, timer, competitors, text_cache)
-    identity = {
-        "device": device,
-        "sam": sam.identity(),
-        "clip": clip.identity(),
-        "prompts_dir": str(prompts_dir(folder)),
-        "prompts": {
-            name: {
-                "modality": p.modality,
-                "requested_modality": p.requested_modality,
-                "count": len(p.descriptions),
-                "sha256": p.sha256(),
-                **p.provenance,
-            }
-            for name, p in prompts.items()
-        },
-        "scoring": {
-            "mode": scoring.scoring,
-            "logit_scale": round(cascade.scorer.logit_scale, 4),
-            "classes": cascade.classes,
-            "text_cache": {
-                "dir": str(text_cache),
-                "hits": cascade.scorer.cache_hits,
-                "misses": cascade.scorer.cache_misses,
-            },
-        },
-    }
-    return cascade, identity
-
-
 @dataclass
 class _Plan:
     """The planned output files of one run (None or empty: not written)."""
@@ -230,7 +125,7 @@ def segment(
     preview: str | Path | None = None,
     report: str | Path | None = None,
     config: SegmentConfig | None = None,
-    segmenter: SliceSegmenter | None = None,
+    segmenter: SliceSegmenter | Strategy | None = None,
     progress: bool = False,
     **options: Any,
 ) -> SegmentationResult:
@@ -253,7 +148,8 @@ def segment(
         preview: PNG path for an overlay of the slices with the most organ.
         report: JSON path for the run report.
         config: a full :class:`SegmentConfig`; ``options`` are applied on top.
-        segmenter: a slice segmenter replacing the SaLIP cascade (no models are loaded).
+        segmenter: a slice segmenter (run under the ``slices`` strategy) or a strategy
+            replacing the method's (no models are loaded).
         progress: show a progress bar over slices.
         **options: any config field by its flat name, e.g. ``sam_checkpoint="vit_b"``,
             ``points_per_side=16``, ``window="liver"``, ``axis="axial"``.
@@ -278,7 +174,7 @@ def segment(
         volume = source if isinstance(source, Volume) else read_input(path, **_read_options(cfg))
         check_slice_geometry(volume, cfg.slicing.axis)
         timer.add("read", t0)
-        run = _run_segmenter(volume, organ_list, cfg, segmenter, timer, progress)
+        run = _run_strategy(volume, organ_list, cfg, segmenter, timer, progress)
         t = time.perf_counter()
         masks, labels, label_values = _assemble(volume, run.canonical, organ_list, cfg)
         t = timer.add("assembly", t)
@@ -335,87 +231,62 @@ def _plan_outputs(
     return plan
 
 
-def _run_segmenter(
+def _run_strategy(
     volume: Volume,
     organ_list: Sequence[Organ],
     cfg: SegmentConfig,
-    segmenter: SliceSegmenter | None,
+    segmenter: SliceSegmenter | Strategy | None,
     timer: StageTimer,
     progress: bool,
 ) -> _Run:
-    """Map intensities, load the segmenter and run it over the body slices."""
+    """Map intensities, build the method's strategy (or take the injected one) and run it."""
     t = time.perf_counter()
-    models: dict[str, Any] = {"injected_segmenter": type(segmenter).__name__} if segmenter else {}
-    if segmenter is None and cfg.segmenter.method == "head":
-        segmenter, models = _load_head(organ_list, cfg, timer)
+    strategy: Strategy | None = None
+    models_info: dict[str, Any] = {}
+    if segmenter is not None:
+        strategy = _injected_strategy(segmenter, cfg, timer)
+        models_info = {"injected_segmenter": type(segmenter).__name__}
+    kind = get_method(SEGMENT_METHODS[cfg.segmenter.method])
+    models = None
+    window = strategy.intensity_organs if strategy is not None else None
+    if strategy is None and kind.head_variant is not None:
+        # A learned head maps intensities as in its training (with its classes' window).
+        models = _load_models(kind, cfg, timer)
+        window = window_organs(kind, models, cfg, organ_list)
         t = time.perf_counter()
-    # A learned head maps intensities as in its training (with its classes' window).
-    intensity_organs = getattr(segmenter, "intensity_organs", None) or organ_list
-    intensity: Intensity = choose_intensity(volume, list(intensity_organs), cfg.slicing)
+    intensity: Intensity = choose_intensity(volume, list(window or organ_list), cfg.slicing)
     volume8 = to_uint8(volume, intensity, cfg.slicing)
     timer.add("slicing", t)
-    if segmenter is None:
-        segmenter, models = _load_cascade(organ_list, cfg, intensity.modality, timer)
+    if strategy is None:
+        models = models or _load_models(kind, cfg, timer)
+        case = CaseInput(tuple(organ_list), intensity.modality, volume.is_2d)
+        built = build(kind.name, models, cfg, case, timer)
+        strategy, models_info = built.strategy, built.identity
     axis = cfg.slicing.axis
     keep = np.ones(n_slices(volume, axis), dtype=bool)
     if cfg.slicing.skip_empty:
         keep = body_slices(volume, volume8, intensity, axis)
         if not keep.all():
             logger.info("skipping %d of %d slices with no body", int((~keep).sum()), keep.size)
-    canonical, chosen = _segment_slices(
-        volume, volume8, organ_list, cfg, segmenter, keep, timer, progress
-    )
-    return _Run(canonical, chosen, keep, volume8, intensity, models)
+    view = VolumeView(volume, volume8, axis, keep)
+    result = strategy.run(view, organ_list, progress=progress)
+    return _Run(result.masks, result.chosen, keep, volume8, intensity, models_info)
 
 
-def _segment_slices(
-    volume: Volume,
-    volume8: np.ndarray,
-    organ_list: Sequence[Organ],
-    cfg: SegmentConfig,
-    segmenter: SliceSegmenter,
-    keep: np.ndarray,
-    timer: StageTimer,
-    progress: bool,
-) -> tuple[dict[str, np.ndarray], dict[str, list[dict[str, Any]]]]:
-    """Feed the kept slices to ``segmenter`` in batches; canonical masks and chosen records."""
-    from tqdm.auto import tqdm
+def _injected_strategy(
+    segmenter: SliceSegmenter | Strategy, cfg: SegmentConfig, timer: StageTimer
+) -> Strategy:
+    """A strategy passed to :func:`segment` as it is; a slice segmenter under ``slices``."""
+    if callable(getattr(segmenter, "run", None)):
+        return segmenter  # type: ignore[return-value]
+    return SlicesStrategy.wrapping(segmenter, cfg.proposals.encoder_batch_size, timer)  # type: ignore[arg-type]
 
-    axis = cfg.slicing.axis
-    shape = volume.data.shape[:2] if volume.is_2d else volume.data.shape
-    canonical = {o.name: empty_volume_mask(shape) for o in organ_list}
-    chosen: dict[str, list[dict[str, Any]]] = {o.name: [] for o in organ_list}
-    # Auto (0): the segmenter's own preference, e.g. larger batches on a GPU.
-    batch_size = cfg.proposals.encoder_batch_size or getattr(
-        segmenter, "slice_batch", AUTO_SLICES_CPU
-    )
-    kept = np.nonzero(keep)[0].tolist()
-    batches = [kept[i : i + batch_size] for i in range(0, len(kept), batch_size)]
-    prepare = getattr(segmenter, "prepare", None)
 
-    def load(indices: list[int]) -> tuple[list[int], list[np.ndarray], Any]:
-        # Runs in the prefetch thread, while the segmenter works on the previous batch.
-        images = [slice_image(volume8, volume.is_2d, axis, i) for i in indices]
-        return indices, images, prepare(images) if prepare is not None else None
-
-    with tqdm(total=len(kept), desc="slices", unit="slice", disable=not progress) as bar:
-        for indices, images, prepared in prefetch(batches, load):
-            extra = {"prepared": prepared} if prepare is not None else {}
-            outputs = segmenter(images, organ_list, indices, **extra)
-            t_asm = time.perf_counter()
-            for index, out in zip(indices, outputs):
-                out = out if isinstance(out, SliceOutput) else SliceOutput(masks=dict(out))
-                for organ in organ_list:
-                    mask = np.asarray(out.masks[organ.name], dtype=bool)
-                    if volume.is_2d:
-                        canonical[organ.name] |= mask
-                    else:
-                        put_slice(canonical[organ.name], index, axis, mask)
-                    for rec in out.chosen.get(organ.name, []):
-                        chosen[organ.name].append({"slice": index, **rec})
-            timer.add("assembly", t_asm)
-            bar.update(len(indices))
-    return canonical, chosen
+def _load_models(kind: MethodKind, cfg: SegmentConfig, timer: StageTimer) -> Models:
+    start = time.perf_counter()
+    models = load_models(cfg.models, clip=kind.needs_clip)
+    timer.add("load_models", start)
+    return models
 
 
 def _assemble(

@@ -9,17 +9,27 @@
   measures proposal recall.
 
 All masks are HxW bool arrays in the slice's display orientation, like the reference slices
-given to them.
+given to them. :class:`Unprompted`, :class:`GtBox` and :class:`Oracle` run them as slice
+segmenters under the ``slices`` strategy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import torch
 
-from salip.engines.proposals import Proposals
-from salip.engines.refine import refine_with_boxes
+from salip.core.config import SegmentConfig
+from salip.core.errors import BenchmarkError
+from salip.core.organs import Organ
+from salip.engines.area_filter import area_filter
+from salip.engines.encoder import SamEncoder
+from salip.engines.proposals import Proposals, generate_proposals
+from salip.engines.refiner import refine_with_boxes
+from salip.io.slicing import display_slice
 from salip.models.sam_runtime import ImageEmbedding, decode
+from salip.strategies.base import SliceOutput
 
 
 def component_boxes(reference: np.ndarray) -> torch.Tensor:
@@ -80,3 +90,92 @@ def everything_oracle(proposals: Proposals, reference: np.ndarray) -> tuple[np.n
     iou = inter / union.clamp(min=1)
     best = int(torch.argmax(iou))  # ties: the first, i.e. the higher-ranked proposal
     return proposals.masks[best].cpu().numpy(), float(iou[best])
+
+
+class EncodedSlices:
+    """Base of the baselines as slice segmenters (see
+    :class:`~salip.strategies.base.SliceSegmenter`): encode the batch once, then one answer
+    per slice.
+
+    Args:
+        encoder: the SAM encoder (batch, precision, compile).
+        config: the settings (slicing axis, proposals, area filter).
+        references: organ -> bool reference mask in salip's canonical layout (only the
+            baselines that read references need it).
+        is_2d: whether the input is a 2D image (one slice, index 0).
+    """
+
+    def __init__(
+        self,
+        encoder: SamEncoder,
+        config: SegmentConfig,
+        references: Mapping[str, np.ndarray] | None = None,
+        is_2d: bool = False,
+    ) -> None:
+        self.encoder, self.model, self.config = encoder, encoder.sam.model, config
+        self.references, self.is_2d = references, is_2d
+
+    def __call__(
+        self, images: Sequence[np.ndarray], organs: Sequence[Organ], indices: Sequence[int]
+    ) -> list[SliceOutput]:
+        with torch.no_grad():
+            embeddings = self.encoder.encode(images)
+            return [
+                self.segment_slice(emb, index, organs)
+                for emb, index in zip(embeddings, indices, strict=True)
+            ]
+
+    def reference(self, organ: Organ, index: int) -> np.ndarray:
+        """The organ's HxW bool reference slice in display orientation."""
+        if self.references is None:
+            raise BenchmarkError("this method reads references, but none were given.")
+        volume = self.references[organ.name]
+        view = display_slice(volume, self.is_2d, self.config.slicing.axis, index)
+        return np.ascontiguousarray(view, dtype=bool)
+
+    def segment_slice(
+        self, embedding: ImageEmbedding, index: int, organs: Sequence[Organ]
+    ) -> SliceOutput:
+        """One slice's answer for every organ."""
+        raise NotImplementedError
+
+
+class Unprompted(EncodedSlices):
+    """:func:`sam_unprompted` on every slice, the same mask for every organ."""
+
+    def segment_slice(
+        self, embedding: ImageEmbedding, index: int, organs: Sequence[Organ]
+    ) -> SliceOutput:
+        mask = sam_unprompted(self.model, embedding)
+        return SliceOutput(masks={o.name: mask for o in organs})
+
+
+class GtBox(EncodedSlices):
+    """:func:`sam_gt_box` on every slice (reads the references)."""
+
+    def segment_slice(
+        self, embedding: ImageEmbedding, index: int, organs: Sequence[Organ]
+    ) -> SliceOutput:
+        return SliceOutput(
+            masks={
+                o.name: sam_gt_box(self.model, embedding, self.reference(o, index)) for o in organs
+            }
+        )
+
+
+class Oracle(EncodedSlices):
+    """:func:`everything_oracle` on every slice's area-filtered proposals (reads the
+    references)."""
+
+    def segment_slice(
+        self, embedding: ImageEmbedding, index: int, organs: Sequence[Organ]
+    ) -> SliceOutput:
+        proposals = area_filter(
+            generate_proposals(self.model, embedding, self.config.proposals), self.config.area
+        )
+        out = SliceOutput(masks={}, chosen={})
+        for organ in organs:
+            mask, iou = everything_oracle(proposals, self.reference(organ, index))
+            out.masks[organ.name] = mask
+            out.chosen[organ.name] = [{"oracle_iou": iou}] if mask.any() else []
+        return out

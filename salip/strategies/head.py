@@ -12,16 +12,17 @@ import torch
 from salip.core.config import SegmentConfig
 from salip.core.errors import ConfigError
 from salip.core.organs import Organ
+from salip.engines.encoder import encoder_batch, slice_batch
 from salip.models.head import LoadedHead
 from salip.models.sam import LoadedSam
 from salip.models.sam_runtime import BatchSize, encode_images
-from salip.strategies.cascade import SliceOutput, encoder_batch, slice_batch
+from salip.strategies.base import SliceOutput
 
 logger = logging.getLogger(__name__)
 
 
 class HeadSegmenter:
-    """A slice segmenter (:class:`salip.strategies.cascade.SliceSegmenter`) running a trained head.
+    """A slice segmenter (:class:`salip.strategies.base.SliceSegmenter`) running a trained head.
 
     Each batch of slices is encoded by SAM, the head gives per-class logits in SAM's padded
     1/4 frame, ``Sam.postprocess_masks`` (segment-anything's crop and resize) brings them to
@@ -33,7 +34,7 @@ class HeadSegmenter:
         sam: the SAM model whose encoder the head was trained on.
         batch_size: slices per encoder call (halved on out-of-memory); a
             :class:`~salip.models.sam_runtime.BatchSize` is used as it is (e.g. an auto one
-            from :func:`salip.strategies.cascade.encoder_batch`).
+            from :func:`salip.engines.encoder.encoder_batch`).
         precision: encoder precision, resolved ("fp32", "bf16", "fp16"); best the one the
             head was trained with (its manifest's ``encoder_precision``).
         slice_batch: slices per call to ask for (default: the encoder batch, at least 4).

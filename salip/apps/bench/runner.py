@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from salip.apps.bench.methods import CaseInput, Method, Models, make_method
+from salip.api.factory import CaseInput, Models, load_models
+from salip.apps.bench.methods import Method, make_method
 from salip.core.config import check_keys, read_toml
 from salip.core.errors import BenchmarkError, SalipError
 from salip.core.hashing import fingerprint
@@ -285,17 +286,10 @@ def _device_info(device: str) -> dict[str, Any]:
 
 
 def _load_models(config: BenchmarkConfig, needs_clip: bool) -> Models:
-    from salip.models.clip import load_clip
-    from salip.models.device import resolve_device
-    from salip.models.sam import load_sam
-
-    m = config.methods[0].config.models
-    device = resolve_device(m.device)
     start = time.perf_counter()
-    sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
-    clip = load_clip(m.clip_model, m.clip_pretrained, device=device) if needs_clip else None
-    logger.info("models loaded on %s in %.1f s", device, time.perf_counter() - start)
-    return Models(sam, clip, device)
+    models = load_models(config.methods[0].config.models, clip=needs_clip)
+    logger.info("models loaded on %s in %.1f s", models.device, time.perf_counter() - start)
+    return models
 
 
 # --------------------------------------------------------------------------- one case
@@ -448,11 +442,9 @@ class _CaseRun:
             torch.cuda.synchronize(models.device)
             torch.cuda.reset_peak_memory_stats(models.device)
         start = time.perf_counter()
-        segmenter = method.segmenter(
-            models, CaseInput(organs, intensity.modality, volume.is_2d, given)
-        )
+        built = method.build(models, CaseInput(organs, intensity.modality, volume.is_2d, given))
         result = segment(
-            volume, organs=list(case.organs), write=False, config=config, segmenter=segmenter
+            volume, organs=list(case.organs), write=False, config=config, segmenter=built.strategy
         )
         if cuda:
             torch.cuda.synchronize(models.device)

@@ -383,22 +383,22 @@ def _prepare(
 
 def _time_salip(setup: _Setup) -> tuple[Any, _Timed]:
     """(B): the one-organ salip run; its result and timing (cascade stages added in)."""
-    from salip.api.pipeline import build_cascade, segment
-    from salip.strategies.cascade import StageTimer
+    from salip.api.factory import CaseInput, Models, build
+    from salip.api.pipeline import segment
+    from salip.core.timing import StageTimer
 
     s, device = setup, setup.device
     timer = StageTimer()
     _reset_peak(device)
     start = time.perf_counter()
-    cascade, _ = build_cascade(
-        s.sam, s.clip, [s.target], s.config, s.modality, device=device, timer=timer
-    )
+    case = CaseInput((s.target,), s.modality, is_2d=False)
+    built = build("salip", Models(s.sam, s.clip, device), s.config, case, timer)
     result = segment(
         s.path,
         organs=[s.target.name],
         output=s.work / "salip.nii.gz",
         config=s.config,
-        segmenter=cascade,
+        segmenter=built.strategy,
     )
     _sync(device)
     seconds = time.perf_counter() - start
@@ -411,7 +411,8 @@ def _time_salip(setup: _Setup) -> tuple[Any, _Timed]:
 
 def _time_multi_organ(setup: _Setup, extra_organs: Sequence[str]) -> tuple[list[Any], float | None]:
     """The salip run of the organ plus ``extra_organs`` (none without them): organs, seconds."""
-    from salip.api.pipeline import build_cascade, segment
+    from salip.api.factory import CaseInput, Models, build
+    from salip.api.pipeline import segment
     from salip.core.organs import get_organ
 
     if not extra_organs:
@@ -420,13 +421,14 @@ def _time_multi_organ(setup: _Setup, extra_organs: Sequence[str]) -> tuple[list[
     multi_organs = [s.target, *(get_organ(o) for o in extra_organs)]
     multi_organs = list({o.name: o for o in multi_organs}.values())
     start = time.perf_counter()
-    cascade, _ = build_cascade(s.sam, s.clip, multi_organs, s.config, s.modality, device=s.device)
+    case = CaseInput(tuple(multi_organs), s.modality, is_2d=False)
+    built = build("salip", Models(s.sam, s.clip, s.device), s.config, case)
     segment(
         s.path,
         organs=[o.name for o in multi_organs],
         output=s.work / "salip_multi.nii.gz",
         config=s.config,
-        segmenter=cascade,
+        segmenter=built.strategy,
     )
     _sync(s.device)
     return multi_organs, time.perf_counter() - start

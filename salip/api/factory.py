@@ -1,0 +1,293 @@
+"""The one factory from a method name and settings to a strategy on engines.
+
+:func:`salip.segment` (``--method``), the benchmark (its ``[[methods]]`` rows) and
+bench-speed all build what they run here. A method kind is a row of :data:`METHODS`:
+
+================================  ====================================================
+kind                              what it builds
+================================  ====================================================
+``salip``                         the SaLIP cascade: SAM encoder, SAM everything mode,
+                                  crops + CLIP, SAM box refinement (zero-shot)
+``sam-unprompted``                SAM's decoder with no prompt (zero-shot; one mask per
+                                  slice, the same for every organ)
+``sam-everything-oracle``         the everything-mode proposal best matching the
+                                  reference slice (reads labels: proposal recall)
+``sam-gt-box``                    SAM prompted with the tight box of each reference
+                                  component per slice (reads labels: the paper's bound)
+``head``                          a learned CLIP-driven head on SAM features (trained
+                                  with labels: ``salip head train``, variant "clip")
+``head-static``                   control: the same upsampler, plain per-class 1x1 head
+``head-randtext``                 control: learned random class codes instead of CLIP
+                                  text
+================================  ====================================================
+
+Adding a method is a builder function and an entry in :data:`METHODS`; a new engine is a
+class with the role's method (see :mod:`salip.engines`) put into an
+:class:`~salip.strategies.cascade.Engines` by a builder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from salip.core.config import ModelConfig, SegmentConfig
+from salip.core.errors import ConfigError, did_you_mean
+from salip.core.organs import Organ, get_organ
+from salip.core.timing import StageTimer
+from salip.engines.encoder import SamEncoder, slice_batch
+from salip.engines.proposer import SamProposer
+from salip.engines.recogniser import ClipRecogniser
+from salip.engines.refiner import SamRefiner
+from salip.models.clip import LoadedClip
+from salip.models.head import LoadedHead
+from salip.models.sam import LoadedSam
+from salip.strategies.base import Strategy
+from salip.strategies.cascade import Engines
+from salip.strategies.slices import SlicesStrategy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Models:
+    """Loaded models, shared by every method and case of a run.
+
+    Attributes:
+        sam: the SAM model.
+        clip: the CLIP model, or None when no method needs it.
+        device: the torch device they are on ("cpu", "cuda", ...).
+        heads: head.pt path -> loaded head (filled by :meth:`head`).
+    """
+
+    sam: LoadedSam
+    clip: LoadedClip | None
+    device: str
+    heads: dict[str, LoadedHead] = field(default_factory=dict)
+
+    def head(self, path: str) -> LoadedHead:
+        """The learned head at ``path`` on this SAM, loaded once."""
+        from salip.models.head import load_head
+
+        if path not in self.heads:
+            self.heads[path] = load_head(path, self.sam, device=self.device)
+        return self.heads[path]
+
+
+def load_models(config: ModelConfig, *, clip: bool) -> Models:
+    """Load SAM, and CLIP when ``clip``, on ``config.device`` (resolved)."""
+    from salip.models.clip import load_clip
+    from salip.models.device import resolve_device
+    from salip.models.sam import load_sam
+
+    device = resolve_device(config.device)
+    sam = load_sam(config.sam_checkpoint, device=device, model_type=config.sam_model_type)
+    loaded = load_clip(config.clip_model, config.clip_pretrained, device=device) if clip else None
+    return Models(sam, loaded, device)
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    """What a method learns about the input it segments.
+
+    Attributes:
+        organs: the organs to segment, in order.
+        modality: the image's modality ("ct", "mr", "xray", "us"), for prompts.
+        is_2d: whether the image is a 2D image (one slice, index 0).
+        references: organ -> bool reference mask in salip's canonical layout (XxYxZ RAS+,
+            or HxW for 2D images); only for methods that use the ground truth, else None.
+    """
+
+    organs: tuple[Organ, ...]
+    modality: str
+    is_2d: bool
+    references: Mapping[str, np.ndarray] | None = None
+
+
+@dataclass
+class Built:
+    """A method ready to run: its strategy, and the report's ``models`` entry (JSON-ready:
+    device, models, prompts, scoring)."""
+
+    strategy: Strategy
+    identity: dict[str, Any]
+
+
+#: A method kind's builder: (models, settings, case, timer) -> what to run.
+Builder = Callable[[Models, SegmentConfig, CaseInput, StageTimer], Built]
+
+
+@dataclass(frozen=True)
+class MethodKind:
+    """One method kind.
+
+    Attributes:
+        name: the kind's name (``--method`` and the benchmark's ``method``).
+        build: its builder.
+        uses_ground_truth: reads the reference masks (an oracle row of the benchmark).
+        needs_clip: needs the CLIP model.
+        head_variant: for learned heads, the variant its head.pt must have; None otherwise.
+    """
+
+    name: str
+    build: Builder
+    uses_ground_truth: bool = False
+    needs_clip: bool = False
+    head_variant: str | None = None
+
+
+def _build_salip(
+    models: Models, config: SegmentConfig, case: CaseInput, timer: StageTimer
+) -> Built:
+    """The SaLIP cascade under the ``slices`` strategy."""
+    from salip.core.prompts import load_competitors, load_prompts, prompts_dir
+    from salip.models.registry import salip_home
+
+    if models.clip is None:
+        raise ConfigError("the salip method needs the CLIP model, which was not loaded.")
+    scoring, organs, sam = config.scoring, list(case.organs), models.sam
+    folder = scoring.prompts_dir
+    start = time.perf_counter()
+    prompts = {o.name: load_prompts(o, case.modality, folder) for o in organs}
+    competitors = {}
+    if scoring.scoring == "contrast":
+        competitors = {o.name: load_competitors(o, case.modality, organs, folder) for o in organs}
+    timer.add("load_prompts", start)
+    text_cache = salip_home() / "cache" / "text"
+    recogniser = ClipRecogniser(
+        models.clip, prompts, config, models.device, timer, competitors, text_cache
+    )
+    engines = Engines(
+        SamEncoder.for_config(sam, config, models.device),
+        SamProposer(sam, config.proposals, models.device),
+        recogniser,
+        SamRefiner(sam),
+    )
+    batch = slice_batch(config.proposals.encoder_batch_size, models.device)
+    strategy = SlicesStrategy.from_engines(engines, config, batch, timer)
+    identity = {
+        "device": models.device,
+        "sam": sam.identity(),
+        "clip": models.clip.identity(),
+        "prompts_dir": str(prompts_dir(folder)),
+        "prompts": {
+            name: {
+                "modality": p.modality,
+                "requested_modality": p.requested_modality,
+                "count": len(p.descriptions),
+                "sha256": p.sha256(),
+                **p.provenance,
+            }
+            for name, p in prompts.items()
+        },
+        "scoring": {
+            "mode": scoring.scoring,
+            "logit_scale": round(recogniser.scorer.logit_scale, 4),
+            "classes": recogniser.classes,
+            "text_cache": {
+                "dir": str(text_cache),
+                "hits": recogniser.scorer.cache_hits,
+                "misses": recogniser.scorer.cache_misses,
+            },
+        },
+    }
+    return Built(strategy, identity)
+
+
+def _build_head(models: Models, config: SegmentConfig, case: CaseInput, timer: StageTimer) -> Built:
+    """A learned head (any variant) under the ``slices`` strategy."""
+    from salip.strategies.head import HeadSegmenter
+
+    head = models.head(str(config.segmenter.head))
+    trained_axis = head.slicing.get("axis")
+    if trained_axis and trained_axis != config.slicing.axis:
+        logger.warning(
+            "the head was trained on %s slices; segmenting %s slices (--axis)",
+            trained_axis,
+            config.slicing.axis,
+        )
+    segmenter = HeadSegmenter.for_config(head, models.sam, config, models.device)
+    segmenter.check_organs(case.organs)
+    strategy = SlicesStrategy.wrapping(segmenter, config.proposals.encoder_batch_size, timer)
+    identity = {"device": models.device, "sam": models.sam.identity(), "head": head.identity()}
+    return Built(strategy, identity)
+
+
+def _baseline(cls_name: str) -> Builder:
+    """The builder of a SAM baseline of :mod:`salip.strategies.baselines`."""
+
+    def build(models: Models, config: SegmentConfig, case: CaseInput, timer: StageTimer) -> Built:
+        from salip.strategies import baselines
+
+        encoder = SamEncoder.for_config(models.sam, config, models.device)
+        segmenter = getattr(baselines, cls_name)(encoder, config, case.references, case.is_2d)
+        batch = slice_batch(config.proposals.encoder_batch_size, models.device)
+        strategy = SlicesStrategy(batch_size=batch, segmenter=segmenter, timer=timer)
+        return Built(strategy, {"device": models.device, "sam": models.sam.identity()})
+
+    return build
+
+
+#: Method kinds by name.
+METHODS: dict[str, MethodKind] = {
+    kind.name: kind
+    for kind in (
+        MethodKind("salip", _build_salip, needs_clip=True),
+        MethodKind("sam-unprompted", _baseline("Unprompted")),
+        MethodKind("sam-everything-oracle", _baseline("Oracle"), uses_ground_truth=True),
+        MethodKind("sam-gt-box", _baseline("GtBox"), uses_ground_truth=True),
+        MethodKind("head", _build_head, head_variant="clip"),
+        MethodKind("head-static", _build_head, head_variant="static"),
+        MethodKind("head-randtext", _build_head, head_variant="randtext"),
+    )
+}
+
+
+#: ``--method`` (:attr:`salip.core.config.SegmenterConfig.method`) -> the kind it builds.
+SEGMENT_METHODS = {"cascade": "salip", "head": "head"}
+
+
+def get_method(name: str) -> MethodKind:
+    """The method kind called ``name``.
+
+    Raises:
+        ConfigError: an unknown name (the message lists the valid ones).
+    """
+    if name not in METHODS:
+        hint = did_you_mean(str(name), METHODS)
+        raise ConfigError(f"unknown method {name!r}.{hint} Valid methods: {', '.join(METHODS)}.")
+    return METHODS[name]
+
+
+def window_organs(
+    kind: MethodKind, models: Models, config: SegmentConfig, organs: Sequence[Organ]
+) -> list[Organ]:
+    """The organs whose window maps intensities to 8 bits: a learned head's own classes
+    (as in its training), else ``organs``."""
+    if kind.head_variant is None:
+        return list(organs)
+    return [get_organ(name) for name in models.head(str(config.segmenter.head)).classes]
+
+
+def build(
+    name: str,
+    models: Models,
+    config: SegmentConfig,
+    case: CaseInput,
+    timer: StageTimer | None = None,
+) -> Built:
+    """Build method ``name`` for one input.
+
+    Args:
+        name: a key of :data:`METHODS`.
+        models: the loaded models (CLIP when the kind ``needs_clip``).
+        config: all settings.
+        case: the organs, modality, 2D flag and (for oracle kinds) references.
+        timer: stage timer the strategy and engines add to.
+    """
+    return get_method(name).build(models, config, case, timer or StageTimer())

@@ -1,0 +1,106 @@
+"""The Encoder role: HxWx3 uint8 slice images in, SAM image embeddings out.
+
+:class:`SamEncoder` is salip's: segment-anything's image encoder, batched, with the batch
+halved on out-of-memory, the run's precision, and ``torch.compile`` when asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from salip.core.config import SegmentConfig
+from salip.models.precision import resolve_precision
+from salip.models.sam import LoadedSam
+from salip.models.sam_runtime import (
+    BatchSize,
+    ImageEmbedding,
+    encode_images,
+    fast_encoder,
+    resize_for_encoder,
+)
+
+#: Auto batch sizes (``encoder_batch_size = 0``): slices per batch on CPU, and the cap on
+#: CUDA, where the encoder batch is measured against free memory.
+AUTO_SLICES_CPU = 4
+AUTO_SLICES_CUDA = 32
+
+
+def encoder_batch(setting: int, device: str) -> BatchSize:
+    """Slices per SAM encoder call for ``encoder_batch_size = setting`` (0: auto)."""
+    return BatchSize.from_setting(
+        setting, device, default=AUTO_SLICES_CPU, probe=1, cap=AUTO_SLICES_CUDA
+    )
+
+
+def slice_batch(setting: int, device: str) -> int:
+    """Slices per strategy batch for ``encoder_batch_size = setting`` (0: auto)."""
+    if setting:
+        return setting
+    return AUTO_SLICES_CUDA if torch.device(device).type == "cuda" else AUTO_SLICES_CPU
+
+
+class Encoder(Protocol):
+    """Turns slice images into image embeddings.
+
+    ``prepare`` is the CPU part (resizing), safe to run in a background thread one batch
+    ahead; ``encode`` takes its result as ``prepared`` (or None to prepare itself).
+    """
+
+    def prepare(self, images: Sequence[np.ndarray]) -> Any:
+        """CPU preparation of HxWx3 uint8 RGB images for :meth:`encode`."""
+        ...
+
+    def encode(
+        self, images: Sequence[np.ndarray], prepared: Any | None = None
+    ) -> list[ImageEmbedding]:
+        """One :class:`~salip.models.sam_runtime.ImageEmbedding` per HxWx3 uint8 image
+        (features 1xCx64x64 on the model's device; ``original_size`` is the image's HxW)."""
+        ...
+
+
+class SamEncoder:
+    """SAM's image encoder (see :class:`Encoder`).
+
+    Args:
+        sam: the loaded SAM.
+        batch: slices per encoder call; halved for the rest of the run on out-of-memory.
+        precision: "fp32", "bf16" or "fp16", resolved for the device.
+        compile: run the encoder through ``torch.compile``.
+    """
+
+    def __init__(
+        self, sam: LoadedSam, batch: BatchSize, *, precision: str = "fp32", compile: bool = False
+    ) -> None:
+        self.sam, self.batch, self.precision, self.compile = sam, batch, precision, compile
+
+    @classmethod
+    def for_config(cls, sam: LoadedSam, config: SegmentConfig, device: str) -> SamEncoder:
+        """The encoder with ``config``'s batch size (0: auto), precision and compile flag."""
+        return cls(
+            sam,
+            encoder_batch(config.proposals.encoder_batch_size, device),
+            precision=resolve_precision(config.models.precision, device),
+            compile=config.models.compile,
+        )
+
+    def prepare(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Images resized to the encoder's longest side (segment-anything's transform)."""
+        return resize_for_encoder(self.sam.model, images)
+
+    @torch.no_grad()
+    def encode(
+        self, images: Sequence[np.ndarray], prepared: Sequence[np.ndarray] | None = None
+    ) -> list[ImageEmbedding]:
+        model = self.sam.model
+        return encode_images(
+            model,
+            images,
+            self.batch,
+            precision=self.precision,
+            encoder=fast_encoder(model, compile=self.compile),
+            resized=prepared,
+        )

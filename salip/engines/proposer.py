@@ -1,0 +1,46 @@
+"""The Proposer role: embedded slices in, everything-mode proposals out.
+
+:class:`SamProposer` is segment-anything's automatic mask generator on the kept
+embeddings (:mod:`salip.engines.proposals`, matching ``SamAutomaticMaskGenerator``), with
+the point prompts of a whole batch decoded together across slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from salip.core.config import ProposalConfig
+from salip.engines.proposals import Proposals, decoder_batch, generate_proposals_batch
+from salip.models.sam import LoadedSam
+from salip.models.sam_runtime import ImageEmbedding
+
+
+class Proposer(Protocol):
+    """Proposes the parts of embedded slices."""
+
+    def propose(self, embeddings: Sequence[ImageEmbedding]) -> list[Proposals]:
+        """One :class:`~salip.engines.proposals.Proposals` per embedding: NxHxW bool masks
+        at the slice's size, boxes XYXY in pixels of the slice, areas, scores."""
+        ...
+
+
+class SamProposer:
+    """SAM's everything mode (see :class:`Proposer`).
+
+    Args:
+        sam: the loaded SAM.
+        config: grid, thresholds and point batch (``points_per_batch``, 0: auto).
+        device: where SAM runs (for the auto point batch).
+    """
+
+    def __init__(self, sam: LoadedSam, config: ProposalConfig, device: str) -> None:
+        self.sam, self.config = sam, config
+        # Halved for the rest of the run if the device runs out of memory.
+        self.batch = decoder_batch(config, device)
+
+    @torch.no_grad()
+    def propose(self, embeddings: Sequence[ImageEmbedding]) -> list[Proposals]:
+        return generate_proposals_batch(self.sam.model, embeddings, self.config, self.batch)

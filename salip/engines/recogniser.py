@@ -1,0 +1,198 @@
+"""The Recogniser role: slices with their proposals and a set of classes in, per-proposal
+scores and the picked proposals per class out.
+
+:class:`ClipRecogniser` is SaLIP's: each proposal becomes a crop, CLIP embeds the crops of a
+whole batch in one pass, and each organ's crops are scored against its language-model
+descriptions by cosine (``salip`` scoring) or by softmax over the organ and its competing
+classes (``contrast`` scoring); with ``laterality``, left/right organs keep only crops on
+their side of the body midline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from salip.core.config import SegmentConfig
+from salip.core.organs import Organ, get_organ
+from salip.core.prompts import PromptSet
+from salip.core.timing import StageTimer
+from salip.engines.crops import make_crops
+from salip.engines.laterality import IN_PLANE_AXES, body_midline, patient_sides
+from salip.engines.proposals import Proposals
+from salip.engines.scoring import ClipScorer, contrast_scores, cosine_scores, select_top_k
+from salip.models.clip import LoadedClip
+from salip.models.precision import resolve_precision
+
+
+@dataclass
+class Recognition:
+    """What a recogniser says about one slice's proposals.
+
+    Attributes:
+        picked: organ name -> indices of the proposals picked for it, best first.
+        scores: organ name -> per-proposal score lists (one value per proposal):
+            ``clip_score`` (cosine with the organ) always, ``probability`` and ``margin``
+            with contrast scoring, ``side`` ("left"/"right", patient side) with laterality.
+    """
+
+    picked: dict[str, list[int]]
+    scores: dict[str, dict[str, list[Any]]]
+
+
+class Recogniser(Protocol):
+    """Scores proposals against classes and picks each organ's."""
+
+    def recognise(
+        self,
+        images: Sequence[np.ndarray],
+        proposals: Sequence[Proposals],
+        organs: Sequence[Organ],
+    ) -> list[Recognition]:
+        """One :class:`Recognition` per HxWx3 uint8 display image and its proposals (boxes
+        XYXY in pixels of that image)."""
+        ...
+
+
+class ClipRecogniser:
+    """Crops + CLIP (see :class:`Recogniser`).
+
+    Args:
+        clip: the CLIP model.
+        prompts: organ name -> its descriptions.
+        config: all settings (crops, scoring, and the slicing axis for laterality).
+        device: where CLIP runs.
+        timer: stage timer to add to ("clip_text", "crops", "clip_image", "scoring").
+        competitors: organ name -> competing classes' descriptions, for contrast scoring
+            (see :func:`salip.core.prompts.load_competitors`).
+        text_cache: folder of the on-disk text-embedding cache (None: memory only).
+
+    Attributes:
+        scorer: the CLIP scorer (logit scale, text-cache hits and misses).
+        classes: organ name -> its class names, itself first (contrast scoring).
+    """
+
+    def __init__(
+        self,
+        clip: LoadedClip,
+        prompts: dict[str, PromptSet],
+        config: SegmentConfig,
+        device: str,
+        timer: StageTimer | None = None,
+        competitors: dict[str, list[PromptSet]] | None = None,
+        text_cache: Path | None = None,
+    ) -> None:
+        precision = resolve_precision(config.models.precision, device)
+        self.scorer = ClipScorer(clip, device, cache_dir=text_cache, precision=precision)
+        self.config = config
+        self.timer = timer or StageTimer()
+        self.contrast = config.scoring.scoring == "contrast"
+        # Text embeddings once per run, not per slice.
+        start = time.perf_counter()
+        self.text = {
+            name: self.scorer.text_embedding(p.descriptions) for name, p in prompts.items()
+        }
+        self.classes: dict[str, list[str]] = {}
+        self.class_emb: dict[str, torch.Tensor] = {}
+        if self.contrast:
+            for name in prompts:
+                rivals = (competitors or {}).get(name, [])
+                self.classes[name] = [name, *(p.organ for p in rivals)]
+                self.class_emb[name] = torch.stack(
+                    [self.text[name], *(self.scorer.text_embedding(p.descriptions) for p in rivals)]
+                )
+        self.timer.add("clip_text", start)
+
+    def top_k(self, organ: Organ) -> int:
+        """Crops kept per slice for ``organ``: the configured value or the organ's own."""
+        return self.config.scoring.top_k or organ.top_k
+
+    def select(
+        self, organ: Organ, crop_emb: torch.Tensor, boxes: torch.Tensor, image: np.ndarray
+    ) -> tuple[list[int], dict[str, Any]]:
+        """Pick the crops of one slice that become box prompts for ``organ``.
+
+        Args:
+            organ: the target.
+            crop_emb: NxD normalised crop embeddings of the slice's proposals.
+            boxes: Nx4 proposal boxes, XYXY in pixels of the display image.
+            image: HxWx3 uint8 display image (for the body midline).
+
+        Returns:
+            (picked proposal indices, best first; per-proposal score lists, as
+            :attr:`Recognition.scores`).
+        """
+        cfg = self.config.scoring
+        cosine = cosine_scores(crop_emb, self.text[organ.name])
+        keep = torch.ones(len(cosine), dtype=torch.bool)
+        info: dict[str, Any] = {"clip_score": cosine.tolist()}
+        score = cosine
+        if self.contrast:
+            prob, margin = contrast_scores(
+                crop_emb, self.class_emb[organ.name], self.scorer.logit_scale
+            )
+            keep &= (margin > cfg.contrast_margin).cpu()
+            info["probability"], info["margin"], score = prob.tolist(), margin.tolist(), prob
+        if cfg.min_score is not None:
+            keep &= (cosine >= cfg.min_score).cpu()
+        k = self.top_k(organ)
+        lateral_parts = [get_organ(p).laterality for p in organ.parts]
+        use_sides = (
+            cfg.laterality
+            and self.config.slicing.axis in IN_PLANE_AXES
+            and (organ.laterality != "none" or lateral_parts)
+        )
+        if not use_sides:
+            return select_top_k(score, k, keep), info
+        sides = patient_sides(boxes, body_midline(image))
+        info["side"] = sides
+        if organ.laterality != "none":
+            on_side = torch.tensor([s == organ.laterality for s in sides], dtype=torch.bool)
+            return select_top_k(score, k, keep & on_side), info
+        # A pair: the best crops on each side, then best first overall.
+        per_side = max(1, k // len(lateral_parts))
+        picked = []
+        for side in lateral_parts:
+            on_side = torch.tensor([s == side for s in sides], dtype=torch.bool)
+            picked += select_top_k(score, per_side, keep & on_side)
+        return sorted(picked, key=lambda i: -float(score[i])), info
+
+    @torch.no_grad()
+    def recognise(
+        self,
+        images: Sequence[np.ndarray],
+        proposals: Sequence[Proposals],
+        organs: Sequence[Organ],
+    ) -> list[Recognition]:
+        t = time.perf_counter()
+        crops, owner = [], []
+        for i, (image, props) in enumerate(zip(images, proposals, strict=True)):
+            slice_crops = make_crops(image, props, self.config.crops)
+            crops.extend(slice_crops)
+            owner.extend([i] * len(slice_crops))
+        t = self.timer.add("crops", t)
+        # One pass of crop embeddings serves every organ of the run.
+        crop_emb = self.scorer.image_embeddings(crops)
+        t = self.timer.add("clip_image", t)
+        owner_t = torch.as_tensor(owner, dtype=torch.long)
+        results = []
+        for i, props in enumerate(proposals):
+            rows = torch.nonzero(owner_t == i).flatten()
+            found = Recognition(picked={}, scores={})
+            for organ in organs:
+                picked: list[int] = []
+                info: dict[str, Any] = {}
+                if len(rows):
+                    picked, info = self.select(
+                        organ, crop_emb[rows.to(crop_emb.device)], props.boxes.cpu(), images[i]
+                    )
+                found.picked[organ.name], found.scores[organ.name] = picked, info
+            results.append(found)
+        self.timer.add("scoring", t)
+        return results

@@ -1,0 +1,47 @@
+"""A lazy view of a volume as display slices along the slicing axis."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from salip.io import Volume
+from salip.io.orientation import AXES
+from salip.io.slicing import slice_image
+
+
+class VolumeView:
+    """The slices of an 8-bit volume, made on demand, plus what a strategy needs to know.
+
+    Args:
+        volume: the input in salip's canonical layout (XxYxZ RAS+, or a 2D image).
+        volume8: ``volume`` mapped to uint8 (same shape).
+        axis: slicing axis name ("axial", "coronal", "sagittal").
+        body: bool per slice: whether the slice shows body (all True when not skipped).
+
+    Attributes:
+        count: number of slices along ``axis`` (1 for a 2D image).
+        spacing: voxel size in mm along the canonical axes (X, Y, Z).
+        slice_spacing: distance in mm between neighbouring slices (1.0 for a 2D image).
+        mask_shape: shape of a canonical organ mask (XxYxZ, or HxW for a 2D image).
+    """
+
+    def __init__(self, volume: Volume, volume8: np.ndarray, axis: str, body: np.ndarray):
+        self.volume, self.volume8, self.axis = volume, volume8, axis
+        self.is_2d = volume.is_2d
+        self.count = 1 if volume.is_2d else int(volume8.shape[AXES[axis]])
+        if body.shape != (self.count,):
+            raise ValueError(f"body has shape {body.shape}, expected ({self.count},)")
+        self.body = body
+        self.spacing = tuple(float(s) for s in volume.spacing[:3])
+        self.slice_spacing = 1.0 if volume.is_2d else self.spacing[AXES[axis]]
+        self.mask_shape = volume.data.shape[:2] if volume.is_2d else volume.data.shape
+
+    def image(self, index: int) -> np.ndarray:
+        """HxWx3 uint8 RGB display image of slice ``index`` (0 <= index < count)."""
+        if not 0 <= index < self.count:
+            raise IndexError(f"slice {index} out of range 0..{self.count - 1}")
+        return slice_image(self.volume8, self.is_2d, self.axis, index)
+
+    def body_indices(self) -> list[int]:
+        """Indices of the slices with body, in order."""
+        return np.nonzero(self.body)[0].tolist()
