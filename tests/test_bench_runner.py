@@ -21,8 +21,8 @@ from salip.apps.bench import methods as bench_methods
 from salip.apps.bench.runner import CASE_COLUMNS, load_config, run_benchmark
 from salip.core.errors import BenchmarkError
 from salip.io import read_input, to_canonical
+from salip.io.orientation import to_source_grid
 from salip.io.slicing import display_slice
-from salip.io.writing import to_source_grid
 from tests.conftest import SLICES, TOTALSEG, require_data
 
 METHODS = ["salip", "salip-paper", "sam-unprompted", "sam-everything-oracle", "sam-gt-box"]

@@ -23,7 +23,8 @@ from PIL import Image, PngImagePlugin
 from salip import io as sio
 from salip.core.errors import InputError
 from salip.io import check_plane_size, read_input
-from salip.io.writing import to_source_grid, write_mask
+from salip.io.orientation import to_source_grid
+from salip.io.writing import write_mask
 from tests.conftest import TOTALSEG, require_data
 
 CT = TOTALSEG / "example_ct_sm.nii.gz"

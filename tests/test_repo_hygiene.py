@@ -47,3 +47,42 @@ def test_readme_example_outputs_and_benchmark_results_are_ignored():
     for path in paths:
         ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
         assert ignored.returncode == 0, f"{path} would be left unignored in the repository"
+
+
+def _readme_tree() -> set[str]:
+    """Paths under salip/ listed in the README's Architecture tree (folders end with /)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Architecture", 1)[1]
+    block = section.split("```text\n", 1)[1].split("```", 1)[0]
+    lines = block.splitlines()
+    assert lines[0] == "salip/"
+    listed, stack = set(), []
+    for line in lines[1:]:
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        name = line.split()[0]
+        stack[depth - 1 :] = [name]
+        listed.add("".join(stack))
+    return listed
+
+
+def test_readme_architecture_tree_matches_the_package():
+    actual = set()
+    for path in (REPO / "salip").rglob("*.py"):
+        relative = path.relative_to(REPO / "salip")
+        if path.name != "__init__.py":
+            actual.add(relative.as_posix())
+        for parent in list(relative.parents)[:-1]:
+            actual.add(parent.as_posix() + "/")
+    assert _readme_tree() == actual
+
+
+def test_every_package_folder_is_installed():
+    from salip.core.config import read_toml
+    from salip.core.errors import ConfigError
+
+    project = read_toml(REPO / "pyproject.toml", "pyproject", ConfigError)
+    listed = set(project["tool"]["setuptools"]["packages"])
+    folders = {
+        ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "salip").rglob("__init__.py")
+    }
+    assert folders <= listed

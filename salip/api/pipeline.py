@@ -27,7 +27,7 @@ from salip.core.errors import ConfigError, OutputError
 from salip.core.organs import Organ, parse_organs
 from salip.core.timing import StageTimer
 from salip.io import Volume, file_stem, input_kind, read_input
-from salip.io.orientation import source_slice_indices
+from salip.io.orientation import source_slice_indices, to_source_grid
 from salip.io.output_set import OutputSet
 from salip.io.slicing import (
     AXES,
@@ -39,7 +39,7 @@ from salip.io.slicing import (
     n_slices,
     to_uint8,
 )
-from salip.io.writing import json_text, mask_suffix, save_mask, sidecar_path, to_source_grid
+from salip.io.writing import json_text, mask_suffix, save_mask, sidecar_path
 from salip.models.device import resolve_device
 from salip.strategies.assembly import keep_largest_components, to_label_map
 from salip.strategies.base import SliceSegmenter, Strategy
@@ -248,7 +248,7 @@ def _run_strategy(
         models_info = {"injected_segmenter": type(segmenter).__name__}
     kind = get_method(SEGMENT_METHODS[cfg.segmenter.method])
     models = None
-    window = strategy.intensity_organs if strategy is not None else None
+    window = getattr(strategy, "intensity_organs", None)
     if strategy is None and kind.head_variant is not None:
         # A learned head maps intensities as in its training (with its classes' window).
         models = _load_models(kind, cfg, timer)

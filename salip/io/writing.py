@@ -18,7 +18,6 @@ import numpy as np
 
 from salip.core.errors import OutputError
 from salip.io import SourceGeometry
-from salip.io.orientation import to_source_grid  # noqa: F401 - its old home, still imported
 
 logger = logging.getLogger(__name__)
 

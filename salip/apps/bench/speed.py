@@ -187,8 +187,9 @@ def _run_reference(
 
     from salip.engines.proposals import AUTO_PROMPTS
     from salip.io import read_input
+    from salip.io.orientation import to_source_grid
     from salip.io.slicing import choose_intensity, iter_slices, to_uint8
-    from salip.io.writing import to_source_grid, write_mask
+    from salip.io.writing import write_mask
     from salip.strategies.assembly import put_slice
 
     sam, clip, device = models
