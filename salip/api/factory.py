@@ -48,6 +48,7 @@ from salip.models.clip import LoadedClip
 from salip.models.head import LoadedHead
 from salip.models.sam import LoadedSam
 from salip.strategies.base import Strategy
+from salip.strategies.baselines import EncodedSlices, GtBox, Oracle, Unprompted
 from salip.strategies.cascade import Engines
 from salip.strategies.slices import SlicesStrategy
 
@@ -218,14 +219,12 @@ def _build_head(models: Models, config: SegmentConfig, case: CaseInput, timer: S
     return Built(strategy, identity)
 
 
-def _baseline(cls_name: str) -> Builder:
+def _baseline(segmenter_class: type[EncodedSlices]) -> Builder:
     """The builder of a SAM baseline of :mod:`salip.strategies.baselines`."""
 
     def build(models: Models, config: SegmentConfig, case: CaseInput, timer: StageTimer) -> Built:
-        from salip.strategies import baselines
-
         encoder = SamEncoder.for_config(models.sam, config, models.device)
-        segmenter = getattr(baselines, cls_name)(encoder, config, case.references, case.is_2d)
+        segmenter = segmenter_class(encoder, config, case.references, case.is_2d)
         batch = slice_batch(config.proposals.encoder_batch_size, models.device)
         strategy = SlicesStrategy(batch_size=batch, segmenter=segmenter, timer=timer)
         return Built(strategy, {"device": models.device, "sam": models.sam.identity()})
@@ -238,9 +237,9 @@ METHODS: dict[str, MethodKind] = {
     kind.name: kind
     for kind in (
         MethodKind("salip", _build_salip, needs_clip=True),
-        MethodKind("sam-unprompted", _baseline("Unprompted")),
-        MethodKind("sam-everything-oracle", _baseline("Oracle"), uses_ground_truth=True),
-        MethodKind("sam-gt-box", _baseline("GtBox"), uses_ground_truth=True),
+        MethodKind("sam-unprompted", _baseline(Unprompted)),
+        MethodKind("sam-everything-oracle", _baseline(Oracle), uses_ground_truth=True),
+        MethodKind("sam-gt-box", _baseline(GtBox), uses_ground_truth=True),
         MethodKind("head", _build_head, head_variant="clip"),
         MethodKind("head-static", _build_head, head_variant="static"),
         MethodKind("head-randtext", _build_head, head_variant="randtext"),

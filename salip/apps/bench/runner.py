@@ -420,9 +420,10 @@ class _CaseRun:
         """Segment and score the case with ``method``: (rows, montage arrays)."""
         import torch
 
-        from salip.api.pipeline import segment, source_slice_indices
+        from salip.api.pipeline import segment
         from salip.core.organs import get_organ
         from salip.io import to_canonical
+        from salip.io.orientation import source_slice_indices
         from salip.io.slicing import choose_intensity
 
         case, volume = self.case, self.volume()

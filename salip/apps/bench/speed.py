@@ -457,8 +457,8 @@ def _compare_masks(
     setup: _Setup, result: Any, reference: np.ndarray
 ) -> tuple[float | None, int, list[int]]:
     """Agreement of salip's mask with the reference's, the slice count and skipped slices."""
-    from salip.api.pipeline import source_slice_indices
     from salip.io import read_input, to_canonical
+    from salip.io.orientation import source_slice_indices
     from salip.io.slicing import AXES
 
     config = setup.config
