@@ -50,13 +50,15 @@ class ImageEncoder:
     def __init__(self):
         self.encoded: list[int] = []  # images per encode call
         self.prepared_seen: list[object] = []
+        self.indices: list[int] = []  # slice indices, in encoding order
 
     def prepare(self, images):
         return [int(image.sum()) for image in images]
 
-    def encode(self, images, prepared=None):
+    def encode(self, images, prepared=None, indices=None):
         self.encoded.append(len(images))
         self.prepared_seen.append(prepared)
+        self.indices.extend(indices)
         return [
             ImageEmbedding(
                 torch.from_numpy(image[..., 0].astype(np.float32))[None, None],
@@ -99,7 +101,7 @@ class FirstPartRecogniser:
     def __init__(self):
         self.seen: list[int] = []  # proposals per slice, after the area filter
 
-    def recognise(self, images, proposals, organs):
+    def recognise(self, images, proposals, organs, indices=None):
         self.seen.extend(len(p) for p in proposals)
         return [
             Recognition(
@@ -158,7 +160,7 @@ def test_simulated_engines_find_a_cube_in_a_ct_volume(tmp_path):
     result = salip.segment(path, organs="liver", write=False, segmenter=strategy, **options)
     assert np.array_equal(result.masks["liver"].astype(bool), data > 0)
     assert sum(engines.encoder.encoded) == 5  # the five body slices, each encoded once
-    assert engines.encoder.encoded == [2, 2, 1]
+    assert engines.encoder.encoded == [2, 2, 1] and engines.encoder.indices == [3, 4, 5, 6, 7]
     chosen = result.report["organs"]["liver"]["chosen"]
     assert sorted(c["slice"] for c in chosen) == [3, 4, 5, 6, 7]
     assert result.report["slicing"]["skipped_slices"] == [0, 1, 2, 8, 9, 10, 11]

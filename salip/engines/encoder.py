@@ -55,10 +55,15 @@ class Encoder(Protocol):
         ...
 
     def encode(
-        self, images: Sequence[np.ndarray], prepared: Any | None = None
+        self,
+        images: Sequence[np.ndarray],
+        prepared: Any | None = None,
+        indices: Sequence[int] | None = None,
     ) -> list[ImageEmbedding]:
-        """One :class:`~salip.models.sam_runtime.ImageEmbedding` per HxWx3 uint8 image
-        (features 1xCx64x64 on the model's device; ``original_size`` is the image's HxW)."""
+        """One embedding per HxWx3 uint8 image: for SAM an
+        :class:`~salip.models.sam_runtime.ImageEmbedding` (features 1xCx64x64 on the model's
+        device); any engine's has ``original_size``, the image's (H, W). ``indices`` are
+        the slices' indices along the axis, for engines that need them (simulated ones)."""
         ...
 
 
@@ -93,7 +98,10 @@ class SamEncoder:
 
     @torch.no_grad()
     def encode(
-        self, images: Sequence[np.ndarray], prepared: Sequence[np.ndarray] | None = None
+        self,
+        images: Sequence[np.ndarray],
+        prepared: Sequence[np.ndarray] | None = None,
+        indices: Sequence[int] | None = None,
     ) -> list[ImageEmbedding]:
         model = self.sam.model
         return encode_images(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,14 +36,22 @@ class Recognition:
     """What a recogniser says about one slice's proposals.
 
     Attributes:
-        picked: organ name -> indices of the proposals picked for it, best first.
-        scores: organ name -> per-proposal score lists (one value per proposal):
-            ``clip_score`` (cosine with the organ) always, ``probability`` and ``margin``
-            with contrast scoring, ``side`` ("left"/"right", patient side) with laterality.
+        picked: organ name -> indices of the proposals picked for it (its top-k of the
+            accepted, per side for a left/right pair), best first.
+        scores: organ name -> per-proposal score lists for the report (one value per
+            proposal): ``clip_score`` (cosine with the organ) always, ``probability`` and
+            ``margin`` with contrast scoring, ``side`` ("left"/"right", patient side) with
+            laterality.
+        accepted: organ name -> every proposal the recogniser accepts as the organ (for a
+            one-sided organ, on its side), best first; ``picked`` is drawn from these.
+        score: organ name -> per-proposal ranking score in [0, 1] for probabilities (the
+            organ's probability with contrast scoring; cosine otherwise).
     """
 
     picked: dict[str, list[int]]
     scores: dict[str, dict[str, list[Any]]]
+    accepted: dict[str, list[int]] = field(default_factory=dict)
+    score: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Recogniser(Protocol):
@@ -54,10 +62,49 @@ class Recogniser(Protocol):
         images: Sequence[np.ndarray],
         proposals: Sequence[Proposals],
         organs: Sequence[Organ],
+        indices: Sequence[int] | None = None,
     ) -> list[Recognition]:
         """One :class:`Recognition` per HxWx3 uint8 display image and its proposals (boxes
-        XYXY in pixels of that image)."""
+        XYXY in pixels of that image); ``indices`` are the slices' indices along the axis,
+        for engines that need them (simulated ones)."""
         ...
+
+
+def pick(
+    organ: Organ, score: torch.Tensor, keep: torch.Tensor, sides: list[str] | None, k: int
+) -> list[int]:
+    """The top-``k`` accepted proposals, best first.
+
+    Args:
+        organ: the target.
+        score: N ranking scores.
+        keep: N bool, accepted before sides.
+        sides: N patient sides ("left"/"right") with laterality, else None.
+        k: proposals kept; for a left/right pair, ``k // 2`` (at least 1) per side.
+    """
+    if sides is None:
+        return select_top_k(score, k, keep)
+    if organ.laterality != "none":
+        on_side = torch.tensor([s == organ.laterality for s in sides], dtype=torch.bool)
+        return select_top_k(score, k, keep & on_side)
+    # A pair: the best crops on each side, then best first overall.
+    lateral_parts = [get_organ(p).laterality for p in organ.parts]
+    per_side = max(1, k // len(lateral_parts))
+    picked = []
+    for side in lateral_parts:
+        on_side = torch.tensor([s == side for s in sides], dtype=torch.bool)
+        picked += select_top_k(score, per_side, keep & on_side)
+    return sorted(picked, key=lambda i: -float(score[i]))
+
+
+def accepted(
+    organ: Organ, score: torch.Tensor, keep: torch.Tensor, sides: list[str] | None
+) -> list[int]:
+    """Every accepted proposal (on the organ's side, for a one-sided organ with
+    laterality), best first (arguments as :func:`pick`)."""
+    if sides is not None and organ.laterality != "none":
+        keep = keep & torch.tensor([s == organ.laterality for s in sides], dtype=torch.bool)
+    return select_top_k(score, len(score), keep)
 
 
 class ClipRecogniser:
@@ -128,6 +175,14 @@ class ClipRecogniser:
             (picked proposal indices, best first; per-proposal score lists, as
             :attr:`Recognition.scores`).
         """
+        score, keep, info = self.assess(organ, crop_emb, boxes, image)
+        return pick(organ, score, keep, info.get("side"), self.top_k(organ)), info
+
+    def assess(
+        self, organ: Organ, crop_emb: torch.Tensor, boxes: torch.Tensor, image: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """(N ranking scores, N bool accepted before sides, per-proposal score lists) of
+        one slice's crops for ``organ`` (arguments as :meth:`select`)."""
         cfg = self.config.scoring
         cosine = cosine_scores(crop_emb, self.text[organ.name])
         keep = torch.ones(len(cosine), dtype=torch.bool)
@@ -141,27 +196,15 @@ class ClipRecogniser:
             info["probability"], info["margin"], score = prob.tolist(), margin.tolist(), prob
         if cfg.min_score is not None:
             keep &= (cosine >= cfg.min_score).cpu()
-        k = self.top_k(organ)
         lateral_parts = [get_organ(p).laterality for p in organ.parts]
         use_sides = (
             cfg.laterality
             and self.config.slicing.axis in IN_PLANE_AXES
             and (organ.laterality != "none" or lateral_parts)
         )
-        if not use_sides:
-            return select_top_k(score, k, keep), info
-        sides = patient_sides(boxes, body_midline(image))
-        info["side"] = sides
-        if organ.laterality != "none":
-            on_side = torch.tensor([s == organ.laterality for s in sides], dtype=torch.bool)
-            return select_top_k(score, k, keep & on_side), info
-        # A pair: the best crops on each side, then best first overall.
-        per_side = max(1, k // len(lateral_parts))
-        picked = []
-        for side in lateral_parts:
-            on_side = torch.tensor([s == side for s in sides], dtype=torch.bool)
-            picked += select_top_k(score, per_side, keep & on_side)
-        return sorted(picked, key=lambda i: -float(score[i])), info
+        if use_sides:
+            info["side"] = patient_sides(boxes, body_midline(image))
+        return score, keep, info
 
     @torch.no_grad()
     def recognise(
@@ -169,6 +212,7 @@ class ClipRecogniser:
         images: Sequence[np.ndarray],
         proposals: Sequence[Proposals],
         organs: Sequence[Organ],
+        indices: Sequence[int] | None = None,
     ) -> list[Recognition]:
         t = time.perf_counter()
         crops, owner = [], []
@@ -184,15 +228,17 @@ class ClipRecogniser:
         results = []
         for i, props in enumerate(proposals):
             rows = torch.nonzero(owner_t == i).flatten()
-            found = Recognition(picked={}, scores={})
+            found = Recognition(picked={}, scores={}, accepted={}, score={})
             for organ in organs:
-                picked: list[int] = []
-                info: dict[str, Any] = {}
+                found.picked[organ.name], found.accepted[organ.name] = [], []
+                found.scores[organ.name], found.score[organ.name] = {}, []
                 if len(rows):
-                    picked, info = self.select(
-                        organ, crop_emb[rows.to(crop_emb.device)], props.boxes.cpu(), images[i]
-                    )
-                found.picked[organ.name], found.scores[organ.name] = picked, info
+                    emb = crop_emb[rows.to(crop_emb.device)]
+                    score, keep, info = self.assess(organ, emb, props.boxes.cpu(), images[i])
+                    sides = info.get("side")
+                    found.picked[organ.name] = pick(organ, score, keep, sides, self.top_k(organ))
+                    found.accepted[organ.name] = accepted(organ, score, keep, sides)
+                    found.scores[organ.name], found.score[organ.name] = info, score.tolist()
             results.append(found)
         self.timer.add("scoring", t)
         return results

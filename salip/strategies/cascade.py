@@ -41,6 +41,7 @@ def cascade_batch(
     embeddings: Sequence[ImageEmbedding],
     organs: Sequence[Organ],
     timer: StageTimer,
+    indices: Sequence[int] | None = None,
 ) -> list[SliceOutput]:
     """Segment ``organs`` in a batch of slices, each slice decided on its own.
 
@@ -51,6 +52,7 @@ def cascade_batch(
         embeddings: their embeddings, in the same order.
         organs: the targets.
         timer: adds "proposals" and "refine" (the recogniser adds its own stages).
+        indices: the slices' indices along the axis (for engines that need them).
 
     Returns:
         One :class:`SliceOutput` per image: HxW bool masks and the records of the
@@ -60,7 +62,7 @@ def cascade_batch(
     # Point prompts of the whole batch are decoded together, across slices.
     per_slice = [area_filter(p, config.area) for p in engines.proposer.propose(embeddings)]
     timer.add("proposals", t)
-    found = engines.recogniser.recognise(images, per_slice, organs)
+    found = engines.recogniser.recognise(images, per_slice, organs, indices)
     t = time.perf_counter()
     outputs = []
     for props, emb, recognition in zip(per_slice, embeddings, found, strict=True):

@@ -60,7 +60,8 @@ class EmbeddingCache:
             else:
                 batch = [images[k] for k in missing]
             use_prepared = prepared if len(missing) == len(indices) else None
-            for k, embedding in zip(missing, self.encoder.encode(batch, use_prepared)):
+            where = [indices[k] for k in missing]
+            for k, embedding in zip(missing, self.encoder.encode(batch, use_prepared, where)):
                 found[indices[k]] = embedding
             self.encoded += len(missing)
         out = []

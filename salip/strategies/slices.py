@@ -108,7 +108,7 @@ class SlicesStrategy:
             t = time.perf_counter()
             embeddings = cache.get(indices, images, prepared)
             timer.add("sam_encoder", t)
-            return cascade_batch(engines, config, images, embeddings, organs, timer)
+            return cascade_batch(engines, config, images, embeddings, organs, timer, indices)
 
         return step, engines.encoder.prepare
 
