@@ -51,6 +51,7 @@ from salip.strategies.base import Strategy
 from salip.strategies.baselines import EncodedSlices, GtBox, Oracle, Unprompted
 from salip.strategies.cascade import Engines
 from salip.strategies.slices import SlicesStrategy
+from salip.strategies.volume import VolumeStrategy
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def _build_salip(
         SamRefiner(sam),
     )
     batch = slice_batch(config.proposals.encoder_batch_size, models.device)
-    strategy = SlicesStrategy.from_engines(engines, config, batch, timer)
+    strategy = cascade_strategy(engines, config, case, batch, timer)
     identity = {
         "device": models.device,
         "sam": sam.identity(),
@@ -200,10 +201,31 @@ def _build_salip(
     return Built(strategy, identity)
 
 
+def cascade_strategy(
+    engines: Engines, config: SegmentConfig, case: CaseInput, batch: int, timer: StageTimer
+) -> Strategy:
+    """The strategy of ``config.strategy`` on cascade engines; a 2D image is one slice, so
+    there the volume strategy is the slices strategy."""
+    if config.strategy.strategy == "volume" and not case.is_2d:
+        return VolumeStrategy(engines, config, batch, timer)
+    return SlicesStrategy.from_engines(engines, config, batch, timer)
+
+
+def _slice_only(kind: str, config: SegmentConfig) -> None:
+    """Refuse the volume strategy for methods that decide slice by slice."""
+    if config.strategy.strategy != "slices":
+        raise ConfigError(
+            f"the {kind} method segments slice by slice; --strategy "
+            f"{config.strategy.strategy} needs the cascade's engines (--method cascade). "
+            "Drop --strategy or use --strategy slices."
+        )
+
+
 def _build_head(models: Models, config: SegmentConfig, case: CaseInput, timer: StageTimer) -> Built:
     """A learned head (any variant) under the ``slices`` strategy."""
     from salip.strategies.head import HeadSegmenter
 
+    _slice_only("head", config)
     head = models.head(str(config.segmenter.head))
     trained_axis = head.slicing.get("axis")
     if trained_axis and trained_axis != config.slicing.axis:
@@ -223,6 +245,7 @@ def _baseline(segmenter_class: type[EncodedSlices]) -> Builder:
     """The builder of a SAM baseline of :mod:`salip.strategies.baselines`."""
 
     def build(models: Models, config: SegmentConfig, case: CaseInput, timer: StageTimer) -> Built:
+        _slice_only(segmenter_class.__name__, config)
         encoder = SamEncoder.for_config(models.sam, config, models.device)
         segmenter = segmenter_class(encoder, config, case.references, case.is_2d)
         batch = slice_batch(config.proposals.encoder_batch_size, models.device)

@@ -112,6 +112,7 @@ class _Run:
     volume8: np.ndarray
     intensity: Intensity
     models: dict[str, Any]
+    strategy: dict[str, Any]
 
 
 def segment(
@@ -270,7 +271,8 @@ def _run_strategy(
             logger.info("skipping %d of %d slices with no body", int((~keep).sum()), keep.size)
     view = VolumeView(volume, volume8, axis, keep)
     result = strategy.run(view, organ_list, progress=progress)
-    return _Run(result.masks, result.chosen, keep, volume8, intensity, models_info)
+    strategy_info = {"name": getattr(strategy, "name", type(strategy).__name__), **result.details}
+    return _Run(result.masks, result.chosen, keep, volume8, intensity, models_info, strategy_info)
 
 
 def _injected_strategy(
@@ -368,6 +370,7 @@ def _build_report(
             "skipped_slices": sorted(skipped),
         },
         "organs": organ_rows,
+        "strategy": run.strategy,
         "models": run.models,
         "config": dataclasses.asdict(cfg),
         "timings_s": {k: round(v, 4) for k, v in timer.seconds.items()},

@@ -30,6 +30,7 @@ _GROUP_TITLES = {
     "input": "input reading",
     "models": "models",
     "segmenter": "segmenter (the cascade, or a learned head)",
+    "strategy": "strategy (slice by slice, or the whole volume)",
     "slicing": "slicing and intensity",
     "proposals": "proposals (SAM everything mode)",
     "area": "area filter",
@@ -236,7 +237,7 @@ def _add_bench_speed(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         "comma-separate), to report the cost of several organs against one.",
     )
     speed.add_argument("--json", metavar="PATH", help="Also write the results as JSON.")
-    _add_config_flags(speed, ["models", "slicing", "proposals"])
+    _add_config_flags(speed, ["models", "strategy", "slicing", "proposals"])
     speed.set_defaults(func=_cmd_bench_speed)
 
 

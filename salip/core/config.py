@@ -113,6 +113,52 @@ class SegmenterConfig:
 
 
 @dataclass(frozen=True)
+class StrategyConfig:
+    """How a volume is driven through the engines."""
+
+    strategy: str = option(
+        "slices",
+        "slices: every body slice through everything mode and recognition on its own. "
+        "volume: survey key slices, localise each organ along the axis, seed from its best "
+        "key slices and propagate box prompts slice by slice (2D images: the same as slices).",
+        choices=("slices", "volume"),
+    )
+    key_stride_mm: float = option(
+        15.0, "Volume strategy: distance in mm between the key slices of the survey."
+    )
+    min_key_slices: int = option(
+        5, "Volume strategy: at least this many key slices (fewer only if fewer body slices)."
+    )
+    max_key_gap: int = option(
+        1,
+        "Volume strategy: an organ's extent bridges up to this many key slices in a row "
+        "where it was not found.",
+    )
+    track_distance_mm: float = option(
+        40.0,
+        "Volume strategy: reject a key-slice pick whose box centre lies farther than this "
+        "(mm, in plane) from the track of its neighbouring picks.",
+    )
+    propagation_margin: float = option(
+        0.1,
+        "Volume strategy: the next slice's box prompt is the previous mask's box grown by "
+        "this fraction of its size per side.",
+    )
+    max_area_ratio: float = option(
+        2.0,
+        "Volume strategy: stop a walk when the mask area changes by more than this factor "
+        "from one slice to the next.",
+    )
+    min_refine_iou: float = option(
+        0.5, "Volume strategy: stop a walk when the refiner's predicted IoU falls below this."
+    )
+    extent_tolerance_mm: float = option(
+        15.0,
+        "Volume strategy: a walk may go this far (mm) beyond the organ's localised extent.",
+    )
+
+
+@dataclass(frozen=True)
 class SliceConfig:
     """How a volume becomes 8-bit RGB slices."""
 
@@ -262,6 +308,7 @@ class SegmentConfig:
     input: InputConfig = field(default_factory=InputConfig)
     models: ModelConfig = field(default_factory=ModelConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     slicing: SliceConfig = field(default_factory=SliceConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     area: AreaFilterConfig = field(default_factory=AreaFilterConfig)
@@ -338,6 +385,14 @@ class SegmentConfig:
                 "top_k must be at least 1",
             ),
             (0.0 <= self.scoring.contrast_margin < 1.0, "contrast_margin must be in [0, 1)"),
+            (self.strategy.key_stride_mm > 0.0, "key_stride_mm must be > 0"),
+            (self.strategy.min_key_slices >= 1, "min_key_slices must be at least 1"),
+            (self.strategy.max_key_gap >= 0, "max_key_gap must be 0 or more"),
+            (self.strategy.track_distance_mm > 0.0, "track_distance_mm must be > 0"),
+            (self.strategy.propagation_margin >= 0.0, "propagation_margin must be >= 0"),
+            (self.strategy.max_area_ratio > 1.0, "max_area_ratio must be > 1"),
+            (0.0 <= self.strategy.min_refine_iou <= 1.0, "min_refine_iou must be in [0, 1]"),
+            (self.strategy.extent_tolerance_mm >= 0.0, "extent_tolerance_mm must be >= 0"),
             (
                 0.0 <= self.slicing.percentile_low < self.slicing.percentile_high <= 100.0,
                 "need 0 <= percentile_low < percentile_high <= 100",

@@ -43,7 +43,9 @@ class Recognition:
             ``margin`` with contrast scoring, ``side`` ("left"/"right", patient side) with
             laterality.
         accepted: organ name -> every proposal the recogniser accepts as the organ (for a
-            one-sided organ, on its side), best first; ``picked`` is drawn from these.
+            one-sided organ, on its side), best first; ``picked`` is drawn from these. A
+            recogniser that cannot reject (cosine scoring without ``min_score``) accepts
+            only what it picks.
         score: organ name -> per-proposal ranking score in [0, 1] for probabilities (the
             organ's probability with contrast scoring; cosine otherwise).
     """
@@ -156,6 +158,12 @@ class ClipRecogniser:
                 )
         self.timer.add("clip_text", start)
 
+    @property
+    def has_acceptance(self) -> bool:
+        """Whether scoring can reject a crop (contrast scoring, or a ``min_score``); without
+        it every crop passes, so only the picked ones count as accepted."""
+        return self.contrast or self.config.scoring.min_score is not None
+
     def top_k(self, organ: Organ) -> int:
         """Crops kept per slice for ``organ``: the configured value or the organ's own."""
         return self.config.scoring.top_k or organ.top_k
@@ -237,7 +245,11 @@ class ClipRecogniser:
                     score, keep, info = self.assess(organ, emb, props.boxes.cpu(), images[i])
                     sides = info.get("side")
                     found.picked[organ.name] = pick(organ, score, keep, sides, self.top_k(organ))
-                    found.accepted[organ.name] = accepted(organ, score, keep, sides)
+                    found.accepted[organ.name] = (
+                        accepted(organ, score, keep, sides)
+                        if self.has_acceptance
+                        else found.picked[organ.name]
+                    )
                     found.scores[organ.name], found.score[organ.name] = info, score.tolist()
             results.append(found)
         self.timer.add("scoring", t)

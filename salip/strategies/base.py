@@ -52,6 +52,23 @@ class SliceSegmenter(Protocol):
 
 
 @dataclass
+class WorkCounts:
+    """The work a strategy asked of its engines (the report's ``strategy.counts``).
+
+    Attributes:
+        encoded_slices: slices through the encoder.
+        proposal_slices: slices through everything mode (the proposer).
+        point_prompts: point prompts decoded by the proposer (grid points per slice).
+        box_prompts: box prompts decoded by the refiner.
+    """
+
+    encoded_slices: int = 0
+    proposal_slices: int = 0
+    point_prompts: int = 0
+    box_prompts: int = 0
+
+
+@dataclass
 class StrategyResult:
     """What a strategy returns.
 
@@ -61,10 +78,14 @@ class StrategyResult:
         chosen: organ name -> records of the proposals used, each with ``slice`` (index
             along the slicing axis of the canonical volume) and the fields of
             :attr:`SliceOutput.chosen`.
+        details: JSON-ready account of the run for the report's ``strategy`` section
+            (counts of work done; for the volume strategy, per-organ tracks), with slice
+            indices as in the input file.
     """
 
     masks: dict[str, np.ndarray]
     chosen: dict[str, list[dict[str, Any]]]
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class Strategy(Protocol):

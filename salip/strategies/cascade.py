@@ -79,8 +79,9 @@ def cascade_batch(
                 refined, iou = engines.refiner.refine(emb, boxes)
                 mask = refined.any(0).cpu().numpy()
                 scores = recognition.scores[organ.name]
+                areas = props.masks[idx.to(props.masks.device)].flatten(1).sum(1).tolist()
                 records = [
-                    _record(props.boxes[p].tolist(), scores, p, int(props.areas[p]), float(iou[j]))
+                    _record(props.boxes[p].tolist(), scores, p, int(areas[j]), float(iou[j]))
                     for j, p in enumerate(picked)
                 ]
             out.masks[organ.name], out.chosen[organ.name] = mask, records

@@ -39,6 +39,9 @@ class EmbeddingCache:
         self._store: OrderedDict[int, ImageEmbedding] = OrderedDict()
         self.encoded = 0
 
+    def __contains__(self, index: int) -> bool:
+        return index in self._store
+
     def get(
         self,
         indices: Sequence[int],

@@ -3,6 +3,7 @@ read (and prepared for the encoder) in a background thread."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from salip.core.prefetch import prefetch
 from salip.core.timing import StageTimer
 from salip.engines.encoder import AUTO_SLICES_CPU
 from salip.strategies.assembly import empty_volume_mask, put_slice
-from salip.strategies.base import SliceOutput, SliceSegmenter, StrategyResult
+from salip.strategies.base import SliceOutput, SliceSegmenter, StrategyResult, WorkCounts
 from salip.strategies.cascade import Engines, cascade_batch
 from salip.strategies.embedding_cache import DEFAULT_CAPACITY, EmbeddingCache
 from salip.strategies.volume_view import VolumeView
@@ -49,6 +50,7 @@ class SlicesStrategy:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size, self.segmenter, self.engines = batch_size, segmenter, engines
         self.config, self.timer = config, timer or StageTimer()
+        self._encoded = 0  # slices encoded in the last run (engines only)
         self.intensity_organs: Sequence[Organ] | None = getattr(segmenter, "intensity_organs", None)
 
     @classmethod
@@ -77,6 +79,7 @@ class SlicesStrategy:
             chosen={o.name: [] for o in organs},
         )
         kept = view.body_indices()
+        self._encoded = 0
         batches = [kept[i : i + self.batch_size] for i in range(0, len(kept), self.batch_size)]
         if self.engines is not None and self.config is not None:
             step, prepare = self._cascade_step(view, self.engines, self.config)
@@ -96,6 +99,16 @@ class SlicesStrategy:
                     _place(result, view, index, out, organs)
                 self.timer.add("assembly", t)
                 bar.update(len(indices))
+        result.details = {"counts": {"slices": len(kept)}}
+        if self.engines is not None and self.config is not None:
+            grid = self.config.proposals.points_per_side**2
+            counts = WorkCounts(
+                encoded_slices=self._encoded,
+                proposal_slices=len(kept),
+                point_prompts=len(kept) * grid,
+                box_prompts=sum(len(records) for records in result.chosen.values()),
+            )
+            result.details = {"counts": dataclasses.asdict(counts)}
         return result
 
     def _cascade_step(self, view: VolumeView, engines: Engines, config: SegmentConfig) -> _Step:
@@ -107,6 +120,7 @@ class SlicesStrategy:
         ) -> list[SliceOutput]:
             t = time.perf_counter()
             embeddings = cache.get(indices, images, prepared)
+            self._encoded = cache.encoded
             timer.add("sam_encoder", t)
             return cascade_batch(engines, config, images, embeddings, organs, timer, indices)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from salip.io import Volume
-from salip.io.orientation import AXES
+from salip.io.orientation import AXES, source_slice_indices
 from salip.io.slicing import slice_image
 
 
@@ -22,6 +22,9 @@ class VolumeView:
         count: number of slices along ``axis`` (1 for a 2D image).
         spacing: voxel size in mm along the canonical axes (X, Y, Z).
         slice_spacing: distance in mm between neighbouring slices (1.0 for a 2D image).
+        display_shape: (H, W) of the display images.
+        pixel_spacing: (row, column) size in mm of a display image's pixels ((1, 1) for a
+            2D image).
         mask_shape: shape of a canonical organ mask (XxYxZ, or HxW for a 2D image).
     """
 
@@ -34,6 +37,17 @@ class VolumeView:
         self.body = body
         self.spacing = tuple(float(s) for s in volume.spacing[:3])
         self.slice_spacing = 1.0 if volume.is_2d else self.spacing[AXES[axis]]
+        # A display image is the canonical slice (axes a < b) transposed: rows run along b.
+        in_plane = [a for a in range(3) if volume.is_2d or a != AXES[axis]][:2]
+        shape = volume.data.shape
+        self.display_shape = (
+            (int(shape[0]), int(shape[1]))
+            if volume.is_2d
+            else (int(shape[in_plane[1]]), int(shape[in_plane[0]]))
+        )
+        self.pixel_spacing = (
+            (1.0, 1.0) if volume.is_2d else (self.spacing[in_plane[1]], self.spacing[in_plane[0]])
+        )
         self.mask_shape = volume.data.shape[:2] if volume.is_2d else volume.data.shape
 
     def image(self, index: int) -> np.ndarray:
@@ -41,6 +55,10 @@ class VolumeView:
         if not 0 <= index < self.count:
             raise IndexError(f"slice {index} out of range 0..{self.count - 1}")
         return slice_image(self.volume8, self.is_2d, self.axis, index)
+
+    def source_index(self, index: int) -> int:
+        """Slice ``index`` as indexed along its axis in the input file (0 for 2D images)."""
+        return source_slice_indices(self.volume, self.axis, [index])[1][0]
 
     def body_indices(self) -> list[int]:
         """Indices of the slices with body, in order."""

@@ -291,7 +291,9 @@ def run_speed(
     Returns:
         ``reference_s``, ``salip_s``, ``ratio``, ``agreement_iou``, ``stages``,
         ``reference_stages``, ``device``, ``precision``, ``shape``, ``sam_checkpoint_sha256``,
-        ``slices``, ``skipped_slices``, slices/s, peak memory, versions and settings.
+        ``slices``, ``skipped_slices``, slices/s, peak memory, versions and settings;
+        ``strategy`` and ``work`` (the strategy's counts: encoded slices, everything-mode
+        slices, point and box prompts).
 
     Raises:
         ConfigError: neither or both of ``input`` and ``shape``; bad option values.
@@ -321,6 +323,8 @@ def run_speed(
         reference, ref = _time_reference(setup)
         compared = _compare_masks(setup, result, reference)
     payload = _result_dict(setup, settings, salip, ref, multi, compared)
+    payload["strategy"] = result.report["strategy"]["name"]
+    payload["work"] = result.report["strategy"].get("counts", {})
     if json_path is not None:
         write_json(Path(json_path), payload)
     return payload
@@ -536,9 +540,13 @@ def markdown_line(result: dict[str, Any]) -> str:
     """One row for ``benchmarks/RESULTS.md``'s table."""
     hardware = result["gpu"] or f"CPU ({result['cpu_threads']} threads)"
     agreement = "–" if result["agreement_iou"] is None else f"{result['agreement_iou']:.3f}"
+    strategy = (
+        f", {result['strategy']} strategy" if result.get("strategy", "slices") != "slices" else ""
+    )
     return (
         f"| {result['date'][:10]} | {hardware} | torch {result['versions']['torch']} | "
-        f"{result['sam_weights']} | {result['input']} ({'x'.join(map(str, result['shape']))}) | "
+        f"{result['sam_weights']} | {result['input']} ({'x'.join(map(str, result['shape']))}"
+        f"{strategy}) | "
         f"{result['precision']} | {result['reference_s']:.2f} | {result['salip_s']:.2f} | "
         f"{result['ratio']}× | {agreement} |"
     )

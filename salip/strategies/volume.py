@@ -1,0 +1,455 @@
+"""The ``volume`` strategy: find each organ in 3D from a few key slices, then propagate.
+
+1. **Survey.** Key slices are body slices at a fixed physical stride along the axis
+   (``key_stride_mm``, at least ``min_key_slices``); only they go through everything mode
+   and recognition, once for all organs.
+2. **Localise.** Per organ (per side for a left/right pair), the accepted proposals of a key
+   slice that overlap or touch the best one form one region, whose box is the prompt. The
+   region's score makes a profile along the axis. A pick whose box centre lies farther
+   than ``track_distance_mm`` from the track of its neighbouring picks is rejected. The
+   extent is the run of key slices around the profile's peak that have a pick (bridging
+   up to ``max_key_gap`` key slices without one).
+3. **Seed.** The picks inside the extent are refined into masks.
+4. **Propagate.** From each seed, walk slice by slice both ways: the previous mask's box,
+   grown by ``propagation_margin``, is the next slice's box prompt. A walk stops when the
+   mask vanishes, its area changes by more than ``max_area_ratio`` (areas counted from the
+   area filter's speck size, ``min_area`` of the slice), the refiner's predicted
+   IoU falls below ``min_refine_iou``, it leaves the extent by more than
+   ``extent_tolerance_mm``, it reaches another seed, or at a key slice the recogniser
+   rejects the mask. Where walks overlap, the mask with the higher predicted IoU wins.
+
+Only key slices and the slices walked are encoded (through a bounded cache), and only key
+slices run everything mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from salip.core.config import SegmentConfig
+from salip.core.organs import Organ
+from salip.core.timing import StageTimer
+from salip.engines.area_filter import area_filter
+from salip.engines.boxes import grow_boxes, prompt_boxes
+from salip.engines.proposals import Proposals
+from salip.engines.recogniser import Recognition
+from salip.io.slicing import display_slice
+from salip.strategies.assembly import empty_volume_mask, put_slice
+from salip.strategies.base import StrategyResult, WorkCounts
+from salip.strategies.cascade import Engines
+from salip.strategies.embedding_cache import DEFAULT_CAPACITY, EmbeddingCache
+from salip.strategies.volume_view import VolumeView
+
+
+def key_slices(body: Sequence[int], spacing_mm: float, stride_mm: float, minimum: int) -> list[int]:
+    """Body slices ``stride_mm`` apart along the axis, starting at the first body slice.
+
+    Args:
+        body: indices of the slices with body, ascending.
+        spacing_mm: distance between neighbouring slices.
+        stride_mm: distance between key slices.
+        minimum: when the stride gives fewer, that many body slices evenly spread (or all).
+    """
+    if not body:
+        return []
+    step = max(1, round(stride_mm / spacing_mm))
+    present = set(body)
+    keys = [i for i in range(body[0], body[-1] + 1, step) if i in present]
+    if len(keys) < minimum:
+        spread = np.linspace(0, len(body) - 1, min(minimum, len(body))).round().astype(int)
+        keys = sorted({body[k] for k in spread})
+    return keys
+
+
+@dataclass
+class _Pick:
+    """One organ's region on one key slice: grouped accepted proposals.
+
+    ``box`` is XYXY in pixels of the display image (max inclusive); ``score`` the best
+    proposal's ranking score; ``parts`` how many proposals were grouped.
+    """
+
+    slice: int
+    box: list[float]
+    score: float
+    parts: int
+
+    def centre(self) -> np.ndarray:
+        x0, y0, x1, y1 = self.box
+        return np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+
+
+@dataclass
+class _Track:
+    """One organ (one side of a pair) through the volume, and its report."""
+
+    organ: Organ
+    side: str | None
+    picks: dict[int, _Pick] = field(default_factory=dict)
+    masks: dict[int, tuple[np.ndarray, float, str]] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def group_region(props: Proposals, members: Sequence[int], score: Sequence[float]) -> _Pick:
+    """The best accepted proposal and every accepted one that overlaps or touches it,
+    directly or through others (8-connected union); ``members`` best first."""
+    masks = props.masks[torch.as_tensor(list(members), dtype=torch.long)].cpu().numpy()
+    labels, _ = ndimage.label(masks.any(0), structure=np.ones((3, 3), dtype=bool))
+    region = set(np.unique(labels[masks[0]]).tolist()) - {0}
+    grouped = [k for k in range(len(members)) if region & set(np.unique(labels[masks[k]]))]
+    boxes = props.boxes[torch.as_tensor([members[k] for k in grouped])].cpu()
+    box = [*boxes[:, :2].min(0).values.tolist(), *boxes[:, 2:].max(0).values.tolist()]
+    return _Pick(-1, box, float(score[members[0]]), len(grouped))
+
+
+def organ_regions(
+    organ: Organ, props: Proposals, found: Recognition
+) -> Iterator[tuple[str | None, _Pick]]:
+    """(side, region) of ``organ`` on one slice: one per side for a pair with sides known,
+    else one (none when nothing is accepted)."""
+    members = found.accepted.get(organ.name, [])
+    if not members:
+        return
+    sides = found.scores.get(organ.name, {}).get("side")
+    score = found.score[organ.name]
+    if organ.laterality == "none" and organ.parts and sides is not None:
+        for side in ("left", "right"):
+            on_side = [i for i in members if sides[i] == side]
+            if on_side:
+                yield side, group_region(props, on_side, score)
+        return
+    yield None, group_region(props, members, score)
+
+
+class VolumeStrategy:
+    """The ``volume`` strategy on engines (see the module docstring).
+
+    Args:
+        engines: encoder, proposer, recogniser, refiner.
+        config: all settings (``config.strategy`` holds this strategy's).
+        batch_size: slices per encoder call and per survey step.
+        timer: stage timer to add to.
+    """
+
+    name = "volume"
+    intensity_organs = None
+
+    def __init__(
+        self, engines: Engines, config: SegmentConfig, batch_size: int, timer: StageTimer
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.engines, self.config, self.batch_size, self.timer = engines, config, batch_size, timer
+
+    def run(
+        self, view: VolumeView, organs: Sequence[Organ], *, progress: bool = False
+    ) -> StrategyResult:
+        cfg = self.config.strategy
+        counts = WorkCounts()
+        cache = EmbeddingCache(
+            view, self.engines.encoder, max(4 * self.batch_size, DEFAULT_CAPACITY)
+        )
+        keys = key_slices(
+            view.body_indices(), view.slice_spacing, cfg.key_stride_mm, cfg.min_key_slices
+        )
+        tracks = self._survey(view, cache, keys, organs, counts)
+        result = StrategyResult(
+            masks={o.name: empty_volume_mask(view.mask_shape) for o in organs},
+            chosen={o.name: [] for o in organs},
+        )
+        walk = _Walker(self, view, cache, keys, counts)
+        for track in tracks:
+            extent = self._localise(track, keys, view)
+            if extent is not None:
+                walk.seed_and_propagate(track, extent)
+            self._place(track, view, result)
+        counts.encoded_slices = cache.encoded
+        result.details = {
+            "counts": dataclasses.asdict(counts),
+            "key_slices": [view.source_index(k) for k in keys],
+            "organs": _organ_reports(tracks),
+        }
+        return result
+
+    def _survey(
+        self,
+        view: VolumeView,
+        cache: EmbeddingCache,
+        keys: list[int],
+        organs: Sequence[Organ],
+        counts: WorkCounts,
+    ) -> list[_Track]:
+        """Everything mode and recognition on the key slices; one track per organ (side)."""
+        tracks: dict[tuple[str, str | None], _Track] = {}
+        grid = self.config.proposals.points_per_side**2
+        for start in range(0, len(keys), self.batch_size):
+            batch = keys[start : start + self.batch_size]
+            images = [view.image(i) for i in batch]
+            embeddings = cache.get(batch, images)
+            proposals = [
+                area_filter(p, self.config.area) for p in self.engines.proposer.propose(embeddings)
+            ]
+            counts.proposal_slices += len(batch)
+            counts.point_prompts += len(batch) * grid
+            found = self.engines.recogniser.recognise(images, proposals, organs, batch)
+            for index, props, recognition in zip(batch, proposals, found, strict=True):
+                for organ in organs:
+                    for side, pick in organ_regions(organ, props, recognition):
+                        pick.slice = index
+                        track = tracks.setdefault((organ.name, side), _Track(organ, side))
+                        track.picks[index] = pick
+        for organ in organs:  # an organ found nowhere still gets its (empty) report
+            if not any(name == organ.name for name, _ in tracks):
+                tracks[(organ.name, None)] = _Track(organ, None)
+        order = {o.name: i for i, o in enumerate(organs)}
+        return sorted(tracks.values(), key=lambda t: (order[t.organ.name], t.side or ""))
+
+    def _localise(self, track: _Track, keys: list[int], view: VolumeView) -> tuple[int, int] | None:
+        """Reject picks off the track, then the extent (first, last key slice) around the
+        profile's peak; None when the organ was not found."""
+        cfg = self.config.strategy
+        picked = [k for k in keys if k in track.picks]
+        rejected, off_track = [], []
+        for j, k in enumerate(picked):
+            neighbours = [track.picks[n] for n in picked[max(0, j - 1) : j + 2] if n != k]
+            if not neighbours:
+                continue
+            expected = _expected_centre(neighbours, k)
+            offset = (track.picks[k].centre() - expected) * np.array(view.pixel_spacing[::-1])
+            distance = float(np.hypot(*offset))
+            if distance > cfg.track_distance_mm:
+                off_track.append(k)
+                rejected.append({"slice": view.source_index(k), "distance_mm": round(distance, 1)})
+        for k in off_track:
+            track.picks.pop(k)
+        profile = [track.picks[k].score if k in track.picks else 0.0 for k in keys]
+        track.report.update(
+            side=track.side,
+            profile=[[view.source_index(k), round(s, 4)] for k, s in zip(keys, profile)],
+            rejected=rejected,
+        )
+        if not any(profile):
+            track.report["extent"] = None
+            return None
+        peak = int(np.argmax(profile))
+        lo = hi = peak
+        while _next_found(profile, lo, -1, cfg.max_key_gap) is not None:
+            lo = _next_found(profile, lo, -1, cfg.max_key_gap)
+        while _next_found(profile, hi, +1, cfg.max_key_gap) is not None:
+            hi = _next_found(profile, hi, +1, cfg.max_key_gap)
+        extent = (keys[lo], keys[hi])
+        track.report["extent"] = sorted(view.source_index(k) for k in extent)
+        for k in [k for k in track.picks if not extent[0] <= k <= extent[1]]:
+            track.picks.pop(k)
+        return extent
+
+    def _place(self, track: _Track, view: VolumeView, result: StrategyResult) -> None:
+        """Put the track's slice masks into the organ's canonical mask and its seeds into
+        ``chosen``."""
+        target = result.masks[track.organ.name]
+        for index, (mask, _iou, _source) in sorted(track.masks.items()):
+            if view.is_2d:
+                target |= mask
+            else:
+                put_slice(target, index, view.axis, mask | _display_of(target, index, view))
+        for seed in track.report.get("seeds", []):
+            result.chosen[track.organ.name].append(dict(seed["record"], slice=seed["canonical"]))
+
+
+def _display_of(target: np.ndarray, index: int, view: VolumeView) -> np.ndarray:
+    """The current display-orientation slice of a canonical mask (pairs share one mask)."""
+    return np.asarray(display_slice(target, False, view.axis, index), dtype=bool)
+
+
+def _expected_centre(neighbours: Sequence[_Pick], index: int) -> np.ndarray:
+    """The track's centre at slice ``index``: the neighbours' centres, interpolated."""
+    if len(neighbours) == 1:
+        return neighbours[0].centre()
+    a, b = neighbours
+    w = (index - a.slice) / (b.slice - a.slice)
+    return (1 - w) * a.centre() + w * b.centre()
+
+
+def _next_found(profile: Sequence[float], j: int, step: int, max_gap: int) -> int | None:
+    """The next key position from ``j`` along ``step`` with a pick, skipping at most
+    ``max_gap`` positions without one; None if there is none within reach."""
+    for hop in range(1, max_gap + 2):
+        n = j + step * hop
+        if not 0 <= n < len(profile):
+            return None
+        if profile[n] > 0:
+            return n
+    return None
+
+
+def _organ_reports(tracks: Sequence[_Track]) -> dict[str, list[dict[str, Any]]]:
+    """Organ name -> its tracks' reports (without the chosen records, reported apart)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for track in tracks:
+        report = dict(track.report)
+        report["seeds"] = [{"slice": s["slice"], **s["record"]} for s in report.get("seeds", [])]
+        out.setdefault(track.organ.name, []).append(report)
+    return out
+
+
+class _Walker:
+    """Seeds and propagation of one run: refines boxes, walks slices, records stops."""
+
+    def __init__(
+        self,
+        strategy: VolumeStrategy,
+        view: VolumeView,
+        cache: EmbeddingCache,
+        keys: list[int],
+        counts: WorkCounts,
+    ) -> None:
+        self.engines, self.config = strategy.engines, strategy.config
+        self.batch_size = strategy.batch_size
+        self.view, self.cache, self.keys, self.counts = view, cache, set(keys), counts
+        self.ahead = 1  # slices to encode at the next fetch of a walk
+
+    def refine(
+        self, index: int, box: Sequence[float], limits: tuple[int, int], step: int
+    ) -> tuple[np.ndarray, float]:
+        """(HxW bool mask, predicted IoU) for one XYXY box on slice ``index``.
+
+        Embeddings are fetched ahead along ``step`` within ``limits``: 1 slice at the start
+        of a walk, doubling up to the batch size while it goes on, so a walk that stops
+        early encodes little more than it used.
+        """
+        if index not in self.cache:
+            span = range(index, index + step * self.ahead, step)
+            batch = [i for i in span if limits[0] <= i <= limits[1] and self.view.body[i]]
+            self.cache.get([i for i in batch if i not in self.cache] or [index])
+            self.ahead = min(2 * self.ahead, self.batch_size)
+        (embedding,) = self.cache.get([index])
+        h, w = embedding.original_size
+        boxes = prompt_boxes(torch.tensor([box], dtype=torch.float32), 0.0, h, w)
+        masks, iou = self.engines.refiner.refine(embedding, boxes)
+        self.counts.box_prompts += 1
+        return masks[0].cpu().numpy().astype(bool), float(iou[0])
+
+    def seed_and_propagate(self, track: _Track, extent: tuple[int, int]) -> None:
+        """Refine the track's picks (the seeds) and walk from each both ways."""
+        cfg = self.config.strategy
+        tolerance = int(round(cfg.extent_tolerance_mm / self.view.slice_spacing))
+        limits = (max(0, extent[0] - tolerance), min(self.view.count - 1, extent[1] + tolerance))
+        seeds, stops = [], []
+        for index, pick in sorted(track.picks.items()):
+            box = prompt_boxes(
+                torch.tensor([pick.box]), self.config.refine.box_margin, *self.view.display_shape
+            )[0].tolist()
+            mask, iou = self.refine(index, box, limits, +1)
+            if not mask.any():
+                stops.append(self._stop(index, index, 0, "seed mask empty"))
+                continue
+            self._keep(track, index, mask, iou, "seed")
+            x0, y0, x1, y1 = pick.box
+            record = {
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "score": round(pick.score, 4),
+                "parts": pick.parts,
+                "refine_iou": iou,
+                **({"side": track.side} if track.side else {}),
+            }
+            seeds.append(
+                {"slice": self.view.source_index(index), "canonical": index, "record": record}
+            )
+        seed_slices = {s["canonical"] for s in seeds}
+        for seed in seeds:
+            for step in (-1, +1):
+                stops.append(self._walk(track, seed["canonical"], step, limits, seed_slices))
+        track.report.update(
+            seeds=seeds,
+            slices=[
+                {
+                    "slice": self.view.source_index(i),
+                    "box": _box(m),
+                    "from": src,
+                    "refine_iou": round(q, 4),
+                }
+                for i, (m, q, src) in sorted(track.masks.items())
+            ],
+            stops=stops,
+        )
+
+    def _walk(
+        self, track: _Track, seed: int, step: int, limits: tuple[int, int], seeds: set[int]
+    ) -> dict[str, Any]:
+        """Propagate from ``seed`` along ``step``; the stop record."""
+        cfg = self.config.strategy
+        previous = track.masks[seed][0]
+        index = seed + step
+        self.ahead = 1
+        while True:
+            reason = self._blocked(index, limits, seeds)
+            if reason:
+                return self._stop(seed, index, step, reason)
+            h, w = previous.shape
+            box = _grown_box(previous, cfg.propagation_margin, h, w)
+            mask, iou = self.refine(index, box, limits, step)
+            if not mask.any():
+                return self._stop(seed, index, step, "mask vanished")
+            # Areas count from the area filter's speck size, so a structure of a few
+            # pixels is not stopped by one pixel of boundary noise.
+            floor = self.config.area.min_area * mask.size
+            ratio = (mask.sum() + floor) / (previous.sum() + floor)
+            if not 1 / cfg.max_area_ratio <= ratio <= cfg.max_area_ratio:
+                return self._stop(seed, index, step, f"area changed {ratio:.2f}x")
+            if iou < cfg.min_refine_iou:
+                return self._stop(seed, index, step, f"refine IoU {iou:.2f} below minimum")
+            if index in self.keys and not self._accepted(track, index, mask, iou):
+                return self._stop(seed, index, step, "recogniser rejected it at a key slice")
+            self._keep(track, index, mask, iou, "propagation")
+            previous, index = mask, index + step
+
+    def _blocked(self, index: int, limits: tuple[int, int], seeds: set[int]) -> str | None:
+        if not 0 <= index < self.view.count:
+            return "end of the volume"
+        if not limits[0] <= index <= limits[1]:
+            return "left the extent"
+        if not self.view.body[index]:
+            return "slice without body"
+        if index in seeds:
+            return "reached another seed"
+        return None
+
+    def _accepted(self, track: _Track, index: int, mask: np.ndarray, iou: float) -> bool:
+        """Whether the recogniser accepts the propagated mask as the track's organ."""
+        tensor = torch.from_numpy(mask)[None]
+        rows, cols = np.nonzero(mask)
+        box = torch.tensor([[cols.min(), rows.min(), cols.max(), rows.max()]], dtype=torch.float32)
+        props = Proposals(tensor, box, torch.tensor([iou]), torch.ones(1), box[:, :2])
+        (found,) = self.engines.recogniser.recognise(
+            [self.view.image(index)], [props], [track.organ], [index]
+        )
+        return 0 in found.accepted.get(track.organ.name, [])
+
+    def _keep(self, track: _Track, index: int, mask: np.ndarray, iou: float, source: str) -> None:
+        """Store a slice mask unless one with a higher predicted IoU is there."""
+        if index not in track.masks or track.masks[index][1] < iou:
+            track.masks[index] = (mask, iou, source)
+
+    def _stop(self, seed: int, index: int, step: int, reason: str) -> dict[str, Any]:
+        source = self.view.source_index
+        at = source(index) if 0 <= index < self.view.count else None
+        return {"seed": source(seed), "direction": step, "stopped_at": at, "reason": reason}
+
+
+def _box(mask: np.ndarray) -> list[int]:
+    """XYXY (max inclusive) pixel box of a non-empty HxW bool mask."""
+    rows, cols = np.nonzero(mask)
+    return [int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())]
+
+
+def _grown_box(mask: np.ndarray, margin: float, h: int, w: int) -> list[float]:
+    """The mask's box grown by ``margin`` of its size per side, clipped to the slice."""
+    grown = grow_boxes(torch.tensor([_box(mask)], dtype=torch.float32), margin)
+    return prompt_boxes(grown, 0.0, h, w)[0].tolist()
