@@ -215,20 +215,11 @@ class VolumeStrategy:
         """Reject picks off the track, then the extent (first, last key slice) around the
         profile's peak; None when the organ was not found."""
         cfg = self.config.strategy
-        picked = [k for k in keys if k in track.picks]
-        rejected, off_track = [], []
-        for j, k in enumerate(picked):
-            neighbours = [track.picks[n] for n in picked[max(0, j - 1) : j + 2] if n != k]
-            if not neighbours:
-                continue
-            expected = _expected_centre(neighbours, k)
-            offset = (track.picks[k].centre() - expected) * np.array(view.pixel_spacing[::-1])
-            distance = float(np.hypot(*offset))
-            if distance > cfg.track_distance_mm:
-                off_track.append(k)
-                rejected.append({"slice": view.source_index(k), "distance_mm": round(distance, 1)})
-        for k in off_track:
+        rejected = []
+        while (worst := self._worst_off_track(track, keys, view)) is not None:
+            k, distance = worst
             track.picks.pop(k)
+            rejected.append({"slice": view.source_index(k), "distance_mm": round(distance, 1)})
         profile = [track.picks[k].score if k in track.picks else 0.0 for k in keys]
         track.report.update(
             side=track.side,
@@ -249,6 +240,27 @@ class VolumeStrategy:
         for k in [k for k in track.picks if not extent[0] <= k <= extent[1]]:
             track.picks.pop(k)
         return extent
+
+    def _worst_off_track(
+        self, track: _Track, keys: list[int], view: VolumeView
+    ) -> tuple[int, float] | None:
+        """The pick farthest from the track of its neighbouring picks, if farther than
+        ``track_distance_mm``: (slice, distance). Rejecting the worst first, one at a time,
+        keeps one stray pick from also condemning the good picks beside it."""
+        picked = [k for k in keys if k in track.picks]
+        worst: tuple[int, float] | None = None
+        for j, k in enumerate(picked):
+            neighbours = [track.picks[n] for n in picked[max(0, j - 1) : j + 2] if n != k]
+            if not neighbours:
+                continue
+            expected = _expected_centre(neighbours, k)
+            offset = (track.picks[k].centre() - expected) * np.array(view.pixel_spacing[::-1])
+            distance = float(np.hypot(*offset))
+            if distance > self.config.strategy.track_distance_mm and (
+                worst is None or distance > worst[1]
+            ):
+                worst = (k, distance)
+        return worst
 
     def _place(self, track: _Track, view: VolumeView, result: StrategyResult) -> None:
         """Put the track's slice masks into the organ's canonical mask and its seeds into
