@@ -19,7 +19,20 @@ kind                              what it builds
 ``head-static``                   control: the same upsampler, plain per-class 1x1 head
 ``head-randtext``                 control: learned random class codes instead of CLIP
                                   text
+``simulated``                     the cascade's strategy (``strategy``: slices|volume)
+                                  on simulated engines driven by the case's FULL
+                                  reference label map, with seeded noise (reads labels;
+                                  no model: a test bed for strategies, see
+                                  :mod:`salip.engines.simulated`)
 ================================  ====================================================
+
+Settings are :class:`~salip.core.config.SegmentConfig` fields, except a kind's own
+``extra_settings`` (:class:`MethodKind`), which are no config fields and reach its builder
+as ``extra``: for ``simulated``, the noise preset, seed and noise overrides
+(:data:`SIMULATION_SETTINGS`, read by :func:`simulation`). What a kind learns of the input
+besides the image is on :class:`CaseInput`: reference masks for ``uses_ground_truth`` kinds,
+the full label map for ``needs_label_map`` kinds. Kinds with ``needs_sam = False`` get no
+models (``models`` is None).
 
 Adding a method is a builder function and an entry in :data:`METHODS`; a new engine is a
 class with the role's method (see :mod:`salip.engines`) put into an
@@ -28,6 +41,7 @@ class with the role's method (see :mod:`salip.engines`) put into an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +58,14 @@ from salip.engines.encoder import SamEncoder, slice_batch
 from salip.engines.proposer import SamProposer
 from salip.engines.recogniser import ClipRecogniser
 from salip.engines.refiner import SamRefiner
+from salip.engines.simulated import (
+    NOISE_PRESETS,
+    TOTALSEG_ORGAN_MAP,
+    NoiseConfig,
+    ReferenceAnatomy,
+    noise_preset,
+    simulated_engines,
+)
 from salip.models.clip import LoadedClip
 from salip.models.head import LoadedHead
 from salip.models.sam import LoadedSam
@@ -103,12 +125,18 @@ class CaseInput:
         is_2d: whether the image is a 2D image (one slice, index 0).
         references: organ -> bool reference mask in salip's canonical layout (XxYxZ RAS+,
             or HxW for 2D images); only for methods that use the ground truth, else None.
+        label_map: the case's FULL reference label map (every label of the file, not only
+            the target organs) as ``(labels, names)``: a non-negative integer array in the
+            canonical layout of ``references`` (``salip.io.to_canonical`` of the label file)
+            and label value -> class name (the dataset's names; unnamed values are
+            ``label_<value>``); only for kinds that ``needs_label_map``, else None.
     """
 
     organs: tuple[Organ, ...]
     modality: str
     is_2d: bool
     references: Mapping[str, np.ndarray] | None = None
+    label_map: tuple[np.ndarray, Mapping[int, str]] | None = None
 
 
 @dataclass
@@ -120,8 +148,9 @@ class Built:
     identity: dict[str, Any]
 
 
-#: A method kind's builder: (models, settings, case, timer) -> what to run.
-Builder = Callable[[Models, SegmentConfig, CaseInput, StageTimer], Built]
+#: A method kind's builder: (models, settings, case, timer, extra) -> what to run. ``models``
+#: is None for kinds that need no SAM; ``extra`` holds the kind's ``extra_settings``.
+Builder = Callable[[Any, SegmentConfig, CaseInput, StageTimer, Mapping[str, Any]], Built]
 
 
 @dataclass(frozen=True)
@@ -134,6 +163,14 @@ class MethodKind:
         uses_ground_truth: reads the reference masks (an oracle row of the benchmark).
         needs_clip: needs the CLIP model.
         head_variant: for learned heads, the variant its head.pt must have; None otherwise.
+        needs_sam: needs the SAM model (False: the builder gets ``models=None`` and nothing
+            is loaded for it).
+        needs_label_map: reads the case's full label map (:attr:`CaseInput.label_map`).
+        extra_settings: the kind's own settings, which are no config fields; the builder
+            gets them as ``extra``.
+        read_extra: checks ``extra`` (raises ConfigError) and returns its JSON-ready
+            normalised form, defaults filled in (for reports and fingerprints); None for
+            kinds without extra settings.
     """
 
     name: str
@@ -141,10 +178,36 @@ class MethodKind:
     uses_ground_truth: bool = False
     needs_clip: bool = False
     head_variant: str | None = None
+    needs_sam: bool = True
+    needs_label_map: bool = False
+    extra_settings: tuple[str, ...] = ()
+    read_extra: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+
+    def check_extra(self, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``extra`` checked and normalised (:attr:`read_extra`); {} for none.
+
+        Raises:
+            ConfigError: a setting the kind does not have (the message lists the valid
+                ones), or an invalid value.
+        """
+        extra = dict(extra or {})
+        unknown = [key for key in extra if key not in self.extra_settings]
+        if unknown:
+            valid = ", ".join(self.extra_settings) or "none"
+            hint = did_you_mean(str(unknown[0]), self.extra_settings)
+            raise ConfigError(
+                f"method {self.name} has no setting(s) {', '.join(map(str, unknown))}.{hint} "
+                f"Its own settings: {valid}."
+            )
+        return self.read_extra(extra) if self.read_extra is not None else {}
 
 
 def _build_salip(
-    models: Models, config: SegmentConfig, case: CaseInput, timer: StageTimer
+    models: Models,
+    config: SegmentConfig,
+    case: CaseInput,
+    timer: StageTimer,
+    extra: Mapping[str, Any],
 ) -> Built:
     """The SaLIP cascade under the ``slices`` strategy."""
     from salip.core.prompts import load_competitors, load_prompts, prompts_dir
@@ -221,7 +284,13 @@ def _slice_only(kind: str, config: SegmentConfig) -> None:
         )
 
 
-def _build_head(models: Models, config: SegmentConfig, case: CaseInput, timer: StageTimer) -> Built:
+def _build_head(
+    models: Models,
+    config: SegmentConfig,
+    case: CaseInput,
+    timer: StageTimer,
+    extra: Mapping[str, Any],
+) -> Built:
     """A learned head (any variant) under the ``slices`` strategy."""
     from salip.strategies.head import HeadSegmenter
 
@@ -244,7 +313,13 @@ def _build_head(models: Models, config: SegmentConfig, case: CaseInput, timer: S
 def _baseline(segmenter_class: type[EncodedSlices]) -> Builder:
     """The builder of a SAM baseline of :mod:`salip.strategies.baselines`."""
 
-    def build(models: Models, config: SegmentConfig, case: CaseInput, timer: StageTimer) -> Built:
+    def build(
+        models: Models,
+        config: SegmentConfig,
+        case: CaseInput,
+        timer: StageTimer,
+        extra: Mapping[str, Any],
+    ) -> Built:
         _slice_only(segmenter_class.__name__, config)
         encoder = SamEncoder.for_config(models.sam, config, models.device)
         segmenter = segmenter_class(encoder, config, case.references, case.is_2d)
@@ -253,6 +328,105 @@ def _baseline(segmenter_class: type[EncodedSlices]) -> Builder:
         return Built(strategy, {"device": models.device, "sam": models.sam.identity()})
 
     return build
+
+
+#: The simulated kind's own settings: ``noise`` (a preset of
+#: :data:`~salip.engines.simulated.NOISE_PRESETS`, default "moderate"), ``seed`` (a whole
+#: number >= 0, default 0) and any :class:`~salip.engines.simulated.NoiseConfig` field,
+#: overriding the preset's value (e.g. ``drop_rate = 0.3``).
+SIMULATION_SETTINGS: tuple[str, ...] = (
+    "noise",
+    "seed",
+    *(f.name for f in dataclasses.fields(NoiseConfig)),
+)
+
+#: The simulated kind's default noise preset.
+DEFAULT_NOISE = "moderate"
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """The simulated kind's settings, checked.
+
+    Attributes:
+        preset: the noise preset's name.
+        noise: the preset with the overrides applied.
+        seed: the seed of every random draw.
+    """
+
+    preset: str
+    noise: NoiseConfig
+    seed: int
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready: ``{"noise": preset, "noise_params": {...}, "seed": seed}``."""
+        return {
+            "noise": self.preset,
+            "noise_params": dataclasses.asdict(self.noise),
+            "seed": self.seed,
+        }
+
+
+def simulation(extra: Mapping[str, Any]) -> Simulation:
+    """The simulated kind's settings from ``extra`` (keys of :data:`SIMULATION_SETTINGS`).
+
+    Raises:
+        ConfigError: an unknown key, preset or noise field, or an invalid value (the
+            message names the valid ones).
+    """
+    unknown = [key for key in extra if key not in SIMULATION_SETTINGS]
+    if unknown:
+        hint = did_you_mean(str(unknown[0]), SIMULATION_SETTINGS)
+        raise ConfigError(
+            f"unknown simulation setting(s) {', '.join(map(str, unknown))}.{hint} Valid "
+            f"settings: {', '.join(SIMULATION_SETTINGS)}."
+        )
+    preset = extra.get("noise", DEFAULT_NOISE)
+    if not isinstance(preset, str):
+        raise ConfigError(
+            f"noise must be the name of a preset ({', '.join(NOISE_PRESETS)}), not {preset!r}."
+        )
+    seed = extra.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a whole number >= 0, not {seed!r}.")
+    overrides = {k: v for k, v in extra.items() if k not in ("noise", "seed")}
+    noise = noise_preset(preset, **overrides)
+    return Simulation(preset.strip().lower(), noise, seed)
+
+
+def _read_simulation(extra: Mapping[str, Any]) -> dict[str, Any]:
+    return simulation(extra).describe()
+
+
+def _build_simulated(
+    models: Models | None,
+    config: SegmentConfig,
+    case: CaseInput,
+    timer: StageTimer,
+    extra: Mapping[str, Any],
+) -> Built:
+    """The cascade's strategy (``config.strategy``) on simulated engines driven by the case's
+    full reference label map (no model)."""
+    if case.label_map is None:
+        raise ConfigError(
+            "the simulated method needs the case's full reference label map "
+            "(CaseInput.label_map: every label, not only the target organs), and none was "
+            "given; use a dataset kind with label files (nifti-multilabel, msd, "
+            "nifti-per-organ)."
+        )
+    settings = simulation(extra)
+    labels, names = case.label_map
+    anatomy = ReferenceAnatomy(
+        labels,
+        names,
+        axis=config.slicing.axis,
+        is_2d=case.is_2d,
+        organ_map=TOTALSEG_ORGAN_MAP,
+    )
+    engines = Engines(*simulated_engines(anatomy, settings.noise, settings.seed, config))
+    batch = slice_batch(config.proposals.encoder_batch_size, "cpu")
+    strategy = cascade_strategy(engines, config, case, batch, timer)
+    return Built(strategy, {"simulated": settings.describe()})
 
 
 #: Method kinds by name.
@@ -266,6 +440,15 @@ METHODS: dict[str, MethodKind] = {
         MethodKind("head", _build_head, head_variant="clip"),
         MethodKind("head-static", _build_head, head_variant="static"),
         MethodKind("head-randtext", _build_head, head_variant="randtext"),
+        MethodKind(
+            "simulated",
+            _build_simulated,
+            uses_ground_truth=True,
+            needs_sam=False,
+            needs_label_map=True,
+            extra_settings=SIMULATION_SETTINGS,
+            read_extra=_read_simulation,
+        ),
     )
 }
 
@@ -298,18 +481,31 @@ def window_organs(
 
 def build(
     name: str,
-    models: Models,
+    models: Models | None,
     config: SegmentConfig,
     case: CaseInput,
     timer: StageTimer | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Built:
     """Build method ``name`` for one input.
 
     Args:
         name: a key of :data:`METHODS`.
-        models: the loaded models (CLIP when the kind ``needs_clip``).
+        models: the loaded models (CLIP when the kind ``needs_clip``); None for kinds that
+            need no SAM (``needs_sam`` False).
         config: all settings.
-        case: the organs, modality, 2D flag and (for oracle kinds) references.
+        case: the organs, modality, 2D flag and (for oracle kinds) references, (for
+            ``needs_label_map`` kinds) the full label map.
         timer: stage timer the strategy and engines add to.
+        extra: the kind's own settings (:attr:`MethodKind.extra_settings`), e.g. the
+            simulated kind's ``{"noise": "low", "seed": 1}``.
+
+    Raises:
+        ConfigError: an unknown method, setting or value, or no models for a kind that
+            needs SAM.
     """
-    return get_method(name).build(models, config, case, timer or StageTimer())
+    kind = get_method(name)
+    kind.check_extra(extra)
+    if models is None and kind.needs_sam:
+        raise ConfigError(f"the {name} method needs the SAM model, which was not loaded.")
+    return kind.build(models, config, case, timer or StageTimer(), dict(extra or {}))

@@ -8,6 +8,9 @@ Four kinds of layout are understood (:data:`KINDS`, keys per kind in :data:`KIND
     ``label_names``: a JSON name table (``{"1": "spleen", ...}``, also ``{"spleen": 1}`` or a
     dataset.json holding a ``"labels"`` table) or the name of a salip label set ("totalseg",
     "btcv", "amos", "msd_liver", ...). An organ's reference is the union of its label values.
+    ``images`` may also match DICOM series (a folder of DICOM files, or a .zip); their label
+    volume is a NIfTI file in the grid dcm2niix (and so TotalSegmentator) writes for the
+    series, the grid salip's DICOM reader reproduces.
 ``nifti-per-organ``
     TotalSegmentator's layout: ``<root>/<case>/ct.nii.gz`` (``image_name``) with one binary
     volume per class in ``<root>/<case>/segmentations/<class>.nii.gz``.
@@ -29,13 +32,17 @@ TotalSegmentator class lists of :data:`salip.core.label_sets.TOTALSEG_FILES` (lu
 a pair organ ("kidneys") whose sides are both present is their union.
 
 References are compared in the image FILE's own grid (no reorientation): a NIfTI volume's
-stored XxYxZ array, a 2D image's HxW pixel array. Listing a dataset reads no volume; label
-files are read, and checked against the image's shape, by :func:`load_references`.
+stored XxYxZ array, a DICOM series' dcm2niix grid, a 2D image's HxW pixel array. Listing a
+dataset reads no volume; label files are read, and checked against the image's shape, by
+:func:`load_references`. :func:`load_label_map` reads a case's FULL label map (every label,
+not only the scored organs) with its value -> class name table, for methods that simulate
+engines from it; ``image-mask-pairs`` cases have none.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import json
 import logging
@@ -51,7 +58,13 @@ import numpy as np
 from salip.core.errors import BenchmarkError, OrganError, did_you_mean
 from salip.core.label_sets import MSD, TOTALSEG, TOTALSEG_FILES, LabelSet, get_label_sets
 from salip.core.organs import MODALITIES, ORGANS, get_organ, with_pairs
-from salip.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, file_stem
+from salip.io import (
+    IMAGE_SUFFIXES,
+    NIFTI_SUFFIXES,
+    NOT_DICOM_NAMES,
+    NOT_DICOM_SUFFIXES,
+    file_stem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +117,8 @@ class Case:
     Attributes:
         dataset: the dataset's name (its config ``name``).
         case_id: identifier unique within the dataset (image stem, case folder, ...).
-        image: the image file to segment (absolute path); references are in its grid.
+        image: the image file, or DICOM series folder or zip, to segment (absolute path);
+            references are in its grid.
         organs: vocabulary organs to score, in order.
         kind: the dataset kind (one of :data:`KINDS`).
         modality: "ct", "mr", ... from the dataset's ``modality`` key or its label set, else
@@ -119,6 +133,13 @@ class Case:
         threshold: a mask value above this is foreground; None: automatic, see
             :func:`mask_threshold` (image-mask-pairs).
         fill_outline: fill closed outlines after thresholding (image-mask-pairs).
+        label_names: label value -> class name of every label of ``label`` (the dataset's
+            names after its ``organ_map``; a label set's organ names), for
+            :func:`load_label_map`.
+        label_dir: the folder of one binary mask per class, ``<class>.nii.gz``
+            (nifti-per-organ), for :func:`load_label_map`; None otherwise.
+        organ_map: dataset class name -> vocabulary organ (the config's ``organ_map``),
+            naming the classes of ``label_dir``.
     """
 
     dataset: str
@@ -134,6 +155,9 @@ class Case:
     files: dict[str, tuple[Path, ...]] = field(default_factory=dict, hash=False, repr=False)
     threshold: float | None = None
     fill_outline: bool = False
+    label_names: dict[int, str] = field(default_factory=dict, hash=False, repr=False)
+    label_dir: Path | None = None
+    organ_map: dict[str, str] = field(default_factory=dict, hash=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -151,6 +175,10 @@ class Case:
     def references(self, organs: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Reference masks of several organs; see :func:`load_references`."""
         return load_references(self, organs)
+
+    def label_map(self) -> tuple[np.ndarray, dict[int, str]]:
+        """The full reference label map and its names; see :func:`load_label_map`."""
+        return load_label_map(self)
 
 
 # --------------------------------------------------------------------------- paths
@@ -185,8 +213,29 @@ def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def _glob_images(spec: _Spec) -> list[Path]:
-    """Image files matching the ``images`` glob, sorted."""
+def is_dicom_series(path: Path) -> bool:
+    """Whether ``path`` looks like a DICOM series: a .zip file, or a folder holding (at any
+    depth) a file that is not clearly something else (:data:`salip.io.NOT_DICOM_SUFFIXES`,
+    :data:`salip.io.NOT_DICOM_NAMES`, dotfiles). Reads no file."""
+    if path.is_file():
+        return path.name.lower().endswith(".zip")
+    if not path.is_dir():
+        return False
+    for file in path.rglob("*"):
+        name = file.name.lower()
+        if (
+            file.is_file()
+            and not name.startswith(".")
+            and name not in NOT_DICOM_NAMES
+            and not name.endswith(NOT_DICOM_SUFFIXES)
+        ):
+            return True
+    return False
+
+
+def _glob_images(spec: _Spec, dicom: bool = False) -> list[Path]:
+    """Image files matching the ``images`` glob, sorted; with ``dicom``, DICOM series
+    (folders and zips, :func:`is_dicom_series`) too."""
     pattern = spec.text("images")
     full = (
         pattern
@@ -196,10 +245,14 @@ def _glob_images(spec: _Spec) -> list[Path]:
     paths: list[Path] = []
     for match in sorted(glob.glob(full, recursive=True)):
         path = Path(match)
+        if dicom and is_dicom_series(path):
+            paths.append(Path(os.path.normpath(path.absolute())))
+            continue
         if not path.is_file():
             continue
         if not path.name.lower().endswith(_SUFFIXES):
-            logger.warning("%s: skip %s: not a NIfTI or 2D image file", spec.name, path)
+            what = "a NIfTI file, a DICOM series" if dicom else "a NIfTI or 2D image file"
+            logger.warning("%s: skip %s: not %s", spec.name, path, what)
             continue
         paths.append(Path(os.path.normpath(path.absolute())))
     if not paths:
@@ -443,6 +496,17 @@ def _label_set(spec: _Spec, name: str) -> LabelSet:
     return sets[0]
 
 
+def _set_names(label_set: LabelSet) -> dict[int, str]:
+    """Label value -> organ name of a label set; a value in several organs (a pair and its
+    sides) takes the organ with the fewest values, the most specific."""
+    names: dict[int, str] = {}
+    by_size = sorted(label_set.labels.items(), key=lambda item: -len(item[1]))
+    for organ, values in by_size:
+        for value in values:
+            names[int(value)] = organ
+    return names
+
+
 # --------------------------------------------------------------------------- kinds
 
 
@@ -450,7 +514,7 @@ def _nifti_multilabel(spec: _Spec) -> list[Case]:
     labels = spec.text("labels")
     label_names = spec.text("label_names")
     organ_map = spec.organ_map()
-    images = _glob_images(spec)
+    images = _glob_images(spec, dicom=True)
     expand_pattern(labels, images[0], spec.base_dir)  # bad placeholders fail early
     as_path = Path(label_names) if Path(label_names).is_absolute() else spec.base_dir / label_names
     modality = None
@@ -462,6 +526,7 @@ def _nifti_multilabel(spec: _Spec) -> list[Case]:
             organ: tuple(sorted({v for name in names for v in table[name]}))
             for organ, names in classes.items()
         }
+        names = {v: organ_map.get(name, name) for name, vs in table.items() for v in vs}
         hint = _MAP_HINT
     else:
         label_set = _label_set(spec, label_names)
@@ -471,7 +536,7 @@ def _nifti_multilabel(spec: _Spec) -> list[Case]:
                 f"'{label_set.name}' already names vocabulary organs: remove organ_map."
             )
         values, approximate = dict(label_set.labels), dict(label_set.approximate)
-        modality, hint = label_set.modality, ""
+        modality, hint, names = label_set.modality, "", _set_names(label_set)
     organs = _select_organs(spec, list(values), hint)
     return [
         Case(
@@ -484,6 +549,7 @@ def _nifti_multilabel(spec: _Spec) -> list[Case]:
             approximate={o: approximate[o] for o in organs if o in approximate},
             label=expand_pattern(labels, image, spec.base_dir),
             values={o: values[o] for o in organs},
+            label_names=names,
         )
         for case_id, image in zip(_case_ids(images, spec.base_dir), images)
     ]
@@ -523,6 +589,8 @@ def _nifti_per_organ(spec: _Spec) -> list[Case]:
                 for o in organs
             },
             threshold=0.0,
+            label_dir=(folder / "segmentations").absolute(),
+            organ_map=organ_map,
         )
         for folder in folders
     ]
@@ -574,6 +642,7 @@ def _msd(spec: _Spec) -> list[Case]:
         )
     label_set = _msd_task(spec, info, root)
     organs = _select_organs(spec, list(label_set.labels))
+    names = _set_names(label_set)
     cases = []
     for entry in training:
         if not (
@@ -597,6 +666,7 @@ def _msd(spec: _Spec) -> list[Case]:
                 },
                 label=(root / entry["label"]).absolute(),
                 values={o: label_set.labels[o] for o in organs},
+                label_names=names,
             )
         )
     return cases
@@ -726,8 +796,10 @@ def _fail(case: Case, message: str) -> BenchmarkError:
 def _image_grid(case: Case) -> tuple[tuple[int, ...], np.ndarray | None]:
     """Shape of the image's array (and its affine for NIfTI), read from the header only."""
     path = case.image
-    if not path.is_file():
+    if not path.exists():
         raise _fail(case, f"image {path} not found; fix the dataset's paths or remove the case.")
+    if path.is_dir() or path.name.lower().endswith(".zip"):
+        return _dicom_grid(case, path)
     try:
         if _is_nifti(path):
             import nibabel as nib
@@ -756,11 +828,31 @@ def _image_grid(case: Case) -> tuple[tuple[int, ...], np.ndarray | None]:
     return shape, affine
 
 
+def _dicom_grid(case: Case, path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine of the grid dcm2niix writes for a DICOM series (read once per
+    series and modification time: the series is decoded)."""
+    from salip.core.errors import InputError
+
+    try:
+        shape, affine = _read_dicom_grid(str(path), path.stat().st_mtime_ns)
+    except InputError as exc:
+        raise _fail(case, f"cannot read DICOM series {path}: {exc}") from exc
+    return shape, affine.copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _read_dicom_grid(path: str, mtime_ns: int) -> tuple[tuple[int, ...], np.ndarray]:
+    from salip.io import read_dicom_series
+
+    geometry = read_dicom_series(Path(path)).geometry
+    return tuple(int(n) for n in geometry.shape), np.asarray(geometry.affine)
+
+
 def image_shape(case: Case) -> tuple[int, ...]:
     """Shape of the case image's array, read cheaply (NIfTI header, PIL size).
 
     XxYxZ (or XxY) as stored for NIfTI, the first 3 dims of a 4D (multi-modal) volume; HxW
-    for 2D images.
+    for 2D images; the dcm2niix grid of a DICOM series (which is read for it).
 
     Raises:
         BenchmarkError: missing or unreadable image; a channel beyond a 4D image's volumes.
@@ -865,3 +957,57 @@ def load_reference(case: Case, organ: str) -> np.ndarray:
     images. Raises BenchmarkError like :func:`load_references`.
     """
     return next(iter(load_references(case, [organ]).values()))
+
+
+def load_label_map(case: Case) -> tuple[np.ndarray, dict[int, str]]:
+    """The case's FULL reference label map, every label and not only the scored organs, and
+    its label value -> class name table.
+
+    Multi-label kinds (nifti-multilabel, msd) give their label file as stored, named by
+    :attr:`Case.label_names`; nifti-per-organ stacks every ``<class>.nii.gz`` of the case's
+    ``segmentations/`` folder, class ``k`` (sorted by file name, from 1) taking value ``k``
+    (where masks overlap, the later class wins), named by file name through ``organ_map``.
+
+    Returns:
+        ``(labels, names)``: a non-negative integer array in the image file's grid (as
+        :func:`load_references`), and value -> class name (values without a name are
+        unnamed).
+
+    Raises:
+        BenchmarkError: a kind without a full label map (image-mask-pairs), a missing or
+            unreadable image or label file, a shape that differs from the image's,
+            non-integer labels.
+    """
+    shape, affine = _image_grid(case)
+    if case.label is not None:
+        labels = _read_array(case, case.label, shape, affine)
+        if not np.issubdtype(labels.dtype, np.integer):
+            if not np.array_equal(labels, np.round(labels)) or labels.min(initial=0) < 0:
+                raise _fail(case, f"label file {case.label} holds non-integer labels.")
+            labels = labels.astype(np.int32)
+        return labels, dict(case.label_names)
+    if case.label_dir is not None:
+        return _stacked_labels(case, shape, affine)
+    raise _fail(
+        case,
+        f"{case.kind} datasets have no full label map (only each image's "
+        f"{'/'.join(case.organs)} mask); methods that need one (simulated) take "
+        "nifti-multilabel, msd or nifti-per-organ datasets.",
+    )
+
+
+def _stacked_labels(
+    case: Case, shape: tuple[int, ...], affine: Any
+) -> tuple[np.ndarray, dict[int, str]]:
+    """nifti-per-organ: one label value per class file of the case's folder."""
+    folder = case.label_dir
+    assert folder is not None
+    files = sorted(p for p in folder.iterdir() if _is_nifti(p)) if folder.is_dir() else []
+    if not files:
+        raise _fail(case, f"no <class>.nii.gz file in {folder}; {_SOURCE_HINT[case.kind]}.")
+    labels = np.zeros(shape, dtype=np.uint16 if len(files) > 255 else np.uint8)
+    names: dict[int, str] = {}
+    for value, path in enumerate(files, start=1):
+        labels[_binary(case, _read_array(case, path, shape, affine))] = value
+        names[value] = case.organ_map.get(file_stem(path), file_stem(path))
+    return labels, names

@@ -5,7 +5,10 @@ kind from :data:`salip.api.factory.METHODS` (the table there says what each buil
 settings with the names of salip's config fields (the CLI flag names with ``_`` for ``-``).
 Every kind says here which settings it reads (:data:`SETTINGS`), and in the factory whether
 it reads the reference masks (``uses_ground_truth``): only such methods are handed
-references, and the table marks their rows.
+references, and the table marks their rows. A kind's own settings that are no config fields
+(:attr:`salip.api.factory.MethodKind.extra_settings`, e.g. the ``simulated`` kind's
+``noise``, ``seed`` and noise overrides) are read from the same table, checked when the
+config is loaded, and handed to the builder as ``extra`` (:attr:`Method.extra`).
 
 Adding a method is a builder in :mod:`salip.api.factory`, plus its settings here.
 """
@@ -18,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from salip.api.factory import METHODS, Built, CaseInput, MethodKind, Models, build
-from salip.core.config import ModelConfig, SegmentConfig, SegmenterConfig, flat_fields
+from salip.core.config import (
+    ModelConfig,
+    SegmentConfig,
+    SegmenterConfig,
+    StrategyConfig,
+    flat_fields,
+)
 from salip.core.errors import BenchmarkError, SalipError, did_you_mean
 from salip.core.hashing import file_sha256
 from salip.models.head import read_head_manifest
@@ -37,12 +46,16 @@ _PROPOSALS = (
     "min_area",
     "max_area",
 )
+_STRATEGY = tuple(f.name for f in dataclasses.fields(StrategyConfig))
+#: What the cascade reads besides the strategy: area filter, recognition picks, box margin.
+_CASCADE = ("min_area", "max_area", "top_k", "laterality", "contrast_margin", "box_margin")
 _MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 #: Chosen by the method kind (``method``) or by head kinds only (``head``).
 _SEGMENTER_FIELDS = tuple(f.name for f in dataclasses.fields(SegmenterConfig))
 
 #: Per kind: the config field names a ``[[methods]]`` table may set (None: all of them
-#: except the model fields), and the settings applied before the table's own.
+#: except the model fields), and the settings applied before the table's own. A kind's
+#: ``extra_settings`` (factory) are allowed besides.
 SETTINGS: dict[str, tuple[tuple[str, ...] | None, dict[str, Any]]] = {
     "salip": (None, {}),
     "sam-unprompted": (_COMMON, {"largest_component": False}),
@@ -52,6 +65,8 @@ SETTINGS: dict[str, tuple[tuple[str, ...] | None, dict[str, Any]]] = {
     "head": ((*_COMMON, "head"), {"method": "head"}),
     "head-static": ((*_COMMON, "head"), {"method": "head"}),
     "head-randtext": ((*_COMMON, "head"), {"method": "head"}),
+    # Simulated engines on the cascade's strategies; largest_component as for salip.
+    "simulated": ((*_COMMON, *_STRATEGY, *_CASCADE), {}),
 }
 
 
@@ -63,15 +78,28 @@ class Method:
         spec: the method kind.
         name: the row label.
         config: the full settings (models included).
-        options: the settings as given in the table.
+        options: the settings as given in the table (``extra`` ones included).
+        extra: the kind's own settings as given (:attr:`MethodKind.extra_settings`).
+        extra_info: ``extra`` checked, defaults filled in (JSON-ready; {} for kinds
+            without extra settings).
         head_sha256: SHA-256 of the head.pt of learned-head kinds, else None.
+
+    Raises:
+        salip.core.errors.ConfigError: invalid ``extra`` settings.
     """
 
     def __init__(
-        self, name: str, kind: MethodKind, config: SegmentConfig, options: Mapping[str, Any]
+        self,
+        name: str,
+        kind: MethodKind,
+        config: SegmentConfig,
+        options: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
     ):
         self.name, self.kind, self.spec = name, kind.name, kind
         self.config, self.options = config, dict(options)
+        self.extra = dict(extra or {})
+        self.extra_info = kind.check_extra(self.extra)
         self.head_sha256: str | None = None
         if kind.head_variant is not None:
             self.head_sha256 = _check_head(name, kind, config)
@@ -86,9 +114,20 @@ class Method:
         """Whether the method needs the CLIP model."""
         return self.spec.needs_clip
 
-    def build(self, models: Models, case: CaseInput) -> Built:
-        """The method's strategy for one case (see :func:`salip.api.factory.build`)."""
-        return build(self.kind, models, self.config, case)
+    @property
+    def needs_sam(self) -> bool:
+        """Whether the method needs the SAM model (else no model is loaded for it)."""
+        return self.spec.needs_sam
+
+    @property
+    def needs_label_map(self) -> bool:
+        """Whether the method reads the case's full reference label map."""
+        return self.spec.needs_label_map
+
+    def build(self, models: Models | None, case: CaseInput) -> Built:
+        """The method's strategy for one case (see :func:`salip.api.factory.build`);
+        ``models`` may be None when the method does not :attr:`needs_sam`."""
+        return build(self.kind, models, self.config, case, extra=self.extra)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for run.json and the per-case fingerprints."""
@@ -101,6 +140,8 @@ class Method:
         }
         if self.head_sha256 is not None:
             described["head_sha256"] = self.head_sha256
+        if self.extra_info:
+            described["extra"] = self.extra_info
         return described
 
 
@@ -147,9 +188,11 @@ def make_method(table: Mapping[str, Any], models: Mapping[str, Any]) -> Method:
             f"method '{name}': unknown method {kind!r}.{hint} Valid methods: {', '.join(METHODS)}."
         )
     allowed, defaults = SETTINGS[kind]
+    spec = METHODS[kind]
     options = {k: v for k, v in table.items() if k not in ("name", "method")}
     if allowed is None:
         allowed = tuple(f for f in flat_fields() if f not in (*_MODEL_FIELDS, *_SEGMENTER_FIELDS))
+    allowed = (*allowed, *spec.extra_settings)
     bad = [key for key in options if key not in allowed]
     if bad:
         where = " (model settings belong in [models])" if set(bad) & set(_MODEL_FIELDS) else ""
@@ -158,8 +201,11 @@ def make_method(table: Mapping[str, Any], models: Mapping[str, Any]) -> Method:
             f"method '{name}' ({kind}): setting(s) {', '.join(bad)} not read by this "
             f"method{where}.{hint} Valid settings: {', '.join(sorted(allowed))}."
         )
+    extra = {k: v for k, v in options.items() if k in spec.extra_settings}
+    fields = {k: v for k, v in options.items() if k not in spec.extra_settings}
     try:
-        config = SegmentConfig().replace(**models).replace(**{**defaults, **options})
+        config = SegmentConfig().replace(**models).replace(**{**defaults, **fields})
+        spec.check_extra(extra)
     except (SalipError, TypeError) as exc:
         raise BenchmarkError(f"method '{name}' ({kind}): {exc}") from exc
-    return Method(name, METHODS[kind], config, options)
+    return Method(name, spec, config, options, extra)

@@ -7,7 +7,9 @@ Input is the per-row result table of ``salip benchmark`` (a pandas DataFrame wit
     One row per (dataset, organ, method) with case counts (scored, both-empty, false-positive,
     error rows), the mean, sample standard deviation and percentile-bootstrap confidence
     interval of the volume Dice and of the per-slice Dice, mean NSD and HD95, mean wall time
-    and peak GPU memory (:data:`SUMMARY_COLUMNS`). This is ``summary.csv``.
+    and peak GPU memory, and the mean work counts of the strategy (encoded slices, proposal
+    slices, box prompts) where cases.csv has them (:data:`SUMMARY_COLUMNS`). This is
+    ``summary.csv``.
 :func:`summary_markdown`
     ``summary.md``: paper-shaped tables of Dice and per-slice Dice "mean ± std" with methods
     as rows and (dataset, organ) as columns, methods that read the reference marked "†", and
@@ -73,6 +75,9 @@ SUMMARY_COLUMNS = (
     "hd95_mean",
     "wall_s_mean",
     "peak_gpu_mb_max",
+    "encoded_slices_mean",
+    "proposal_slices_mean",
+    "box_prompts_mean",
 )
 
 #: Footnote of the Markdown tables for methods that read the reference masks.
@@ -108,10 +113,12 @@ _SUMMARY_INPUT = (
     "wall_s",
     "peak_gpu_mb",
 )
+#: Work counts of the strategy: optional columns of the input (older cases.csv lack them).
+_WORK = ("encoded_slices", "proposal_slices", "box_prompts")
 _FIGURE_INPUT = ("dataset", "case", "organ", "method", "uses_ground_truth", "dice", "montage")
 _KEYS = ("dataset", "organ", "method")
 _TEXT = ("dataset", "case", "organ", "method", "method_kind", "status", "dice_status", "montage")
-_NUMERIC = ("dice", "slice_dice", "nsd", "hd95", "wall_s", "peak_gpu_mb")
+_NUMERIC = ("dice", "slice_dice", "nsd", "hd95", "wall_s", "peak_gpu_mb", *_WORK)
 
 _MAX_PANEL_COLUMNS = 6
 _MAX_FIGURE_WIDTH_IN = 20.0
@@ -132,8 +139,9 @@ def summarize(
     method. Dice statistics use the rows with a Dice value ("scored" and "false_positive"
     rows; "both_empty" and error rows have none); per-slice Dice, NSD and HD95 likewise use
     the rows that have a value. ``wall_s_mean`` averages the rows with status "ok";
-    ``peak_gpu_mb_max`` is the largest peak over all rows (NaN on CPU). Missing statistics
-    are NaN.
+    ``peak_gpu_mb_max`` is the largest peak over all rows (NaN on CPU); ``<count>_mean``
+    averages a work count over the rows that have it. Missing statistics (and work counts
+    of a table without those columns) are NaN.
 
     Args:
         cases: the ``cases.csv`` table (empty cells may be NaN or "").
@@ -152,7 +160,7 @@ def summarize(
     """
     import pandas as pd
 
-    frame = _prepare(cases, _SUMMARY_INPUT)
+    frame = _prepare(cases, _SUMMARY_INPUT, _WORK)
     ranks = {key: _first_seen_ranks(frame[key]) for key in _KEYS}
     rows: list[dict[str, Any]] = []
     for (dataset, organ, method), group in frame.groupby(list(_KEYS), sort=False):
@@ -188,6 +196,12 @@ def summarize(
                 "hd95_mean": _nan(mean_std(group["hd95"].tolist())[0]),
                 "wall_s_mean": _nan(mean_std(group.loc[group["status"] == "ok", "wall_s"])[0]),
                 "peak_gpu_mb_max": float(peak.max()) if len(peak) else math.nan,
+                **{
+                    f"{count}_mean": _nan(mean_std(group[count].dropna().tolist())[0])
+                    if count in group
+                    else math.nan
+                    for count in _WORK
+                },
             }
         )
     rows.sort(key=lambda row: tuple(ranks[key][row[key]] for key in _KEYS))
@@ -427,13 +441,17 @@ def write_figures(cases: pd.DataFrame, out_dir: Path, *, worst: int = 6) -> list
 # --- summary helpers -------------------------------------------------------------------------
 
 
-def _prepare(cases: pd.DataFrame, required: tuple[str, ...]) -> pd.DataFrame:
-    """A copy of ``cases`` with text columns as str ("" for empty), numeric columns as float
-    (NaN for empty) and ``uses_ground_truth`` as bool; a BenchmarkError for missing columns."""
+def _prepare(
+    cases: pd.DataFrame, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """A copy of the ``required`` (and present ``optional``) columns of ``cases``, text
+    columns as str ("" for empty), numeric columns as float (NaN for empty) and
+    ``uses_ground_truth`` as bool; a BenchmarkError for missing required columns."""
     import pandas as pd
 
     _require(cases, required, "cases")
-    frame = cases.loc[:, [c for c in cases.columns if c in set(required)]].copy()
+    keep = set(required) | set(optional)
+    frame = cases.loc[:, [c for c in cases.columns if c in keep]].copy()
     for column in _TEXT:
         if column in frame:
             frame[column] = [_as_text(v) for v in frame[column]]

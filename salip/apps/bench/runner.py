@@ -10,7 +10,14 @@ results are retried. At the end it writes ``cases.csv``, ``summary.csv``, ``summ
 
 Masks are compared in the image file's own grid; distances use the file's voxel sizes in mm
 (2D images: pixels). ``wall_s`` is the time to segment one case with one method, models
-loaded and the file read; ``peak_gpu_mb`` the peak CUDA memory allocated meanwhile.
+loaded and the file read; ``peak_gpu_mb`` the peak CUDA memory allocated meanwhile;
+``strategy`` and the work counts (``encoded_slices``, ``proposal_slices``, ``box_prompts``)
+come from the run report's ``strategy`` entry, empty where the strategy gives none.
+
+Models are loaded only when a method needs them (:attr:`Method.needs_sam`): a config of
+``simulated`` rows runs without checkpoints. Methods that read the full label map
+(:attr:`Method.needs_label_map`) get it from :func:`salip.io.datasets.load_label_map`, in
+salip's canonical layout; a dataset kind without one makes their cases error rows.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from salip.core.config import check_keys, read_toml
 from salip.core.errors import BenchmarkError, SalipError
 from salip.core.hashing import fingerprint
 from salip.core.prefetch import prefetch
-from salip.io.datasets import Case, load_dataset, load_references
+from salip.io.datasets import Case, load_dataset, load_label_map, load_references
 from salip.models.specs import local_dir, resolve_model_paths
 from salip.version import __version__
 
@@ -68,8 +75,15 @@ CASE_COLUMNS = (
     "wall_s",
     "peak_gpu_mb",
     "device",
+    "strategy",
+    "encoded_slices",
+    "proposal_slices",
+    "box_prompts",
     "montage",
 )
+
+#: Work counts of the run report's ``strategy.counts`` copied to cases.csv.
+WORK_COLUMNS = ("encoded_slices", "proposal_slices", "box_prompts")
 
 _PACKAGES = (
     "torch",
@@ -232,11 +246,14 @@ def load_config(path: str | Path) -> BenchmarkConfig:
 # --------------------------------------------------------------------------- identities
 
 
-def _model_identity(config: BenchmarkConfig, needs_clip: bool) -> dict[str, Any]:
-    """Model settings with checkpoint SHA-256s; fails early when a checkpoint is missing."""
+def _model_identity(config: BenchmarkConfig, needs_sam: bool, needs_clip: bool) -> dict[str, Any]:
+    """Model settings with checkpoint SHA-256s; fails early when a checkpoint is missing.
+    {} when no method needs a model."""
     from salip.core.hashing import file_sha256
     from salip.models.sam import resolve_sam_checkpoint
 
+    if not needs_sam:
+        return {}
     m = config.methods[0].config.models
     sam_path = Path(resolve_sam_checkpoint(m.sam_checkpoint))
     identity: dict[str, Any] = {
@@ -311,6 +328,32 @@ def _case_identity(case: Case) -> dict[str, Any]:
         "threshold": case.threshold,
         "fill_outline": case.fill_outline,
     }
+
+
+def _label_map_identity(case: Case) -> dict[str, Any]:
+    """What the full label map of a case is read from (for methods that read it)."""
+    return {
+        "label_names": {str(k): v for k, v in sorted(case.label_names.items())},
+        "label_dir": str(case.label_dir) if case.label_dir else None,
+        "organ_map": dict(sorted(case.organ_map.items())),
+    }
+
+
+def _fingerprint(
+    method: Method, identity: dict[str, Any], case: Case, settings: dict[str, Any]
+) -> str:
+    """The key of one saved result: method, models (if it uses any), case files, metrics."""
+    parts = [method.describe(), identity if method.needs_sam else {}, _case_identity(case)]
+    if method.needs_label_map:
+        parts.append(_label_map_identity(case))
+    return fingerprint([*parts, settings])
+
+
+def _work(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The strategy's name and work counts from a run report (None where absent)."""
+    strategy = report.get("strategy") or {}
+    counts = strategy.get("counts") or {}
+    return {"strategy": strategy.get("name"), **{key: counts.get(key) for key in WORK_COLUMNS}}
 
 
 def _spacing(geometry: Any, ndim: int) -> tuple[float, ...]:
@@ -392,6 +435,7 @@ class _CaseRun:
         # A volume read ahead (see run_benchmark), or the exception reading it raised.
         self._volume: Any = volume
         self._references: dict[str, np.ndarray] | None = None
+        self._label_map: tuple[np.ndarray, dict[int, str]] | None = None
         self._volume8: dict[tuple[Any, ...], np.ndarray] = {}
 
     def volume(self) -> Any:
@@ -416,41 +460,57 @@ class _CaseRun:
             self._references = load_references(self.case)
         return self._references
 
+    def label_map(self) -> tuple[np.ndarray, dict[int, str]]:
+        """The full reference label map (image file's grid) and its names, read once."""
+        if self._label_map is None:
+            self._label_map = load_label_map(self.case)
+        return self._label_map
+
+    def case_input(self, method: Method, organs: tuple[Any, ...], modality: str) -> CaseInput:
+        """What ``method`` learns of the case: references only for oracle rows, the full
+        label map only for methods that read it, both in canonical layout."""
+        from salip.io import to_canonical
+
+        geometry, given, full = self.volume().geometry, None, None
+        if method.uses_ground_truth:  # only oracle rows ever see the references
+            given = {name: to_canonical(ref, geometry) for name, ref in self.references().items()}
+        if method.needs_label_map:
+            labels, names = self.label_map()
+            full = (to_canonical(labels, geometry), names)
+        return CaseInput(organs, modality, self.volume().is_2d, given, full)
+
     def run(self, method: Method) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
         """Segment and score the case with ``method``: (rows, montage arrays)."""
         import torch
 
         from salip.api.pipeline import segment
         from salip.core.organs import get_organ
-        from salip.io import to_canonical
         from salip.io.orientation import source_slice_indices
         from salip.io.slicing import choose_intensity
 
         case, volume = self.case, self.volume()
-        models: Models = self.models_fn()
+        models: Models | None = self.models_fn() if method.needs_sam else None
+        device = models.device if models is not None else "cpu"
         organs = tuple(get_organ(o) for o in case.organs)
         config = method.config
         if case.modality and config.slicing.modality == "auto":
             config = config.replace(modality=case.modality)
         intensity = choose_intensity(volume, list(organs), config.slicing)
-        given = None
-        if method.uses_ground_truth:  # only oracle rows ever see the references
-            given = {
-                name: to_canonical(ref, volume.geometry) for name, ref in self.references().items()
-            }
-        cuda = models.device.startswith("cuda")
+        given = self.case_input(method, organs, intensity.modality)
+        cuda = device.startswith("cuda")
         if cuda:
-            torch.cuda.synchronize(models.device)
-            torch.cuda.reset_peak_memory_stats(models.device)
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        built = method.build(models, CaseInput(organs, intensity.modality, volume.is_2d, given))
+        built = method.build(models, given)
         result = segment(
             volume, organs=list(case.organs), write=False, config=config, segmenter=built.strategy
         )
         if cuda:
-            torch.cuda.synchronize(models.device)
+            torch.cuda.synchronize(device)
         wall = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated(models.device) / 2**20 if cuda else None
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+        work = _work(result.report)
         references = self.references()
         volume8 = self.volume8(intensity, config.slicing)
         axis = config.slicing.axis
@@ -473,7 +533,8 @@ class _CaseRun:
                     "spacing": ",".join(f"{s:g}" for s in spacing),
                     "wall_s": round(wall, 4),
                     "peak_gpu_mb": None if peak is None else round(peak, 1),
-                    "device": models.device,
+                    "device": device,
+                    **work,
                 }
             )
             for key, value in _montage_slices(volume, volume8, axis, pred, gt).items():
@@ -555,7 +616,8 @@ def run_benchmark(
     for table in cfg.datasets:
         cases += load_dataset(table, cfg.base_dir, limit=limit)
     needs_clip = any(m.needs_clip for m in cfg.methods)
-    identity = _model_identity(cfg, needs_clip)
+    needs_sam = any(m.needs_sam for m in cfg.methods)
+    identity = _model_identity(cfg, needs_sam, needs_clip)
     loaded: list[Models] = []
 
     def models() -> Models:  # loaded on first need: a fully resumed run loads nothing
@@ -572,7 +634,7 @@ def run_benchmark(
         folder, steps = _case_dir(out_dir, case), []
         for method in cfg.methods:
             record_path = folder / f"{urllib.parse.quote(method.name, safe='')}.json"
-            key = fingerprint([method.describe(), identity, _case_identity(case), settings])
+            key = _fingerprint(method, identity, case, settings)
             record = None if rerun else _read_record(record_path, key)
             steps.append((method, record_path, key, record))
         plan.append((case, steps))
@@ -595,6 +657,8 @@ def run_benchmark(
                 bar.update(1)
             del runner, volume
     device = loaded[0].device if loaded else None
+    if device is None and not needs_sam:
+        device = "cpu"  # no method needs a model: everything ran on the CPU
     files = _write_outputs(
         out_dir, cfg, all_rows, identity, device, date, computed, reused, started
     )
@@ -678,6 +742,8 @@ def _write_outputs(
     from salip.io.writing import atomic_write, write_json
 
     cases = pd.DataFrame(rows, columns=list(CASE_COLUMNS))
+    for column in WORK_COLUMNS:  # whole numbers, empty where absent (not 12.0)
+        cases[column] = pd.to_numeric(cases[column], errors="coerce").astype("Int64")
     m = cfg.metrics
     summary = summarize(
         cases, n_resamples=m.bootstrap_resamples, confidence=m.confidence, seed=m.seed
@@ -687,7 +753,7 @@ def _write_outputs(
         "date": date,
         "device": device or "not loaded (every result reused)",
         "salip_version": __version__,
-        "sam": identity["sam"]["checkpoint"],
+        "sam": identity.get("sam", {}).get("checkpoint"),
         "clip": identity.get("clip", {}).get("model"),
         "confidence": m.confidence,
     }
