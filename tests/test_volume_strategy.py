@@ -200,3 +200,22 @@ def test_slices_strategy_reports_its_work_too():
         "box_prompts": 19,
     }
     assert np.array_equal(result.masks["liver"], labels == 1)
+
+
+def test_a_2d_image_runs_the_slices_strategy_and_slice_methods_refuse_volume(tiny_sam_path):
+    from salip.api.factory import CaseInput, Models, build, cascade_strategy
+    from salip.models.sam import load_sam
+    from salip.core.errors import ConfigError
+    from salip.strategies.volume import VolumeStrategy
+
+    config = SegmentConfig().replace(strategy="volume")
+    labels = np.zeros((32, 32, 1), np.int16)
+    anatomy = ReferenceAnatomy(labels, NAMES, axis="axial")
+    engines = Engines(*simulated_engines(anatomy, noise_preset("none"), 0, config))
+    liver = (get_organ("liver"),)
+    flat = cascade_strategy(engines, config, CaseInput(liver, "ct", True), 4, StageTimer())
+    deep = cascade_strategy(engines, config, CaseInput(liver, "ct", False), 4, StageTimer())
+    assert isinstance(flat, SlicesStrategy) and isinstance(deep, VolumeStrategy)
+    models = Models(load_sam(str(tiny_sam_path)), None, "cpu")
+    with pytest.raises(ConfigError, match="slice by slice.*--strategy volume"):
+        build("sam-unprompted", models, config, CaseInput(liver, "ct", False))
