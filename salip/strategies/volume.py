@@ -25,6 +25,7 @@ slices run everything mode.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,10 +193,13 @@ class VolumeStrategy:
         for start in range(0, len(keys), self.batch_size):
             batch = keys[start : start + self.batch_size]
             images = [view.image(i) for i in batch]
+            t = time.perf_counter()
             embeddings = cache.get(batch, images)
+            t = self.timer.add("sam_encoder", t)
             proposals = [
                 area_filter(p, self.config.area) for p in self.engines.proposer.propose(embeddings)
             ]
+            self.timer.add("proposals", t)
             counts.proposal_slices += len(batch)
             counts.point_prompts += len(batch) * grid
             found = self.engines.recogniser.recognise(images, proposals, organs, batch)
@@ -322,7 +326,7 @@ class _Walker:
         keys: list[int],
         counts: WorkCounts,
     ) -> None:
-        self.engines, self.config = strategy.engines, strategy.config
+        self.engines, self.config, self.timer = strategy.engines, strategy.config, strategy.timer
         self.batch_size = strategy.batch_size
         self.view, self.cache, self.keys, self.counts = view, cache, set(keys), counts
         self.ahead = 1  # slices to encode at the next fetch of a walk
@@ -336,15 +340,18 @@ class _Walker:
         of a walk, doubling up to the batch size while it goes on, so a walk that stops
         early encodes little more than it used.
         """
+        t = time.perf_counter()
         if index not in self.cache:
             span = range(index, index + step * self.ahead, step)
             batch = [i for i in span if limits[0] <= i <= limits[1] and self.view.body[i]]
             self.cache.get([i for i in batch if i not in self.cache] or [index])
             self.ahead = min(2 * self.ahead, self.batch_size)
         (embedding,) = self.cache.get([index])
+        t = self.timer.add("sam_encoder", t)
         h, w = embedding.original_size
         boxes = prompt_boxes(torch.tensor([box], dtype=torch.float32), 0.0, h, w)
         masks, iou = self.engines.refiner.refine(embedding, boxes)
+        self.timer.add("refine", t)
         self.counts.box_prompts += 1
         return masks[0].cpu().numpy().astype(bool), float(iou[0])
 
