@@ -204,8 +204,8 @@ def test_slices_strategy_reports_its_work_too():
 
 def test_a_2d_image_runs_the_slices_strategy_and_slice_methods_refuse_volume(tiny_sam_path):
     from salip.api.factory import CaseInput, Models, build, cascade_strategy
-    from salip.models.sam import load_sam
     from salip.core.errors import ConfigError
+    from salip.models.sam import load_sam
     from salip.strategies.volume import VolumeStrategy
 
     config = SegmentConfig().replace(strategy="volume")
