@@ -14,9 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 from salip.version import __version__
 
-__all__ = ["segment", "SegmentConfig", "SegmentationResult", "SalipError", "__version__"]
+__all__ = [
+    "segment",
+    "segment_many",
+    "SegmentConfig",
+    "SegmentationResult",
+    "SalipError",
+    "__version__",
+]
 
 if TYPE_CHECKING:
+    from salip.api.many import segment_many
     from salip.api.pipeline import SegmentationResult, segment
     from salip.core.config import SegmentConfig
     from salip.core.errors import SalipError
@@ -27,6 +35,10 @@ def __getattr__(name: str) -> Any:
         from salip.api import pipeline
 
         return getattr(pipeline, name)
+    if name == "segment_many":
+        from salip.api.many import segment_many
+
+        return segment_many
     if name == "SegmentConfig":
         from salip.core.config import SegmentConfig
 

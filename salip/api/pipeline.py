@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,10 +161,42 @@ def segment(
     Raises:
         salip.core.errors.SalipError: bad input, unknown organ, missing checkpoint, unsafe output.
     """
+    cfg = (config or SegmentConfig()).replace(**options)
+    return segment_case(
+        source,
+        organs=organs,
+        config=cfg,
+        outputs_wanted=(output, split, overwrite, write, preview, report),
+        segmenter=segmenter,
+        progress=progress,
+        models=_load_models,
+    )
+
+
+#: Where a run's models come from: ``(method kind, settings, timer) -> Models``.
+ModelSource = Callable[["MethodKind", SegmentConfig, StageTimer], Models]
+
+
+def segment_case(
+    source: str | Path | Volume,
+    *,
+    organs: str | Sequence[str],
+    config: SegmentConfig,
+    outputs_wanted: tuple[Any, bool, bool, bool, Any, Any],
+    segmenter: SliceSegmenter | Strategy | None,
+    progress: bool,
+    models: ModelSource,
+) -> SegmentationResult:
+    """:func:`segment` with its models from ``models`` (several cases share loaded models).
+
+    ``outputs_wanted`` is ``(output, split, overwrite, write, preview, report)`` as
+    :func:`segment` takes them.
+    """
+    output, split, overwrite, write, preview, report = outputs_wanted
     timer = StageTimer()
     t0 = time.perf_counter()
     organ_list = parse_organs(organs)
-    cfg = (config or SegmentConfig()).replace(**options)
+    cfg = config
     path = source.path if isinstance(source, Volume) else Path(source)
     with OutputSet(path, overwrite=overwrite) as outputs:
         suffix = _mask_suffix(source)
@@ -175,7 +207,7 @@ def segment(
         volume = source if isinstance(source, Volume) else read_input(path, **_read_options(cfg))
         check_slice_geometry(volume, cfg.slicing.axis)
         timer.add("read", t0)
-        run = _run_strategy(volume, organ_list, cfg, segmenter, timer, progress)
+        run = _run_strategy(volume, organ_list, cfg, segmenter, timer, progress, models)
         t = time.perf_counter()
         masks, labels, label_values = _assemble(volume, run.canonical, organ_list, cfg)
         t = timer.add("assembly", t)
@@ -239,6 +271,7 @@ def _run_strategy(
     segmenter: SliceSegmenter | Strategy | None,
     timer: StageTimer,
     progress: bool,
+    load: ModelSource,
 ) -> _Run:
     """Map intensities, build the method's strategy (or take the injected one) and run it."""
     t = time.perf_counter()
@@ -252,14 +285,14 @@ def _run_strategy(
     window = getattr(strategy, "intensity_organs", None)
     if strategy is None and kind.head_variant is not None:
         # A learned head maps intensities as in its training (with its classes' window).
-        models = _load_models(kind, cfg, timer)
+        models = load(kind, cfg, timer)
         window = window_organs(kind, models, cfg, organ_list)
         t = time.perf_counter()
     intensity: Intensity = choose_intensity(volume, list(window or organ_list), cfg.slicing)
     volume8 = to_uint8(volume, intensity, cfg.slicing)
     timer.add("slicing", t)
     if strategy is None:
-        models = models or _load_models(kind, cfg, timer)
+        models = models or load(kind, cfg, timer)
         case = CaseInput(tuple(organ_list), intensity.modality, volume.is_2d)
         built = build(kind.name, models, cfg, case, timer)
         strategy, models_info = built.strategy, built.identity

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from salip.core.config import SegmentConfig
+from salip.core.errors import ConfigError
 from salip.version import __version__
 
 logger = logging.getLogger("salip")
@@ -132,7 +133,13 @@ def _add_segment(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         description="Segment organs with no labels and no fine-tuning. Masks are written in "
         "the input's own grid: NIfTI for volumes and DICOM series, PNG for 2D images.",
     )
-    seg.add_argument("input", help="NIfTI file, DICOM folder or .zip, or PNG/JPEG/TIFF image.")
+    seg.add_argument(
+        "input",
+        nargs="+",
+        help="NIfTI file, DICOM folder or .zip, or PNG/JPEG/TIFF image. Several inputs or a "
+        "quoted glob segment every case found (folders among them are searched) into the "
+        "-o folder.",
+    )
     seg.add_argument(
         "--organ",
         action="append",
@@ -149,7 +156,21 @@ def _add_segment(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--split", action="store_true", help="One mask file per organ in the -o folder."
     )
-    out.add_argument("--overwrite", action="store_true", help="Replace existing output files.")
+    out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace existing output files (several cases: recompute finished cases).",
+    )
+    out.add_argument(
+        "--previews",
+        action="store_true",
+        help="Several cases: also write NAME.preview.png per case into the -o folder.",
+    )
+    out.add_argument(
+        "--reports",
+        action="store_true",
+        help="Several cases: also write NAME.report.json per case into the -o folder.",
+    )
     out.add_argument(
         "--preview", metavar="PNG", help="Write an overlay of the slices with the most organ."
     )
@@ -421,8 +442,15 @@ def _add_prompts(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from salip.api.pipeline import segment
 
+    if len(args.input) > 1 or _is_glob(args.input[0]):
+        return _segment_many(args)
+    if args.previews or args.reports:
+        raise ConfigError(
+            "--previews and --reports are for several cases; use --preview PNG "
+            "and --report JSON for one."
+        )
     result = segment(
-        args.input,
+        args.input[0],
         organs=args.organ,
         output=args.output,
         split=args.split,
@@ -438,6 +466,51 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     for path in result.outputs:
         logger.info("wrote %s", path)
     return 0
+
+
+def _is_glob(given: str) -> bool:
+    """Whether one input is a glob pattern (and not a path that exists)."""
+    return any(c in given for c in "*?[") and not Path(given).exists()
+
+
+def _segment_many(args: argparse.Namespace) -> int:
+    """``salip segment`` with several cases: one folder of outputs and run.csv."""
+    from salip.api.many import RUN_TABLE, segment_many
+
+    if args.output is None:
+        raise ConfigError("several cases need -o FOLDER for their outputs.")
+    if str(args.output).lower().endswith((".nii", ".nii.gz", ".png")):
+        raise ConfigError(
+            f"-o {args.output} names a mask file; several cases need -o FOLDER for their outputs."
+        )
+    if args.split or args.preview or args.report:
+        raise ConfigError(
+            "--split, --preview and --report are for one case; with several, use -o FOLDER "
+            "(and --previews / --reports for one of each per case)."
+        )
+    rows = segment_many(
+        args.input,
+        organs=args.organ,
+        output=args.output,
+        overwrite=args.overwrite,
+        preview=args.previews,
+        report=args.reports,
+        progress=not args.no_progress and not args.quiet,
+        **_config_options(args),
+    )
+    failed = [r for r in rows if r.status == "failed"]
+    for row in failed:
+        logger.error("%s: %s", row.input, row.error)
+    counts = {s: sum(r.status == s for r in rows) for s in ("done", "skipped", "failed")}
+    logger.info(
+        "%d case(s): %d done, %d skipped, %d failed; see %s",
+        len(rows),
+        counts["done"],
+        counts["skipped"],
+        counts["failed"],
+        Path(args.output) / RUN_TABLE,
+    )
+    return 1 if failed else 0
 
 
 def _cmd_proposals(args: argparse.Namespace) -> int:
@@ -670,8 +743,6 @@ def _cmd_prompts_show(args: argparse.Namespace) -> int:
     data = load_prompt_file(name, args.prompts_dir)
     entries = data["entries"]
     if args.modality and args.modality not in entries:
-        from salip.core.errors import ConfigError
-
         raise ConfigError(
             f"{name} has no {args.modality} descriptions in {prompts_dir(args.prompts_dir)}; "
             f"it has: {', '.join(entries)}."
