@@ -72,6 +72,25 @@ class Recogniser(Protocol):
         ...
 
 
+def sides_for(
+    organ: Organ, boxes: torch.Tensor, image: np.ndarray, *, laterality: bool, axis: str
+) -> list[str] | None:
+    """Each proposal's patient side ("left"/"right", from its box centre and the body
+    midline of the HxWx3 display image), or None where sides do not apply: laterality off,
+    a sagittal axis, or an organ neither one-sided nor made of parts (a left/right pair).
+
+    Args:
+        organ: the target.
+        boxes: Nx4 proposal boxes, XYXY in pixels of ``image``.
+        image: HxWx3 uint8 display image.
+        laterality: the ``laterality`` setting.
+        axis: the slicing axis.
+    """
+    if not (laterality and axis in IN_PLANE_AXES and (organ.laterality != "none" or organ.parts)):
+        return None
+    return patient_sides(boxes, body_midline(image))
+
+
 def pick(
     organ: Organ, score: torch.Tensor, keep: torch.Tensor, sides: list[str] | None, k: int
 ) -> list[int]:
@@ -204,14 +223,11 @@ class ClipRecogniser:
             info["probability"], info["margin"], score = prob.tolist(), margin.tolist(), prob
         if cfg.min_score is not None:
             keep &= (cosine >= cfg.min_score).cpu()
-        lateral_parts = [get_organ(p).laterality for p in organ.parts]
-        use_sides = (
-            cfg.laterality
-            and self.config.slicing.axis in IN_PLANE_AXES
-            and (organ.laterality != "none" or lateral_parts)
+        sides = sides_for(
+            organ, boxes, image, laterality=cfg.laterality, axis=self.config.slicing.axis
         )
-        if use_sides:
-            info["side"] = patient_sides(boxes, body_midline(image))
+        if sides is not None:
+            info["side"] = sides
         return score, keep, info
 
     @torch.no_grad()

@@ -55,9 +55,8 @@ from salip.core.errors import ConfigError, OrganError, did_you_mean
 from salip.core.label_sets import TOTALSEG_FILES
 from salip.core.organs import ORGANS, Organ, get_organ
 from salip.engines.boxes import grow_boxes
-from salip.engines.laterality import IN_PLANE_AXES, body_midline, patient_sides
 from salip.engines.proposals import Proposals
-from salip.engines.recogniser import Recognition, accepted, pick
+from salip.engines.recogniser import Recognition, accepted, pick, sides_for
 from salip.io.orientation import AXES
 from salip.io.slicing import display_slice
 
@@ -743,13 +742,9 @@ class SimulatedRecogniser:
             "margin": margin.tolist(),
             "purity": purity.tolist(),
         }
-        lateral_parts = [get_organ(p).laterality for p in organ.parts]
-        if (
-            self.laterality
-            and self.anatomy.axis in IN_PLANE_AXES
-            and (organ.laterality != "none" or lateral_parts)
-        ):
-            info["side"] = patient_sides(boxes, body_midline(image))
+        sides = sides_for(organ, boxes, image, laterality=self.laterality, axis=self.anatomy.axis)
+        if sides is not None:
+            info["side"] = sides
         return torch.from_numpy(prob).float(), torch.from_numpy(margin > self.margin), info
 
 
