@@ -28,6 +28,7 @@ from salip.core.organs import parse_organs
 from salip.core.prefetch import prefetch
 from salip.core.timing import StageTimer
 from salip.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, Volume, file_stem, input_kind, read_input
+from salip.io.dicom import clearly_not_dicom
 from salip.io.writing import atomic_write, mask_suffix, sidecar_path
 
 logger = logging.getLogger(__name__)
@@ -42,13 +43,20 @@ def _is_case_file(path: Path) -> bool:
     return name.endswith((*NIFTI_SUFFIXES, *IMAGE_SUFFIXES, ".zip"))
 
 
+def is_glob(text: str) -> bool:
+    """Whether an input is a glob pattern (``*``, ``?`` or ``[``) rather than a path that
+    exists."""
+    return any(c in text for c in _GLOB_CHARS) and not Path(text).exists()
+
+
 def _search(folder: Path) -> list[Path]:
     """The cases in ``folder``: NIfTI files, 2D images and zips at any depth, and every
-    folder that holds files of none of those kinds (a DICOM series)."""
+    folder of files the DICOM reader would read (:func:`~salip.io.dicom.clearly_not_dicom`)
+    with no subfolder, NIfTI file, 2D image or zip beside them (a DICOM series)."""
     cases: list[Path] = []
     files = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
-    others = [p for p in files if p.is_file() and not _is_case_file(p)]
-    if others and not any(p.is_dir() or _is_case_file(p) for p in files):
+    dicom = [p for p in files if p.is_file() and not clearly_not_dicom(p.name)]
+    if dicom and not any(p.is_dir() or _is_case_file(p) for p in files):
         return [folder]  # a DICOM series
     for item in files:
         if item.is_dir():
@@ -71,7 +79,7 @@ def find_cases(inputs: Sequence[str | Path]) -> list[Path]:
     found: list[Path] = []
     for given in inputs:
         text = str(given)
-        if any(c in text for c in _GLOB_CHARS) and not Path(text).exists():
+        if is_glob(text):
             matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
             if not matches:
                 raise InputError(f"{text}: the pattern matches no file or folder.")

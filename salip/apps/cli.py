@@ -440,9 +440,10 @@ def _add_prompts(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
+    from salip.api.many import is_glob
     from salip.api.pipeline import segment
 
-    if len(args.input) > 1 or _is_glob(args.input[0]):
+    if len(args.input) > 1 or is_glob(args.input[0]):
         return _segment_many(args)
     if args.previews or args.reports:
         raise ConfigError(
@@ -466,11 +467,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     for path in result.outputs:
         logger.info("wrote %s", path)
     return 0
-
-
-def _is_glob(given: str) -> bool:
-    """Whether one input is a glob pattern (and not a path that exists)."""
-    return any(c in given for c in "*?[") and not Path(given).exists()
 
 
 def _segment_many(args: argparse.Namespace) -> int:

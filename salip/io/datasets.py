@@ -58,13 +58,8 @@ import numpy as np
 from salip.core.errors import BenchmarkError, OrganError, did_you_mean
 from salip.core.label_sets import MSD, TOTALSEG, TOTALSEG_FILES, LabelSet, get_label_sets
 from salip.core.organs import MODALITIES, ORGANS, get_organ, with_pairs
-from salip.io import (
-    IMAGE_SUFFIXES,
-    NIFTI_SUFFIXES,
-    NOT_DICOM_NAMES,
-    NOT_DICOM_SUFFIXES,
-    file_stem,
-)
+from salip.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, file_stem
+from salip.io.dicom import clearly_not_dicom
 
 logger = logging.getLogger(__name__)
 
@@ -215,22 +210,16 @@ def _is_nifti(path: Path) -> bool:
 
 def is_dicom_series(path: Path) -> bool:
     """Whether ``path`` looks like a DICOM series: a .zip file, or a folder holding (at any
-    depth) a file that is not clearly something else (:data:`salip.io.NOT_DICOM_SUFFIXES`,
-    :data:`salip.io.NOT_DICOM_NAMES`, dotfiles). Reads no file."""
+    depth) a file that the DICOM reader would not skip (:func:`salip.io.dicom.clearly_not_dicom`).
+    Reads no file."""
     if path.is_file():
         return path.name.lower().endswith(".zip")
     if not path.is_dir():
         return False
-    for file in path.rglob("*"):
-        name = file.name.lower()
-        if (
-            file.is_file()
-            and not name.startswith(".")
-            and name not in NOT_DICOM_NAMES
-            and not name.endswith(NOT_DICOM_SUFFIXES)
-        ):
-            return True
-    return False
+    return any(
+        file.is_file() and not clearly_not_dicom(file.relative_to(path).as_posix())
+        for file in path.rglob("*")
+    )
 
 
 def _glob_images(spec: _Spec, dicom: bool = False) -> list[Path]:

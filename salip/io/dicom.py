@@ -186,7 +186,7 @@ def _describe(named: list[tuple[str, str]], limit: int = 3) -> str:
     return text + (f" and {len(named) - limit} more" if len(named) > limit else "")
 
 
-def _clearly_not_dicom(name: str) -> bool:
+def clearly_not_dicom(name: str) -> bool:
     """True for names no DICOM image has: dotfiles, DICOMDIR, NIfTI, PNG, text, ..."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     if base.startswith(".") or "__MACOSX/" in name or base.upper() in NOT_DICOM_NAMES:
@@ -259,7 +259,7 @@ def _dicom_inventory(path: Path, max_voxels: int) -> _Inventory:
     inventory = _Inventory()
     for name, opener in _dicom_sources(path, max_voxels):
         inventory.total += 1
-        if _clearly_not_dicom(name):
+        if clearly_not_dicom(name):
             inventory.ignored.append(name)
             continue
         ds, reason = _read_dicom(opener)
