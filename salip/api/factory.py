@@ -368,19 +368,13 @@ class Simulation:
 
 
 def simulation(extra: Mapping[str, Any]) -> Simulation:
-    """The simulated kind's settings from ``extra`` (keys of :data:`SIMULATION_SETTINGS`).
+    """The simulated kind's settings from ``extra``, whose keys
+    :meth:`MethodKind.check_extra` has checked against :data:`SIMULATION_SETTINGS`.
 
     Raises:
-        ConfigError: an unknown key, preset or noise field, or an invalid value (the
-            message names the valid ones).
+        ConfigError: an unknown preset, or an invalid value (the message names the valid
+            ones).
     """
-    unknown = [key for key in extra if key not in SIMULATION_SETTINGS]
-    if unknown:
-        hint = did_you_mean(str(unknown[0]), SIMULATION_SETTINGS)
-        raise ConfigError(
-            f"unknown simulation setting(s) {', '.join(map(str, unknown))}.{hint} Valid "
-            f"settings: {', '.join(SIMULATION_SETTINGS)}."
-        )
     preset = extra.get("noise", DEFAULT_NOISE)
     if not isinstance(preset, str):
         raise ConfigError(

@@ -28,7 +28,7 @@ from salip.core.config import (
     StrategyConfig,
     flat_fields,
 )
-from salip.core.errors import BenchmarkError, SalipError, did_you_mean
+from salip.core.errors import BenchmarkError, ConfigError, SalipError, did_you_mean
 from salip.core.hashing import file_sha256
 from salip.models.head import read_head_manifest
 
@@ -205,7 +205,9 @@ def make_method(table: Mapping[str, Any], models: Mapping[str, Any]) -> Method:
     fields = {k: v for k, v in options.items() if k not in spec.extra_settings}
     try:
         config = SegmentConfig().replace(**models).replace(**{**defaults, **fields})
-        spec.check_extra(extra)
     except (SalipError, TypeError) as exc:
         raise BenchmarkError(f"method '{name}' ({kind}): {exc}") from exc
-    return Method(name, spec, config, options, extra)
+    try:  # Method checks the extra settings once, as it reads them
+        return Method(name, spec, config, options, extra)
+    except (ConfigError, TypeError) as exc:
+        raise BenchmarkError(f"method '{name}' ({kind}): {exc}") from exc
