@@ -221,10 +221,12 @@ def segment_many(
     folder.mkdir(parents=True, exist_ok=True)
     models = _SharedModels()
     rows: list[CaseRow] = []
-    work = list(zip(cases, case_names(cases)))
+    work = [
+        (case, name, _case_outputs(folder, name, _kind(case), preview, report))
+        for case, name in zip(cases, case_names(cases))
+    ]
     with tqdm(total=len(work), desc="cases", unit="case", disable=not progress) as bar:
-        for (case, name), volume in _read_ahead(work, cfg, folder, preview, report, overwrite):
-            paths = _case_outputs(folder, name, _kind(case), preview, report)
+        for (case, name, paths), volume in _read_ahead(work, cfg, overwrite):
             rows.append(_run_case(case, name, volume, organs, cfg, paths, overwrite, models))
             _write_table(folder, rows)
             bar.update(1)
@@ -241,20 +243,16 @@ def _kind(case: Path) -> str:
 
 
 def _read_ahead(
-    work: list[tuple[Path, str]],
-    cfg: SegmentConfig,
-    folder: Path,
-    preview: bool,
-    report: bool,
-    overwrite: bool,
-) -> Iterator[tuple[tuple[Path, str], Volume | SalipError | None]]:
-    """Each case with its volume read in a background thread while the previous case runs
-    (None when its outputs exist and it will be skipped; the error when it cannot be read)."""
+    work: list[tuple[Path, str, dict]], cfg: SegmentConfig, overwrite: bool
+) -> Iterator[tuple[tuple[Path, str, dict], Volume | SalipError | None]]:
+    """Each (case, name, output paths) with its volume read in a background thread while the
+    previous case runs (None when its outputs exist and it will be skipped; the error when
+    it cannot be read)."""
     options = dataclasses.asdict(cfg.input)
 
-    def read(item: tuple[Path, str]) -> tuple[tuple[Path, str], Volume | SalipError | None]:
-        case, name = item
-        if not overwrite and _complete(_case_outputs(folder, name, _kind(case), preview, report)):
+    def read(item: tuple[Path, str, dict]) -> tuple[tuple[Path, str, dict], Any]:
+        case, _name, paths = item
+        if not overwrite and _complete(paths):
             return item, None
         try:
             return item, read_input(case, **options)
@@ -286,14 +284,12 @@ def _run_case(
             volume,
             organs=organs,
             config=cfg,
-            outputs_wanted=(
-                paths["output"],
-                False,
-                overwrite,
-                True,
-                paths["preview"],
-                paths["report"],
-            ),
+            output=paths["output"],
+            split=False,
+            overwrite=overwrite,
+            write=True,
+            preview=paths["preview"],
+            report=paths["report"],
             segmenter=None,
             progress=False,
             models=models,

@@ -166,7 +166,12 @@ def segment(
         source,
         organs=organs,
         config=cfg,
-        outputs_wanted=(output, split, overwrite, write, preview, report),
+        output=output,
+        split=split,
+        overwrite=overwrite,
+        write=write,
+        preview=preview,
+        report=report,
         segmenter=segmenter,
         progress=progress,
         models=_load_models,
@@ -182,17 +187,18 @@ def segment_case(
     *,
     organs: str | Sequence[str],
     config: SegmentConfig,
-    outputs_wanted: tuple[Any, bool, bool, bool, Any, Any],
+    output: str | Path | None,
+    split: bool,
+    overwrite: bool,
+    write: bool,
+    preview: str | Path | None,
+    report: str | Path | None,
     segmenter: SliceSegmenter | Strategy | None,
     progress: bool,
     models: ModelSource,
 ) -> SegmentationResult:
-    """:func:`segment` with its models from ``models`` (several cases share loaded models).
-
-    ``outputs_wanted`` is ``(output, split, overwrite, write, preview, report)`` as
-    :func:`segment` takes them.
-    """
-    output, split, overwrite, write, preview, report = outputs_wanted
+    """:func:`segment` with its models from ``models`` (several cases share loaded models);
+    the other arguments as :func:`segment` takes them, ``config`` with the options applied."""
     timer = StageTimer()
     t0 = time.perf_counter()
     organ_list = parse_organs(organs)

@@ -50,7 +50,6 @@ class SlicesStrategy:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size, self.segmenter, self.engines = batch_size, segmenter, engines
         self.config, self.timer = config, timer or StageTimer()
-        self._encoded = 0  # slices encoded in the last run (engines only)
         self.intensity_organs: Sequence[Organ] | None = getattr(segmenter, "intensity_organs", None)
 
     @classmethod
@@ -79,10 +78,12 @@ class SlicesStrategy:
             chosen={o.name: [] for o in organs},
         )
         kept = view.body_indices()
-        self._encoded = 0
         batches = [kept[i : i + self.batch_size] for i in range(0, len(kept), self.batch_size)]
+        cache = None
         if self.engines is not None and self.config is not None:
-            step, prepare = self._cascade_step(view, self.engines, self.config)
+            size = max(self.batch_size, DEFAULT_CAPACITY)
+            cache = EmbeddingCache(view, self.engines.encoder, size)
+            step, prepare = self._cascade_step(cache, self.engines, self.config)
         else:
             step, prepare = self._segmenter_step()
 
@@ -100,10 +101,10 @@ class SlicesStrategy:
                 self.timer.add("assembly", t)
                 bar.update(len(indices))
         result.details = {"counts": {"slices": len(kept)}}
-        if self.engines is not None and self.config is not None:
+        if cache is not None and self.config is not None:
             grid = self.config.proposals.points_per_side**2
             counts = WorkCounts(
-                encoded_slices=self._encoded,
+                encoded_slices=cache.encoded,
                 proposal_slices=len(kept),
                 point_prompts=len(kept) * grid,
                 box_prompts=sum(len(records) for records in result.chosen.values()),
@@ -111,16 +112,16 @@ class SlicesStrategy:
             result.details = {"counts": dataclasses.asdict(counts)}
         return result
 
-    def _cascade_step(self, view: VolumeView, engines: Engines, config: SegmentConfig) -> _Step:
+    def _cascade_step(
+        self, cache: EmbeddingCache, engines: Engines, config: SegmentConfig
+    ) -> _Step:
         timer = self.timer
-        cache = EmbeddingCache(view, engines.encoder, max(self.batch_size, DEFAULT_CAPACITY))
 
         def step(
             images: list[np.ndarray], organs: Sequence[Organ], indices: list[int], prepared: Any
         ) -> list[SliceOutput]:
             t = time.perf_counter()
             embeddings = cache.get(indices, images, prepared)
-            self._encoded = cache.encoded
             timer.add("sam_encoder", t)
             return cascade_batch(engines, config, images, embeddings, organs, timer, indices)
 

@@ -235,10 +235,10 @@ class VolumeStrategy:
             return None
         peak = int(np.argmax(profile))
         lo = hi = peak
-        while _next_found(profile, lo, -1, cfg.max_key_gap) is not None:
-            lo = _next_found(profile, lo, -1, cfg.max_key_gap)
-        while _next_found(profile, hi, +1, cfg.max_key_gap) is not None:
-            hi = _next_found(profile, hi, +1, cfg.max_key_gap)
+        while (n := _next_found(profile, lo, -1, cfg.max_key_gap)) is not None:
+            lo = n
+        while (n := _next_found(profile, hi, +1, cfg.max_key_gap)) is not None:
+            hi = n
         extent = (keys[lo], keys[hi])
         track.report["extent"] = sorted(view.source_index(k) for k in extent)
         for k in [k for k in track.picks if not extent[0] <= k <= extent[1]]:
