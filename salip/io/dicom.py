@@ -325,6 +325,45 @@ def _group_series(images: list[_DicomFile]) -> list[_Series]:
     return series
 
 
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One series of a DICOM folder or zip, as :func:`list_dicom_series` finds it.
+
+    Attributes:
+        label: what ``read_dicom_series(series=...)`` (``--series``) takes to read it.
+        description: its SeriesDescription ("" when absent).
+        slices: number of image files.
+    """
+
+    label: str
+    description: str
+    slices: int
+
+
+def list_dicom_series(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> list[SeriesInfo]:
+    """The image series of a DICOM folder (recursively) or zip, largest first, from the file
+    headers only (pixel data is not read). Files that cannot be parsed, and objects that are
+    not images (a DICOM SEG, a structure set), are left out; the reader reports them when
+    the series is read."""
+    import pydicom
+
+    files = []
+    with _quiet_pydicom():
+        for name, opener in _dicom_sources(path, max_voxels):
+            if clearly_not_dicom(name):
+                continue
+            try:
+                ds = pydicom.dcmread(opener(), stop_before_pixels=True)
+            except Exception:  # noqa: BLE001 - pydicom raises many types for damaged files
+                continue
+            sop = ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get(
+                "MediaStorageSOPClassUID"
+            )
+            if "Rows" in ds and "Columns" in ds and (not sop or _is_image_storage(ds)):
+                files.append(_DicomFile(name, ds))
+    return [SeriesInfo(g.label, g.description, len(g.files)) for g in _group_series(files)]
+
+
 def _list_series(groups: list[_Series], limit: int = 8) -> str:
     """The series as "label ('description', N slices of RxC); ..." on one line."""
     parts = []

@@ -6,6 +6,7 @@ to a temporary file in the target folder that is renamed into place only when co
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -86,6 +87,18 @@ def temporary_beside(path: Path, suffix: str | None = None) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp_name)
+
+
+def remove_temporaries(path: Path) -> int:
+    """Delete the temporaries of :func:`temporary_beside` for ``path`` left behind by a
+    process that was killed while writing it; returns how many there were. Only call it
+    when no other process is writing ``path``."""
+    removed = 0
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
