@@ -87,12 +87,15 @@ class Models:
         clip: the CLIP model, or None when no method needs it.
         device: the torch device they are on ("cpu", "cuda", ...).
         heads: head.pt path -> loaded head (filled by :meth:`head`).
+        text_embeddings: CLIP text embeddings of description sets, computed once per run
+            and shared by every case (filled by the recognisers).
     """
 
     sam: LoadedSam
     clip: LoadedClip | None
     device: str
     heads: dict[str, LoadedHead] = field(default_factory=dict)
+    text_embeddings: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
     def head(self, path: str) -> LoadedHead:
         """The learned head at ``path`` on this SAM, loaded once."""
@@ -225,7 +228,14 @@ def _build_salip(
     timer.add("load_prompts", start)
     text_cache = salip_home() / "cache" / "text"
     recogniser = ClipRecogniser(
-        models.clip, prompts, config, models.device, timer, competitors, text_cache
+        models.clip,
+        prompts,
+        config,
+        models.device,
+        timer,
+        competitors,
+        text_cache,
+        models.text_embeddings,
     )
     engines = Engines(
         SamEncoder.for_config(sam, config, models.device),

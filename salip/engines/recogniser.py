@@ -140,6 +140,8 @@ class ClipRecogniser:
         competitors: organ name -> competing classes' descriptions, for contrast scoring
             (see :func:`salip.core.prompts.load_competitors`).
         text_cache: folder of the on-disk text-embedding cache (None: memory only).
+        text_memo: text embeddings shared with other recognisers of the same CLIP model
+            (see :class:`ClipScorer`).
 
     Attributes:
         scorer: the CLIP scorer (logit scale, text-cache hits and misses).
@@ -155,9 +157,12 @@ class ClipRecogniser:
         timer: StageTimer | None = None,
         competitors: dict[str, list[PromptSet]] | None = None,
         text_cache: Path | None = None,
+        text_memo: dict[tuple[str, ...], torch.Tensor] | None = None,
     ) -> None:
         precision = resolve_precision(config.models.precision, device)
-        self.scorer = ClipScorer(clip, device, cache_dir=text_cache, precision=precision)
+        self.scorer = ClipScorer(
+            clip, device, cache_dir=text_cache, precision=precision, memo=text_memo
+        )
         self.config = config
         self.timer = timer or StageTimer()
         self.contrast = config.scoring.scoring == "contrast"

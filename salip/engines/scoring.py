@@ -58,6 +58,8 @@ class ClipScorer:
         cache_dir: folder of the on-disk text-embedding cache (None: memory only).
         precision: resolved precision of the image tower ("fp32", "bf16", "fp16"); text
             embeddings are always computed in fp32.
+        memo: a dict of text embeddings (descriptions -> embedding) to share with other
+            scorers of the same CLIP model, e.g. every case of a run (None: its own).
     """
 
     def __init__(
@@ -67,13 +69,14 @@ class ClipScorer:
         batch_size: int = 64,
         cache_dir: Path | None = None,
         precision: str = "fp32",
+        memo: dict[tuple[str, ...], torch.Tensor] | None = None,
     ):
         self.clip = clip
         self.precision = precision
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.cache_dir = cache_dir
-        self._text: dict[tuple[str, ...], torch.Tensor] = {}
+        self._text: dict[tuple[str, ...], torch.Tensor] = {} if memo is None else memo
         self._fingerprint: str | None = None
         self.cache_hits = 0
         self.cache_misses = 0
