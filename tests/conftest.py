@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,3 +62,18 @@ def _restore_logging() -> Iterator[None]:
     root.handlers[:] = handlers
     root.setLevel(level)
     logging.getLogger("salip").setLevel(salip_level)
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    """A NIfTI, a DICOM folder, a PNG, a folder of two PNGs and a corrupt file."""
+    ct = require_data(TOTALSEG / "example_ct_sm.nii.gz")
+    dicom = require_data(TOTALSEG / "example_ct_dicom")
+    png = require_data(SLICES / "images" / "amos_0006_90.png")
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for name in ("amos_0004_75.png", "amos_0006_90.png"):
+        shutil.copy(require_data(SLICES / "images" / name), pngs / name)
+    corrupt = tmp_path / "broken.nii.gz"
+    corrupt.write_bytes(b"this is not a NIfTI file")
+    return [ct, dicom, png, pngs, corrupt]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import re
 import shutil
 
 import nibabel as nib
@@ -11,27 +13,12 @@ import pytest
 from PIL import Image
 
 import salip
-from salip.api.many import case_names, find_cases
+from salip.api.cases import case_names, find_cases
 from salip.apps.cli import main
 from salip.core.errors import InputError
-from tests.conftest import SLICES, TOTALSEG, require_data
+from tests.conftest import TOTALSEG, require_data
 
 FAST = dict(points_per_side=4, modality="ct")
-
-
-@pytest.fixture
-def cohort(tmp_path):
-    """A NIfTI, a DICOM folder, a PNG, a folder of two PNGs and a corrupt file."""
-    ct = require_data(TOTALSEG / "example_ct_sm.nii.gz")
-    dicom = require_data(TOTALSEG / "example_ct_dicom")
-    png = require_data(SLICES / "images" / "amos_0006_90.png")
-    pngs = tmp_path / "pngs"
-    pngs.mkdir()
-    for name in ("amos_0004_75.png", "amos_0006_90.png"):
-        shutil.copy(require_data(SLICES / "images" / name), pngs / name)
-    corrupt = tmp_path / "broken.nii.gz"
-    corrupt.write_bytes(b"this is not a NIfTI file")
-    return [ct, dicom, png, pngs, corrupt]
 
 
 def _mask(path):
@@ -43,7 +30,7 @@ def _mask(path):
 def test_find_cases_and_their_names(cohort, tmp_path):
     cases = find_cases(cohort)
     assert len(cases) == 6  # the folder of PNGs gives two cases
-    assert cases[1] == cohort[1].resolve()  # a DICOM series folder is one case
+    assert cases[1].path == cohort[1].resolve() and cases[1].series is None  # one series
     names = case_names(cases)
     assert names == [
         "example_ct_sm",
@@ -54,6 +41,7 @@ def test_find_cases_and_their_names(cohort, tmp_path):
         "broken",
     ]
     assert find_cases([str(tmp_path / "pngs" / "*.png")]) == cases[3:5]
+    assert [c.path for c in find_cases(cohort[3:4] * 2)] == [c.path for c in cases[3:5]]
     with pytest.raises(InputError, match="matches no file"):
         find_cases([str(tmp_path / "*.jpg")])
     with pytest.raises(InputError, match="no such file"):
@@ -71,6 +59,7 @@ def test_a_cohort_with_a_corrupt_file(cohort, tmp_path, tiny_models, monkeypatch
     with open(out / "run.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["status"] for r in rows] == ["done"] * 5 + ["failed"]
+    assert [r["name"] for r in rows] == case_names(find_cases(cohort))
     assert "broken.nii.gz" in rows[-1]["error"] and "\n" not in rows[-1]["error"]
     assert float(rows[0]["liver_ml"]) >= 0 and rows[2]["liver_ml"] == ""  # 2D: no volume
     assert not list(out.glob("broken*"))  # nothing partial for the failed case
@@ -134,3 +123,107 @@ def test_an_interrupted_run_completes_when_run_again(cohort, tmp_path, tiny_mode
         for path in row.outputs:
             if path.name.endswith((".nii.gz", ".png")):
                 assert np.array_equal(_mask(path), _mask(out / path.name))
+
+
+@pytest.fixture
+def two_series(tmp_path):
+    """A DICOM folder of two series: the 20-slice CT, and a copy of its first 10 slices
+    under a new series UID and description."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    source = require_data(TOTALSEG / "example_ct_dicom_uids")
+    folder = tmp_path / "export"
+    folder.mkdir()
+    files = sorted(source.iterdir())
+    uid = generate_uid()
+    for i, path in enumerate(files):
+        shutil.copy(path, folder / path.name)
+        if i < 10:
+            ds = pydicom.dcmread(path)
+            ds.SeriesInstanceUID, ds.SeriesDescription = uid, "Thin recon"
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.save_as(folder / f"second_{i:02d}.dcm")
+    return folder, uid
+
+
+def test_a_folder_of_two_series_gives_two_cases(two_series, tmp_path, tiny_models):
+    folder, uid = two_series
+    cases = find_cases([folder])
+    assert [c.series for c in cases][1] == uid and cases[0].series is not None
+    assert cases[0].description == "CT Body 3.0"
+    assert case_names(cases) == ["export_CT_Body_3_0", "export_Thin_recon"]
+    rows = salip.segment_many(
+        [folder], organs="liver", output=tmp_path / "out", **FAST, **tiny_models
+    )
+    assert [r.status for r in rows] == ["done", "done"]
+    shapes = [nib.load(r.outputs[0]).shape for r in rows]
+    assert shapes == [(512, 512, 20), (512, 512, 10)]  # each series read on its own
+    with open(tmp_path / "out" / "run.csv", newline="") as handle:
+        assert [r["series"] for r in csv.DictReader(handle)] == [c.series for c in cases]
+
+
+def test_a_jobs_file_gives_each_case_its_organs_and_output(cohort, tmp_path, tiny_models):
+    jobs = tmp_path / "jobs.csv"
+    ct, png = cohort[0], cohort[2]
+    jobs.write_text(
+        "input,organs,output\n"
+        f"{ct},,ct/liver.nii.gz\n"
+        f'pngs/amos_0004_75.png,"liver,aorta",\n'
+        f"{png},spleen;liver,slices/a.png\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    (out / "ct").mkdir(parents=True)
+    stale = out / "ct" / ".liver.nii.gz.x1y2z3.nii.gz"  # left by a killed run
+    stale.write_bytes(b"partial")
+    options = {**FAST, **tiny_models}
+    code = main(
+        ["segment", "--jobs", str(jobs), "--organ", "kidneys", "-o", str(out), "--no-progress"]
+        + [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    )
+    assert code == 0
+    with open(out / "run.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["name"] for r in rows] == ["ct/liver", "amos_0004_75", "slices/a"]
+    assert not stale.exists()
+    labels = [
+        json.loads((out / f"{name}.json").read_text())["labels"]
+        for name in ("ct/liver", "amos_0004_75", "slices/a")
+    ]
+    assert [list(label) for label in labels] == [
+        ["kidneys"],  # the run's organs (--organ kidneys)
+        ["liver", "aorta"],
+        ["spleen", "liver"],
+    ]
+    jsonl = tmp_path / "jobs.jsonl"
+    jsonl.write_text(
+        json.dumps({"input": str(png), "organs": ["liver"]})
+        + "\n\n"
+        + json.dumps({"input": str(png), "output": "again.png"})
+        + "\n",
+        encoding="utf-8",
+    )
+    rows = salip.segment_many(jobs=jsonl, organs="aorta", output=tmp_path / "j", **options)
+    assert [(r.name, r.status) for r in rows] == [("amos_0006_90", "done"), ("again", "done")]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("input,organ\nx.png,liver\n", "the header row must name an input column and only"),
+        ("input,organs\nx.png,livre\n", r"jobs.csv:2: unknown organ 'livre'"),
+        ("input,organs\n,liver\n", r"jobs.csv:2: no input"),
+        ("input,output\nx.png,x.jpg\n", r"jobs.csv:2: output x.jpg must be a mask path"),
+        ("input\n", "lists no case"),
+        ("input,output\nx.png,a.png\ny.png,a.png\n", "both write"),
+    ],
+)
+def test_bad_jobs_files_are_refused_before_any_case(tmp_path, capsys, text, message):
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(text, encoding="utf-8")
+    code = main(["segment", "--jobs", str(jobs), "--organ", "liver", "-o", str(tmp_path / "o")])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert not (tmp_path / "o" / "run.csv").exists()

@@ -1,120 +1,46 @@
 """``salip.segment_many``: a cohort of scans in one run, models loaded once.
 
 Each input is a file (NIfTI, 2D image), a DICOM folder or .zip, a folder to search, or a
-glob. Every case is written into one output folder under a name derived from its input,
+glob (:func:`~salip.api.cases.find_cases`); a jobs file gives each case its own organs and
+output (:func:`~salip.api.cases.read_jobs`). Every case is written into one output folder
 with the files of a single run; a case that fails is recorded with its one-line reason and
 the run goes on; a case whose outputs are already there is skipped (``overwrite``
 recomputes it). ``run.csv`` in the folder holds one row per case.
+
+Cases run in this process (``engine="local"``: the next case is read in a background thread
+while one runs) or on Ray workers (``engine="ray"``, :class:`~salip.api.cluster.RayPool`),
+which write their cases into the same folder.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import io
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from salip.api.cases import CasePaths, CaseSource, find_cases, plan_outputs, read_jobs
+from salip.api.cluster import RayPool, require_ray
 from salip.api.factory import MethodKind, Models, load_models
 from salip.api.pipeline import SegmentationResult, segment_case
-from salip.core.config import SegmentConfig
-from salip.core.errors import InputError, SalipError, one_line
+from salip.core.config import ClusterConfig, SegmentConfig
+from salip.core.errors import ConfigError, InputError, SalipError, one_line
 from salip.core.organs import parse_organs
 from salip.core.prefetch import prefetch
 from salip.core.timing import StageTimer
-from salip.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, Volume, file_stem, input_kind, read_input
-from salip.io.dicom import clearly_not_dicom
-from salip.io.writing import atomic_write, mask_suffix, sidecar_path
+from salip.io import Volume, read_input
+from salip.io.writing import atomic_write, remove_temporaries
 
 logger = logging.getLogger(__name__)
 
 #: The per-case table written into the output folder.
 RUN_TABLE = "run.csv"
-_GLOB_CHARS = "*?["
-
-
-def _is_case_file(path: Path) -> bool:
-    name = path.name.lower()
-    return name.endswith((*NIFTI_SUFFIXES, *IMAGE_SUFFIXES, ".zip"))
-
-
-def is_glob(text: str) -> bool:
-    """Whether an input is a glob pattern (``*``, ``?`` or ``[``) rather than a path that
-    exists."""
-    return any(c in text for c in _GLOB_CHARS) and not Path(text).exists()
-
-
-def _search(folder: Path) -> list[Path]:
-    """The cases in ``folder``: NIfTI files, 2D images and zips at any depth, and every
-    folder of files the DICOM reader would read (:func:`~salip.io.dicom.clearly_not_dicom`)
-    with no subfolder, NIfTI file, 2D image or zip beside them (a DICOM series)."""
-    cases: list[Path] = []
-    files = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
-    dicom = [p for p in files if p.is_file() and not clearly_not_dicom(p.name)]
-    if dicom and not any(p.is_dir() or _is_case_file(p) for p in files):
-        return [folder]  # a DICOM series
-    for item in files:
-        if item.is_dir():
-            cases += _search(item)
-        elif _is_case_file(item):
-            cases.append(item)
-    return cases
-
-
-def find_cases(inputs: Sequence[str | Path]) -> list[Path]:
-    """The cases named by ``inputs``, in order, each once.
-
-    A file or .zip is one case; a folder holding only DICOM files is one case (a series);
-    another folder is searched (:func:`_search`); a string with ``*``, ``?`` or ``[`` is a
-    glob, its matches taken as above.
-
-    Raises:
-        InputError: an input that does not exist, or a glob or folder with no case.
-    """
-    found: list[Path] = []
-    for given in inputs:
-        text = str(given)
-        if is_glob(text):
-            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
-            if not matches:
-                raise InputError(f"{text}: the pattern matches no file or folder.")
-            for match in matches:
-                found += _search(match) if match.is_dir() else [match]
-            continue
-        path = Path(text)
-        if not path.exists():
-            raise InputError(f"{path}: no such file or folder.")
-        if path.is_dir():
-            cases = _search(path)
-            if not cases:
-                raise InputError(
-                    f"{path}: no NIfTI file, 2D image or DICOM series found in this folder."
-                )
-            found += cases
-        else:
-            found.append(path)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique
-
-
-def case_names(cases: Sequence[Path]) -> list[str]:
-    """A distinct output name per case: the input's stem, with ``_2``, ``_3``, ... on
-    clashes (in case order)."""
-    names, seen = [], set()
-    for case in cases:
-        stem = file_stem(case) or "case"
-        name, n = stem, 1
-        while name in seen:
-            n += 1
-            name = f"{stem}_{n}"
-        seen.add(name)
-        names.append(name)
-    return names
+_CLUSTER_FIELDS = tuple(f.name for f in dataclasses.fields(ClusterConfig))
 
 
 @dataclass
@@ -123,7 +49,7 @@ class CaseRow:
 
     Attributes:
         input: the case's input path.
-        name: its output name.
+        name: its output name (the mask path relative to the output folder, no suffix).
         status: "done", "skipped" (its outputs were there) or "failed".
         error: the one-line reason of a failure, else "".
         seconds: wall time of the case (0 when skipped).
@@ -131,6 +57,7 @@ class CaseRow:
         strategy: the strategy that ran ("" when skipped or failed).
         volume_ml: organ name -> volume in ml (volumes; None for 2D images).
         outputs: the files of the case.
+        series: the DICOM series read, for a folder or zip holding several, else "".
     """
 
     input: Path
@@ -142,6 +69,18 @@ class CaseRow:
     strategy: str = ""
     volume_ml: dict[str, float | None] = field(default_factory=dict)
     outputs: list[Path] = field(default_factory=list)
+    series: str = ""
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One case to compute: where it comes from, where it goes, and how."""
+
+    source: CaseSource
+    paths: CasePaths
+    organs: tuple[str, ...]
+    config: SegmentConfig
+    overwrite: bool
 
 
 class _SharedModels:
@@ -158,27 +97,12 @@ class _SharedModels:
         return self.models
 
 
-def _case_outputs(folder: Path, name: str, kind: str, preview: bool, report: bool) -> dict:
-    """The output paths of one case: mask (its sidecar beside it), preview, report."""
-    return {
-        "output": folder / f"{name}{mask_suffix(kind)}",
-        "preview": folder / f"{name}.preview.png" if preview else None,
-        "report": folder / f"{name}.report.json" if report else None,
-    }
-
-
-def _complete(paths: dict) -> bool:
-    """Whether a case's outputs all exist (they are written as one transaction)."""
-    mask = paths["output"]
-    wanted = [mask, sidecar_path(mask), paths["preview"], paths["report"]]
-    return all(p.is_file() for p in wanted if p is not None)
-
-
 def segment_many(
-    inputs: Sequence[str | Path],
+    inputs: Sequence[str | Path] = (),
     *,
-    organs: str | Sequence[str],
     output: str | Path,
+    organs: str | Sequence[str] | None = None,
+    jobs: str | Path | None = None,
     overwrite: bool = False,
     preview: bool = False,
     report: bool = False,
@@ -186,20 +110,27 @@ def segment_many(
     progress: bool = False,
     **options: Any,
 ) -> list[CaseRow]:
-    """Segment ``organs`` in every case of ``inputs``, loading the models once.
+    """Segment ``organs`` in every case of ``inputs`` (and ``jobs``), loading the models once
+    per worker.
 
     Args:
         inputs: files, DICOM folders or zips, folders to search, or globs
-            (see :func:`find_cases`).
-        organs: as for :func:`salip.segment`.
+            (see :func:`~salip.api.cases.find_cases`). A DICOM folder holding several
+            series gives one case per series.
         output: the output folder (created if needed). Case ``NAME`` (see
-            :func:`case_names`) writes ``NAME.nii.gz`` (``.png`` for 2D images) with its
-            ``NAME.json`` sidecar, and with ``preview``/``report`` ``NAME.preview.png`` and
-            ``NAME.report.json``; ``run.csv`` lists every case.
+            :func:`~salip.api.cases.case_names`) writes ``NAME.nii.gz`` (``.png`` for 2D
+            images) with its ``NAME.json`` sidecar, and with ``preview``/``report``
+            ``NAME.preview.png`` and ``NAME.report.json``; ``run.csv`` lists every case.
+        organs: as for :func:`salip.segment`; the default of jobs rows without organs.
+        jobs: a jobs file (CSV or JSON Lines; see :func:`~salip.api.cases.read_jobs`),
+            whose cases follow those of ``inputs``.
         overwrite: recompute cases whose outputs exist (default: skip them).
         preview: also write each case's preview.
         report: also write each case's report.
-        config: settings; ``options`` apply on top (same names as :func:`salip.segment`).
+        config: settings; ``options`` apply on top (same names as :func:`salip.segment`),
+            and also take the fields of :class:`~salip.core.config.ClusterConfig`
+            (``engine="ray"``, ``ray_address``, ``workers``, ``gpus_per_worker``,
+            ``cpus_per_worker``, ``max_retries``).
         progress: show a progress bar over cases.
 
     Returns:
@@ -207,106 +138,155 @@ def segment_many(
         leaves no file; the others are not affected.
 
     Raises:
-        SalipError: bad settings or organs, an input that does not exist, or an output
-            folder that cannot be made.
+        SalipError: bad settings, organs or jobs file, an input that does not exist, or an
+            output folder that cannot be made; before any case runs.
     """
     from tqdm.auto import tqdm
 
+    cluster = ClusterConfig(**{k: options.pop(k) for k in _CLUSTER_FIELDS if k in options})
+    cluster.validate()
+    if cluster.engine == "ray":
+        require_ray()
     cfg = (config or SegmentConfig()).replace(**options)
-    parse_organs(organs)  # unknown organs fail before any case runs
-    cases = find_cases(inputs)
+    cases = _gather(inputs, jobs, organs)
     folder = Path(output)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder} is a file; give a folder for the outputs of several cases.")
     folder.mkdir(parents=True, exist_ok=True)
-    models = _SharedModels()
-    rows: list[CaseRow] = []
-    work = [
-        (case, name, _case_outputs(folder, name, _kind(case), preview, report))
-        for case, name in zip(cases, case_names(cases))
-    ]
-    with tqdm(total=len(work), desc="cases", unit="case", disable=not progress) as bar:
-        for (case, name, paths), volume in _read_ahead(work, cfg, overwrite):
-            rows.append(_run_case(case, name, volume, organs, cfg, paths, overwrite, models))
-            _write_table(folder, rows)
+    plans = plan_outputs(cases, folder, preview=preview, report=report)
+    rows: dict[int, CaseRow] = {}
+    todo: list[tuple[int, _Task]] = []
+    for index, (case, paths) in enumerate(zip(cases, plans)):
+        if not overwrite and paths.complete():
+            logger.info("%s: outputs exist, skipped", case.path)
+            rows[index] = CaseRow(case.path, paths.name, "skipped", series=case.series or "")
+            continue
+        _clean(paths)  # temporaries of a run that was killed while writing this case
+        run_organs = case.organs or tuple(o.name for o in parse_organs(organs or ()))
+        todo.append((index, _Task(case, paths, run_organs, cfg, overwrite)))
+    with tqdm(total=len(cases), desc="cases", unit="case", disable=not progress) as bar:
+        bar.update(len(rows))
+
+        def finished(position: int, row: CaseRow) -> None:
+            rows[todo[position][0]] = row
+            _write_table(folder, [rows[i] for i in sorted(rows)])
             bar.update(1)
-    failed = sum(r.status == "failed" for r in rows)
-    logger.info("%d case(s): %d failed; table in %s", len(rows), failed, folder / RUN_TABLE)
-    return rows
+
+        if not todo:
+            _write_table(folder, [rows[i] for i in sorted(rows)])
+        elif cluster.engine == "ray":
+            pool = RayPool(_SharedModels, _segment_task, _lost, on_death=_clean_task, label=_label)
+            pool.run([task for _, task in todo], cluster, finished)
+        else:
+            _run_local([task for _, task in todo], finished)
+    ordered = [rows[i] for i in sorted(rows)]
+    failed = sum(r.status == "failed" for r in ordered)
+    logger.info("%d case(s): %d failed; table in %s", len(ordered), failed, folder / RUN_TABLE)
+    return ordered
 
 
-def _kind(case: Path) -> str:
+def _gather(
+    inputs: Sequence[str | Path], jobs: str | Path | None, organs: str | Sequence[str] | None
+) -> list[CaseSource]:
+    """Every case of ``inputs`` then ``jobs``; checks that each has organs to segment."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    if not inputs and jobs is None:
+        raise InputError("no input: give files, folders or globs, or a jobs file.")
+    cases = find_cases(inputs) if inputs else []
+    cases += read_jobs(jobs) if jobs is not None else []
+    if organs is not None:
+        parse_organs(organs)  # unknown organs fail before any case runs
+    elif any(case.organs is None for case in cases):
+        raise ConfigError(
+            "no organ given: name them with --organ (organs=), or in the organs column of "
+            "every jobs row."
+        )
+    return cases
+
+
+def _clean(paths: CasePaths) -> None:
+    for path in paths.files():
+        if remove_temporaries(path):
+            logger.info("removed half-written temporaries of %s", path)
+
+
+def _clean_task(task: _Task) -> None:
+    _clean(task.paths)
+
+
+def _label(task: _Task) -> str:
+    return task.paths.name
+
+
+def _lost(task: _Task, reason: str) -> CaseRow:
+    """The row of a case whose Ray workers kept dying."""
+    return CaseRow(task.source.path, task.paths.name, "failed", reason, series=_series(task))
+
+
+def _series(task: _Task) -> str:
+    return task.source.series or ""
+
+
+def _run_local(tasks: Sequence[_Task], finished: Callable[[int, CaseRow], None]) -> None:
+    """Run the cases in this process, each read in a background thread while the one before
+    it runs."""
+    models = _SharedModels()
+    volumes = prefetch(tasks, _read, depth=1)
+    for position, (task, volume) in enumerate(zip(tasks, volumes)):
+        finished(position, _segment_task(models, task, volume))
+
+
+def _read(task: _Task) -> Volume | SalipError:
+    """The case's volume, or the error reading it raised (reported with the case)."""
+    options = dataclasses.asdict(task.config.input)
+    if task.source.series is not None:
+        options["series"] = task.source.series
     try:
-        return input_kind(case)
-    except InputError:
-        return "nifti"  # refused again, with its reason, when the case is read
+        return read_input(task.source.path, **options)
+    except SalipError as exc:
+        return exc
 
 
-def _read_ahead(
-    work: list[tuple[Path, str, dict]], cfg: SegmentConfig, overwrite: bool
-) -> Iterator[tuple[tuple[Path, str, dict], Volume | SalipError | None]]:
-    """Each (case, name, output paths) with its volume read in a background thread while the
-    previous case runs (None when its outputs exist and it will be skipped; the error when
-    it cannot be read)."""
-    options = dataclasses.asdict(cfg.input)
-
-    def read(item: tuple[Path, str, dict]) -> tuple[tuple[Path, str, dict], Any]:
-        case, _name, paths = item
-        if not overwrite and _complete(paths):
-            return item, None
-        try:
-            return item, read_input(case, **options)
-        except SalipError as exc:
-            return item, exc
-
-    return prefetch(work, read, depth=1)
-
-
-def _run_case(
-    case: Path,
-    name: str,
-    volume: Volume | SalipError | None,
-    organs: str | Sequence[str],
-    cfg: SegmentConfig,
-    paths: dict,
-    overwrite: bool,
-    models: _SharedModels,
+def _segment_task(
+    models: _SharedModels, task: _Task, volume: Volume | SalipError | None = None
 ) -> CaseRow:
-    """Segment one case; a failure becomes the row's error."""
-    if volume is None:
-        logger.info("%s: outputs exist, skipped", case)
-        return CaseRow(case, name, "skipped")
+    """Read (unless given) and segment one case; a failure becomes the row's error."""
     start = time.perf_counter()
+    path, name = task.source.path, task.paths.name
     try:
+        volume = _read(task) if volume is None else volume
         if isinstance(volume, SalipError):
             raise volume
         result: SegmentationResult = segment_case(
             volume,
-            organs=organs,
-            config=cfg,
-            output=paths["output"],
+            organs=task.organs,
+            config=task.config,
+            output=task.paths.output,
             split=False,
-            overwrite=overwrite,
+            overwrite=task.overwrite,
             write=True,
-            preview=paths["preview"],
-            report=paths["report"],
+            preview=task.paths.preview,
+            report=task.paths.report,
             segmenter=None,
             progress=False,
             models=models,
         )
     except SalipError as exc:
-        logger.warning("%s: failed: %s", case, one_line(exc))
-        return CaseRow(case, name, "failed", one_line(exc), time.perf_counter() - start)
-    rows = result.report["organs"]
+        logger.warning("%s: failed: %s", path, one_line(exc))
+        seconds = time.perf_counter() - start
+        return CaseRow(path, name, "failed", one_line(exc), seconds, series=_series(task))
+    organs = result.report["organs"]
     return CaseRow(
-        case,
+        path,
         name,
         "done",
         seconds=time.perf_counter() - start,
         device=str(result.report["models"].get("device", "")),
         strategy=str(result.report.get("strategy", {}).get("name", "")),
-        volume_ml={organ: row["volume_ml"] for organ, row in rows.items()},
+        volume_ml={organ: row["volume_ml"] for organ, row in organs.items()},
         outputs=list(result.outputs),
+        series=_series(task),
     )
 
 
@@ -316,13 +296,14 @@ def _write_table(folder: Path, rows: Sequence[CaseRow]) -> None:
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(
-        ["input", "name", "status", "error", "seconds", "device", "strategy"]
+        ["input", "series", "name", "status", "error", "seconds", "device", "strategy"]
         + [f"{o}_ml" for o in organs]
     )
     for r in rows:
         volumes = ["" if r.volume_ml.get(o) is None else r.volume_ml[o] for o in organs]
         writer.writerow(
-            [r.input, r.name, r.status, r.error, round(r.seconds, 3), r.device, r.strategy]
+            [r.input, r.series, r.name, r.status, r.error, round(r.seconds, 3), r.device]
+            + [r.strategy]
             + volumes
         )
     content = text.getvalue()

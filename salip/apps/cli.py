@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from salip.core.config import SegmentConfig
+from salip.core.config import ClusterConfig, SegmentConfig
 from salip.core.errors import ConfigError
 from salip.version import __version__
 
@@ -74,7 +74,9 @@ def _add_dataclass_flags(group: Any, config_type: type) -> None:
             type=base,
             choices=f.metadata.get("choices"),
             default=argparse.SUPPRESS,
-            metavar=None if f.metadata.get("choices") else f.name.split("_")[-1].upper(),
+            metavar=None
+            if f.metadata.get("choices")
+            else f.metadata.get("metavar", f.name.split("_")[-1].upper()),
             help=help_text,
         )
 
@@ -135,16 +137,23 @@ def _add_segment(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     )
     seg.add_argument(
         "input",
-        nargs="+",
+        nargs="*",
         help="NIfTI file, DICOM folder or .zip, or PNG/JPEG/TIFF image. Several inputs or a "
-        "quoted glob segment every case found (folders among them are searched) into the "
-        "-o folder.",
+        "quoted glob segment every case found (folders among them are searched; a DICOM "
+        "folder of several series gives one case per series) into the -o folder.",
     )
     seg.add_argument(
         "--organ",
         action="append",
-        required=True,
-        help="Organ to segment; repeat or comma-separate for several (see `salip organs`).",
+        help="Organ to segment; repeat or comma-separate for several (see `salip organs`). "
+        "With --jobs, the organs of rows that name none.",
+    )
+    seg.add_argument(
+        "--jobs",
+        metavar="FILE",
+        help="A CSV (header row) or JSON Lines (.jsonl) file of cases, one per row: input, "
+        "and optionally organs, series (a DICOM series UID) and output (the mask path, "
+        "relative to the -o folder). Relative inputs are relative to the jobs file.",
     )
     out = seg.add_argument_group("outputs")
     out.add_argument(
@@ -178,8 +187,23 @@ def _add_segment(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         "--report", metavar="JSON", help="Write the run report (volumes, scores, timings)."
     )
     out.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    _add_cluster_flags(seg)
     _add_config_flags(seg, list(_GROUP_TITLES))
     seg.set_defaults(func=_cmd_segment)
+
+
+def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of :class:`ClusterConfig`: where the cases of a run are computed."""
+    group = parser.add_argument_group(
+        "several cases: where they run (local, or Ray workers on this machine or a cluster)"
+    )
+    _add_dataclass_flags(group, ClusterConfig)
+
+
+def _cluster_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The cluster flags the user gave."""
+    names = {f.name for f in dataclasses.fields(ClusterConfig)}
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def _add_proposals(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
@@ -229,6 +253,7 @@ def _add_benchmark(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         "--rerun", action="store_true", help="Recompute every case, ignoring saved results."
     )
     bench.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    _add_cluster_flags(bench)
     bench.set_defaults(func=_cmd_benchmark)
 
 
@@ -440,15 +465,21 @@ def _add_prompts(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from salip.api.many import is_glob
+    from salip.api.cases import is_glob
     from salip.api.pipeline import segment
 
-    if len(args.input) > 1 or is_glob(args.input[0]):
+    if args.jobs is not None or len(args.input) > 1 or (args.input and is_glob(args.input[0])):
         return _segment_many(args)
-    if args.previews or args.reports:
+    if not args.input:
+        raise ConfigError("no input: give a scan, several, a quoted glob, or --jobs FILE.")
+    if args.organ is None:
+        raise ConfigError("no organ given: name at least one, e.g. --organ liver.")
+    single = [k for k in ("previews", "reports", "jobs") if getattr(args, k)]
+    if single or _cluster_options(args):
+        flags = [_flag(k) for k in (*single, *_cluster_options(args))]
         raise ConfigError(
-            "--previews and --reports are for several cases; use --preview PNG "
-            "and --report JSON for one."
+            f"only for several cases: {', '.join(flags)}; give several inputs, a glob or "
+            "--jobs (one case takes --preview PNG and --report JSON)."
         )
     result = segment(
         args.input[0],
@@ -487,11 +518,13 @@ def _segment_many(args: argparse.Namespace) -> int:
     rows = segment_many(
         args.input,
         organs=args.organ,
+        jobs=args.jobs,
         output=args.output,
         overwrite=args.overwrite,
         preview=args.previews,
         report=args.reports,
         progress=not args.no_progress and not args.quiet,
+        **_cluster_options(args),
         **_config_options(args),
     )
     failed = [r for r in rows if r.status == "failed"]
@@ -535,6 +568,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         limit=args.limit,
         rerun=args.rerun,
         progress=not args.no_progress and not args.quiet,
+        **_cluster_options(args),
     )
     logger.info(
         "%d computed, %d reused, %d error row(s); outputs in %s",

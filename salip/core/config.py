@@ -414,6 +414,71 @@ class SegmentConfig:
                 raise ConfigError(message + ".")
 
 
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where the cases of a multi-case run (``salip segment`` with several inputs,
+    ``salip benchmark``) run: in this process, or on Ray actors that load the models once."""
+
+    engine: str = option(
+        "local",
+        "Run cases in this process (local), or on Ray workers (ray; needs the salip[ray] "
+        "extra) on this machine or a cluster.",
+        choices=("local", "ray"),
+    )
+    ray_address: str | None = option(
+        None,
+        "With --engine ray: the cluster to join, e.g. auto (the cluster this machine's "
+        "`ray start` joined) or ray://HOST:10001 (default: start a local Ray runtime).",
+    )
+    workers: int | None = option(
+        None,
+        "With --engine ray: worker actors, each loading the models once (default: one per "
+        "GPU of the cluster with --gpus-per-worker 1, else 1).",
+        metavar="N",
+    )
+    gpus_per_worker: float | None = option(
+        None,
+        "With --engine ray: GPUs reserved per worker; fractions share a GPU (default: 1 "
+        "when the cluster has GPUs, else 0).",
+        metavar="N",
+    )
+    cpus_per_worker: int = option(
+        1, "With --engine ray: CPU cores reserved per worker (its torch threads).", metavar="N"
+    )
+    max_retries: int = option(
+        2,
+        "With --engine ray: times a case is re-queued after its worker died (killed, out "
+        "of memory) before it is recorded as failed.",
+        metavar="N",
+    )
+
+    def validate(self) -> None:
+        """Check the settings; raise :class:`ConfigError` with the fix."""
+        if self.engine not in ("local", "ray"):
+            raise ConfigError(f"engine = {self.engine!r} is not valid; use one of local, ray.")
+        checks = [
+            (self.workers is None or self.workers >= 1, "workers must be at least 1"),
+            (
+                self.gpus_per_worker is None or self.gpus_per_worker >= 0,
+                "gpus_per_worker must be 0 or more",
+            ),
+            (self.cpus_per_worker >= 1, "cpus_per_worker must be at least 1"),
+            (self.max_retries >= 0, "max_retries must be 0 or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message + ".")
+        if self.engine == "local":
+            given = [
+                name
+                for name in ("ray_address", "workers", "gpus_per_worker")
+                if getattr(self, name) is not None
+            ]
+            if given:
+                flags = ", ".join("--" + n.replace("_", "-") for n in given)
+                raise ConfigError(f"{flags} need --engine ray; add it, or drop them.")
+
+
 def flat_fields(config_type: type[SegmentConfig] = SegmentConfig) -> dict[str, str]:
     """Map every flat option name to the stage attribute of :class:`SegmentConfig` holding it."""
     index: dict[str, str] = {}

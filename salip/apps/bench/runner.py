@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -37,10 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from salip.api.cluster import RayPool
 from salip.api.factory import CaseInput, Models, load_models
 from salip.apps.bench.methods import Method, make_method
-from salip.core.config import check_keys, read_toml
-from salip.core.errors import BenchmarkError, SalipError
+from salip.core.config import ClusterConfig, check_keys, read_toml
+from salip.core.errors import BenchmarkError, ConfigError, SalipError
 from salip.core.hashing import fingerprint
 from salip.core.prefetch import prefetch
 from salip.io.datasets import Case, load_dataset, load_label_map, load_references
@@ -587,6 +589,7 @@ def run_benchmark(
     limit: int | None = None,
     rerun: bool = False,
     progress: bool = False,
+    **cluster_options: Any,
 ) -> BenchmarkResult:
     """Run a benchmark config and write its outputs.
 
@@ -596,16 +599,21 @@ def run_benchmark(
         limit: at most this many cases per dataset (the first by case id).
         rerun: recompute every case, ignoring saved results.
         progress: show a progress bar over (case, method) pairs.
+        cluster_options: fields of :class:`~salip.core.config.ClusterConfig`, e.g.
+            ``engine="ray", workers=2``: each Ray worker loads the models once and computes
+            whole cases (every method of a case), writing their results under ``<out>``.
 
     Returns:
         A :class:`BenchmarkResult`.
 
     Raises:
         BenchmarkError: a bad config or dataset (before any model runs).
+        salip.core.errors.ConfigError: bad cluster options, or Ray missing.
         salip.core.errors.ModelError: a missing or unreadable checkpoint.
     """
     from tqdm.auto import tqdm
 
+    cluster = _cluster(cluster_options)
     cfg = config if isinstance(config, BenchmarkConfig) else load_config(config)
     out_dir = Path(out) if out is not None else Path.cwd() / "benchmark-results" / cfg.path.stem
     if out_dir.exists() and not out_dir.is_dir():
@@ -618,54 +626,168 @@ def run_benchmark(
     needs_clip = any(m.needs_clip for m in cfg.methods)
     needs_sam = any(m.needs_sam for m in cfg.methods)
     identity = _model_identity(cfg, needs_sam, needs_clip)
-    loaded: list[Models] = []
-
-    def models() -> Models:  # loaded on first need: a fully resumed run loads nothing
-        if not loaded:
-            loaded.append(_load_models(cfg, needs_clip))
-        return loaded[0]
-
-    settings = dataclasses.asdict(cfg.metrics)
-    computed = reused = 0
-    all_rows: list[dict[str, Any]] = []
+    plan = _plan(cfg, cases, identity, out_dir, rerun)
+    jobs = [
+        _CaseJob(
+            case, [(m, path, key) for m, path, key, record in steps if record is None], out_dir
+        )
+        for case, steps in plan
+    ]
+    jobs = [job for job in jobs if job.steps]
+    computed: dict[tuple[str, str], dict[str, Any]] = {}
+    models = _ModelsOnce(cfg, needs_clip)
     total = len(cases) * len(cfg.methods)
+    with tqdm(total=total, desc="benchmark", unit="run", disable=not progress) as bar:
+        bar.update(total - sum(len(job.steps) for job in jobs))
+
+        def finished(position: int, records: list[dict[str, Any]]) -> None:
+            job = jobs[position]
+            for (method, _path, _key), record in zip(job.steps, records):
+                computed[(job.case.key, method.name)] = record
+            bar.update(len(records))
+
+        if cluster.engine == "ray" and jobs:
+            for job in jobs:
+                _clean_job(job)
+            setup = functools.partial(_ModelsOnce, cfg, needs_clip)
+            pool = RayPool(setup, _compute_case, _lost_case, on_death=_clean_job, label=str)
+            pool.run(jobs, cluster, finished)
+        else:
+            _run_local(models, jobs, finished)
+    all_rows: list[dict[str, Any]] = []
+    for case, steps in plan:
+        for method, _path, _key, record in steps:
+            all_rows += (record or computed[(case.key, method.name)])["rows"]
+    device = _run_device(models, all_rows, needs_sam, cluster.engine)
+    files = _write_outputs(
+        out_dir,
+        cfg,
+        all_rows,
+        identity,
+        device,
+        date,
+        len(computed),
+        total - len(computed),
+        started,
+    )
+    errors = sum(1 for row in all_rows if row["status"] == "error")
+    if errors:
+        logger.warning("%d error row(s); see the `error` column of cases.csv", errors)
+    return BenchmarkResult(
+        out_dir, out_dir / "summary.md", files, len(computed), total - len(computed), errors
+    )
+
+
+def _cluster(options: Mapping[str, Any]) -> ClusterConfig:
+    """The cluster options as a checked :class:`ClusterConfig` (Ray imported if asked)."""
+    from salip.api.cluster import require_ray
+
+    valid = [f.name for f in dataclasses.fields(ClusterConfig)]
+    check_keys("run_benchmark", list(options), valid, ConfigError)
+    cluster = ClusterConfig(**options)
+    cluster.validate()
+    if cluster.engine == "ray":
+        require_ray()
+    return cluster
+
+
+def _plan(
+    cfg: BenchmarkConfig, cases: list[Case], identity: dict[str, Any], out: Path, rerun: bool
+) -> list[tuple[Case, list[tuple[Method, Path, str, dict[str, Any] | None]]]]:
+    """Per case, per method: (method, record path, fingerprint, saved record to reuse)."""
+    settings = dataclasses.asdict(cfg.metrics)
     plan = []
     for case in cases:
-        folder, steps = _case_dir(out_dir, case), []
+        folder, steps = _case_dir(out, case), []
         for method in cfg.methods:
             record_path = folder / f"{urllib.parse.quote(method.name, safe='')}.json"
             key = _fingerprint(method, identity, case, settings)
             record = None if rerun else _read_record(record_path, key)
             steps.append((method, record_path, key, record))
         plan.append((case, steps))
-    # The next case's image is read in a background thread while this one runs.
-    to_compute = [case for case, steps in plan if any(step[3] is None for step in steps)]
-    needs_volume = {case.key for case in to_compute}
-    volumes = prefetch(to_compute, _read_volume, depth=1)
-    with tqdm(total=total, desc="benchmark", unit="run", disable=not progress) as bar:
-        for case, steps in plan:
-            volume = next(volumes) if case.key in needs_volume else None
-            runner = _CaseRun(case, models, cfg.metrics, volume)
-            for method, record_path, key, record in steps:
-                bar.set_postfix_str(f"{case.key} {method.name}", refresh=False)
-                if record is not None:
-                    reused += 1
-                else:
-                    record = _compute(runner, case, method, record_path, key, out_dir)
-                    computed += 1
-                all_rows += record["rows"]
-                bar.update(1)
-            del runner, volume
-    device = loaded[0].device if loaded else None
-    if device is None and not needs_sam:
-        device = "cpu"  # no method needs a model: everything ran on the CPU
-    files = _write_outputs(
-        out_dir, cfg, all_rows, identity, device, date, computed, reused, started
-    )
-    errors = sum(1 for row in all_rows if row["status"] == "error")
-    if errors:
-        logger.warning("%d error row(s); see the `error` column of cases.csv", errors)
-    return BenchmarkResult(out_dir, out_dir / "summary.md", files, computed, reused, errors)
+    return plan
+
+
+@dataclass
+class _CaseJob:
+    """One case's (method, record path, fingerprint) steps to compute, saved under ``out``."""
+
+    case: Case
+    steps: list[tuple[Method, Path, str]]
+    out: Path
+
+    def __str__(self) -> str:
+        return self.case.key
+
+
+class _ModelsOnce:
+    """The benchmark's models, loaded on first need (in each Ray worker: its state)."""
+
+    def __init__(self, cfg: BenchmarkConfig, needs_clip: bool) -> None:
+        self.cfg, self.needs_clip = cfg, needs_clip
+        self.models: Models | None = None
+
+    def load(self) -> Models:
+        if self.models is None:
+            self.models = _load_models(self.cfg, self.needs_clip)
+        return self.models
+
+
+def _compute_case(models: _ModelsOnce, job: _CaseJob, volume: Any = None) -> list[dict]:
+    """Compute and save every step of one case (the volume read once for them all)."""
+    runner = _CaseRun(job.case, models.load, models.cfg.metrics, volume)
+    return [
+        _compute(runner, job.case, method, path, key, job.out) for method, path, key in job.steps
+    ]
+
+
+def _lost_case(job: _CaseJob, reason: str) -> list[dict]:
+    """Error records of a case whose Ray workers kept dying (saved, so a rerun retries)."""
+    from salip.io.writing import write_json
+
+    records = []
+    for method, path, key in job.steps:
+        rows = _error_rows(job.case, BenchmarkError(reason))
+        record = {
+            "fingerprint": key,
+            "status": "error",
+            "rows": _full_rows(job.case, method, rows, ""),
+        }
+        write_json(path, record)
+        records.append(record)
+    return records
+
+
+def _clean_job(job: _CaseJob) -> None:
+    """Remove what a killed worker left half-written for this case."""
+    from salip.io.writing import remove_temporaries
+
+    for _method, path, _key in job.steps:
+        remove_temporaries(path)
+        remove_temporaries(path.with_suffix(".npz"))
+
+
+def _run_local(models: _ModelsOnce, jobs: list[_CaseJob], finished: Any) -> None:
+    """Compute the cases in this process; the next case's image is read in a background
+    thread while this one runs."""
+    volumes = prefetch([job.case for job in jobs], _read_volume, depth=1)
+    for position, (job, volume) in enumerate(zip(jobs, volumes)):
+        finished(position, _compute_case(models, job, volume))
+        del volume
+
+
+def _run_device(
+    models: _ModelsOnce, rows: list[dict[str, Any]], needs_sam: bool, engine: str
+) -> str | None:
+    """Where the results were computed, for run.json."""
+    if models.models is not None:
+        return models.models.device
+    if not needs_sam:
+        return "cpu"  # no method needs a model: everything ran on the CPU
+    if engine == "ray":
+        devices = sorted({str(r["device"]) for r in rows if r.get("device")})
+        return ", ".join(f"ray: {d}" for d in devices) or None
+    return None
 
 
 def _read_volume(case: Case) -> Any:

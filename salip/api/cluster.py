@@ -1,0 +1,275 @@
+"""Run independent tasks (the cases of a cohort, a benchmark's cases) on Ray worker actors.
+
+Each worker is a Ray actor that sets up its state once (loads the models) and then runs
+one task at a time. The driver hands the next task to whichever worker is free, so a slow
+case holds up no queue. A worker that dies (its process killed, out of memory, its node
+lost) is replaced and its task is re-queued, up to ``ClusterConfig.max_retries`` times;
+a task that keeps killing workers is recorded as lost and the others go on. Tasks write
+their own outputs (atomically); the driver only collects what they return.
+
+Ray is an optional dependency (``pip install 'salip[ray]'``), imported only here and only
+when a run asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from salip.core.config import ClusterConfig
+from salip.core.errors import ConfigError, one_line
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def require_ray() -> Any:
+    """The ``ray`` module.
+
+    Raises:
+        ConfigError: Ray is not installed (the message names the extra).
+    """
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(
+            "--engine ray needs Ray, which is not installed; pip install 'salip[ray]'."
+        ) from exc
+    return ray
+
+
+class _Worker:
+    """The body of one worker actor: ``state = setup()`` on its first task, then
+    ``work(state, task)`` per task."""
+
+    def __init__(self, setup: Callable[[], Any], work: Callable[[Any, Any], Any]) -> None:
+        self._setup, self._work, self._state = setup, work, None
+
+    def where(self) -> tuple[str, int]:
+        """(host name, process id) of the actor."""
+        return socket.gethostname(), os.getpid()
+
+    def run(self, task: Any) -> Any:
+        if self._state is None:
+            self._state = self._setup()
+        return self._work(self._state, task)
+
+
+@dataclass
+class _Slot:
+    """One worker: its number, actor handle, host, process id and current task."""
+
+    number: int
+    actor: Any
+    host: str = ""
+    pid: int = 0
+    task: int | None = None
+
+
+def _connect(ray: Any, cluster: ClusterConfig) -> bool:
+    """Join the cluster, or start a local runtime; True when this call started Ray."""
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(
+            address=cluster.ray_address,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = cluster.ray_address or "a local runtime"
+        raise ConfigError(
+            f"cannot start or reach Ray ({where}): {one_line(exc)}; check --ray-address, or "
+            "start the cluster with `ray start --head`."
+        ) from exc
+    return True
+
+
+def _plan_workers(ray: Any, cluster: ClusterConfig, tasks: int) -> tuple[int, float]:
+    """(workers, GPUs per worker) that the cluster can hold.
+
+    Raises:
+        ConfigError: more GPUs or CPUs asked for than the cluster has.
+    """
+    resources = ray.cluster_resources()
+    gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 0))
+    per_gpu = cluster.gpus_per_worker
+    if per_gpu is None:
+        per_gpu = 1.0 if gpus >= 1 else 0.0
+    workers = cluster.workers
+    if workers is None:
+        workers = max(1, int(gpus // per_gpu)) if per_gpu > 0 else 1
+    if workers * per_gpu > gpus:
+        raise ConfigError(
+            f"{workers} worker(s) x {per_gpu:g} GPU(s) need more GPUs than the Ray cluster "
+            f"has ({gpus:g}); lower --workers or --gpus-per-worker."
+        )
+    if workers * cluster.cpus_per_worker > cpus:
+        raise ConfigError(
+            f"{workers} worker(s) x {cluster.cpus_per_worker} CPU(s) need more CPUs than the "
+            f"Ray cluster has ({cpus:g}); lower --workers or --cpus-per-worker."
+        )
+    return min(workers, tasks), per_gpu
+
+
+class RayPool(Generic[T, R]):
+    """Runs tasks on Ray worker actors; see the module docstring.
+
+    Args:
+        setup: makes a worker's state, once per worker, in the worker (e.g. loads models).
+        work: ``work(state, task)`` runs one task in a worker and returns its result.
+        lost: ``lost(task, reason)`` is the result of a task whose workers kept dying.
+        on_death: called in the driver with a task whose worker died, before it is
+            re-queued (e.g. to remove the task's half-written temporaries).
+        label: a task's name in log lines.
+
+    ``setup``, ``work`` and the tasks are pickled to the workers: use module-level
+    functions and plain data.
+    """
+
+    def __init__(
+        self,
+        setup: Callable[[], Any],
+        work: Callable[[Any, T], R],
+        lost: Callable[[T, str], R],
+        *,
+        on_death: Callable[[T], None] = lambda task: None,
+        label: Callable[[T], str] = str,
+    ) -> None:
+        self.setup, self.work, self.lost = setup, work, lost
+        self.on_death, self.label = on_death, label
+
+    def run(
+        self,
+        tasks: Sequence[T],
+        cluster: ClusterConfig,
+        on_result: Callable[[int, R], None],
+    ) -> None:
+        """Run every task; ``on_result(index, result)`` is called in the driver as each
+        finishes (in completion order).
+
+        Raises:
+            ConfigError: Ray missing, unreachable, or too small for the workers asked for.
+            Exception: a task raised (a bug: tasks report expected failures as results);
+                the workers are stopped first.
+        """
+        if not tasks:
+            return
+        ray = require_ray()
+        started = _connect(ray, cluster)
+        slots: list[_Slot] = []
+        try:
+            workers, gpus = _plan_workers(ray, cluster, len(tasks))
+            actor = ray.remote(
+                num_cpus=cluster.cpus_per_worker,
+                num_gpus=gpus,
+                # The driver's salip settings (SALIP_HOME, SALIP_PROMPTS_DIR, ...) hold in
+                # the workers too, wherever they run.
+                runtime_env={"env_vars": _salip_environment()},
+            )(_Worker)
+            slots = [self._start(ray, actor, number) for number in range(workers)]
+            self._schedule(ray, actor, slots, tasks, cluster, on_result)
+        finally:
+            self._stop(ray, slots, tasks)
+            if started:
+                ray.shutdown()
+
+    def _start(self, ray: Any, actor: Any, number: int) -> _Slot:
+        """Start worker ``number`` and wait until it runs."""
+        slot = _Slot(number, actor.remote(self.setup, self.work))
+        slot.host, slot.pid = ray.get(slot.actor.where.remote())
+        logger.info("worker %d: pid %d on %s", number, slot.pid, slot.host)
+        return slot
+
+    def _schedule(
+        self,
+        ray: Any,
+        actor: Any,
+        slots: list[_Slot],
+        tasks: Sequence[T],
+        cluster: ClusterConfig,
+        on_result: Callable[[int, R], None],
+    ) -> None:
+        queue, attempts = deque(range(len(tasks))), [0] * len(tasks)
+        idle, running = list(slots), {}
+        while queue or running:
+            while idle and queue:
+                slot, index = idle.pop(0), queue.popleft()
+                slot.task = index
+                running[slot.actor.run.remote(tasks[index])] = slot
+                logger.info(
+                    "%s -> worker %d (pid %d on %s)",
+                    self.label(tasks[index]),
+                    slot.number,
+                    slot.pid,
+                    slot.host,
+                )
+            done, _ = ray.wait(list(running), num_returns=1)
+            slot = running.pop(done[0])
+            index, slot.task = slot.task, None
+            try:
+                result = ray.get(done[0])
+            except _worker_deaths(ray) as exc:
+                attempts[index] += 1
+                self._died(slot, tasks[index], attempts[index], exc)
+                if attempts[index] > cluster.max_retries:
+                    reason = f"its worker died {attempts[index]} times; last: {_death(exc)}"
+                    on_result(index, self.lost(tasks[index], reason))
+                else:
+                    queue.appendleft(index)  # first in line for the next free worker
+                ray.kill(slot.actor, no_restart=True)
+                number = slot.number
+                slots[slots.index(slot)] = slot = self._start(ray, actor, number)
+            else:
+                on_result(index, result)
+            idle.append(slot)
+
+    def _died(self, slot: _Slot, task: T, attempt: int, exc: Exception) -> None:
+        logger.warning(
+            "worker %d (pid %d on %s) died running %s (attempt %d): %s",
+            slot.number,
+            slot.pid,
+            slot.host,
+            self.label(task),
+            attempt,
+            _death(exc),
+        )
+        self.on_death(task)
+
+    def _stop(self, ray: Any, slots: list[_Slot], tasks: Sequence[T]) -> None:
+        """Kill the workers; clean up after tasks they were running (an interrupt or an
+        error ended the run)."""
+        for slot in slots:
+            ray.kill(slot.actor, no_restart=True)
+            if slot.task is not None:
+                self.on_death(tasks[slot.task])
+
+
+def _salip_environment() -> dict[str, str]:
+    """The driver's ``SALIP_*`` environment variables."""
+    return {k: v for k, v in os.environ.items() if k.startswith("SALIP_")}
+
+
+def _worker_deaths(ray: Any) -> tuple[type[BaseException], ...]:
+    """Ray's exceptions for a task whose worker process or node went away."""
+    errors = ray.exceptions
+    return (
+        errors.RayActorError,
+        errors.WorkerCrashedError,
+        errors.OutOfMemoryError,
+        errors.NodeDiedError,
+        errors.ObjectLostError,
+    )
+
+
+def _death(exc: Exception) -> str:
+    """The first line of Ray's reason for a worker's death."""
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
