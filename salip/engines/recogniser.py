@@ -26,7 +26,13 @@ from salip.core.timing import StageTimer
 from salip.engines.crops import make_crops
 from salip.engines.laterality import IN_PLANE_AXES, body_midline, patient_sides
 from salip.engines.proposals import Proposals
-from salip.engines.scoring import ClipScorer, contrast_scores, cosine_scores, select_top_k
+from salip.engines.scoring import (
+    ClipScorer,
+    contrast_scores,
+    cosine_scores,
+    select_top_k,
+    top_competitors,
+)
 from salip.models.clip import LoadedClip
 from salip.models.precision import resolve_precision
 
@@ -226,6 +232,12 @@ class ClipRecogniser:
             )
             keep &= (margin > cfg.contrast_margin).cpu()
             info["probability"], info["margin"], score = prob.tolist(), margin.tolist(), prob
+            info["competitors"] = top_competitors(
+                crop_emb,
+                self.class_emb[organ.name],
+                self.scorer.logit_scale,
+                self.classes[organ.name],
+            )
         if cfg.min_score is not None:
             keep &= (cosine >= cfg.min_score).cpu()
         sides = sides_for(

@@ -184,6 +184,35 @@ def contrast_scores(
     return target, target - probs[:, 1:].max(dim=1).values
 
 
+def top_competitors(
+    image_emb: torch.Tensor,
+    class_emb: torch.Tensor,
+    logit_scale: float,
+    names: Sequence[str],
+    k: int = 3,
+) -> list[dict[str, float]]:
+    """The ``k`` most probable competing classes of each crop, as in :func:`contrast_scores`.
+
+    Args:
+        image_emb: NxD normalised crop embeddings.
+        class_emb: CxD class text embeddings; row 0 is the target.
+        logit_scale: as for :func:`contrast_scores`.
+        names: the C class names, in ``class_emb``'s order.
+        k: competitors kept per crop.
+
+    Returns:
+        Per crop: competitor name -> probability (4 decimals), most probable first.
+    """
+    if image_emb.numel() == 0 or class_emb.shape[0] < 2:
+        return [{} for _ in range(image_emb.shape[0])]
+    probs = torch.softmax(logit_scale * image_emb @ class_emb.T, dim=-1)[:, 1:].cpu()
+    top = torch.topk(probs, min(k, probs.shape[1]), dim=1)
+    return [
+        {names[1 + int(c)]: round(float(v), 4) for v, c in zip(values, columns)}
+        for values, columns in zip(top.values, top.indices)
+    ]
+
+
 def select_top_k(scores: torch.Tensor, k: int, keep: torch.Tensor | None = None) -> list[int]:
     """Indices of the ``k`` best scores, best first; ties keep the lower index (stable).
 
