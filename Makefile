@@ -10,6 +10,18 @@ install:
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
 	# Tiny random-weight SAM and CLIP for the smoke benchmark (machinery only, not quality).
 	$(BIN)/python -m tests.tiny_models build/smoke-models
+	# System tools some tests use, where this machine can install them (root and apt-get):
+	# Debian's chromium (the HTML viewer's browser test) and dicom3tools (dciodvfy checks
+	# the DICOM SEG). Without them those tests skip and say why.
+	@if ! command -v chromium >/dev/null || ! command -v dciodvfy >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq chromium dicom3tools >/dev/null) \
+	    || echo "make install: apt-get could not install chromium and dicom3tools"; \
+	  else \
+	    echo "make install: install chromium and dicom3tools (as root) to run their tests"; \
+	  fi; \
+	fi
 
 test:
 	$(BIN)/python -m ruff check salip benchmarks tests

@@ -77,3 +77,20 @@ def cohort(tmp_path):
     corrupt = tmp_path / "broken.nii.gz"
     corrupt.write_bytes(b"this is not a NIfTI file")
     return [ct, dicom, png, pngs, corrupt]
+
+
+class LabelStrategy:
+    """A whole-volume strategy for known answers: organ name -> the voxels of a canonical
+    label map holding its value (``values``); no model runs."""
+
+    name = "labels"
+    intensity_organs = None
+
+    def __init__(self, canonical, values: dict[str, int]) -> None:
+        self.canonical, self.values = canonical, values
+
+    def run(self, view, organs, *, progress=False):
+        from salip.strategies.base import StrategyResult
+
+        masks = {o.name: self.canonical == self.values[o.name] for o in organs}
+        return StrategyResult(masks, {o.name: [] for o in organs})

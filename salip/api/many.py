@@ -27,7 +27,7 @@ from typing import Any
 from salip.api.cases import CasePaths, CaseSource, find_cases, plan_outputs, read_jobs
 from salip.api.cluster import RayPool, require_ray
 from salip.api.factory import MethodKind, Models, load_models
-from salip.api.pipeline import SegmentationResult, segment_case
+from salip.api.pipeline import OutputRequest, SegmentationResult, segment_case
 from salip.core.config import ClusterConfig, SegmentConfig
 from salip.core.errors import ConfigError, InputError, SalipError, one_line
 from salip.core.organs import parse_organs
@@ -262,12 +262,10 @@ def _segment_task(
             volume,
             organs=task.organs,
             config=task.config,
-            output=task.paths.output,
-            split=False,
+            outputs=OutputRequest(
+                task.paths.output, preview=task.paths.preview, report=task.paths.report
+            ),
             overwrite=task.overwrite,
-            write=True,
-            preview=task.paths.preview,
-            report=task.paths.report,
             segmenter=None,
             progress=False,
             models=models,

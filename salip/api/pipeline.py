@@ -27,6 +27,7 @@ from salip.core.errors import ConfigError, OutputError
 from salip.core.organs import Organ, parse_organs
 from salip.core.timing import StageTimer
 from salip.io import Volume, file_stem, input_kind, read_input
+from salip.io.dicom_seg import build_seg, save_seg, source_references
 from salip.io.orientation import source_slice_indices, to_source_grid
 from salip.io.output_set import OutputSet
 from salip.io.slicing import (
@@ -72,11 +73,70 @@ class SegmentationResult:
     outputs: list[Path] = field(default_factory=list)
 
 
+#: What ``output_type`` (``--output-type``) takes.
+OUTPUT_TYPES = ("nifti", "dicom-seg")
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """The files one run writes (see :func:`segment` for each).
+
+    Attributes:
+        output: the mask file, or the folder for ``split``; None: the default name.
+        split: one file per organ.
+        write: write the mask (False: arrays only).
+        output_type: "nifti" (NIfTI, or PNG for 2D images) or "dicom-seg"; None: "dicom-seg"
+            when ``output`` ends in .dcm, else "nifti".
+        preview: the preview PNG, or None.
+        report: the report JSON, or None.
+        statistics: the organ statistics JSON, or None.
+        viewer: the HTML viewer, or None.
+    """
+
+    output: str | Path | None = None
+    split: bool = False
+    write: bool = True
+    output_type: str | None = None
+    preview: str | Path | None = None
+    report: str | Path | None = None
+    statistics: str | Path | None = None
+    viewer: str | Path | None = None
+
+    def kind(self) -> str:
+        """The output type asked for, checked against ``output``.
+
+        Raises:
+            ConfigError: an unknown type, -o NAME.dcm with nifti, or dicom-seg with split.
+        """
+        named_dcm = self.output is not None and str(self.output).lower().endswith(".dcm")
+        kind = self.output_type or ("dicom-seg" if named_dcm else "nifti")
+        if kind not in OUTPUT_TYPES:
+            raise ConfigError(
+                f"output type {kind!r} is not valid; use one of {', '.join(OUTPUT_TYPES)}."
+            )
+        if kind == "nifti" and named_dcm:
+            raise ConfigError(
+                f"-o {self.output} names a DICOM file but the output type is nifti; use "
+                "--output-type dicom-seg, or a .nii.gz name."
+            )
+        if kind == "dicom-seg" and self.split:
+            raise ConfigError(
+                "--split writes one file per organ; a DICOM SEG holds every organ as a "
+                "segment of one object: drop --split."
+            )
+        return kind
+
+
 def _output_paths(
     volume_path: Path, output: str | Path | None, organs: Sequence[Organ], split: bool, suffix: str
 ) -> tuple[Path | None, dict[str, Path]]:
     """(combined file or None, organ -> per-organ file) for this run."""
     stem = file_stem(volume_path)
+    if suffix == ".dcm":
+        path = Path(output) if output is not None else Path.cwd() / f"{stem}_salip.dcm"
+        if not path.name.lower().endswith(".dcm"):
+            raise OutputError(f"{path}: a DICOM SEG is written as NAME.dcm; change the name.")
+        return path, {}
     if split:
         folder = Path(output) if output is not None else Path.cwd() / f"{stem}_salip"
         if folder.exists() and not folder.is_dir():
@@ -100,6 +160,9 @@ class _Plan:
     per_organ: dict[str, Path]
     preview: Path | None
     report: Path | None
+    dicom_seg: bool = False
+    statistics: Path | None = None
+    viewer: Path | None = None
 
 
 @dataclass
@@ -125,6 +188,9 @@ def segment(
     write: bool = True,
     preview: str | Path | None = None,
     report: str | Path | None = None,
+    output_type: str | None = None,
+    statistics: str | Path | None = None,
+    viewer: str | Path | None = None,
     config: SegmentConfig | None = None,
     segmenter: SliceSegmenter | Strategy | None = None,
     progress: bool = False,
@@ -142,12 +208,20 @@ def segment(
             :func:`salip.io.read_input` (outputs are then named after its ``path``).
         organs: organ names (list, or comma-separated string); label values follow order.
         output: mask file (multi-label when several organs), or the folder for ``split``.
-            Default: ``<input stem>_salip.nii.gz`` (``.png`` for 2D) in the working folder.
+            Default: ``<input stem>_salip.nii.gz`` (``.png`` for 2D, ``.dcm`` for a DICOM
+            SEG) in the working folder.
         split: one file per organ in the ``output`` folder instead of one multi-label file.
         overwrite: replace existing outputs.
         write: write mask files (False: only return arrays, e.g. from notebooks).
         preview: PNG path for an overlay of the slices with the most organ.
         report: JSON path for the run report.
+        output_type: "nifti" (default; PNG for 2D images) or "dicom-seg": a DICOM
+            Segmentation object referencing the source series, for DICOM-series inputs
+            (default when ``output`` ends in .dcm).
+        statistics: JSON path for the organ statistics (volume, intensities in the input's
+            units, boxes, centroid, components, slices; also in the report).
+        viewer: path of a self-contained HTML viewer of the slices, masks, chosen boxes
+            with their CLIP probabilities, and the volume strategy's profiles.
         config: a full :class:`SegmentConfig`; ``options`` are applied on top.
         segmenter: a slice segmenter (run under the ``slices`` strategy) or a strategy
             replacing the method's (no models are loaded).
@@ -162,16 +236,13 @@ def segment(
         salip.core.errors.SalipError: bad input, unknown organ, missing checkpoint, unsafe output.
     """
     cfg = (config or SegmentConfig()).replace(**options)
+    request = OutputRequest(output, split, write, output_type, preview, report, statistics, viewer)
     return segment_case(
         source,
         organs=organs,
         config=cfg,
-        output=output,
-        split=split,
+        outputs=request,
         overwrite=overwrite,
-        write=write,
-        preview=preview,
-        report=report,
         segmenter=segmenter,
         progress=progress,
         models=_load_models,
@@ -187,31 +258,28 @@ def segment_case(
     *,
     organs: str | Sequence[str],
     config: SegmentConfig,
-    output: str | Path | None,
-    split: bool,
+    outputs: OutputRequest,
     overwrite: bool,
-    write: bool,
-    preview: str | Path | None,
-    report: str | Path | None,
     segmenter: SliceSegmenter | Strategy | None,
     progress: bool,
     models: ModelSource,
 ) -> SegmentationResult:
-    """:func:`segment` with its models from ``models`` (several cases share loaded models);
-    the other arguments as :func:`segment` takes them, ``config`` with the options applied."""
+    """:func:`segment` with its models from ``models`` (several cases share loaded models)
+    and its output arguments in ``outputs``; the others as :func:`segment` takes them,
+    ``config`` with the options applied."""
     timer = StageTimer()
     t0 = time.perf_counter()
     organ_list = parse_organs(organs)
     cfg = config
     path = source.path if isinstance(source, Volume) else Path(source)
+    request = outputs
     with OutputSet(path, overwrite=overwrite) as outputs:
-        suffix = _mask_suffix(source)
-        plan = _plan_outputs(
-            outputs, path, organ_list, suffix, output, split, write, preview, report
-        )
+        plan = _plan_outputs(outputs, path, organ_list, _mask_suffix(source, request), request)
         outputs.check_writable()
         volume = source if isinstance(source, Volume) else read_input(path, **_read_options(cfg))
         check_slice_geometry(volume, cfg.slicing.axis)
+        if plan.dicom_seg:  # refused before any model runs
+            source_references(volume.sources, str(path))
         timer.add("read", t0)
         run = _run_strategy(volume, organ_list, cfg, segmenter, timer, progress, models)
         t = time.perf_counter()
@@ -222,9 +290,14 @@ def segment_case(
         )
         timer.add("write", t)
         run_report = _build_report(volume, path, organ_list, run, label_values, cfg, timer)
-        if plan.report is not None:
-            text = json_text(run_report)
-            outputs.stage(plan.report, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        run_report["statistics"] = _statistics(volume, labels, label_values, run, cfg)
+        for target, content in (
+            (plan.report, run_report),
+            (plan.statistics, run_report["statistics"]),
+        ):
+            if target is not None:
+                text = json_text(content)
+                outputs.stage(target, lambda tmp, t=text: tmp.write_text(t, encoding="utf-8"))
         written = outputs.commit()
     return SegmentationResult(
         masks, labels, label_values, volume.geometry.affine, run_report, written
@@ -236,9 +309,23 @@ def _read_options(cfg: SegmentConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg.input)
 
 
-def _mask_suffix(source: Path | str | Volume) -> str:
-    """.png for 2D image inputs, else .nii.gz; known from the file name before reading."""
+def _mask_suffix(source: Path | str | Volume, request: OutputRequest) -> str:
+    """.png for 2D image inputs, .dcm for a DICOM SEG, else .nii.gz; known from the file name
+    before reading.
+
+    Raises:
+        OutputError: a DICOM SEG asked for an input that is not a DICOM series.
+    """
     kind = source.geometry.kind if isinstance(source, Volume) else input_kind(Path(source))
+    if request.kind() == "dicom-seg":
+        if kind != "dicom":
+            what = "2D image" if kind == "image" else "NIfTI file"
+            raise OutputError(
+                f"{source if not isinstance(source, Volume) else source.path}: a DICOM SEG "
+                f"references the source DICOM series, and this input is a {what}; write "
+                "NIfTI instead (--output-type nifti)."
+            )
+        return ".dcm"
     return mask_suffix(kind)
 
 
@@ -247,26 +334,30 @@ def _plan_outputs(
     source: Path,
     organs: Sequence[Organ],
     suffix: str,
-    output: str | Path | None,
-    split: bool,
-    write: bool,
-    preview: str | Path | None,
-    report: str | Path | None,
+    request: OutputRequest,
 ) -> _Plan:
     """Add every output of the run to ``outputs`` (which checks them) and return the plan."""
-    combined, per_organ = _output_paths(source, output, organs, split, suffix)
-    if not write:
+    combined, per_organ = _output_paths(source, request.output, organs, request.split, suffix)
+    if not request.write:
         combined, per_organ = None, {}
+    seg = suffix == ".dcm"
     if combined is not None:
         outputs.add(combined, "-o")
-        outputs.add(sidecar_path(combined), "the label sidecar of -o,")
+        if not seg:  # a SEG names its segments itself
+            outputs.add(sidecar_path(combined), "the label sidecar of -o,")
     for name, path in per_organ.items():
         outputs.add(path, f"the {name} mask of --split,")
-    plan = _Plan(combined, per_organ, None, None)
-    if preview is not None:
-        plan.preview = outputs.add(preview, "--preview")
-    if report is not None:
-        plan.report = outputs.add(report, "--report")
+    plan = _Plan(combined, per_organ, None, None, dicom_seg=seg and combined is not None)
+    if request.preview is not None:
+        plan.preview = outputs.add(request.preview, "--preview")
+    if request.report is not None:
+        plan.report = outputs.add(request.report, "--report")
+    if request.statistics is not None:
+        plan.statistics = outputs.add(request.statistics, "--statistics")
+    if request.viewer is not None:
+        if not str(request.viewer).lower().endswith((".html", ".htm")):
+            raise OutputError(f"--viewer {request.viewer}: give an .html file name.")
+        plan.viewer = outputs.add(request.viewer, "--viewer")
     return plan
 
 
@@ -362,7 +453,10 @@ def _stage_files(
 ) -> None:
     """Write the planned mask, sidecar, per-organ and preview files to their temporaries."""
     geometry = volume.geometry
-    if plan.combined is not None:
+    if plan.dicom_seg and plan.combined is not None:
+        seg = _dicom_seg(volume, labels, label_values, run.models)
+        outputs.stage(plan.combined, lambda tmp: save_seg(tmp, seg))
+    elif plan.combined is not None:
         outputs.stage(plan.combined, lambda tmp: save_mask(tmp, labels, geometry))
         text = json_text({"labels": label_values, "source": str(source)})
         outputs.stage(
@@ -373,6 +467,68 @@ def _stage_files(
     if plan.preview is not None:
         strip = _preview_image(volume, run.volume8, run.canonical, list(label_values), axis)
         outputs.stage(plan.preview, lambda tmp: _save_png(tmp, strip))
+    if plan.viewer is not None:
+        from salip.api.viewing import viewer_data
+        from salip.io.viewer import viewer_html
+
+        canonical = to_label_map(run.canonical, list(label_values))
+        data = viewer_data(
+            volume,
+            canonical,
+            label_values,
+            run.chosen,
+            run.strategy,
+            axis=axis,
+            modality=run.intensity.modality,
+        )
+        html = viewer_html(data)
+        outputs.stage(plan.viewer, lambda tmp: tmp.write_text(html, encoding="utf-8"))
+
+
+def _dicom_seg(
+    volume: Volume, labels: np.ndarray, label_values: dict[str, int], models: dict[str, Any]
+) -> Any:
+    """The DICOM SEG of the label map, its algorithm identified by salip's version and the
+    SAM and CLIP identities of the run."""
+    sources = source_references(volume.sources, str(volume.path))
+    sam, clip = models.get("sam") or {}, models.get("clip") or {}
+    algorithm = {
+        "sam": f"{sam.get('arch', '')} {Path(str(sam.get('path', ''))).name}".strip(),
+        "clip": f"{clip.get('model', '')} {clip.get('pretrained') or ''}".strip(),
+        "scoring": str((models.get("scoring") or {}).get("mode", "")),
+    }
+    if "injected_segmenter" in models:
+        algorithm = {"segmenter": str(models["injected_segmenter"])}
+    return build_seg(labels, label_values, sources, algorithm=algorithm, version=__version__)
+
+
+def _statistics(
+    volume: Volume,
+    labels: np.ndarray,
+    label_values: dict[str, int],
+    run: _Run,
+    cfg: SegmentConfig,
+) -> dict[str, Any]:
+    """Per-organ statistics of the label map (as written) over the input's intensities."""
+    from salip.io.statistics import organ_statistics
+
+    geometry = volume.geometry
+    image = to_source_grid(volume.data, geometry)
+    finite = None
+    if volume.finite_mask is not None:
+        finite = to_source_grid(volume.finite_mask, geometry)
+    axis = None if volume.is_2d else source_slice_indices(volume, cfg.slicing.axis, [])[0]
+    units = "HU" if run.intensity.modality == "ct" else "the input's stored values"
+    return organ_statistics(
+        image,
+        labels,
+        label_values,
+        geometry.affine,
+        is_2d=volume.is_2d,
+        slice_axis=axis,
+        units=units,
+        finite=finite,
+    )
 
 
 def _build_report(

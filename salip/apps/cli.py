@@ -166,6 +166,13 @@ def _add_segment(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         "--split", action="store_true", help="One mask file per organ in the -o folder."
     )
     out.add_argument(
+        "--output-type",
+        choices=("nifti", "dicom-seg"),
+        help="nifti (NIfTI masks; PNG for 2D images) or dicom-seg: one DICOM Segmentation "
+        "object referencing the source series, for DICOM-series inputs. Default: dicom-seg "
+        "when -o ends in .dcm, else nifti.",
+    )
+    out.add_argument(
         "--overwrite",
         action="store_true",
         help="Replace existing output files (several cases: recompute finished cases).",
@@ -185,6 +192,19 @@ def _add_segment(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     )
     out.add_argument(
         "--report", metavar="JSON", help="Write the run report (volumes, scores, timings)."
+    )
+    out.add_argument(
+        "--statistics",
+        metavar="JSON",
+        help="Write per-organ statistics: volume, intensity mean/std/median/p5/p95 in the "
+        "input's units (HU for CT), bounding box, centroid (RAS+ mm), components, slices.",
+    )
+    out.add_argument(
+        "--viewer",
+        metavar="HTML",
+        help="Write a self-contained HTML viewer (no network): slices with organ overlays, "
+        "window presets, the chosen boxes with their CLIP probabilities and competitors, "
+        "and the volume strategy's key-slice profiles.",
     )
     out.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     _add_cluster_flags(seg)
@@ -489,6 +509,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         preview=args.preview,
         report=args.report,
+        output_type=args.output_type,
+        statistics=args.statistics,
+        viewer=args.viewer,
         progress=not args.no_progress and not args.quiet,
         **_config_options(args),
     )
@@ -510,10 +533,12 @@ def _segment_many(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"-o {args.output} names a mask file; several cases need -o FOLDER for their outputs."
         )
-    if args.split or args.preview or args.report:
+    one_case = (args.split, args.preview, args.report, args.statistics, args.viewer)
+    if any(one_case) or args.output_type:
         raise ConfigError(
-            "--split, --preview and --report are for one case; with several, use -o FOLDER "
-            "(and --previews / --reports for one of each per case)."
+            "--split, --preview, --report, --statistics, --viewer and --output-type are for "
+            "one case; "
+            "with several, use -o FOLDER (and --previews / --reports for one of each per case)."
         )
     rows = segment_many(
         args.input,

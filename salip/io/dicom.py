@@ -155,6 +155,8 @@ def _read_series(path: Path, series: str | None, dicom_gaps: str, max_voxels: in
         logger.warning("%s: skipped %d files: %s", path, len(skipped), _describe(skipped))
     volume = _dicom_volume(files[0].ds, pixels, positions, path)
     volume.meta = meta
+    if "dicom_gaps" not in meta:  # the grid is the source slices': keep them for references
+        volume.sources = [_header(file.ds) for file in files]
     volume.modality = _MODALITY_WORDS.get(str(files[0].ds.get("Modality", "")).strip().lower())
     if volume.modality:
         volume.meta["modality_from"] = "DICOM Modality tag"
@@ -581,6 +583,19 @@ def _resample_slices(
         "grid_step_mm": step,
     }
     return resampled, grid_positions, meta
+
+
+def _header(ds: Any) -> Any:
+    """A data set with every element of ``ds`` but its pixel data (the elements shared, not
+    copied), and its file meta."""
+    import pydicom
+
+    header = pydicom.Dataset()
+    for element in ds:
+        if element.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            header.add(element)
+    header.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
+    return header
 
 
 def _dicom_volume(ds: Any, pixels: list[np.ndarray], positions: np.ndarray, path: Path) -> Volume:

@@ -83,6 +83,10 @@ class Volume:
             lowest finite value (air, for CT).
         finite_mask: bool array of ``data``'s shape, True where the file's value was finite;
             None when every voxel was.
+        sources: for a DICOM series read on its own grid, each slice's pydicom data set
+            (every element but the pixel data) in the order of the input grid's slice axis
+            (the mask file's last axis), for outputs that reference them (DICOM SEG); None
+            for other inputs and resampled series.
     """
 
     data: np.ndarray
@@ -94,6 +98,7 @@ class Volume:
     meta: dict[str, Any] = field(default_factory=dict)
     nonfinite: int = 0
     finite_mask: np.ndarray | None = None
+    sources: list[Any] | None = field(default=None, repr=False)
 
     @property
     def is_2d(self) -> bool:

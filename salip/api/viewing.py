@@ -1,0 +1,113 @@
+"""What the HTML viewer shows of one run: :class:`~salip.io.viewer.ViewerData` from the
+volume, the canonical label map, the chosen proposals and the strategy's account."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from salip.io import Volume
+from salip.io.orientation import AXES, source_slice_indices
+from salip.io.preview import COLOURS
+from salip.io.viewer import ViewerData, display_stack
+
+#: Keys of a chosen-proposal record the viewer shows beside its box.
+_BOX_KEYS = ("probability", "margin", "clip_score", "side", "competitors")
+
+
+def viewer_data(
+    volume: Volume,
+    labels: np.ndarray,
+    label_values: Mapping[str, int],
+    chosen: Mapping[str, Sequence[Mapping[str, Any]]],
+    strategy: Mapping[str, Any],
+    *,
+    axis: str,
+    modality: str | None,
+) -> ViewerData:
+    """The viewer's data of a run.
+
+    Args:
+        volume: the input.
+        labels: uint8 label map in salip's canonical layout (XxYxZ, or HxW for 2D images).
+        label_values: organ name -> label value, in label order.
+        chosen: organ name -> chosen proposal records, their ``slice`` a canonical index
+            along ``axis`` and ``bbox`` XYWH in display pixels (a strategy's ``chosen``).
+        strategy: the strategy's account (the report's ``strategy``; slice indices the
+            input file's), whose ``organs`` holds the volume strategy's tracks.
+        axis: the slicing axis.
+        modality: the modality the intensities were mapped for ("ct", ...).
+    """
+    image = display_stack(volume.data, volume.is_2d, axis).astype(np.float32)
+    stack = display_stack(labels, volume.is_2d, axis)
+    count = stack.shape[0]
+    _, numbers = source_slice_indices(volume, axis, range(count))
+    organs = tuple(
+        (name, value, tuple(int(c) for c in COLOURS[(value - 1) % len(COLOURS)]))
+        for name, value in label_values.items()
+    )
+    boxes: dict[int, list[dict[str, Any]]] = {}
+    for name, records in chosen.items():
+        for record in records:
+            box = {"organ": name, "bbox": list(record["bbox"])}
+            box.update({key: record.get(key) for key in _BOX_KEYS})
+            box["competitors"] = box["competitors"] or {}
+            boxes.setdefault(int(record["slice"]), []).append(box)
+    return ViewerData(
+        image=image,
+        labels=stack,
+        organs=organs,  # type: ignore[arg-type]
+        slice_numbers=tuple(numbers),
+        pixel_spacing=_pixel_spacing(volume, axis),
+        modality=modality,
+        boxes=boxes,
+        profiles=_profiles(volume, strategy, axis),
+        title=f"{volume.path.name}: {', '.join(label_values)}",
+    )
+
+
+def _pixel_spacing(volume: Volume, axis: str) -> tuple[float, float]:
+    """(row, column) size in mm of a display pixel: display rows run along the later
+    in-plane canonical axis, columns along the earlier one (see ``to_display``)."""
+    if volume.is_2d:
+        return 1.0, 1.0
+    first, second = (a for a in range(3) if a != AXES[axis])
+    return float(volume.spacing[second]), float(volume.spacing[first])
+
+
+def _profiles(
+    volume: Volume, strategy: Mapping[str, Any], axis: str
+) -> dict[str, list[dict[str, Any]]]:
+    """The volume strategy's tracks with display slice indices (the input's indices mapped
+    back: the map between the two is its own inverse)."""
+
+    def display(index: int | None) -> int | None:
+        if index is None:
+            return None
+        return source_slice_indices(volume, axis, [int(index)])[1][0]
+
+    profiles: dict[str, list[dict[str, Any]]] = {}
+    for organ, tracks in (strategy.get("organs") or {}).items():
+        for track in tracks:
+            extent = track.get("extent")
+            profiles.setdefault(organ, []).append(
+                {
+                    "side": track.get("side"),
+                    "profile": [[display(k), score] for k, score in track.get("profile", [])],
+                    "extent": sorted(display(k) for k in (extent[0], extent[-1]))
+                    if extent
+                    else None,
+                    "seeds": [display(s["slice"]) for s in track.get("seeds", [])],
+                    "stops": [
+                        {
+                            **stop,
+                            "seed": display(stop["seed"]),
+                            "stopped_at": display(stop["stopped_at"]),
+                        }
+                        for stop in track.get("stops", [])
+                    ],
+                }
+            )
+    return profiles
