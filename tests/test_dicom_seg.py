@@ -179,3 +179,19 @@ def test_the_cli_writes_seg_statistics_and_viewer_together(tmp_path, tiny_models
     assert [d.SegmentLabel for d in seg.SegmentSequence] == ["liver", "spleen"]
     stats = json.loads((folder / "s.json").read_text())
     assert list(stats["organs"]) == ["liver", "spleen"] and stats["units"] == "HU"
+
+
+def test_sop_uids_missing_from_the_data_set_come_from_the_file_meta(series):
+    import copy
+
+    from salip.io.dicom_seg import source_references
+
+    _path, volume, _canonical = series
+    blanked = [copy.deepcopy(ds) for ds in volume.sources[:3]]
+    for ds in blanked:
+        ds.SOPInstanceUID, ds.SOPClassUID = "", ""
+    fixed = source_references(blanked, "case")
+    assert [ds.SOPInstanceUID for ds in fixed] == [
+        ds.file_meta.MediaStorageSOPInstanceUID for ds in volume.sources[:3]
+    ]
+    assert fixed[0].SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
