@@ -11,10 +11,17 @@ from pathlib import Path
 import pytest
 
 from salip.core.errors import ConfigError, OrganError
-from salip.core.organs import ORGANS, competitors, family, get_organ, pair_of, parse_organs
+from salip.core.organs import (
+    ORGANS,
+    competitors,
+    family,
+    get_organ,
+    load_competitors,
+    pair_of,
+    parse_organs,
+)
 from salip.core.prompts import (
     BACKGROUND,
-    load_competitors,
     load_prompt_file,
     load_prompts,
     prompts_dir,
@@ -137,8 +144,10 @@ def test_missing_modality_falls_back_with_record(caplog):
 
 def test_prompts_dir_override_and_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("SALIP_PROMPTS_DIR", str(tmp_path))
-    with pytest.raises(ConfigError, match="no description prompts for 'liver'"):
-        load_prompts(get_organ("liver"), "ct")
+    # A user set lies over the packaged one: what it lacks comes from the package.
+    assert load_prompts(get_organ("liver"), "ct").descriptions
+    with pytest.raises(ConfigError, match="no description prompts for 'thyroid'"):
+        load_prompts("thyroid", "ct")
     (tmp_path / "liver.json").write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable prompt file"):
         load_prompts(get_organ("liver"), "ct")
@@ -148,7 +157,7 @@ def test_prompts_dir_override_and_errors(tmp_path, monkeypatch):
     # An explicit folder wins over the environment.
     packaged = Path(str(resources.files("salip.prompts_data")))
     assert prompts_dir(packaged) == packaged
-    assert load_prompts(get_organ("liver"), "ct", packaged).descriptions
+    assert load_prompts(get_organ("liver", packaged), "ct", packaged).descriptions
 
 
 def test_prompts_ship_in_the_wheel(tmp_path):

@@ -145,7 +145,7 @@ def find_cases(inputs: Sequence[str | Path]) -> list[CaseSource]:
 # --------------------------------------------------------------------------- jobs files
 
 
-def read_jobs(path: str | Path) -> list[CaseSource]:
+def read_jobs(path: str | Path, prompts_folder: str | Path | None = None) -> list[CaseSource]:
     """The cases of a jobs file: CSV with a header row, or JSON Lines (``.jsonl``).
 
     Each row has ``input`` (relative paths are relative to the jobs file's folder) and
@@ -166,7 +166,7 @@ def read_jobs(path: str | Path) -> list[CaseSource]:
     rows = _jsonl_rows(path, text) if path.suffix.lower() == ".jsonl" else _csv_rows(path, text)
     if not rows:
         raise ConfigError(f"jobs file {path} lists no case; give one row per case.")
-    return [_job(path, where, row) for where, row in rows]
+    return [_job(path, where, row, prompts_folder) for where, row in rows]
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[str, dict]]:
@@ -207,7 +207,7 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[str, dict]]:
     return rows
 
 
-def _job(path: Path, where: str, row: dict) -> CaseSource:
+def _job(path: Path, where: str, row: dict, prompts_folder: str | Path | None) -> CaseSource:
     """One jobs-file row as a case."""
     given = row.get("input")
     if not isinstance(given, str) or not given:
@@ -219,7 +219,7 @@ def _job(path: Path, where: str, row: dict) -> CaseSource:
         if isinstance(organs, str):
             organs = [o for o in re.split(r"[,;]", organs) if o.strip()]
         try:
-            organs = tuple(o.name for o in parse_organs(organs))
+            organs = tuple(o.name for o in parse_organs(organs, prompts_folder))
         except SalipError as exc:
             raise ConfigError(f"{where}: {one_line(exc)}") from exc
     output = row.get("output") or None

@@ -213,7 +213,8 @@ def _build_salip(
     extra: Mapping[str, Any],
 ) -> Built:
     """The SaLIP cascade under the ``slices`` strategy."""
-    from salip.core.prompts import load_competitors, load_prompts, prompts_dir
+    from salip.core.organs import load_competitors
+    from salip.core.prompts import load_prompts, prompts_dir
     from salip.models.registry import salip_home
 
     if models.clip is None:

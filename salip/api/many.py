@@ -148,7 +148,8 @@ def segment_many(
     if cluster.engine == "ray":
         require_ray()
     cfg = (config or SegmentConfig()).replace(**options)
-    cases = _gather(inputs, jobs, organs)
+    prompts_folder = cfg.scoring.prompts_dir
+    cases = _gather(inputs, jobs, organs, prompts_folder)
     folder = Path(output)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder} is a file; give a folder for the outputs of several cases.")
@@ -162,7 +163,9 @@ def segment_many(
             rows[index] = CaseRow(case.path, paths.name, "skipped", series=case.series or "")
             continue
         _clean(paths)  # temporaries of a run that was killed while writing this case
-        run_organs = case.organs or tuple(o.name for o in parse_organs(organs or ()))
+        run_organs = case.organs or tuple(
+            o.name for o in parse_organs(organs or (), prompts_folder)
+        )
         todo.append((index, _Task(case, paths, run_organs, cfg, overwrite)))
     with tqdm(total=len(cases), desc="cases", unit="case", disable=not progress) as bar:
         bar.update(len(rows))
@@ -186,7 +189,10 @@ def segment_many(
 
 
 def _gather(
-    inputs: Sequence[str | Path], jobs: str | Path | None, organs: str | Sequence[str] | None
+    inputs: Sequence[str | Path],
+    jobs: str | Path | None,
+    organs: str | Sequence[str] | None,
+    folder: str | None,
 ) -> list[CaseSource]:
     """Every case of ``inputs`` then ``jobs``; checks that each has organs to segment."""
     if isinstance(inputs, (str, Path)):
@@ -194,9 +200,9 @@ def _gather(
     if not inputs and jobs is None:
         raise InputError("no input: give files, folders or globs, or a jobs file.")
     cases = find_cases(inputs) if inputs else []
-    cases += read_jobs(jobs) if jobs is not None else []
+    cases += read_jobs(jobs, folder) if jobs is not None else []
     if organs is not None:
-        parse_organs(organs)  # unknown organs fail before any case runs
+        parse_organs(organs, folder)  # unknown organs fail before any case runs
     elif any(case.organs is None for case in cases):
         raise ConfigError(
             "no organ given: name them with --organ (organs=), or in the organs column of "

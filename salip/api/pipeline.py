@@ -24,7 +24,7 @@ from salip.api.factory import (
 )
 from salip.core.config import SegmentConfig
 from salip.core.errors import ConfigError, OutputError
-from salip.core.organs import Organ, parse_organs
+from salip.core.organs import Organ, parse_organs, vocabulary
 from salip.core.timing import StageTimer
 from salip.io import Volume, file_stem, input_kind, read_input
 from salip.io.dicom_seg import build_seg, save_seg, source_references
@@ -269,7 +269,7 @@ def segment_case(
     ``config`` with the options applied."""
     timer = StageTimer()
     t0 = time.perf_counter()
-    organ_list = parse_organs(organs)
+    organ_list = parse_organs(organs, config.scoring.prompts_dir)
     cfg = config
     path = source.path if isinstance(source, Volume) else Path(source)
     request = outputs
@@ -542,7 +542,10 @@ def _build_report(
 ) -> dict[str, Any]:
     """The run report (see the README's "Outputs" section)."""
     axis = cfg.slicing.axis
+    known = vocabulary(cfg.scoring.prompts_dir)
     organ_rows = {o.name: _organ_row(volume, o, run, label_values, axis) for o in organs}
+    for name, row in organ_rows.items():  # where each target's definition came from
+        row["target"] = {"source": known.sources[name], "provenance": known.provenance[name]}
     src_axis, skipped = source_slice_indices(volume, axis, np.nonzero(~run.keep)[0].tolist())
     if volume.is_2d:
         src_axis = 0

@@ -1,10 +1,15 @@
-"""The organ vocabulary: pure data, no torch import.
+"""The target vocabulary of a prompt set: built-in targets plus a user set's, as data.
 
-Each :class:`Organ` carries what the cascade needs to segment it without labels: its
-canonical name and synonyms, how many crops to keep (``top_k``), the default CT window, the
-modalities and body regions it is found in, its laterality and, for paired organs, how the
-pair relates to its sides ("kidneys" = "kidney_left" + "kidney_right"). Label values in the
-public label sets live in :mod:`salip.core.label_sets`.
+Every target is defined by its prompt file (see :mod:`salip.core.targets`); the built-in
+ones ship in the packaged prompt set, in the order of its ``vocabulary.txt``. A user set
+(``--prompts-dir``, ``$SALIP_PROMPTS_DIR``) can add targets, and override built-in ones (a
+logged notice says so). :func:`vocabulary` assembles and caches the set; the functions
+below take the set's ``folder`` (None: ``$SALIP_PROMPTS_DIR``, else the packaged set).
+
+Free text resolves case- and separator-insensitively, through synonyms, with articles and
+common qualifiers dropped, and with a side given before, after or in brackets ("left
+kidney", "kidney (left)"). Label values of public label sets live in
+:mod:`salip.core.label_sets`.
 
 Laterality is always the patient's: "kidney_left" is the patient's left kidney, which the
 radiological display convention shows on the image right.
@@ -12,171 +17,210 @@ radiological display convention shows on the image right.
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
-from salip.core.errors import OrganError, did_you_mean
+from salip.core.errors import ConfigError, OrganError, did_you_mean
+from salip.core.prompts import (
+    BACKGROUND,
+    PromptSet,
+    load_prompts,
+    packaged_dir,
+    prompts_dir,
+    read_prompt_file,
+    user_dir,
+)
+from salip.core.targets import (  # noqa: F401 - MODALITIES, REGIONS re-exported
+    DEFINITION_FIELDS,
+    MODALITIES,
+    REGIONS,
+    Organ,
+    organ_from_definition,
+)
 
-MODALITIES = ("ct", "mr", "xray", "us")
-REGIONS = ("head", "thorax", "abdomen", "pelvis", "fetal")
+logger = logging.getLogger(__name__)
+
+#: The packaged set's list of built-in targets, in vocabulary order.
+VOCABULARY_FILE = "vocabulary.txt"
+#: Words dropped from free text before it is looked up.
+_DROPPED = {"the", "a", "an", "whole", "entire", "structure", "of"}
+_SIDES = ("left", "right")
 
 
 @dataclass(frozen=True)
-class Organ:
-    """One segmentation target.
+class Vocabulary:
+    """The targets of one prompt set.
 
     Attributes:
-        name: canonical snake_case name, used in file names and label tables.
-        synonyms: other accepted spellings (matched case- and separator-insensitively).
-        top_k: how many CLIP-ranked crops become box prompts per slice (2 for a pair shown
-            as one target, such as "lungs").
-        window: default CT window preset (a key of ``salip.io.slicing.WINDOWS``).
-        modalities: modalities the organ is imaged and described in (``MODALITIES``).
-        regions: body regions whose slices can show it (``REGIONS``); organs sharing a
-            region compete with each other in contrast scoring.
-        laterality: "left", "right" or "none", in patient coordinates.
-        parts: for a pair target, its one-sided members (e.g. kidney_left, kidney_right).
+        organs: name -> target, built-in ones first in vocabulary order, then the user's.
+        sources: name -> "built-in", or the user prompt file defining it.
+        provenance: name -> the definition's provenance (source, date, author or
+            generator, ...).
+        overridden: built-in targets the user set redefines.
     """
 
-    name: str
-    synonyms: tuple[str, ...] = ()
-    top_k: int = 1
-    window: str = "abdomen"
-    modalities: tuple[str, ...] = ("ct", "mr")
-    regions: tuple[str, ...] = ("abdomen",)
-    laterality: str = "none"
-    parts: tuple[str, ...] = ()
+    organs: dict[str, Organ]
+    sources: dict[str, str]
+    provenance: dict[str, dict[str, Any]]
+    overridden: tuple[str, ...] = ()
+    lookup: dict[str, str] = field(default_factory=dict, repr=False)
 
+    def get(self, text: str) -> Organ:
+        """The target ``text`` names (see the module docstring).
 
-_ABDO_US = ("ct", "mr", "us")
-_THORAX = ("thorax",)
-_UPPER = ("thorax", "abdomen")
-_LOWER = ("abdomen", "pelvis")
-_PELVIS = ("pelvis",)
-_HEAD = ("head",)
+        Raises:
+            OrganError: an unknown term, with the closest targets and how to create one.
+        """
+        name = self.resolve(text)
+        if name is not None:
+            return self.organs[name]
+        key = _key(text)
+        hint = did_you_mean(key, self.lookup, n=4, show=self.lookup.__getitem__)
+        raise OrganError(
+            f"unknown organ '{text}'.{hint} `salip organs` lists the {len(self.organs)} "
+            f'known targets; `salip prompts generate --organ "{text.strip()}" --new` '
+            "creates a new one."
+        )
 
-
-def _pair(
-    base: str,
-    plural: str,
-    synonyms: tuple[str, ...],
-    left_synonyms: tuple[str, ...],
-    right_synonyms: tuple[str, ...],
-    both_modalities: tuple[str, ...] | None = None,
-    **shared: object,
-) -> tuple[Organ, Organ, Organ]:
-    """A paired organ: the both-sides target (top-k 2) and its left and right members."""
-    left, right = f"{base}_left", f"{base}_right"
-    both = dict(shared, modalities=both_modalities) if both_modalities else shared
-    return (
-        Organ(plural, synonyms, top_k=2, parts=(left, right), **both),  # type: ignore[arg-type]
-        Organ(left, left_synonyms, laterality="left", **shared),  # type: ignore[arg-type]
-        Organ(right, right_synonyms, laterality="right", **shared),  # type: ignore[arg-type]
-    )
-
-
-_ORGAN_LIST: tuple[Organ, ...] = (
-    # The 25 organs of the CLIP-Driven Universal Model, under TotalSegmentator-style names.
-    Organ("spleen", ("lien",), modalities=_ABDO_US),
-    *_pair(
-        "kidney",
-        "kidneys",
-        ("both kidneys",),
-        ("left kidney", "l kidney"),
-        ("right kidney", "r kidney"),
-        modalities=_ABDO_US,
-    ),
-    Organ("gallbladder", ("gall bladder",), modalities=_ABDO_US),
-    Organ("esophagus", ("oesophagus",), regions=_UPPER),
-    Organ("liver", ("hepar",), window="liver", modalities=_ABDO_US, regions=_UPPER),
-    Organ("stomach", ("gaster",)),
-    Organ("aorta", ("abdominal aorta", "thoracic aorta"), regions=_UPPER),
-    Organ("inferior_vena_cava", ("postcava", "ivc", "vena cava inferior"), regions=_UPPER),
-    Organ(
-        "portal_vein_and_splenic_vein",
-        ("portal vein", "splenic vein", "portal and splenic vein", "portal splenic vein"),
-    ),
-    Organ("pancreas"),
-    *_pair(
-        "adrenal_gland",
-        "adrenal_glands",
-        ("adrenals", "both adrenal glands", "suprarenal glands"),
-        ("left adrenal gland", "left adrenal"),
-        ("right adrenal gland", "right adrenal"),
-    ),
-    Organ("duodenum"),
-    Organ("hepatic_vessel", ("hepatic vessels", "liver vessels"), window="liver"),
-    *_pair(
-        "lung",
-        "lungs",
-        ("lung", "both lungs"),
-        ("left lung",),
-        ("right lung",),
-        window="lung",
-        modalities=("ct", "xray"),
-        regions=_UPPER,
-    ),
-    Organ("colon", ("large bowel", "large intestine"), regions=_LOWER),
-    Organ("small_bowel", ("intestine", "small intestine", "bowel"), regions=_LOWER),
-    Organ("rectum", regions=_PELVIS),
-    Organ("urinary_bladder", ("bladder",), modalities=_ABDO_US, regions=_PELVIS),
-    Organ("prostate", regions=_PELVIS),
-    *_pair(
-        "femoral_head",
-        "femoral_heads",
-        ("heads of femur", "both femoral heads"),
-        ("left femoral head", "left head of femur"),
-        ("right femoral head", "right head of femur"),
-        both_modalities=("ct", "mr", "xray"),  # both heads show on pelvis radiographs
-        window="bone",
-        regions=_PELVIS,
-    ),
-    Organ("celiac_trunk", ("celiac truck", "coeliac trunk", "celiac artery"), modalities=("ct",)),
-    # Beyond the Universal Model's list.
-    Organ("heart", window="mediastinum", modalities=("ct", "mr", "xray"), regions=_THORAX),
-    Organ("brain", window="brain", modalities=("mr", "ct"), regions=_HEAD),
-    Organ("skull", ("cranium",), window="bone", modalities=("ct", "xray"), regions=_HEAD),
-    Organ(
-        "fetal_head",
-        ("fetal skull", "foetal head"),
-        modalities=("us", "mr", "ct"),  # CT: seen when a pregnant patient is scanned
-        regions=("fetal",),
-    ),
-)
-
-ORGANS: dict[str, Organ] = {organ.name: organ for organ in _ORGAN_LIST}
+    def resolve(self, text: str) -> str | None:
+        """The name of the target ``text`` names, or None."""
+        key = _key(text)
+        words = [w for w in key.split("_") if w and w not in _DROPPED]
+        side = next((w for w in words if w in _SIDES), None)
+        base = [w for w in words if w not in _SIDES]
+        candidates = ["_".join(words), key]
+        if side is not None and base:
+            stem = "_".join(base)
+            candidates += [f"{side}_{stem}", f"{stem}_{side}", f"{stem.removesuffix('s')}_{side}"]
+        for candidate in candidates:
+            for form in (candidate, f"{candidate}s", candidate.removesuffix("s")):
+                if form in self.lookup:
+                    return self.lookup[form]
+        return None
 
 
 def _key(name: str) -> str:
-    return re.sub(r"[\s\-_]+", "_", name.strip().lower())
+    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
-_LOOKUP: dict[str, str] = {}
-for _organ in _ORGAN_LIST:
-    _LOOKUP[_key(_organ.name)] = _organ.name
-    for _syn in _organ.synonyms:
-        _LOOKUP[_key(_syn)] = _organ.name
+def _builtin_names() -> list[str]:
+    text = (packaged_dir() / VOCABULARY_FILE).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def get_organ(name: str) -> Organ:
-    """Return the organ called ``name`` (canonical name or synonym).
+def _definition(path: Path) -> tuple[Organ | None, dict[str, Any]]:
+    """(target or None when the file defines none, provenance) of one prompt file."""
+    data = read_prompt_file(path)  # validates the definition too: file and field named
+    definition = data.get("definition")
+    if definition is None:
+        return None, {}
+    organ = organ_from_definition(path.stem, definition, str(path))
+    provenance = {k: v for k, v in definition.items() if k not in DEFINITION_FIELDS}
+    return organ, provenance
+
+
+@functools.lru_cache(maxsize=8)
+def _assemble(user: str | None, stamp: tuple[Any, ...]) -> Vocabulary:
+    """The vocabulary of the packaged set with ``user`` over it (``stamp``: the user
+    files' names, sizes and times, so an edited set is read again)."""
+    organs: dict[str, Organ] = {}
+    sources: dict[str, str] = {}
+    provenance: dict[str, dict[str, Any]] = {}
+    for name in _builtin_names():
+        organ, prov = _definition(packaged_dir() / f"{name}.json")
+        if organ is None:
+            raise ConfigError(f"the packaged prompt file of {name} has no definition.")
+        organs[name], sources[name], provenance[name] = organ, "built-in", prov
+    overridden = []
+    for path in sorted(Path(user).glob("*.json")) if user else []:
+        if path.stem == BACKGROUND:
+            continue
+        organ, prov = _definition(path)
+        if organ is None:
+            continue  # descriptions only: the built-in definition stands
+        if path.stem in organs:
+            logger.info("user target %s (%s) overrides the built-in one", path.stem, path)
+            overridden.append(path.stem)
+        organs[path.stem], sources[path.stem], provenance[path.stem] = organ, str(path), prov
+    _check_parts(organs, sources)
+    return Vocabulary(organs, sources, provenance, tuple(overridden), _lookup(organs))
+
+
+def _check_parts(organs: Mapping[str, Organ], sources: Mapping[str, str]) -> None:
+    for organ in organs.values():
+        sides = [organs.get(p) for p in organ.parts]
+        if organ.parts and (
+            None in sides or [s.laterality for s in sides] != ["left", "right"]  # type: ignore[union-attr]
+        ):
+            raise OrganError(
+                f"{sources[organ.name]}: definition.parts: {', '.join(organ.parts)} must be "
+                "the left then the right member, each a target of this prompt set."
+            )
+
+
+def _lookup(organs: Mapping[str, Organ]) -> dict[str, str]:
+    """Key -> name: names first, then synonyms (the first target to claim one keeps it)."""
+    lookup = {_key(name): name for name in organs}
+    for organ in organs.values():
+        for synonym in organ.synonyms:
+            lookup.setdefault(_key(synonym), organ.name)
+    return lookup
+
+
+def vocabulary(folder: str | Path | None = None) -> Vocabulary:
+    """The targets of the prompt set ``folder`` (None: ``$SALIP_PROMPTS_DIR``, else the
+    packaged set).
+
+    Raises:
+        ConfigError, OrganError: an invalid prompt file or definition (file and field named).
+    """
+    user = user_dir(folder)
+    stamp: tuple[Any, ...] = ()
+    if user is not None:
+        if not user.is_dir():
+            raise ConfigError(f"prompt folder {user} does not exist; create it or fix the path.")
+        stamp = tuple(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(user.glob("*.json"))
+        )
+    return _assemble(None if user is None else str(user.resolve()), stamp)
+
+
+class _CurrentOrgans(Mapping[str, Organ]):
+    """``ORGANS``: the targets of the current prompt set (:func:`vocabulary` of None), read
+    on use, never at import."""
+
+    def __getitem__(self, name: str) -> Organ:
+        return vocabulary().organs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(vocabulary().organs)
+
+    def __len__(self) -> int:
+        return len(vocabulary().organs)
+
+
+#: The targets of the current prompt set, by name, in vocabulary order.
+ORGANS: Mapping[str, Organ] = _CurrentOrgans()
+
+
+def get_organ(name: str, folder: str | Path | None = None) -> Organ:
+    """Return the target ``name`` names in the prompt set ``folder`` (see
+    :meth:`Vocabulary.get`).
 
     Raises:
         OrganError: for an unknown name; the message lists the closest known names.
     """
-    key = _key(name)
-    if key in _LOOKUP:
-        return ORGANS[_LOOKUP[key]]
-    hint = did_you_mean(key, _LOOKUP, n=4, show=_LOOKUP.__getitem__)  # synonyms -> names
-    raise OrganError(
-        f"unknown organ '{name}'.{hint} `salip organs` lists all {len(ORGANS)} known organs."
-    )
+    return vocabulary(folder).get(name)
 
 
-def parse_organs(values: str | Iterable[str]) -> list[Organ]:
-    """Parse organ names given as repeated values and/or comma-separated lists.
+def parse_organs(values: str | Iterable[str], folder: str | Path | None = None) -> list[Organ]:
+    """Parse organ names given as repeated values and/or comma-separated lists, in the
+    prompt set ``folder`` (see :func:`vocabulary`).
 
     Duplicates are dropped, order is kept (it decides the label values: 1, 2, ...).
     """
@@ -188,8 +232,9 @@ def parse_organs(values: str | Iterable[str]) -> list[Organ]:
     if not names:
         raise OrganError("no organ given: name at least one, e.g. --organ liver.")
     organs: list[Organ] = []
+    known = vocabulary(folder)
     for name in names:
-        organ = get_organ(name)
+        organ = known.get(name)
         if organ not in organs:
             organs.append(organ)
     return organs
@@ -198,48 +243,50 @@ def parse_organs(values: str | Iterable[str]) -> list[Organ]:
 _T = TypeVar("_T")
 
 
-def with_pairs(members: Mapping[str, tuple[_T, ...]]) -> dict[str, tuple[_T, ...]]:
+def with_pairs(
+    members: Mapping[str, tuple[_T, ...]], folder: str | Path | None = None
+) -> dict[str, tuple[_T, ...]]:
     """``members`` (organ -> label values, class names, ...) plus every pair organ it lacks
     whose two sides it has, as the union of the sides' items (left's first, no repeats).
 
     One rule for every table that lists organs by their parts: a pair is its two sides.
     """
     out = dict(members)
-    for organ in ORGANS.values():
+    for organ in vocabulary(folder).organs.values():
         if organ.parts and organ.name not in out and all(p in out for p in organ.parts):
             out[organ.name] = tuple(dict.fromkeys(v for p in organ.parts for v in out[p]))
     return out
 
 
-def pair_of(organ: Organ) -> Organ | None:
+def pair_of(organ: Organ, folder: str | Path | None = None) -> Organ | None:
     """The both-sides target ``organ`` is a member of (kidney_left -> kidneys), or None."""
-    return next((o for o in ORGANS.values() if organ.name in o.parts), None)
+    return next((o for o in vocabulary(folder).organs.values() if organ.name in o.parts), None)
 
 
-def family(organ: Organ) -> set[str]:
+def family(organ: Organ, folder: str | Path | None = None) -> set[str]:
     """Names of ``organ``, its pair, the pair's members and its own parts.
 
     These never compete with each other in contrast scoring: CLIP cannot tell a left kidney
     from a right one, and "kidneys" contains both; sides are told apart by laterality.
     """
     names = {organ.name, *organ.parts}
-    pair = pair_of(organ)
+    pair = pair_of(organ, folder)
     if pair is not None:
         names |= {pair.name, *pair.parts}
     return names
 
 
-def competitors(organ: Organ, modality: str) -> list[Organ]:
+def competitors(organ: Organ, modality: str, folder: str | Path | None = None) -> list[Organ]:
     """Vocabulary organs that plausibly appear next to ``organ`` in ``modality`` images.
 
     They share a body region with ``organ``, are defined for ``modality`` and are not of its
     family (:func:`family`). Order follows the vocabulary, so results are reproducible.
     """
-    own = family(organ)
+    own = family(organ, folder)
     regions = set(organ.regions)
     return [
         other
-        for other in ORGANS.values()
+        for other in vocabulary(folder).organs.values()
         if other.name not in own
         and modality in other.modalities
         and regions.intersection(other.regions)
@@ -247,3 +294,36 @@ def competitors(organ: Organ, modality: str) -> list[Organ]:
         # as a single proposal shows it.
         and not other.parts
     ]
+
+
+def load_competitors(
+    organ: Organ,
+    modality: str,
+    requested: list[Organ],
+    folder: str | Path | None = None,
+) -> list[PromptSet]:
+    """Competing classes of ``organ`` for contrast scoring, as prompt sets.
+
+    They are the vocabulary's targets plausible beside it in ``modality``
+    (:func:`competitors`: user targets compete with built-in ones and they with them), the
+    other organs requested in the same run unless of the target's family, and the
+    background. Classes without a prompt file are left out with a warning.
+    """
+    own = family(organ, folder)
+    names = [o.name for o in competitors(organ, modality, folder)]
+    names += [o.name for o in requested if o.name not in own and o.name not in names]
+    names.append(BACKGROUND)
+    sets, missing = [], []
+    for name in names:
+        try:
+            sets.append(load_prompts(name, modality, folder, fallback_level=logging.DEBUG))
+        except ConfigError:
+            missing.append(name)
+    if missing:
+        logger.warning(
+            "contrast scoring of %s: no prompts for %s in %s; they do not compete",
+            organ.name,
+            ", ".join(missing),
+            prompts_dir(folder),
+        )
+    return sets

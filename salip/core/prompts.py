@@ -24,8 +24,11 @@ Cache format (``prompts/<organ>.json``, shipped inside the package as ``salip.pr
 ``background.json`` has the same format and holds descriptions of what is *not* an organ
 (fat, muscle, bone, air, artefacts); contrast scoring uses it as a competing class.
 
-The folder is chosen by :func:`prompts_dir`: an explicit folder (``--prompts-dir``), else
-``$SALIP_PROMPTS_DIR``, else the packaged copy.
+A target's file also holds its definition (``"definition"``, see :mod:`salip.core.targets`).
+
+A user prompt set (an explicit folder, ``--prompts-dir``, else ``$SALIP_PROMPTS_DIR``) lies
+over the packaged one: a file there adds a target or replaces the packaged file of the same
+name, and every other file comes from the package (:func:`prompt_path`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from salip.core.errors import ConfigError
-from salip.core.organs import MODALITIES, Organ
+from salip.core.targets import MODALITIES, Organ, organ_from_definition
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +77,11 @@ def descriptions_sha256(descriptions: tuple[str, ...] | list[str]) -> str:
     return hashlib.sha256(json.dumps(list(descriptions)).encode("utf-8")).hexdigest()
 
 
+def packaged_dir() -> Path:
+    """The prompt set shipped with salip."""
+    return Path(str(resources.files("salip.prompts_data")))
+
+
 def prompts_dir(folder: str | Path | None = None) -> Path:
     """Folder of the prompt cache: ``folder``, else ``$SALIP_PROMPTS_DIR``, else the packaged copy."""
     if folder:
@@ -81,7 +89,25 @@ def prompts_dir(folder: str | Path | None = None) -> Path:
     env = os.environ.get("SALIP_PROMPTS_DIR")
     if env:
         return Path(env)
-    return Path(str(resources.files("salip.prompts_data")))
+    return packaged_dir()
+
+
+def user_dir(folder: str | Path | None = None) -> Path | None:
+    """The user prompt set lying over the packaged one (:func:`prompts_dir`), or None."""
+    chosen = prompts_dir(folder)
+    packaged = packaged_dir()
+    if chosen.resolve() == packaged.resolve():
+        return None
+    return chosen
+
+
+def prompt_path(name: str, folder: str | Path | None = None) -> Path:
+    """The file of ``name``'s prompts: the user set's when it has one, else the packaged
+    one (which may not exist)."""
+    user = user_dir(folder)
+    if user is not None and (user / f"{name}.json").is_file():
+        return user / f"{name}.json"
+    return packaged_dir() / f"{name}.json"
 
 
 def validate_prompt_data(data: Any, name: str | None = None) -> list[str]:
@@ -98,6 +124,11 @@ def validate_prompt_data(data: Any, name: str | None = None) -> list[str]:
         problems.append(f"format_version is {data.get('format_version')!r}, not {FORMAT_VERSION}")
     if name is not None and data.get("organ") != name:
         problems.append(f"organ is {data.get('organ')!r} but the file is named {name}.json")
+    if "definition" in data:
+        try:
+            organ_from_definition(str(data.get("organ")), data["definition"], "the file")
+        except Exception as exc:  # noqa: BLE001 - reported as one of the problems
+            problems.append(str(exc).removeprefix("the file: ").rstrip("."))
     entries = data.get("entries")
     if not isinstance(entries, dict) or not entries:
         return [*problems, "entries must be a non-empty object keyed by modality"]
@@ -162,12 +193,14 @@ def read_prompt_file(path: Path) -> dict[str, Any]:
 
 
 def load_prompt_file(organ: str, folder: str | Path | None = None) -> dict[str, Any]:
-    """Parsed ``<organ>.json`` from the cache; ConfigError if missing or malformed."""
-    path = prompts_dir(folder) / f"{organ}.json"
+    """Parsed ``<organ>.json`` of the prompt set (:func:`prompt_path`); ConfigError if
+    missing or malformed."""
+    path = prompt_path(organ, folder)
     if not path.is_file():
+        where = prompts_dir(folder)
         raise ConfigError(
-            f"no description prompts for '{organ}' in {path.parent}; write them with "
-            f"`salip prompts generate --organ {organ} --prompts-dir {path.parent}`."
+            f"no description prompts for '{organ}' in {where}; write them with "
+            f"`salip prompts generate --organ {organ} --prompts-dir {where}`."
         )
     return read_prompt_file(path)
 
@@ -203,9 +236,12 @@ def list_entries(folder: str | Path | None = None) -> list[dict[str, Any]]:
     Rows: ``organ``, ``modality``, ``count``, ``source``, ``origin`` (author or generator),
     ``date``, ``path``. Invalid files are reported as rows with ``error`` set.
     """
-    base = prompts_dir(folder)
+    names = {p.stem for p in packaged_dir().glob("*.json")}
+    user = user_dir(folder)
+    if user is not None:
+        names |= {p.stem for p in user.glob("*.json")}
     rows: list[dict[str, Any]] = []
-    for path in sorted(base.glob("*.json")):
+    for path in (prompt_path(name, folder) for name in sorted(names)):
         try:
             data = read_prompt_file(path)
         except ConfigError as exc:
@@ -225,38 +261,3 @@ def list_entries(folder: str | Path | None = None) -> list[dict[str, Any]]:
                 }
             )
     return rows
-
-
-def load_competitors(
-    organ: Organ,
-    modality: str,
-    requested: list[Organ],
-    folder: str | Path | None = None,
-) -> list[PromptSet]:
-    """Competing classes of ``organ`` for contrast scoring, as prompt sets.
-
-    They are the vocabulary organs plausible beside it in ``modality``
-    (:func:`salip.core.organs.competitors`), the other organs requested in the same run unless
-    of the target's family, and the background. Classes whose prompt file is missing from a
-    custom prompt folder are left out with a warning.
-    """
-    from salip.core.organs import competitors, family
-
-    own = family(organ)
-    names = [o.name for o in competitors(organ, modality)]
-    names += [o.name for o in requested if o.name not in own and o.name not in names]
-    names.append(BACKGROUND)
-    sets, missing = [], []
-    for name in names:
-        try:
-            sets.append(load_prompts(name, modality, folder, fallback_level=logging.DEBUG))
-        except ConfigError:
-            missing.append(name)
-    if missing:
-        logger.warning(
-            "contrast scoring of %s: no prompts for %s in %s; they do not compete",
-            organ.name,
-            ", ".join(missing),
-            prompts_dir(folder),
-        )
-    return sets

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from salip.core.config import SegmentConfig
-from salip.core.organs import Organ, get_organ
+from salip.core.organs import Organ
 from salip.core.prompts import PromptSet
 from salip.core.timing import StageTimer
 from salip.engines.crops import make_crops
@@ -114,8 +114,9 @@ def pick(
     if organ.laterality != "none":
         on_side = torch.tensor([s == organ.laterality for s in sides], dtype=torch.bool)
         return select_top_k(score, k, keep & on_side)
-    # A pair: the best crops on each side, then best first overall.
-    lateral_parts = [get_organ(p).laterality for p in organ.parts]
+    # A pair: the best crops on each side, then best first overall. A pair's parts are its
+    # left then its right member (checked when the vocabulary is read).
+    lateral_parts = ["left", "right"]
     per_side = max(1, k // len(lateral_parts))
     picked = []
     for side in lateral_parts:

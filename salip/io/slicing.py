@@ -18,38 +18,11 @@ import numpy as np
 from salip.core.config import SliceConfig
 from salip.core.errors import ConfigError, InputError
 from salip.core.organs import Organ
+from salip.core.windows import WINDOWS, parse_window  # noqa: F401 - re-exported
 from salip.io import Volume, check_plane_size
 from salip.io.orientation import AXES  # canonical axis per slicing axis name
 
 logger = logging.getLogger(__name__)
-
-#: CT window presets as (width, level) in HU.
-WINDOWS: dict[str, tuple[float, float]] = {
-    "abdomen": (400.0, 50.0),
-    "liver": (150.0, 30.0),
-    "lung": (1500.0, -600.0),
-    "bone": (1800.0, 400.0),
-    "brain": (80.0, 40.0),
-    "mediastinum": (350.0, 50.0),
-}
-
-
-def parse_window(spec: str) -> tuple[float, float]:
-    """Parse a preset name or "WIDTH,LEVEL" into (width, level) in HU."""
-    key = spec.strip().lower()
-    if key in WINDOWS:
-        return WINDOWS[key]
-    try:
-        width, level = (float(v) for v in key.split(","))
-    except ValueError:
-        raise ConfigError(
-            f"unknown window '{spec}'; use one of {', '.join(WINDOWS)} or WIDTH,LEVEL "
-            "(e.g. 400,50)."
-        ) from None
-    if width <= 0:
-        raise ConfigError(f"window width must be positive, got {width}.")
-    return width, level
-
 
 #: Elements converted at a time by :func:`_linear_to_uint8` (64 MiB of float32).
 _CHUNK = 1 << 24
@@ -174,7 +147,7 @@ def choose_intensity(volume: Volume, organs: list[Organ], config: SliceConfig) -
     if modality == "ct":
         presets = {organ.window for organ in organs}
         preset = organs[0].window if len(presets) == 1 else "abdomen"
-        width, level = WINDOWS[preset]
+        width, level = parse_window(preset)
         return Intensity(modality, "window", width, level, reason)
     return Intensity(modality, "percentile", modality_from=reason)
 
