@@ -34,19 +34,38 @@ def descriptions_reply(descriptions: list[Any]) -> Reply:
     return Reply(content=json.dumps({"descriptions": descriptions}))
 
 
+def definition_reply(definition: dict[str, Any], **extra: Any) -> Reply:
+    """A 200 reply whose message content is a target definition, with ``extra`` keys (e.g.
+    ``descriptions=[...]``, so that one reply answers both kinds of request)."""
+    return Reply(content=json.dumps({**definition, **extra}))
+
+
 class LoopbackLLM:
     """Server state: the reply script and the requests seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, poll_interval: float = 0.5) -> None:
+        """``poll_interval``: seconds between the server's shutdown checks (what
+        :meth:`stop` waits at most)."""
         self.script: list[Reply] = []
         self.requests: list[dict[str, Any]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(poll_interval,), daemon=True
+        )
 
     @property
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/v1"
+
+    def user_messages(self) -> list[str]:
+        """The user message of every request seen, in order."""
+        return [
+            m["content"]
+            for r in self.requests
+            for m in r["body"].get("messages", [])
+            if m.get("role") == "user"
+        ]
 
     def start(self) -> LoopbackLLM:
         self._thread.start()

@@ -433,6 +433,10 @@ def _add_organs(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         help="Show organ -> label values in a label set: totalseg, totalseg_mr, btcv, amos, "
         "msd (all Decathlon tasks) or one msd_* task.",
     )
+    organs.add_argument(
+        "--prompts-dir",
+        help="A user prompt set whose targets are listed too (default: $SALIP_PROMPTS_DIR).",
+    )
     organs.set_defaults(func=_cmd_organs)
 
 
@@ -451,25 +455,61 @@ def _add_prompts(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     gen = psub.add_parser(
         "generate",
         parents=[common, pdir],
-        help="Ask a language model (any OpenAI-compatible endpoint) for descriptions.",
+        help="Ask a language model (any OpenAI-compatible endpoint) for descriptions, or "
+        "to define a new target (--new).",
         description="Writes N visual descriptions per organ into the prompt cache, with "
         "provenance. The key is read from OPENAI_API_KEY; --base-url or OPENAI_BASE_URL "
-        "selects the endpoint. Nothing is written unless every organ succeeds.",
+        "selects the endpoint. Nothing is written unless every organ succeeds. With --new, "
+        "the model first defines a new target (synonyms, modalities, regions, laterality, "
+        "CT window), which is checked, and the target is written with its descriptions "
+        "into a user prompt set (--prompts-dir or SALIP_PROMPTS_DIR).",
     )
     gen.add_argument(
-        "--organ", action="append", help="Organ to describe; repeat or comma-separate."
+        "--organ",
+        action="append",
+        help="Organ to describe; repeat or comma-separate. With --new: the new target's "
+        'name in words (e.g. "thyroid gland" -> thyroid_gland).',
     )
     gen.add_argument(
         "--all", action="store_true", dest="all_organs", help="Every organ of --modality."
     )
     gen.add_argument(
-        "--modality", required=True, choices=("ct", "mr", "xray", "us"), help="Image modality."
+        "--modality",
+        required=True,
+        action="append",
+        type=_comma_list,
+        metavar="MODALITY",
+        help="Image modality: ct, mr, xray or us (with --new, repeat or comma-separate to "
+        "describe the new target in several).",
     )
     gen.add_argument(
         "--force",
         action="store_true",
-        help="Replace existing entries of this modality (hand-written ones included).",
+        help="Replace existing entries of this modality (hand-written ones included); with "
+        "--new, redefine an existing target (a built-in one is overridden by a user file).",
     )
+    new = gen.add_argument_group(
+        "a new target (--new; each value given replaces the model's answer)"
+    )
+    new.add_argument(
+        "--new", action="store_true", help="Define --organ as a new target of the prompt set."
+    )
+    new.add_argument(
+        "--pair",
+        action="store_true",
+        help="A both-sides target with left and right members: three targets, e.g. "
+        "psoas_muscles, psoas_muscle_left, psoas_muscle_right.",
+    )
+    new.add_argument("--modalities", metavar="LIST", help="Modalities that image it: ct,mr,...")
+    new.add_argument(
+        "--regions", metavar="LIST", help="Body regions showing it: head,thorax,abdomen,..."
+    )
+    new.add_argument(
+        "--laterality", choices=("none", "left", "right"), help="The patient's side it is on."
+    )
+    new.add_argument("--window", metavar="W,L|PRESET", help="CT window: WIDTH,LEVEL or a preset.")
+    new.add_argument("--synonyms", metavar="LIST", help="Other names, comma-separated.")
+    new.add_argument("--top-k", type=int, metavar="N", help="Crops kept per slice.")
     _add_dataclass_flags(gen.add_argument_group("language model"), GenerationConfig)
     gen.set_defaults(func=_cmd_prompts_generate)
     pls = psub.add_parser(
@@ -725,7 +765,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_organs(args: argparse.Namespace) -> int:
-    from salip.core.organs import ORGANS
+    from salip.core.organs import vocabulary
 
     out = sys.stdout
     if args.labels:
@@ -739,9 +779,14 @@ def _cmd_organs(args: argparse.Namespace) -> int:
                 )
                 out.write(f"  {organ:30s} {'+'.join(map(str, values))}{note}\n")
         return 0
+    known = vocabulary(args.prompts_dir)
     out.write(f"{'organ':30s} {'top-k':5s} {'window':11s} {'side':5s} modalities / regions\n")
-    for organ in ORGANS.values():
+    for organ in known.organs.values():
         extra = []
+        source = known.sources[organ.name]
+        if source != "built-in":
+            overrides = " (overrides the built-in one)" if organ.name in known.overridden else ""
+            extra.append(f"user target: {source}{overrides}")
         if organ.parts:
             extra.append(f"pair of {' + '.join(organ.parts)}")
         if organ.synonyms:
@@ -757,18 +802,44 @@ def _cmd_organs(args: argparse.Namespace) -> int:
 
 
 def _cmd_prompts_generate(args: argparse.Namespace) -> int:
-    from salip.apps.prompt_generation import GenerationConfig, generate_prompts, resolve_targets
+    from salip.apps.prompt_generation import (
+        OVERRIDE_FIELDS,
+        GenerationConfig,
+        create_target,
+        generate_prompts,
+        resolve_targets,
+    )
 
     names = {f.name for f in dataclasses.fields(GenerationConfig)}
     config = GenerationConfig(**{k: v for k, v in vars(args).items() if k in names})
-    targets = resolve_targets(args.organ, args.all_organs, args.modality)
-    written = generate_prompts(
-        targets,
-        args.modality,
-        config=config,
-        prompts_folder=args.prompts_dir,
-        force=args.force,
-    )
+    modalities = list(dict.fromkeys(m for group in args.modality for m in group))
+    overrides = {k: getattr(args, k) for k in OVERRIDE_FIELDS if getattr(args, k) is not None}
+    if args.new:
+        if args.all_organs or not args.organ or len(args.organ) != 1:
+            raise ConfigError('--new defines one target: give one --organ "NAME", not --all.')
+        written = create_target(
+            args.organ[0],
+            modalities,
+            pair=args.pair,
+            overrides=overrides,
+            config=config,
+            prompts_folder=args.prompts_dir,
+            force=args.force,
+        )
+    else:
+        if overrides or args.pair:
+            flag = "--pair" if args.pair else "--" + next(iter(overrides)).replace("_", "-")
+            raise ConfigError(f"{flag} defines a new target: add --new, or drop it.")
+        if len(modalities) != 1:
+            raise ConfigError("give one --modality without --new (run once per modality).")
+        targets = resolve_targets(args.organ, args.all_organs, modalities[0], args.prompts_dir)
+        written = generate_prompts(
+            targets,
+            modalities[0],
+            config=config,
+            prompts_folder=args.prompts_dir,
+            force=args.force,
+        )
     for path in written:
         logger.info("wrote %s", path)
     return 0

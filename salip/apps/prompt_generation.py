@@ -1,10 +1,24 @@
-"""Writing organ descriptions with a language model, offline, into the prompt cache.
+"""Writing organ descriptions and new targets with a language model, offline, into the
+prompt cache.
 
 One chat-completion request per organ asks any OpenAI-compatible endpoint for a JSON object
 ``{"descriptions": [...]}``: N short visual descriptions of how the organ looks in one
 modality. Replies are validated, and nothing is written until every organ of the run has a
 valid reply, so a failed run leaves the cache byte-for-byte unchanged. Each written entry
 records the model, the template version and hash, the date and the sampling settings.
+
+:func:`create_target` (``salip prompts generate --new``) first asks for a new target's
+*definition* (``{"synonyms", "modalities", "regions", "laterality", "window"}``, plus
+``"parts"`` for a pair), checks it with :func:`salip.core.targets.organ_from_definition`,
+lets command-line values override the model's, then asks for its descriptions and writes
+one prompt file per target into a user prompt set. Keys a reply has beyond the ones asked
+are ignored, so one endpoint can answer both kinds of request.
+
+A pair (``--pair``) is three targets: the both-sides one, named from the words given
+("psoas muscles" -> ``psoas_muscles``), and its members ``<base>_left`` and
+``<base>_right``, where ``<base>`` is that name less a final "s" (``psoas_muscle_left``);
+a final "ss", "us", "is" or "as" is kept, since such names are singular already
+("humerus" -> ``humerus_left``).
 
 The API key is read from ``$OPENAI_API_KEY`` and only handed to the ``openai`` client; it is
 never written to a file or logged.
@@ -24,15 +38,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from salip.core.errors import ConfigError, GenerationError, one_line
-from salip.core.organs import MODALITIES, ORGANS, Organ, parse_organs
+from salip.core.errors import ConfigError, GenerationError, OrganError, one_line
+from salip.core.organs import MODALITIES, Organ, Vocabulary, vocabulary
 from salip.core.prompts import (
     FORMAT_VERSION,
     MAX_DESCRIPTION_CHARS,
     description_problems,
+    packaged_dir,
     prompts_dir,
     read_prompt_file,
+    user_dir,
+    validate_prompt_data,
 )
+from salip.core.targets import (
+    REGIONS,
+    definition_fields,
+    organ_from_definition,
+    target_name,
+)
+from salip.core.windows import WINDOWS
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +92,78 @@ def template_sha256() -> str:
     """SHA-256 of both templates: the identity of the request wording."""
     text = json.dumps({"system": SYSTEM_TEMPLATE, "user": USER_TEMPLATE})
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+#: Bump when a definition template changes; the hash below changes with the text anyway.
+DEFINITION_TEMPLATE_VERSION = "1"
+
+DEFINITION_SYSTEM_TEMPLATE = """\
+You are a radiologist who defines anatomical structures for a medical image segmentation \
+tool: the modalities that image each structure, the body regions whose slices show it, \
+the patient's side it lies on, and the CT window that displays it best. Use only the \
+values offered. Answer with a JSON object only."""
+
+DEFINITION_USER_TEMPLATE = """\
+Define the {structure} as a segmentation target{pair_clause}.
+- synonyms: up to 5 other names radiologists use for it, in English.
+- modalities: the modalities that routinely show it, any of: {modalities}.
+- regions: the body regions whose axial slices show it, any of: {regions}.
+- laterality: "left" or "right" if the patient has it on that side only, else "none".
+- window: the CT window that shows it best: one of {windows}, or "WIDTH,LEVEL" in \
+Hounsfield units (e.g. "350,40").
+{parts_rule}Answer with exactly this JSON shape and nothing else:
+{shape}"""
+
+#: The pieces of DEFINITION_USER_TEMPLATE for a single target and for a pair.
+DEFINITION_PIECES = {
+    "single": {
+        "pair_clause": "",
+        "parts_rule": "",
+        "shape": '{"synonyms": ["..."], "modalities": ["..."], "regions": ["..."], '
+        '"laterality": "...", "window": "..."}',
+    },
+    "pair": {
+        "pair_clause": ": a structure the patient has on both sides, segmented as one target "
+        "made of a left and a right member",
+        "parts_rule": "- parts: its two one-sided members, the patient's left one first; "
+        'laterality is "none" for the pair itself.\n',
+        "shape": '{"synonyms": ["..."], "modalities": ["..."], "regions": ["..."], '
+        '"laterality": "none", "window": "...", "parts": ["left ...", "right ..."]}',
+    },
+}
+
+#: Definition keys read from a reply; any other key is ignored.
+DEFINITION_REPLY_KEYS = ("synonyms", "modalities", "regions", "laterality", "window")
+#: Definition fields the command line can set (``--regions`` ...), overriding the model.
+OVERRIDE_FIELDS = ("synonyms", "modalities", "regions", "laterality", "window", "top_k")
+
+
+def definition_template_sha256() -> str:
+    """SHA-256 of the definition templates, all pieces included."""
+    text = json.dumps(
+        {
+            "system": DEFINITION_SYSTEM_TEMPLATE,
+            "user": DEFINITION_USER_TEMPLATE,
+            "pieces": DEFINITION_PIECES,
+        }
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def build_definition_messages(structure: str, pair: bool) -> list[dict[str, str]]:
+    """The chat messages asking for the definition of ``structure`` (words, e.g. "thyroid
+    gland"), a both-sides pair if ``pair``."""
+    user = DEFINITION_USER_TEMPLATE.format(
+        structure=" ".join(structure.split()),
+        modalities=", ".join(MODALITIES),
+        regions=", ".join(REGIONS),
+        windows=", ".join(WINDOWS),
+        **DEFINITION_PIECES["pair" if pair else "single"],
+    )
+    return [
+        {"role": "system", "content": DEFINITION_SYSTEM_TEMPLATE},
+        {"role": "user", "content": user},
+    ]
 
 
 @dataclass(frozen=True)
@@ -125,6 +221,26 @@ def parse_reply(text: str | None, n: int, max_chars: int = MAX_DESCRIPTION_CHARS
     Accepts the JSON object alone or inside a Markdown code fence. Keeps the first ``n`` of
     a longer list; refuses fewer than ``n``, empty, duplicate or over-long strings.
     """
+    shape = '{"descriptions": [string, ...]}'
+    data, body = _reply_object(text, shape)
+    if not isinstance(data.get("descriptions"), list):
+        raise GenerationError(f"the model's reply is not a JSON object {shape}: {body[:80]!r}")
+    descriptions = data["descriptions"]
+    problems = description_problems(descriptions, max_chars)
+    if problems:
+        raise GenerationError("the model's descriptions are unusable: " + "; ".join(problems))
+    if len(descriptions) < n:
+        raise GenerationError(f"the model gave {len(descriptions)} descriptions, not {n}.")
+    return [" ".join(d.split()) for d in descriptions[:n]]
+
+
+def _reply_object(text: str | None, shape: str) -> tuple[dict[str, Any], str]:
+    """(the JSON object of a reply, alone or in a Markdown code fence; the text parsed).
+
+    Raises:
+        GenerationError: an empty reply, or one that is not a JSON object (``shape`` says
+            what was asked for).
+    """
     if not text or not text.strip():
         raise GenerationError("the model's reply is empty.")
     body = text.strip()
@@ -135,18 +251,23 @@ def parse_reply(text: str | None, n: int, max_chars: int = MAX_DESCRIPTION_CHARS
         data = json.loads(body)
     except json.JSONDecodeError as exc:
         raise GenerationError(f"the model's reply is not JSON ({exc}): {body[:80]!r}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("descriptions"), list):
-        raise GenerationError(
-            'the model\'s reply is not a JSON object {"descriptions": [string, ...]}: '
-            f"{body[:80]!r}"
-        )
-    descriptions = data["descriptions"]
-    problems = description_problems(descriptions, max_chars)
-    if problems:
-        raise GenerationError("the model's descriptions are unusable: " + "; ".join(problems))
-    if len(descriptions) < n:
-        raise GenerationError(f"the model gave {len(descriptions)} descriptions, not {n}.")
-    return [" ".join(d.split()) for d in descriptions[:n]]
+    if not isinstance(data, dict):
+        raise GenerationError(f"the model's reply is not a JSON object {shape}: {body[:80]!r}")
+    return data, body
+
+
+def parse_definition_reply(text: str | None, pair: bool) -> dict[str, Any]:
+    """The definition fields of a model reply: the keys asked for that it has (other keys
+    are ignored). Their values are checked later, with the command line's overrides
+    applied (:func:`organ_from_definition`).
+
+    Raises:
+        GenerationError: the reply is empty or not a JSON object.
+    """
+    shape = DEFINITION_PIECES["pair" if pair else "single"]["shape"]
+    data, _ = _reply_object(text, shape)
+    keys = (*DEFINITION_REPLY_KEYS, "parts") if pair else DEFINITION_REPLY_KEYS
+    return {k: data[k] for k in keys if k in data}
 
 
 def _base_url(config: GenerationConfig) -> str | None:
@@ -234,28 +355,29 @@ def _status_error(exc: Any, where: str, config: GenerationConfig) -> GenerationE
     )
 
 
-def _call(client: Any, organ: Organ, modality: str, config: GenerationConfig) -> Any:
-    """The endpoint's reply to one chat request; GenerationError (one line) on failure."""
+def _call(client: Any, who: str, messages: list[dict[str, str]], config: GenerationConfig) -> Any:
+    """The endpoint's reply to one chat request about the target ``who``; GenerationError
+    (one line) on failure."""
     import openai
 
-    where = f"{organ.name}: {_endpoint(client)}"
+    where = f"{who}: {_endpoint(client)}"
     extra: dict[str, Any] = {} if config.seed is None else {"seed": config.seed}
     try:
         return client.chat.completions.create(
             model=config.model,
-            messages=build_messages(organ, modality, config.n),
+            messages=messages,
             temperature=config.temperature,
             response_format={"type": "json_object"},
             **extra,
         )
     except openai.APITimeoutError as exc:
         raise GenerationError(
-            f"{organ.name}: no reply from {_endpoint(client)} within {config.timeout:g} s"
+            f"{who}: no reply from {_endpoint(client)} within {config.timeout:g} s"
             f"{_attempts(config)}; try later or raise --timeout."
         ) from exc
     except openai.APIConnectionError as exc:
         raise GenerationError(
-            f"{organ.name}: cannot reach {_endpoint(client)}{_attempts(config)} "
+            f"{who}: cannot reach {_endpoint(client)}{_attempts(config)} "
             f"({one_line(exc, 100)}); check --base-url (or $OPENAI_BASE_URL) and that the "
             "server is running."
         ) from exc
@@ -296,16 +418,37 @@ def _reply_text(response: Any, where: str) -> str:
     )
 
 
+def _served(response: Any, config: GenerationConfig) -> str:
+    """The name of the model that answered (the one asked for when the reply has none)."""
+    served = getattr(response, "model", None)
+    return served if isinstance(served, str) else config.model
+
+
 def _request(client: Any, organ: Organ, modality: str, config: GenerationConfig) -> tuple:
     """(descriptions, served model name) for one organ; GenerationError on failure."""
-    response = _call(client, organ, modality, config)
+    messages = build_messages(organ, modality, config.n)
+    response = _call(client, organ.name, messages, config)
     text = _reply_text(response, f"{organ.name}: {_endpoint(client)}")
     try:
         descriptions = parse_reply(text, config.n)
     except GenerationError as exc:
         raise GenerationError(f"{organ.name}: {exc}") from exc
-    served = getattr(response, "model", None)
-    return descriptions, served if isinstance(served, str) else config.model
+    return descriptions, _served(response, config)
+
+
+def _request_definition(
+    client: Any, name: str, words: str, pair: bool, config: GenerationConfig
+) -> tuple[dict[str, Any], str]:
+    """(the definition fields the model gave, served model name) for the new target
+    ``name`` called ``words``; GenerationError on failure."""
+    messages = build_definition_messages(words, pair)
+    response = _call(client, name, messages, config)
+    text = _reply_text(response, f"{name}: {_endpoint(client)}")
+    try:
+        fields = parse_definition_reply(text, pair)
+    except GenerationError as exc:
+        raise GenerationError(f"{name}: {exc}") from exc
+    return fields, _served(response, config)
 
 
 def _check_writable(folder: Path) -> None:
@@ -319,18 +462,45 @@ def _check_writable(folder: Path) -> None:
         )
 
 
-def resolve_targets(organs: Sequence[str] | None, all_organs: bool, modality: str) -> list[Organ]:
-    """The organs of a generate run: named ones, or with ``all_organs`` every organ of
-    ``modality``. Raises ConfigError/OrganError with the fix."""
-    if modality not in MODALITIES:
-        raise ConfigError(f"unknown modality '{modality}'; use one of {', '.join(MODALITIES)}.")
+def known_targets(folder: str | Path | None = None) -> Vocabulary:
+    """The targets of the prompt set a run writes (``folder``, see :func:`prompts_dir`):
+    the packaged ones alone while its folder does not exist yet."""
+    user = user_dir(folder)
+    if user is not None and not user.is_dir():
+        user = None
+    return vocabulary(packaged_dir() if user is None else user)
+
+
+def check_modalities(modalities: str | Sequence[str]) -> list[str]:
+    """The modalities asked for, repeats dropped; ConfigError for an unknown one."""
+    items = [modalities] if isinstance(modalities, str) else list(modalities)
+    for modality in items:
+        if modality not in MODALITIES:
+            raise ConfigError(f"unknown modality '{modality}'; use one of {', '.join(MODALITIES)}.")
+    if not items:
+        raise ConfigError(f"name a modality with --modality ({', '.join(MODALITIES)}).")
+    return list(dict.fromkeys(items))
+
+
+def resolve_targets(
+    organs: Sequence[str] | None,
+    all_organs: bool,
+    modality: str,
+    folder: str | Path | None = None,
+) -> list[Organ]:
+    """The organs of a generate run: named ones (repeated and/or comma-separated), or with
+    ``all_organs`` every organ of ``modality``, in the prompt set ``folder`` (its own
+    targets included). Raises ConfigError/OrganError with the fix."""
+    check_modalities(modality)
     if all_organs and organs:
         raise ConfigError("give --organ or --all, not both.")
+    known = known_targets(folder)
     if all_organs:
-        return [o for o in ORGANS.values() if modality in o.modalities]
-    if not organs:
+        return [o for o in known.organs.values() if modality in o.modalities]
+    names = [part for value in organs or () for part in value.split(",") if part.strip()]
+    if not names:
         raise ConfigError("name organs with --organ (repeatable) or use --all.")
-    targets = parse_organs(organs)
+    targets = list(dict.fromkeys(known.get(name) for name in names))
     for organ in targets:
         if modality not in organ.modalities:
             raise ConfigError(
@@ -338,6 +508,101 @@ def resolve_targets(organs: Sequence[str] | None, all_organs: bool, modality: st
                 f"modalities: {', '.join(organ.modalities)})."
             )
     return targets
+
+
+def _existing_files(
+    folder: Path, names: Sequence[str], modalities: Sequence[str]
+) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str, str]]]:
+    """(the parsed prompt files ``folder`` has for ``names``; (name, modality, source) of
+    their entries for ``modalities``). ConfigError for an unreadable file."""
+    existing: dict[str, dict[str, Any]] = {}
+    conflicts = []
+    for name in names:
+        path = folder / f"{name}.json"
+        if path.exists():
+            existing[name] = read_prompt_file(path)
+            for modality in modalities:
+                entry = existing[name]["entries"].get(modality)
+                if entry is not None:
+                    conflicts.append((name, modality, entry["source"]))
+    return existing, conflicts
+
+
+def _refuse_conflicts(folder: Path, conflicts: list[tuple[str, str, str]], force: bool) -> None:
+    """ConfigError naming the entries a run would replace, unless ``force``."""
+    if not conflicts or force:
+        return
+    by_modality: dict[str, list[str]] = {}
+    for name, modality, source in conflicts:
+        by_modality.setdefault(modality, []).append(f"{name} ({source})")
+    listed = "; ".join(f"{m} descriptions for {', '.join(v)}" for m, v in by_modality.items())
+    raise ConfigError(
+        f"{folder} already has {listed}; pass --force to replace them, or --prompts-dir DIR "
+        "to write a separate prompt set."
+    )
+
+
+def _ask_descriptions(
+    client: Any, organs: Sequence[Organ], modalities: Sequence[str], config: GenerationConfig
+) -> dict[tuple[str, str], tuple[list[str], str]]:
+    """(organ name, modality) -> (descriptions, served model name), every one asked for."""
+    results = {}
+    for organ in organs:
+        for modality in modalities:
+            logger.info(
+                "asking %s for %d %s descriptions of %s",
+                config.model,
+                config.n,
+                modality,
+                organ.name,
+            )
+            results[organ.name, modality] = _request(client, organ, modality, config)
+    return results
+
+
+def _provenance(
+    config: GenerationConfig,
+    endpoint: str,
+    served: str,
+    template: tuple[str, str],
+    sampling: dict[str, Any],
+) -> dict[str, Any]:
+    """The provenance of a generated entry or definition (``template``: version, hash)."""
+    return {
+        "source": "generated",
+        "date": dt.datetime.now(dt.timezone.utc).date().isoformat(),
+        "generator": config.model,
+        "served_model": served,
+        "endpoint": endpoint,
+        "template_version": template[0],
+        "template_sha256": template[1],
+        "sampling": sampling,
+    }
+
+
+def _description_entry(
+    descriptions: list[str], served: str, config: GenerationConfig, endpoint: str
+) -> dict[str, Any]:
+    """A generated ``entries`` item of a prompt file, with its provenance."""
+    sampling = {"temperature": config.temperature, "seed": config.seed, "n": config.n}
+    template = (TEMPLATE_VERSION, template_sha256())
+    return {
+        "descriptions": descriptions,
+        **_provenance(config, endpoint, served, template, sampling),
+    }
+
+
+def _write_file(path: Path, data: dict[str, Any]) -> None:
+    """Write one prompt file atomically; ConfigError (one line) on failure."""
+    from salip.io.writing import atomic_write
+
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    try:
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {path} ({exc}); pass --prompts-dir DIR to write elsewhere."
+        ) from exc
 
 
 def generate_prompts(
@@ -368,66 +633,383 @@ def generate_prompts(
         GenerationError: no API key, endpoint failure after retries, or an invalid reply.
         ConfigError: an existing entry without ``force``, or an unreadable cache file.
     """
-    from salip.io.writing import atomic_write
-
     config = config or GenerationConfig()
     config.validate()
     folder = prompts_dir(prompts_folder)
     # Check the cache before any request: refusals cost nothing.
-    existing: dict[str, dict[str, Any]] = {}
-    conflicts = []
-    for organ in organs:
-        path = folder / f"{organ.name}.json"
-        if path.exists():
-            existing[organ.name] = read_prompt_file(path)
-            entry = existing[organ.name]["entries"].get(modality)
-            if entry is not None:
-                conflicts.append((organ.name, entry["source"]))
-    if conflicts and not force:
-        listed = ", ".join(f"{name} ({source})" for name, source in conflicts)
-        raise ConfigError(
-            f"{folder} already has {modality} descriptions for {listed}; pass --force to "
-            "replace them, or --prompts-dir DIR to write a separate prompt set."
-        )
+    existing, conflicts = _existing_files(folder, [o.name for o in organs], [modality])
+    _refuse_conflicts(folder, conflicts, force)
     _check_writable(folder)
-    hand_written = {name for name, source in conflicts if source == "hand-written"}
     client = client if client is not None else _client(config)
     endpoint = _endpoint(client)
-    results = {}
-    for organ in organs:
-        logger.info(
-            "asking %s for %d %s descriptions of %s", config.model, config.n, modality, organ.name
-        )
-        results[organ.name] = _request(client, organ, modality, config)
-
-    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
-    sampling = {"temperature": config.temperature, "seed": config.seed, "n": config.n}
+    results = _ask_descriptions(client, organs, [modality], config)
     written = []
     for organ in organs:
-        descriptions, served = results[organ.name]
         data = existing.get(
             organ.name, {"format_version": FORMAT_VERSION, "organ": organ.name, "entries": {}}
         )
-        data["entries"][modality] = {
-            "descriptions": descriptions,
-            "source": "generated",
-            "date": today,
-            "generator": config.model,
-            "served_model": served,
-            "endpoint": endpoint,
-            "template_version": TEMPLATE_VERSION,
-            "template_sha256": template_sha256(),
-            "sampling": sampling,
-        }
-        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        data["entries"][modality] = _description_entry(
+            *results[organ.name, modality], config, endpoint
+        )
         path = folder / f"{organ.name}.json"
-        try:
-            atomic_write(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write {path} ({exc}); pass --prompts-dir DIR to write elsewhere."
-            ) from exc
+        _write_file(path, data)
         written.append(path)
-        if organ.name in hand_written:
+        if (organ.name, modality, "hand-written") in conflicts:
             logger.warning("replaced the hand-written %s descriptions of %s", modality, organ.name)
     return written
+
+
+# --- new targets (`salip prompts generate --new`) ------------------------------------------
+
+#: Endings of names that are singular already: a pair's members keep them.
+_SINGULAR_ENDINGS = ("ss", "us", "is", "as")
+#: ``where`` of the command line's values in definition messages.
+_COMMAND_LINE = "the command line"
+
+
+@dataclass(frozen=True)
+class NewTargets:
+    """The targets one ``--new`` run writes.
+
+    Attributes:
+        words: the target's name as the user wrote it, spaces collapsed.
+        name: its snake_case name (:func:`salip.core.targets.target_name`).
+        members: for a pair, the names of its left and right members; else empty.
+    """
+
+    words: str
+    name: str
+    members: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every target written, in writing order: a pair's members before the pair, so
+        a file never names a member that is not there yet."""
+        return (*self.members, self.name)
+
+
+def pair_member_names(name: str) -> tuple[str, str]:
+    """The left and right members of the pair ``name``: ``<base>_left``, ``<base>_right``
+    with ``<base>`` the name less a final "s" unless it ends in "ss", "us", "is" or "as"
+    ("psoas_muscles" -> "psoas_muscle_left", "humerus" -> "humerus_left")."""
+    base = name if name.endswith(_SINGULAR_ENDINGS) else name.removesuffix("s")
+    return f"{base}_left", f"{base}_right"
+
+
+def plan_new_target(words: str, pair: bool = False) -> NewTargets:
+    """The targets ``--new`` (with ``--pair`` if ``pair``) creates for ``words``.
+
+    Raises:
+        OrganError: ``words`` cannot name a target.
+    """
+    name = target_name(words)
+    return NewTargets(" ".join(words.split()), name, pair_member_names(name) if pair else ())
+
+
+def _user_folder(prompts_folder: str | Path | None) -> Path:
+    """The user prompt set new targets go into; ConfigError for the packaged one."""
+    folder = user_dir(prompts_folder)
+    if folder is None:
+        raise ConfigError(
+            "new targets go into a user prompt set, not the packaged one; pass "
+            "--prompts-dir DIR or set SALIP_PROMPTS_DIR."
+        )
+    return folder
+
+
+def _origin(known: Vocabulary, name: str) -> str:
+    source = known.sources[name]
+    return "built-in" if source == "built-in" else f"user target, {source}"
+
+
+def _refuse_known(plan: NewTargets, known: Vocabulary, folder: Path, force: bool) -> None:
+    """OrganError when the new target's words name another target, or when a target it
+    writes exists already and ``force`` is not given."""
+    other = known.resolve(plan.words)
+    if other is not None and other not in plan.names:
+        raise OrganError(
+            f"'{plan.words}' already names the target {other} ({_origin(known, other)}); "
+            f"redefine it with --organ {other} --new --force, or choose another name."
+        )
+    taken = [name for name in plan.names if name in known.organs]
+    if taken and not force:
+        listed = ", ".join(f"{name} ({_origin(known, name)})" for name in taken)
+        built_in = any(known.sources[name] == "built-in" for name in taken)
+        note = " (a user file there overrides the built-in one)" if built_in else ""
+        raise OrganError(
+            f"{listed}: already a target; pass --force to redefine it in {folder}{note}, or "
+            "choose another name."
+        )
+
+
+def _prepare_files(
+    plan: NewTargets, folder: Path, modalities: Sequence[str], force: bool
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """(the prompt files the new targets' files start from, whose other modalities'
+    entries are kept: the user set's, else for a redefined built-in target the packaged
+    one; the built-in targets redefined).
+
+    Raises:
+        OrganError, ConfigError: an existing target or entry without ``force``, or an
+            invalid prompt set; before any request.
+    """
+    known = known_targets(folder)
+    _refuse_known(plan, known, folder, force)
+    existing, conflicts = _existing_files(folder, plan.names, modalities)
+    _refuse_conflicts(folder, conflicts, force)
+    built_in = [name for name in plan.names if known.sources.get(name) == "built-in"]
+    for name in built_in:
+        if name not in existing:
+            existing[name] = read_prompt_file(packaged_dir() / f"{name}.json")
+    return existing, built_in
+
+
+def _field(message: str, where: str) -> tuple[str, str]:
+    """(the field, the rest) of an :func:`organ_from_definition` message about ``where``
+    ("W: definition.regions: ..." -> "regions", ": ...")."""
+    body = message.removeprefix(f"{where}: definition.")
+    field = re.match(r"[a-z_]*", body)
+    name = field.group(0) if field else ""
+    return name, body[len(name) :]
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _checked_overrides(
+    overrides: dict[str, Any], modalities: Sequence[str], pair: bool
+) -> dict[str, Any]:
+    """The definition fields the command line sets (None values dropped), checked before
+    any request.
+
+    Raises:
+        ConfigError: an unknown field, a value that is not allowed (flag named), a pair
+            given a side, or --modalities without a --modality asked for.
+    """
+    values = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(values) - set(OVERRIDE_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"{unknown[0]} cannot be set for a new target; set {', '.join(OVERRIDE_FIELDS)}."
+        )
+    if pair and str(values.get("laterality", "none")).strip().lower() != "none":
+        raise ConfigError(
+            "--laterality: a pair (--pair) has no side of its own (its members are left "
+            "and right); drop --laterality."
+        )
+    trial = {"modalities": list(modalities), "regions": ["abdomen"], "laterality": "none"}
+    try:
+        organ = organ_from_definition(
+            "new", {**trial, "window": "abdomen", **values}, _COMMAND_LINE
+        )
+    except OrganError as exc:
+        field, rest = _field(str(exc), _COMMAND_LINE)
+        raise ConfigError(_flag(field) + rest) from None
+    missing = [m for m in modalities if m not in organ.modalities]
+    if missing:
+        raise ConfigError(
+            f"--modality {missing[0]} is not among --modalities {','.join(organ.modalities)}; "
+            "add it there."
+        )
+    return values
+
+
+def _string_items(value: Any) -> list[str] | None:
+    """``value`` as a list of strings (a comma-separated string split), or None when it is
+    not one (left for :func:`organ_from_definition` to refuse)."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [" ".join(v.split()) for v in value if v.strip()]
+    return None
+
+
+def _with_modalities(value: Any, modalities: Sequence[str]) -> Any:
+    """The model's modalities plus the ones descriptions are asked for (the user images
+    the target in those)."""
+    items = _string_items(value)
+    if not items:
+        return value
+    return [*items, *(m for m in modalities if m not in {v.lower() for v in items})]
+
+
+def _with_words(value: Any, plan: NewTargets) -> Any:
+    """The synonyms, the target's own words first when they differ from its name, without
+    repeats (case-insensitive) or the name itself."""
+    items = [] if value is None else _string_items(value)
+    if items is None:
+        return value
+    if plan.words != plan.name:
+        items.insert(0, plan.words.lower())
+    unique = {v.lower(): v for v in reversed(items) if v != plan.name}
+    return list(reversed(unique.values()))
+
+
+def _check_pair_answer(plan: NewTargets, answer: dict[str, Any]) -> None:
+    """GenerationError unless the model's answer for a pair names two parts and no side."""
+    parts = answer.get("parts")
+    if not (isinstance(parts, list) and len(parts) == 2):
+        raise GenerationError(
+            f"{plan.name}: the model's answer gives no left and right parts (parts: "
+            f"{json.dumps(parts)}), so it does not take {plan.words} for a pair; drop --pair "
+            "to define a single target, or try again or another --model."
+        )
+    laterality = answer.get("laterality")
+    if isinstance(laterality, str) and laterality.strip().lower() in ("left", "right"):
+        raise GenerationError(
+            f"{plan.name}: the model's answer gives the pair laterality {laterality!r}, but "
+            "a both-sides pair has none (its members are left and right); drop --pair, or "
+            "try again or another --model."
+        )
+
+
+def _model_organ(
+    plan: NewTargets, answer: dict[str, Any], overrides: dict[str, Any], modalities: Sequence[str]
+) -> Organ:
+    """The new (single or pair) target: the model's answer, the command line's values over
+    it, the requested modalities and the target's own words added, a pair's fixed parts.
+
+    Raises:
+        GenerationError: the answer is unusable (one line naming the field and its flag).
+    """
+    if plan.members:
+        _check_pair_answer(plan, answer)
+    data = {k: v for k, v in answer.items() if k != "parts"}
+    data.update(overrides)
+    if "modalities" not in overrides:
+        data["modalities"] = _with_modalities(data.get("modalities"), modalities)
+    data["synonyms"] = _with_words(data.get("synonyms"), plan)
+    if plan.members:
+        data.update(parts=list(plan.members), laterality="none")
+    where = f"{plan.name}: the model's answer"
+    try:
+        return organ_from_definition(plan.name, data, where)
+    except OrganError as exc:
+        field, _ = _field(str(exc), where)
+        fix = f"set it with {_flag(field)}, or " if field in OVERRIDE_FIELDS else ""
+        raise GenerationError(
+            f"{str(exc).rstrip('.')}; {fix}try again or another --model."
+        ) from None
+
+
+def _member_organ(pair: Organ, name: str, side: str) -> Organ:
+    """The ``side`` member ``name`` of the new pair ``pair``: its modalities, regions and
+    window, one crop per slice."""
+    words = name.removesuffix(f"_{side}").replace("_", " ")
+    data = {
+        "synonyms": [f"{side} {words}"],
+        "modalities": list(pair.modalities),
+        "regions": list(pair.regions),
+        "laterality": side,
+        "top_k": 1,
+        "window": pair.window,
+    }
+    return organ_from_definition(name, data, name)
+
+
+def _new_organs(
+    plan: NewTargets, answer: dict[str, Any], overrides: dict[str, Any], modalities: Sequence[str]
+) -> dict[str, Organ]:
+    """Name -> target for every target the run writes (see :class:`NewTargets`)."""
+    organ = _model_organ(plan, answer, overrides, modalities)
+    organs = {
+        name: _member_organ(organ, name, side)
+        for name, side in zip(plan.members, ("left", "right"))
+    }
+    organs[organ.name] = organ
+    return organs
+
+
+def _target_file(
+    organ: Organ,
+    provenance: dict[str, Any],
+    base: dict[str, Any] | None,
+    entries: dict[str, Any],
+) -> dict[str, Any]:
+    """The prompt file of a new target: its definition, the entries of the file it
+    replaces (``base``) with ``entries`` over them; checked like any prompt file."""
+    data = {
+        "format_version": FORMAT_VERSION,
+        "organ": organ.name,
+        "definition": {**definition_fields(organ), **provenance},
+        "entries": {**(base or {}).get("entries", {}), **entries},
+    }
+    problems = validate_prompt_data(data, organ.name)
+    if problems:
+        raise GenerationError(
+            f"{organ.name}: the new prompt file would be invalid ({problems[0]}); try again "
+            "or another --model."
+        )
+    return data
+
+
+def create_target(
+    words: str,
+    modalities: str | Sequence[str],
+    *,
+    pair: bool = False,
+    overrides: dict[str, Any] | None = None,
+    config: GenerationConfig | None = None,
+    prompts_folder: str | Path | None = None,
+    force: bool = False,
+    client: Any = None,
+) -> list[Path]:
+    """Define a new target with a language model and write it, with its descriptions, to
+    a user prompt set (``salip prompts generate --organ WORDS --new``).
+
+    Args:
+        words: the target's name in words ("thyroid gland" -> ``thyroid_gland.json``).
+        modalities: the modalities to ask descriptions for (added to its definition).
+        pair: a both-sides target, written with its left and right members (three files;
+            see the module docstring for their names), each with its own descriptions.
+        overrides: definition fields (:data:`OVERRIDE_FIELDS`) that replace the model's
+            answer, as values or comma-separated strings; recorded as ``overrides``.
+        config: model, sampling and retry settings.
+        prompts_folder: the user prompt set (created if missing); default
+            ``$SALIP_PROMPTS_DIR``. The packaged set is refused.
+        force: redefine an existing target (a built-in one is overridden by a user file)
+            and replace its descriptions of ``modalities``.
+        client: an ``openai.OpenAI`` client to use instead of one built from the environment.
+
+    Returns:
+        The prompt files written (a pair's members first).
+
+    Raises:
+        ConfigError, OrganError: a refused name, folder or value, before any request.
+        GenerationError: no API key, endpoint failure, or an unusable answer; nothing is
+            written.
+    """
+    config = config or GenerationConfig()
+    config.validate()
+    modalities = check_modalities(modalities)
+    folder = _user_folder(prompts_folder)
+    plan = plan_new_target(words, pair)
+    values = _checked_overrides(dict(overrides or {}), modalities, pair)
+    base, built_in = _prepare_files(plan, folder, modalities, force)
+    _check_writable(folder)
+    client = client if client is not None else _client(config)
+    endpoint = _endpoint(client)
+    logger.info("asking %s for the definition of %s", config.model, plan.name)
+    answer, served = _request_definition(client, plan.name, plan.words, pair, config)
+    organs = _new_organs(plan, answer, values, modalities)
+    template = (DEFINITION_TEMPLATE_VERSION, definition_template_sha256())
+    sampling = {"temperature": config.temperature, "seed": config.seed}
+    provenance = _provenance(config, endpoint, served, template, sampling)
+    provenance["overrides"] = [f for f in OVERRIDE_FIELDS if f in values]
+    asked = [organs[plan.name], *(organs[m] for m in plan.members)]
+    results = _ask_descriptions(client, asked, modalities, config)
+    files = {
+        name: _target_file(
+            organs[name],
+            provenance,
+            base.get(name),
+            {m: _description_entry(*results[name, m], config, endpoint) for m in modalities},
+        )
+        for name in plan.names
+    }
+    for name, data in files.items():
+        _write_file(folder / f"{name}.json", data)
+    for name in built_in:
+        logger.warning("%s: the user target in %s overrides the built-in one", name, folder)
+    return [folder / f"{name}.json" for name in plan.names]
