@@ -202,3 +202,40 @@ def test_without_ray_the_engine_names_the_extra(cases, tmp_path, monkeypatch, ca
     assert not (tmp_path / "x").exists()
     assert main([*args, "--workers", "2"]) == 1
     assert "--workers need --engine ray" in capsys.readouterr().err
+
+
+class _InterruptOnDispatch(logging.Handler):
+    """Ctrl-C in the driver just after ``case`` is handed to a worker."""
+
+    def __init__(self, case: str) -> None:
+        super().__init__(logging.INFO)
+        self.case = case
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == "%s -> worker %d (pid %d on %s)" and record.args[0] == self.case:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_ray_run_leaves_nothing_partial_and_completes_when_rerun(
+    local_ray, cases, tmp_path, tiny_models, one_thread
+):
+    options = {**FAST, **tiny_models}
+    good = cases[:3]  # the NIfTI, the DICOM series and the folder of two PNGs
+    salip.segment_many(good, organs="liver", output=tmp_path / "local", **options)
+    logger = logging.getLogger("salip.api.cluster")
+    handler, level = _InterruptOnDispatch("amos_0006_90"), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    out = tmp_path / "ray"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            salip.segment_many(good, organs="liver", output=out, engine="ray", workers=2, **options)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    local = _files(tmp_path / "local")
+    partial = _files(out)
+    assert set(partial) < set(local)  # only finished cases' files: no temporary, no partial
+    assert all(partial[name] == local[name] for name in partial)
+    salip.segment_many(good, organs="liver", output=out, engine="ray", workers=2, **options)
+    assert _files(out) == local

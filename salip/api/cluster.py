@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -244,12 +245,28 @@ class RayPool(Generic[T, R]):
         self.on_death(task)
 
     def _stop(self, ray: Any, slots: list[_Slot], tasks: Sequence[T]) -> None:
-        """Kill the workers; clean up after tasks they were running (an interrupt or an
-        error ended the run)."""
+        """Kill the workers; once those that were running a task (an interrupt or an error
+        ended the run) are gone, clean up after their tasks."""
         for slot in slots:
             ray.kill(slot.actor, no_restart=True)
+        for slot in slots:
             if slot.task is not None:
+                _wait_dead(ray, slot.actor)
                 self.on_death(tasks[slot.task])
+
+
+def _wait_dead(ray: Any, actor: Any, timeout_s: float = 30.0) -> None:
+    """Return once a killed actor is gone (a call to it fails), or after ``timeout_s``, so
+    nothing it was writing appears after the clean-up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.where.remote(), timeout=1.0)
+        except ray.exceptions.GetTimeoutError:
+            continue  # still finishing the call it was running when killed
+        except ray.exceptions.RayError:
+            return
+        time.sleep(0.1)
 
 
 def _salip_environment() -> dict[str, str]:
