@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from salip.apps.cli import main
-from salip.apps.prompt_generation import (
+from salip.apps.new_targets import (
     DEFINITION_TEMPLATE_VERSION,
-    TEMPLATE_VERSION,
     definition_template_sha256,
     pair_member_names,
-    template_sha256,
 )
+from salip.apps.prompt_generation import TEMPLATE_VERSION, template_sha256
 from salip.core.errors import ConfigError, OrganError
 from salip.core.organs import competitors, get_organ, pair_of, vocabulary
 from salip.core.prompts import packaged_dir, read_prompt_file

@@ -802,13 +802,8 @@ def _cmd_organs(args: argparse.Namespace) -> int:
 
 
 def _cmd_prompts_generate(args: argparse.Namespace) -> int:
-    from salip.apps.prompt_generation import (
-        OVERRIDE_FIELDS,
-        GenerationConfig,
-        create_target,
-        generate_prompts,
-        resolve_targets,
-    )
+    from salip.apps.new_targets import OVERRIDE_FIELDS, create_target
+    from salip.apps.prompt_generation import GenerationConfig, generate_prompts, resolve_targets
 
     names = {f.name for f in dataclasses.fields(GenerationConfig)}
     config = GenerationConfig(**{k: v for k, v in vars(args).items() if k in names})

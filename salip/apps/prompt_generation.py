@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from salip.core.errors import ConfigError, GenerationError, OrganError, one_line
+from salip.core.errors import ConfigError, GenerationError, one_line
 from salip.core.organs import MODALITIES, Organ, Vocabulary, vocabulary
 from salip.core.prompts import (
     FORMAT_VERSION,
@@ -48,15 +48,7 @@ from salip.core.prompts import (
     prompts_dir,
     read_prompt_file,
     user_dir,
-    validate_prompt_data,
 )
-from salip.core.targets import (
-    REGIONS,
-    definition_fields,
-    organ_from_definition,
-    target_name,
-)
-from salip.core.windows import WINDOWS
 
 logger = logging.getLogger(__name__)
 
@@ -95,77 +87,6 @@ def template_sha256() -> str:
 
 
 #: Bump when a definition template changes; the hash below changes with the text anyway.
-DEFINITION_TEMPLATE_VERSION = "1"
-
-DEFINITION_SYSTEM_TEMPLATE = """\
-You are a radiologist who defines anatomical structures for a medical image segmentation \
-tool: the modalities that image each structure, the body regions whose slices show it, \
-the patient's side it lies on, and the CT window that displays it best. Use only the \
-values offered. Answer with a JSON object only."""
-
-DEFINITION_USER_TEMPLATE = """\
-Define the {structure} as a segmentation target{pair_clause}.
-- synonyms: up to 5 other names radiologists use for it, in English.
-- modalities: the modalities that routinely show it, any of: {modalities}.
-- regions: the body regions whose axial slices show it, any of: {regions}.
-- laterality: "left" or "right" if the patient has it on that side only, else "none".
-- window: the CT window that shows it best: one of {windows}, or "WIDTH,LEVEL" in \
-Hounsfield units (e.g. "350,40").
-{parts_rule}Answer with exactly this JSON shape and nothing else:
-{shape}"""
-
-#: The pieces of DEFINITION_USER_TEMPLATE for a single target and for a pair.
-DEFINITION_PIECES = {
-    "single": {
-        "pair_clause": "",
-        "parts_rule": "",
-        "shape": '{"synonyms": ["..."], "modalities": ["..."], "regions": ["..."], '
-        '"laterality": "...", "window": "..."}',
-    },
-    "pair": {
-        "pair_clause": ": a structure the patient has on both sides, segmented as one target "
-        "made of a left and a right member",
-        "parts_rule": "- parts: its two one-sided members, the patient's left one first; "
-        'laterality is "none" for the pair itself.\n',
-        "shape": '{"synonyms": ["..."], "modalities": ["..."], "regions": ["..."], '
-        '"laterality": "none", "window": "...", "parts": ["left ...", "right ..."]}',
-    },
-}
-
-#: Definition keys read from a reply; any other key is ignored.
-DEFINITION_REPLY_KEYS = ("synonyms", "modalities", "regions", "laterality", "window")
-#: Definition fields the command line can set (``--regions`` ...), overriding the model.
-OVERRIDE_FIELDS = ("synonyms", "modalities", "regions", "laterality", "window", "top_k")
-
-
-def definition_template_sha256() -> str:
-    """SHA-256 of the definition templates, all pieces included."""
-    text = json.dumps(
-        {
-            "system": DEFINITION_SYSTEM_TEMPLATE,
-            "user": DEFINITION_USER_TEMPLATE,
-            "pieces": DEFINITION_PIECES,
-        }
-    )
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def build_definition_messages(structure: str, pair: bool) -> list[dict[str, str]]:
-    """The chat messages asking for the definition of ``structure`` (words, e.g. "thyroid
-    gland"), a both-sides pair if ``pair``."""
-    user = DEFINITION_USER_TEMPLATE.format(
-        structure=" ".join(structure.split()),
-        modalities=", ".join(MODALITIES),
-        regions=", ".join(REGIONS),
-        windows=", ".join(WINDOWS),
-        **DEFINITION_PIECES["pair" if pair else "single"],
-    )
-    return [
-        {"role": "system", "content": DEFINITION_SYSTEM_TEMPLATE},
-        {"role": "user", "content": user},
-    ]
-
-
 @dataclass(frozen=True)
 class GenerationConfig:
     """Settings of ``salip prompts generate`` (one CLI flag per field)."""
@@ -222,7 +143,7 @@ def parse_reply(text: str | None, n: int, max_chars: int = MAX_DESCRIPTION_CHARS
     a longer list; refuses fewer than ``n``, empty, duplicate or over-long strings.
     """
     shape = '{"descriptions": [string, ...]}'
-    data, body = _reply_object(text, shape)
+    data, body = reply_object(text, shape)
     if not isinstance(data.get("descriptions"), list):
         raise GenerationError(f"the model's reply is not a JSON object {shape}: {body[:80]!r}")
     descriptions = data["descriptions"]
@@ -234,7 +155,7 @@ def parse_reply(text: str | None, n: int, max_chars: int = MAX_DESCRIPTION_CHARS
     return [" ".join(d.split()) for d in descriptions[:n]]
 
 
-def _reply_object(text: str | None, shape: str) -> tuple[dict[str, Any], str]:
+def reply_object(text: str | None, shape: str) -> tuple[dict[str, Any], str]:
     """(the JSON object of a reply, alone or in a Markdown code fence; the text parsed).
 
     Raises:
@@ -254,20 +175,6 @@ def _reply_object(text: str | None, shape: str) -> tuple[dict[str, Any], str]:
     if not isinstance(data, dict):
         raise GenerationError(f"the model's reply is not a JSON object {shape}: {body[:80]!r}")
     return data, body
-
-
-def parse_definition_reply(text: str | None, pair: bool) -> dict[str, Any]:
-    """The definition fields of a model reply: the keys asked for that it has (other keys
-    are ignored). Their values are checked later, with the command line's overrides
-    applied (:func:`organ_from_definition`).
-
-    Raises:
-        GenerationError: the reply is empty or not a JSON object.
-    """
-    shape = DEFINITION_PIECES["pair" if pair else "single"]["shape"]
-    data, _ = _reply_object(text, shape)
-    keys = (*DEFINITION_REPLY_KEYS, "parts") if pair else DEFINITION_REPLY_KEYS
-    return {k: data[k] for k in keys if k in data}
 
 
 def _base_url(config: GenerationConfig) -> str | None:
@@ -293,7 +200,7 @@ def _base_url(config: GenerationConfig) -> str | None:
     return url
 
 
-def _client(config: GenerationConfig) -> Any:
+def make_client(config: GenerationConfig) -> Any:
     import openai
 
     key = os.environ.get("OPENAI_API_KEY", "").strip()
@@ -310,7 +217,7 @@ def _client(config: GenerationConfig) -> Any:
     )
 
 
-def _endpoint(client: Any) -> str:
+def endpoint_url(client: Any) -> str:
     """The API base URL without credentials or query, for the provenance record."""
     parts = urlsplit(str(client.base_url))
     port = f":{parts.port}" if parts.port else ""
@@ -355,12 +262,14 @@ def _status_error(exc: Any, where: str, config: GenerationConfig) -> GenerationE
     )
 
 
-def _call(client: Any, who: str, messages: list[dict[str, str]], config: GenerationConfig) -> Any:
+def call_model(
+    client: Any, who: str, messages: list[dict[str, str]], config: GenerationConfig
+) -> Any:
     """The endpoint's reply to one chat request about the target ``who``; GenerationError
     (one line) on failure."""
     import openai
 
-    where = f"{who}: {_endpoint(client)}"
+    where = f"{who}: {endpoint_url(client)}"
     extra: dict[str, Any] = {} if config.seed is None else {"seed": config.seed}
     try:
         return client.chat.completions.create(
@@ -372,12 +281,12 @@ def _call(client: Any, who: str, messages: list[dict[str, str]], config: Generat
         )
     except openai.APITimeoutError as exc:
         raise GenerationError(
-            f"{who}: no reply from {_endpoint(client)} within {config.timeout:g} s"
+            f"{who}: no reply from {endpoint_url(client)} within {config.timeout:g} s"
             f"{_attempts(config)}; try later or raise --timeout."
         ) from exc
     except openai.APIConnectionError as exc:
         raise GenerationError(
-            f"{who}: cannot reach {_endpoint(client)}{_attempts(config)} "
+            f"{who}: cannot reach {endpoint_url(client)}{_attempts(config)} "
             f"({one_line(exc, 100)}); check --base-url (or $OPENAI_BASE_URL) and that the "
             "server is running."
         ) from exc
@@ -391,7 +300,7 @@ def _call(client: Any, who: str, messages: list[dict[str, str]], config: Generat
         ) from exc
 
 
-def _reply_text(response: Any, where: str) -> str:
+def reply_text(response: Any, where: str) -> str:
     """The message text of a chat-completion reply; GenerationError if it has none."""
     choices = getattr(response, "choices", None)
     if isinstance(response, str) or not isinstance(choices, list):
@@ -418,7 +327,7 @@ def _reply_text(response: Any, where: str) -> str:
     )
 
 
-def _served(response: Any, config: GenerationConfig) -> str:
+def served_model(response: Any, config: GenerationConfig) -> str:
     """The name of the model that answered (the one asked for when the reply has none)."""
     served = getattr(response, "model", None)
     return served if isinstance(served, str) else config.model
@@ -427,31 +336,16 @@ def _served(response: Any, config: GenerationConfig) -> str:
 def _request(client: Any, organ: Organ, modality: str, config: GenerationConfig) -> tuple:
     """(descriptions, served model name) for one organ; GenerationError on failure."""
     messages = build_messages(organ, modality, config.n)
-    response = _call(client, organ.name, messages, config)
-    text = _reply_text(response, f"{organ.name}: {_endpoint(client)}")
+    response = call_model(client, organ.name, messages, config)
+    text = reply_text(response, f"{organ.name}: {endpoint_url(client)}")
     try:
         descriptions = parse_reply(text, config.n)
     except GenerationError as exc:
         raise GenerationError(f"{organ.name}: {exc}") from exc
-    return descriptions, _served(response, config)
+    return descriptions, served_model(response, config)
 
 
-def _request_definition(
-    client: Any, name: str, words: str, pair: bool, config: GenerationConfig
-) -> tuple[dict[str, Any], str]:
-    """(the definition fields the model gave, served model name) for the new target
-    ``name`` called ``words``; GenerationError on failure."""
-    messages = build_definition_messages(words, pair)
-    response = _call(client, name, messages, config)
-    text = _reply_text(response, f"{name}: {_endpoint(client)}")
-    try:
-        fields = parse_definition_reply(text, pair)
-    except GenerationError as exc:
-        raise GenerationError(f"{name}: {exc}") from exc
-    return fields, _served(response, config)
-
-
-def _check_writable(folder: Path) -> None:
+def check_writable(folder: Path) -> None:
     """ConfigError unless ``folder`` (or, if missing, its nearest existing parent) is
     writable: found before any request, not after the replies have been paid for."""
     from salip.io.writing import write_problem
@@ -510,7 +404,7 @@ def resolve_targets(
     return targets
 
 
-def _existing_files(
+def existing_files(
     folder: Path, names: Sequence[str], modalities: Sequence[str]
 ) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str, str]]]:
     """(the parsed prompt files ``folder`` has for ``names``; (name, modality, source) of
@@ -528,7 +422,7 @@ def _existing_files(
     return existing, conflicts
 
 
-def _refuse_conflicts(folder: Path, conflicts: list[tuple[str, str, str]], force: bool) -> None:
+def refuse_conflicts(folder: Path, conflicts: list[tuple[str, str, str]], force: bool) -> None:
     """ConfigError naming the entries a run would replace, unless ``force``."""
     if not conflicts or force:
         return
@@ -542,7 +436,7 @@ def _refuse_conflicts(folder: Path, conflicts: list[tuple[str, str, str]], force
     )
 
 
-def _ask_descriptions(
+def ask_descriptions(
     client: Any, organs: Sequence[Organ], modalities: Sequence[str], config: GenerationConfig
 ) -> dict[tuple[str, str], tuple[list[str], str]]:
     """(organ name, modality) -> (descriptions, served model name), every one asked for."""
@@ -560,7 +454,7 @@ def _ask_descriptions(
     return results
 
 
-def _provenance(
+def entry_provenance(
     config: GenerationConfig,
     endpoint: str,
     served: str,
@@ -580,7 +474,7 @@ def _provenance(
     }
 
 
-def _description_entry(
+def description_entry(
     descriptions: list[str], served: str, config: GenerationConfig, endpoint: str
 ) -> dict[str, Any]:
     """A generated ``entries`` item of a prompt file, with its provenance."""
@@ -588,11 +482,11 @@ def _description_entry(
     template = (TEMPLATE_VERSION, template_sha256())
     return {
         "descriptions": descriptions,
-        **_provenance(config, endpoint, served, template, sampling),
+        **entry_provenance(config, endpoint, served, template, sampling),
     }
 
 
-def _write_file(path: Path, data: dict[str, Any]) -> None:
+def write_file(path: Path, data: dict[str, Any]) -> None:
     """Write one prompt file atomically; ConfigError (one line) on failure."""
     from salip.io.writing import atomic_write
 
@@ -637,379 +531,23 @@ def generate_prompts(
     config.validate()
     folder = prompts_dir(prompts_folder)
     # Check the cache before any request: refusals cost nothing.
-    existing, conflicts = _existing_files(folder, [o.name for o in organs], [modality])
-    _refuse_conflicts(folder, conflicts, force)
-    _check_writable(folder)
-    client = client if client is not None else _client(config)
-    endpoint = _endpoint(client)
-    results = _ask_descriptions(client, organs, [modality], config)
+    existing, conflicts = existing_files(folder, [o.name for o in organs], [modality])
+    refuse_conflicts(folder, conflicts, force)
+    check_writable(folder)
+    client = client if client is not None else make_client(config)
+    endpoint = endpoint_url(client)
+    results = ask_descriptions(client, organs, [modality], config)
     written = []
     for organ in organs:
         data = existing.get(
             organ.name, {"format_version": FORMAT_VERSION, "organ": organ.name, "entries": {}}
         )
-        data["entries"][modality] = _description_entry(
+        data["entries"][modality] = description_entry(
             *results[organ.name, modality], config, endpoint
         )
         path = folder / f"{organ.name}.json"
-        _write_file(path, data)
+        write_file(path, data)
         written.append(path)
         if (organ.name, modality, "hand-written") in conflicts:
             logger.warning("replaced the hand-written %s descriptions of %s", modality, organ.name)
     return written
-
-
-# --- new targets (`salip prompts generate --new`) ------------------------------------------
-
-#: Endings of names that are singular already: a pair's members keep them.
-_SINGULAR_ENDINGS = ("ss", "us", "is", "as")
-#: ``where`` of the command line's values in definition messages.
-_COMMAND_LINE = "the command line"
-
-
-@dataclass(frozen=True)
-class NewTargets:
-    """The targets one ``--new`` run writes.
-
-    Attributes:
-        words: the target's name as the user wrote it, spaces collapsed.
-        name: its snake_case name (:func:`salip.core.targets.target_name`).
-        members: for a pair, the names of its left and right members; else empty.
-    """
-
-    words: str
-    name: str
-    members: tuple[str, ...] = ()
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Every target written, in writing order: a pair's members before the pair, so
-        a file never names a member that is not there yet."""
-        return (*self.members, self.name)
-
-
-def pair_member_names(name: str) -> tuple[str, str]:
-    """The left and right members of the pair ``name``: ``<base>_left``, ``<base>_right``
-    with ``<base>`` the name less a final "s" unless it ends in "ss", "us", "is" or "as"
-    ("psoas_muscles" -> "psoas_muscle_left", "humerus" -> "humerus_left")."""
-    base = name if name.endswith(_SINGULAR_ENDINGS) else name.removesuffix("s")
-    return f"{base}_left", f"{base}_right"
-
-
-def plan_new_target(words: str, pair: bool = False) -> NewTargets:
-    """The targets ``--new`` (with ``--pair`` if ``pair``) creates for ``words``.
-
-    Raises:
-        OrganError: ``words`` cannot name a target.
-    """
-    name = target_name(words)
-    return NewTargets(" ".join(words.split()), name, pair_member_names(name) if pair else ())
-
-
-def _user_folder(prompts_folder: str | Path | None) -> Path:
-    """The user prompt set new targets go into; ConfigError for the packaged one."""
-    folder = user_dir(prompts_folder)
-    if folder is None:
-        raise ConfigError(
-            "new targets go into a user prompt set, not the packaged one; pass "
-            "--prompts-dir DIR or set SALIP_PROMPTS_DIR."
-        )
-    return folder
-
-
-def _origin(known: Vocabulary, name: str) -> str:
-    source = known.sources[name]
-    return "built-in" if source == "built-in" else f"user target, {source}"
-
-
-def _refuse_known(plan: NewTargets, known: Vocabulary, folder: Path, force: bool) -> None:
-    """OrganError when the new target's words name another target, or when a target it
-    writes exists already and ``force`` is not given."""
-    other = known.resolve(plan.words)
-    if other is not None and other not in plan.names:
-        raise OrganError(
-            f"'{plan.words}' already names the target {other} ({_origin(known, other)}); "
-            f"redefine it with --organ {other} --new --force, or choose another name."
-        )
-    taken = [name for name in plan.names if name in known.organs]
-    if taken and not force:
-        listed = ", ".join(f"{name} ({_origin(known, name)})" for name in taken)
-        built_in = any(known.sources[name] == "built-in" for name in taken)
-        note = " (a user file there overrides the built-in one)" if built_in else ""
-        raise OrganError(
-            f"{listed}: already a target; pass --force to redefine it in {folder}{note}, or "
-            "choose another name."
-        )
-
-
-def _prepare_files(
-    plan: NewTargets, folder: Path, modalities: Sequence[str], force: bool
-) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """(the prompt files the new targets' files start from, whose other modalities'
-    entries are kept: the user set's, else for a redefined built-in target the packaged
-    one; the built-in targets redefined).
-
-    Raises:
-        OrganError, ConfigError: an existing target or entry without ``force``, or an
-            invalid prompt set; before any request.
-    """
-    known = known_targets(folder)
-    _refuse_known(plan, known, folder, force)
-    existing, conflicts = _existing_files(folder, plan.names, modalities)
-    _refuse_conflicts(folder, conflicts, force)
-    built_in = [name for name in plan.names if known.sources.get(name) == "built-in"]
-    for name in built_in:
-        if name not in existing:
-            existing[name] = read_prompt_file(packaged_dir() / f"{name}.json")
-    return existing, built_in
-
-
-def _field(message: str, where: str) -> tuple[str, str]:
-    """(the field, the rest) of an :func:`organ_from_definition` message about ``where``
-    ("W: definition.regions: ..." -> "regions", ": ...")."""
-    body = message.removeprefix(f"{where}: definition.")
-    field = re.match(r"[a-z_]*", body)
-    name = field.group(0) if field else ""
-    return name, body[len(name) :]
-
-
-def _flag(field: str) -> str:
-    return "--" + field.replace("_", "-")
-
-
-def _checked_overrides(
-    overrides: dict[str, Any], modalities: Sequence[str], pair: bool
-) -> dict[str, Any]:
-    """The definition fields the command line sets (None values dropped), checked before
-    any request.
-
-    Raises:
-        ConfigError: an unknown field, a value that is not allowed (flag named), a pair
-            given a side, or --modalities without a --modality asked for.
-    """
-    values = {k: v for k, v in overrides.items() if v is not None}
-    unknown = sorted(set(values) - set(OVERRIDE_FIELDS))
-    if unknown:
-        raise ConfigError(
-            f"{unknown[0]} cannot be set for a new target; set {', '.join(OVERRIDE_FIELDS)}."
-        )
-    if pair and str(values.get("laterality", "none")).strip().lower() != "none":
-        raise ConfigError(
-            "--laterality: a pair (--pair) has no side of its own (its members are left "
-            "and right); drop --laterality."
-        )
-    trial = {"modalities": list(modalities), "regions": ["abdomen"], "laterality": "none"}
-    try:
-        organ = organ_from_definition(
-            "new", {**trial, "window": "abdomen", **values}, _COMMAND_LINE
-        )
-    except OrganError as exc:
-        field, rest = _field(str(exc), _COMMAND_LINE)
-        raise ConfigError(_flag(field) + rest) from None
-    missing = [m for m in modalities if m not in organ.modalities]
-    if missing:
-        raise ConfigError(
-            f"--modality {missing[0]} is not among --modalities {','.join(organ.modalities)}; "
-            "add it there."
-        )
-    return values
-
-
-def _string_items(value: Any) -> list[str] | None:
-    """``value`` as a list of strings (a comma-separated string split), or None when it is
-    not one (left for :func:`organ_from_definition` to refuse)."""
-    if isinstance(value, str):
-        value = value.split(",")
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return [" ".join(v.split()) for v in value if v.strip()]
-    return None
-
-
-def _with_modalities(value: Any, modalities: Sequence[str]) -> Any:
-    """The model's modalities plus the ones descriptions are asked for (the user images
-    the target in those)."""
-    items = _string_items(value)
-    if not items:
-        return value
-    return [*items, *(m for m in modalities if m not in {v.lower() for v in items})]
-
-
-def _with_words(value: Any, plan: NewTargets) -> Any:
-    """The synonyms, the target's own words first when they differ from its name, without
-    repeats (case-insensitive) or the name itself."""
-    items = [] if value is None else _string_items(value)
-    if items is None:
-        return value
-    if plan.words != plan.name:
-        items.insert(0, plan.words.lower())
-    unique = {v.lower(): v for v in reversed(items) if v != plan.name}
-    return list(reversed(unique.values()))
-
-
-def _check_pair_answer(plan: NewTargets, answer: dict[str, Any]) -> None:
-    """GenerationError unless the model's answer for a pair names two parts and no side."""
-    parts = answer.get("parts")
-    if not (isinstance(parts, list) and len(parts) == 2):
-        raise GenerationError(
-            f"{plan.name}: the model's answer gives no left and right parts (parts: "
-            f"{json.dumps(parts)}), so it does not take {plan.words} for a pair; drop --pair "
-            "to define a single target, or try again or another --model."
-        )
-    laterality = answer.get("laterality")
-    if isinstance(laterality, str) and laterality.strip().lower() in ("left", "right"):
-        raise GenerationError(
-            f"{plan.name}: the model's answer gives the pair laterality {laterality!r}, but "
-            "a both-sides pair has none (its members are left and right); drop --pair, or "
-            "try again or another --model."
-        )
-
-
-def _model_organ(
-    plan: NewTargets, answer: dict[str, Any], overrides: dict[str, Any], modalities: Sequence[str]
-) -> Organ:
-    """The new (single or pair) target: the model's answer, the command line's values over
-    it, the requested modalities and the target's own words added, a pair's fixed parts.
-
-    Raises:
-        GenerationError: the answer is unusable (one line naming the field and its flag).
-    """
-    if plan.members:
-        _check_pair_answer(plan, answer)
-    data = {k: v for k, v in answer.items() if k != "parts"}
-    data.update(overrides)
-    if "modalities" not in overrides:
-        data["modalities"] = _with_modalities(data.get("modalities"), modalities)
-    data["synonyms"] = _with_words(data.get("synonyms"), plan)
-    if plan.members:
-        data.update(parts=list(plan.members), laterality="none")
-    where = f"{plan.name}: the model's answer"
-    try:
-        return organ_from_definition(plan.name, data, where)
-    except OrganError as exc:
-        field, _ = _field(str(exc), where)
-        fix = f"set it with {_flag(field)}, or " if field in OVERRIDE_FIELDS else ""
-        raise GenerationError(
-            f"{str(exc).rstrip('.')}; {fix}try again or another --model."
-        ) from None
-
-
-def _member_organ(pair: Organ, name: str, side: str) -> Organ:
-    """The ``side`` member ``name`` of the new pair ``pair``: its modalities, regions and
-    window, one crop per slice."""
-    words = name.removesuffix(f"_{side}").replace("_", " ")
-    data = {
-        "synonyms": [f"{side} {words}"],
-        "modalities": list(pair.modalities),
-        "regions": list(pair.regions),
-        "laterality": side,
-        "top_k": 1,
-        "window": pair.window,
-    }
-    return organ_from_definition(name, data, name)
-
-
-def _new_organs(
-    plan: NewTargets, answer: dict[str, Any], overrides: dict[str, Any], modalities: Sequence[str]
-) -> dict[str, Organ]:
-    """Name -> target for every target the run writes (see :class:`NewTargets`)."""
-    organ = _model_organ(plan, answer, overrides, modalities)
-    organs = {
-        name: _member_organ(organ, name, side)
-        for name, side in zip(plan.members, ("left", "right"))
-    }
-    organs[organ.name] = organ
-    return organs
-
-
-def _target_file(
-    organ: Organ,
-    provenance: dict[str, Any],
-    base: dict[str, Any] | None,
-    entries: dict[str, Any],
-) -> dict[str, Any]:
-    """The prompt file of a new target: its definition, the entries of the file it
-    replaces (``base``) with ``entries`` over them; checked like any prompt file."""
-    data = {
-        "format_version": FORMAT_VERSION,
-        "organ": organ.name,
-        "definition": {**definition_fields(organ), **provenance},
-        "entries": {**(base or {}).get("entries", {}), **entries},
-    }
-    problems = validate_prompt_data(data, organ.name)
-    if problems:
-        raise GenerationError(
-            f"{organ.name}: the new prompt file would be invalid ({problems[0]}); try again "
-            "or another --model."
-        )
-    return data
-
-
-def create_target(
-    words: str,
-    modalities: str | Sequence[str],
-    *,
-    pair: bool = False,
-    overrides: dict[str, Any] | None = None,
-    config: GenerationConfig | None = None,
-    prompts_folder: str | Path | None = None,
-    force: bool = False,
-    client: Any = None,
-) -> list[Path]:
-    """Define a new target with a language model and write it, with its descriptions, to
-    a user prompt set (``salip prompts generate --organ WORDS --new``).
-
-    Args:
-        words: the target's name in words ("thyroid gland" -> ``thyroid_gland.json``).
-        modalities: the modalities to ask descriptions for (added to its definition).
-        pair: a both-sides target, written with its left and right members (three files;
-            see the module docstring for their names), each with its own descriptions.
-        overrides: definition fields (:data:`OVERRIDE_FIELDS`) that replace the model's
-            answer, as values or comma-separated strings; recorded as ``overrides``.
-        config: model, sampling and retry settings.
-        prompts_folder: the user prompt set (created if missing); default
-            ``$SALIP_PROMPTS_DIR``. The packaged set is refused.
-        force: redefine an existing target (a built-in one is overridden by a user file)
-            and replace its descriptions of ``modalities``.
-        client: an ``openai.OpenAI`` client to use instead of one built from the environment.
-
-    Returns:
-        The prompt files written (a pair's members first).
-
-    Raises:
-        ConfigError, OrganError: a refused name, folder or value, before any request.
-        GenerationError: no API key, endpoint failure, or an unusable answer; nothing is
-            written.
-    """
-    config = config or GenerationConfig()
-    config.validate()
-    modalities = check_modalities(modalities)
-    folder = _user_folder(prompts_folder)
-    plan = plan_new_target(words, pair)
-    values = _checked_overrides(dict(overrides or {}), modalities, pair)
-    base, built_in = _prepare_files(plan, folder, modalities, force)
-    _check_writable(folder)
-    client = client if client is not None else _client(config)
-    endpoint = _endpoint(client)
-    logger.info("asking %s for the definition of %s", config.model, plan.name)
-    answer, served = _request_definition(client, plan.name, plan.words, pair, config)
-    organs = _new_organs(plan, answer, values, modalities)
-    template = (DEFINITION_TEMPLATE_VERSION, definition_template_sha256())
-    sampling = {"temperature": config.temperature, "seed": config.seed}
-    provenance = _provenance(config, endpoint, served, template, sampling)
-    provenance["overrides"] = [f for f in OVERRIDE_FIELDS if f in values]
-    asked = [organs[plan.name], *(organs[m] for m in plan.members)]
-    results = _ask_descriptions(client, asked, modalities, config)
-    files = {
-        name: _target_file(
-            organs[name],
-            provenance,
-            base.get(name),
-            {m: _description_entry(*results[name, m], config, endpoint) for m in modalities},
-        )
-        for name in plan.names
-    }
-    for name, data in files.items():
-        _write_file(folder / f"{name}.json", data)
-    for name in built_in:
-        logger.warning("%s: the user target in %s overrides the built-in one", name, folder)
-    return [folder / f"{name}.json" for name in plan.names]
