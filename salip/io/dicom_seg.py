@@ -183,6 +183,10 @@ def build_seg(
     )
     descriptions = []
     for name, value in sorted(label_values.items(), key=lambda item: item[1]):
+        if name not in SEG_CODES:
+            logger.info(
+                "%s has no SNOMED CT code here; its segment is an anatomical structure", name
+            )
         category, kind, modifier = seg_code(name)
         description = hd.seg.SegmentDescription(
             segment_number=value,
