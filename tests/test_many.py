@@ -151,6 +151,7 @@ def test_a_folder_of_two_series_gives_two_cases(two_series, tmp_path, tiny_model
     folder, uid = two_series
     cases = find_cases([folder])
     assert [c.series for c in cases][1] == uid and cases[0].series is not None
+    assert find_cases([str(folder / "*")]) == cases  # the files matched are the series
     assert cases[0].description == "CT Body 3.0"
     assert case_names(cases) == ["export_CT_Body_3_0", "export_Thin_recon"]
     rows = salip.segment_many(

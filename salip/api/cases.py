@@ -111,7 +111,8 @@ def find_cases(inputs: Sequence[str | Path]) -> list[CaseSource]:
 
     A file or .zip is one case; a folder holding only DICOM files is one case per series;
     another folder is searched (:func:`_search`); a string with ``*``, ``?`` or ``[`` is a
-    glob, its matches taken as above.
+    glob, its matches taken as above, except that DICOM files matched in one folder are
+    that folder's series (:func:`_glob_cases`).
 
     Raises:
         InputError: an input that does not exist, or a glob or folder with no case.
@@ -123,8 +124,7 @@ def find_cases(inputs: Sequence[str | Path]) -> list[CaseSource]:
             matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
             if not matches:
                 raise InputError(f"{text}: the pattern matches no file or folder.")
-            for match in matches:
-                found += _search(match) if match.is_dir() else [CaseSource(match)]
+            found += _glob_cases(matches)
             continue
         path = Path(text)
         if not path.exists():
@@ -140,6 +140,23 @@ def find_cases(inputs: Sequence[str | Path]) -> list[CaseSource]:
             found.append(CaseSource(path))
     unique = {(c.path.resolve(), c.series): replace(c, path=c.path.resolve()) for c in found}
     return list(unique.values())
+
+
+def _glob_cases(matches: Sequence[Path]) -> list[CaseSource]:
+    """The cases of a glob's matches: folders are searched, case files are cases, and the
+    DICOM files matched in one folder are that folder's series (``'series/*'`` reads the
+    series, not each slice); files that are clearly not images are left out."""
+    cases: list[CaseSource] = []
+    dicom_folders: set[Path] = set()
+    for match in matches:
+        if match.is_dir():
+            cases += _search(match)
+        elif _is_case_file(match):
+            cases.append(CaseSource(match))
+        elif not clearly_not_dicom(match.name) and match.parent not in dicom_folders:
+            dicom_folders.add(match.parent)
+            cases += _series_cases(match.parent)
+    return cases
 
 
 # --------------------------------------------------------------------------- jobs files
