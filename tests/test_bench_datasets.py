@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from salip.core.errors import BenchmarkError
-from salip.core.label_sets import LABEL_SETS, TOTALSEG_FILES
+from salip.core.label_sets import LABEL_SETS, totalseg_files
 from salip.io import file_stem
 from salip.io.datasets import (
     KINDS,
@@ -99,8 +99,8 @@ def test_totalseg_files_agree_with_the_label_set():
     }
     values = {name: value for value, name in names.items()}
     ls = LABEL_SETS["totalseg"]
-    assert set(TOTALSEG_FILES) == set(ls.labels)
-    for organ, classes in TOTALSEG_FILES.items():
+    assert set(totalseg_files()) == set(ls.labels)
+    for organ, classes in totalseg_files().items():
         assert sorted(values[c] for c in classes) == sorted(ls.labels[organ]), organ
 
 

@@ -174,3 +174,17 @@ def test_prompts_ship_in_the_wheel(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for organ in REQUIRED:
         assert f"salip/prompts_data/{organ}.json" in names
+
+
+def test_no_module_reads_the_vocabulary_at_import():
+    """Targets are read from the prompt files on first use, never when salip is imported
+    (an import must not depend on, or fail over, the prompt set)."""
+    code = (
+        "import importlib, pkgutil, salip\n"
+        "import salip.core.organs as organs\n"
+        "for m in pkgutil.walk_packages(salip.__path__, 'salip.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(organs._assemble.cache_info().misses)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"

@@ -399,7 +399,7 @@ def test_noise_free_engines_recover_real_organs_through_segment():
 
     import salip
     from salip.core.timing import StageTimer
-    from salip.engines.simulated import TOTALSEG_ORGAN_MAP
+    from salip.engines.simulated import totalseg_organ_map
     from salip.io import read_input, to_canonical
     from salip.strategies.cascade import Engines
     from salip.strategies.slices import SlicesStrategy
@@ -409,7 +409,7 @@ def test_noise_free_engines_recover_real_organs_through_segment():
     names = json.loads(require_data(TOTALSEG / "labels_total.json").read_text())
     volume = read_input(path)
     anatomy = ReferenceAnatomy(
-        to_canonical(reference, volume.geometry), names, organ_map=TOTALSEG_ORGAN_MAP
+        to_canonical(reference, volume.geometry), names, organ_map=totalseg_organ_map()
     )
     assert {"liver", "spleen", "lung_left", "aorta"} <= set(anatomy.classes)
     config = SegmentConfig().replace(largest_component=False)

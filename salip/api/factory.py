@@ -60,11 +60,11 @@ from salip.engines.recogniser import ClipRecogniser
 from salip.engines.refiner import SamRefiner
 from salip.engines.simulated import (
     NOISE_PRESETS,
-    TOTALSEG_ORGAN_MAP,
     NoiseConfig,
     ReferenceAnatomy,
     noise_preset,
     simulated_engines,
+    totalseg_organ_map,
 )
 from salip.models.clip import LoadedClip
 from salip.models.head import LoadedHead
@@ -426,7 +426,7 @@ def _build_simulated(
         names,
         axis=config.slicing.axis,
         is_2d=case.is_2d,
-        organ_map=TOTALSEG_ORGAN_MAP,
+        organ_map=totalseg_organ_map(),
     )
     engines = Engines(*simulated_engines(anatomy, settings.noise, settings.seed, config))
     batch = slice_batch(config.proposals.encoder_batch_size, "cpu")

@@ -12,10 +12,12 @@ them against TotalSegmentator's own name tables.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from salip.core.errors import OrganError, did_you_mean
 from salip.core.organs import with_pairs
+from salip.core.prompts import packaged_dir
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,8 @@ class LabelSet:
         name: salip's name of the label set (``--labels NAME``).
         title: the dataset and version it describes.
         modality: modality of the dataset's images.
-        labels: organ name -> label values whose union is the organ. Pair organs
-            ("kidneys") are added from their two sides (:func:`salip.core.organs.with_pairs`),
-            and values are kept sorted.
+        table: organ name -> label values whose union is the organ, as written out (pairs
+            may be left to :attr:`labels`).
         approximate: organs whose labels cover a related but not identical structure, with
             the reason.
         source: where the label table comes from.
@@ -37,13 +38,17 @@ class LabelSet:
     name: str
     title: str
     modality: str
-    labels: dict[str, tuple[int, ...]]
+    table: dict[str, tuple[int, ...]]
     approximate: dict[str, str] = field(default_factory=dict)
     source: str = ""
 
-    def __post_init__(self) -> None:
-        pairs_added = {o: tuple(sorted(v)) for o, v in with_pairs(self.labels).items()}
-        object.__setattr__(self, "labels", pairs_added)
+    @functools.cached_property
+    def labels(self) -> dict[str, tuple[int, ...]]:
+        """``table`` with the built-in pair organs ("kidneys") added from their two sides
+        (:func:`salip.core.organs.with_pairs`), values sorted. Made on first use: the pairs
+        come from the packaged vocabulary, which is not read at import."""
+        pairs = with_pairs(self.table, packaged_dir())
+        return {o: tuple(sorted(v)) for o, v in pairs.items()}
 
 
 _TOTALSEG_SOURCE = "TotalSegmentator v2 class map (wasserth/TotalSegmentator, map_to_binary.py)"
@@ -53,7 +58,7 @@ TOTALSEG = LabelSet(
     name="totalseg",
     title="TotalSegmentator v2, task 'total' (CT, 117 classes)",
     modality="ct",
-    labels={
+    table={
         "spleen": (1,),
         "kidney_right": (2,),
         "kidney_left": (3,),
@@ -88,45 +93,53 @@ TOTALSEG = LabelSet(
     source=_TOTALSEG_SOURCE,
 )
 
-#: Vocabulary organ -> TotalSegmentator "total" class names whose union is the organ: the
-#: file stems of a TotalSegmentator case's ``segmentations/`` folder. Same organs and same
-#: classes as :data:`TOTALSEG` (lungs from lobes; femoral heads approximated by the femurs).
-TOTALSEG_FILES: dict[str, tuple[str, ...]] = with_pairs(
-    {
-        "spleen": ("spleen",),
-        "kidney_right": ("kidney_right",),
-        "kidney_left": ("kidney_left",),
-        "gallbladder": ("gallbladder",),
-        "liver": ("liver",),
-        "stomach": ("stomach",),
-        "pancreas": ("pancreas",),
-        "adrenal_gland_right": ("adrenal_gland_right",),
-        "adrenal_gland_left": ("adrenal_gland_left",),
-        "lung_left": ("lung_upper_lobe_left", "lung_lower_lobe_left"),
-        "lung_right": ("lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right"),
-        "esophagus": ("esophagus",),
-        "small_bowel": ("small_bowel",),
-        "duodenum": ("duodenum",),
-        "colon": ("colon",),
-        "urinary_bladder": ("urinary_bladder",),
-        "prostate": ("prostate",),
-        "heart": ("heart",),
-        "aorta": ("aorta",),
-        "inferior_vena_cava": ("inferior_vena_cava",),
-        "portal_vein_and_splenic_vein": ("portal_vein_and_splenic_vein",),
-        "femoral_head_left": ("femur_left",),
-        "femoral_head_right": ("femur_right",),
-        "brain": ("brain",),
-        "skull": ("skull",),
-    }
-)
+#: One-sided organ -> TotalSegmentator "total" class names whose union is the organ; the
+#: pairs are added by :func:`totalseg_files`.
+_TOTALSEG_FILE_SIDES: dict[str, tuple[str, ...]] = {
+    "spleen": ("spleen",),
+    "kidney_right": ("kidney_right",),
+    "kidney_left": ("kidney_left",),
+    "gallbladder": ("gallbladder",),
+    "liver": ("liver",),
+    "stomach": ("stomach",),
+    "pancreas": ("pancreas",),
+    "adrenal_gland_right": ("adrenal_gland_right",),
+    "adrenal_gland_left": ("adrenal_gland_left",),
+    "lung_left": ("lung_upper_lobe_left", "lung_lower_lobe_left"),
+    "lung_right": ("lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right"),
+    "esophagus": ("esophagus",),
+    "small_bowel": ("small_bowel",),
+    "duodenum": ("duodenum",),
+    "colon": ("colon",),
+    "urinary_bladder": ("urinary_bladder",),
+    "prostate": ("prostate",),
+    "heart": ("heart",),
+    "aorta": ("aorta",),
+    "inferior_vena_cava": ("inferior_vena_cava",),
+    "portal_vein_and_splenic_vein": ("portal_vein_and_splenic_vein",),
+    "femoral_head_left": ("femur_left",),
+    "femoral_head_right": ("femur_right",),
+    "brain": ("brain",),
+    "skull": ("skull",),
+}
+
+
+@functools.cache
+def totalseg_files() -> dict[str, tuple[str, ...]]:
+    """Vocabulary organ -> TotalSegmentator "total" class names whose union is the organ:
+    the file stems of a TotalSegmentator case's ``segmentations/`` folder. Same organs and
+    same classes as :data:`TOTALSEG` (lungs from lobes; femoral heads approximated by the
+    femurs). Pairs come from the built-in vocabulary, read on first use (not at import,
+    and whatever user prompt set is active)."""
+    return with_pairs(_TOTALSEG_FILE_SIDES, packaged_dir())
+
 
 # TotalSegmentator "total_mr" task, 50 classes.
 TOTALSEG_MR = LabelSet(
     name="totalseg_mr",
     title="TotalSegmentator v2, task 'total_mr' (MR, 50 classes)",
     modality="mr",
-    labels={
+    table={
         "spleen": (1,),
         "kidney_right": (2,),
         "kidney_left": (3,),
@@ -161,7 +174,7 @@ BTCV = LabelSet(
     name="btcv",
     title="BTCV / Synapse multi-organ abdominal CT (13 organs)",
     modality="ct",
-    labels={
+    table={
         "spleen": (1,),
         "kidney_right": (2,),
         "kidney_left": (3,),
@@ -184,7 +197,7 @@ AMOS = LabelSet(
     name="amos",
     title="AMOS 2022 abdominal CT/MR (15 organs)",
     modality="ct",
-    labels={
+    table={
         "spleen": (1,),
         "kidney_right": (2,),
         "kidney_left": (3,),

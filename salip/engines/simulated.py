@@ -37,6 +37,7 @@ Noise presets (:data:`NOISE_PRESETS`, :func:`noise_preset`):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import numbers
@@ -52,8 +53,9 @@ from scipy import ndimage
 
 from salip.core.config import SegmentConfig
 from salip.core.errors import ConfigError, OrganError, did_you_mean
-from salip.core.label_sets import TOTALSEG_FILES
-from salip.core.organs import ORGANS, Organ, get_organ
+from salip.core.label_sets import totalseg_files
+from salip.core.organs import Organ, get_organ, vocabulary
+from salip.core.prompts import packaged_dir
 from salip.engines.boxes import grow_boxes
 from salip.engines.proposals import Proposals
 from salip.engines.recogniser import Recognition, accepted, pick, sides_for
@@ -177,14 +179,19 @@ def similar_classes(name: str) -> tuple[str, ...]:
 
 # --------------------------------------------------------------------------- anatomy
 
-#: TotalSegmentator classes that are parts of one vocabulary organ (the lung lobes), for
-#: ``ReferenceAnatomy(..., organ_map=TOTALSEG_ORGAN_MAP)``.
-TOTALSEG_ORGAN_MAP: dict[str, str] = {
-    cls: organ
-    for organ, classes in TOTALSEG_FILES.items()
-    if len(classes) > 1 and not ORGANS[organ].parts
-    for cls in classes
-}
+
+@functools.cache
+def totalseg_organ_map() -> dict[str, str]:
+    """TotalSegmentator classes that are parts of one built-in organ (the lung lobes), for
+    ``ReferenceAnatomy(..., organ_map=totalseg_organ_map())``; read on first use."""
+    organs = vocabulary(packaged_dir()).organs
+    return {
+        cls: organ
+        for organ, classes in totalseg_files().items()
+        if len(classes) > 1 and not organs[organ].parts
+        for cls in classes
+    }
+
 
 #: 8-connectivity in a slice.
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -214,7 +221,7 @@ class ReferenceAnatomy:
         axis: slicing axis, "axial", "coronal" or "sagittal" (ignored for 2D).
         is_2d: whether ``label_map`` is a 2D image's (default: it has 2 dimensions).
         organ_map: class name -> the name to use instead (several labels may become one
-            class, e.g. :data:`TOTALSEG_ORGAN_MAP` joins lung lobes into lungs).
+            class, e.g. :func:`totalseg_organ_map` joins lung lobes into lungs).
 
     Attributes:
         label_map, axis, is_2d: as given (``label_map`` as an integer array).

@@ -28,7 +28,7 @@ its modality is an error row, so 2D datasets need ``modality``, e.g. ``"ct"``).
 
 Dataset class names are mapped to the vocabulary by name (canonical names and synonyms, see
 :func:`salip.core.organs.get_organ`), by the ``organ_map`` table of the config, and through the
-TotalSegmentator class lists of :data:`salip.core.label_sets.TOTALSEG_FILES` (lungs from lobes);
+TotalSegmentator class lists of :func:`salip.core.label_sets.totalseg_files` (lungs from lobes);
 a pair organ ("kidneys") whose sides are both present is their union.
 
 References are compared in the image FILE's own grid (no reorientation): a NIfTI volume's
@@ -56,7 +56,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from salip.core.errors import BenchmarkError, OrganError, did_you_mean
-from salip.core.label_sets import MSD, TOTALSEG, TOTALSEG_FILES, LabelSet, get_label_sets
+from salip.core.label_sets import MSD, TOTALSEG, LabelSet, get_label_sets, totalseg_files
 from salip.core.organs import MODALITIES, ORGANS, get_organ, with_pairs
 from salip.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, file_stem
 from salip.io.dicom import clearly_not_dicom
@@ -361,7 +361,7 @@ def _map_names(
 
     A name maps through ``organ_map`` first (several names may map to one organ: their
     union), else by :func:`get_organ`; names that map to nothing are skipped. Organs not
-    mapped so are then built from TotalSegmentator classes (:data:`TOTALSEG_FILES`) when all
+    mapped so are then built from TotalSegmentator classes (:func:`~salip.core.label_sets.totalseg_files`) when all
     of them are present, and pairs from their two sides.
     """
     mapped: dict[str, list[str]] = {}
@@ -377,7 +377,7 @@ def _map_names(
         mapped.setdefault(target, []).append(name)
     present = set(names)
     approximate: dict[str, str] = {}
-    for organ, classes in TOTALSEG_FILES.items():
+    for organ, classes in totalseg_files().items():
         if organ not in mapped and all(c in present for c in classes):
             mapped[organ] = list(classes)
             if organ in TOTALSEG.approximate:
