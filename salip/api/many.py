@@ -149,7 +149,7 @@ def segment_many(
         require_ray()
     cfg = (config or SegmentConfig()).replace(**options)
     prompts_folder = cfg.scoring.prompts_dir
-    cases = _gather(inputs, jobs, organs, prompts_folder)
+    cases, run_organs = _gather(inputs, jobs, organs, prompts_folder)
     folder = Path(output)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder} is a file; give a folder for the outputs of several cases.")
@@ -163,10 +163,7 @@ def segment_many(
             rows[index] = CaseRow(case.path, paths.name, "skipped", series=case.series or "")
             continue
         _clean(paths)  # temporaries of a run that was killed while writing this case
-        run_organs = case.organs or tuple(
-            o.name for o in parse_organs(organs or (), prompts_folder)
-        )
-        todo.append((index, _Task(case, paths, run_organs, cfg, overwrite)))
+        todo.append((index, _Task(case, paths, case.organs or run_organs, cfg, overwrite)))
     with tqdm(total=len(cases), desc="cases", unit="case", disable=not progress) as bar:
         bar.update(len(rows))
 
@@ -193,22 +190,23 @@ def _gather(
     jobs: str | Path | None,
     organs: str | Sequence[str] | None,
     folder: str | None,
-) -> list[CaseSource]:
-    """Every case of ``inputs`` then ``jobs``; checks that each has organs to segment."""
+) -> tuple[list[CaseSource], tuple[str, ...]]:
+    """Every case of ``inputs`` then ``jobs``, and the run's organs (the names of
+    ``organs``; () when not given); checks that each case has organs to segment."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     if not inputs and jobs is None:
         raise InputError("no input: give files, folders or globs, or a jobs file.")
     cases = find_cases(inputs) if inputs else []
     cases += read_jobs(jobs, folder) if jobs is not None else []
-    if organs is not None:
-        parse_organs(organs, folder)  # unknown organs fail before any case runs
-    elif any(case.organs is None for case in cases):
+    if organs is not None:  # unknown organs fail before any case runs
+        return cases, tuple(o.name for o in parse_organs(organs, folder))
+    if any(case.organs is None for case in cases):
         raise ConfigError(
             "no organ given: name them with --organ (organs=), or in the organs column of "
             "every jobs row."
         )
-    return cases
+    return cases, ()
 
 
 def _clean(paths: CasePaths) -> None:

@@ -42,7 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from salip.core.errors import ConfigError
+from salip.core.errors import ConfigError, OrganError
 from salip.core.targets import MODALITIES, Organ, organ_from_definition
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def validate_prompt_data(data: Any, name: str | None = None) -> list[str]:
     if "definition" in data:
         try:
             organ_from_definition(str(data.get("organ")), data["definition"], "the file")
-        except Exception as exc:  # noqa: BLE001 - reported as one of the problems
+        except OrganError as exc:  # reported as one of the problems
             problems.append(str(exc).removeprefix("the file: ").rstrip("."))
     entries = data.get("entries")
     if not isinstance(entries, dict) or not entries:

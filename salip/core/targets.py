@@ -124,7 +124,7 @@ def _window(value: Any) -> str:
     return value.strip().lower()
 
 
-def _checked_fields(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
+def _checked_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     """The definition's target fields, checked; ValueError naming the field."""
     missing = [f for f in REQUIRED_FIELDS if f not in data or data[f] in (None, "", [])]
     if missing:
@@ -170,7 +170,7 @@ def organ_from_definition(name: str, data: Any, where: str) -> Organ:
     if not isinstance(data, Mapping):
         raise OrganError(f"{where}: definition must be a JSON object.")
     try:
-        fields = _checked_fields(name, data)
+        fields = _checked_fields(data)
     except (ValueError, OrganError) as exc:
         raise OrganError(f"{where}: definition.{exc}.") from None
     return Organ(name, **fields)

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from salip.api.cluster import RayPool
+from salip.api.cluster import RayPool, require_ray
 from salip.api.factory import CaseInput, Models, load_models
 from salip.apps.bench.methods import Method, make_method
 from salip.core.config import ClusterConfig, check_keys, read_toml
@@ -646,9 +646,9 @@ def run_benchmark(
                 computed[(job.case.key, method.name)] = record
             bar.update(len(records))
 
+        for job in jobs:  # what a killed run left half-written
+            _clean_job(job)
         if cluster.engine == "ray" and jobs:
-            for job in jobs:
-                _clean_job(job)
             setup = functools.partial(_ModelsOnce, cfg, needs_clip)
             pool = RayPool(setup, _compute_case, _lost_case, on_death=_clean_job, label=str)
             pool.run(jobs, cluster, finished)
@@ -680,8 +680,6 @@ def run_benchmark(
 
 def _cluster(options: Mapping[str, Any]) -> ClusterConfig:
     """The cluster options as a checked :class:`ClusterConfig` (Ray imported if asked)."""
-    from salip.api.cluster import require_ray
-
     valid = [f.name for f in dataclasses.fields(ClusterConfig)]
     check_keys("run_benchmark", list(options), valid, ConfigError)
     cluster = ClusterConfig(**options)
