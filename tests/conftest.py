@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +95,28 @@ class LabelStrategy:
 
         masks = {o.name: self.canonical == self.values[o.name] for o in organs}
         return StrategyResult(masks, {o.name: [] for o in organs})
+
+
+@pytest.fixture
+def network_calls(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record (and block) every outgoing connection and name lookup."""
+    calls: list[object] = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return calls
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hub access allowed, whatever the environment running the tests says."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)

@@ -21,10 +21,11 @@ from PIL import Image
 
 from salip.apps.cli import main
 from salip.core.errors import ModelError
-from salip.models import clip as clip_module
+from salip.models import clip_hub
 from salip.models.clip import load_clip
 from salip.models.registry import salip_home
 from salip.models.sam import load_sam
+from tests.hub_server import place_in_hub_cache
 from tests.llm_server import LoopbackLLM, Reply
 from tests.tiny_models import make_tiny_sam, register_tiny_clip
 
@@ -296,31 +297,6 @@ def test_malformed_base_url_is_one_line(url, tmp_path, capsys):
 # --- CLIP: offline hub, cache, local files -------------------------------------------------
 
 
-@pytest.fixture
-def network_calls(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Record (and block) every outgoing connection and name lookup."""
-    calls: list[object] = []
-
-    def refuse(*args, **kwargs):
-        calls.append(args)
-        raise OSError("network blocked by the test")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    return calls
-
-
-@pytest.fixture
-def online(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hub access allowed, whatever the environment running the tests says."""
-    import huggingface_hub.constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-
-
 def test_uncached_clip_tag_with_unreachable_hub_fails_fast(online, closed_port, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port}")
     start = time.monotonic()
@@ -373,18 +349,6 @@ def tiny_tag(tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str,
     return name, "tiny", cfg
 
 
-def place_in_hub_cache(repo: str, filename: str, source: Path) -> Path:
-    """Put ``source`` where huggingface_hub's cache (under salip's CLIP cache) keeps it."""
-    folder = clip_cache_dir() / f"models--{repo.replace('/', '--')}"
-    revision = "0" * 40
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(revision)
-    target = folder / "snapshots" / revision / filename
-    target.parent.mkdir(parents=True)
-    shutil.copyfile(source, target)
-    return target
-
-
 def test_cached_clip_tag_loads_without_network(tiny_tag, tiny_clip_dir, network_calls,
                                                monkeypatch):  # fmt: skip
     name, tag, _ = tiny_tag
@@ -394,10 +358,15 @@ def test_cached_clip_tag_loads_without_network(tiny_tag, tiny_clip_dir, network_
     def no_probe(url, timeout=0):
         raise AssertionError(f"probed {url}")
 
-    monkeypatch.setattr(clip_module, "probe", no_probe, raising=False)
+    monkeypatch.setattr(clip_hub, "probe", no_probe)
     loaded = load_clip(name, tag)
     assert network_calls == []
-    assert loaded.identity() == {"model": name, "pretrained": tag}
+    assert loaded.identity() == {
+        "model": name,
+        "pretrained": tag,
+        "quick_gelu": False,
+        "quick_gelu_from": f"pretrained tag {name} '{tag}'",
+    }
     # The same model and transform as open_clip's own tag path, fed the cached file.
     monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda *a, **k: str(cached))
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag)
@@ -420,7 +389,7 @@ def test_damaged_cached_clip_weights_say_delete_and_redownload(tiny_tag, network
 
 
 def test_local_dir_never_touches_the_network(tiny_clip_dir, network_calls, monkeypatch):
-    monkeypatch.setattr(clip_module, "probe", lambda *a, **k: pytest.fail("probed"), raising=False)
+    monkeypatch.setattr(clip_hub, "probe", lambda *a, **k: pytest.fail("probed"))
     load_clip(f"local-dir:{tiny_clip_dir}")
     assert network_calls == []
 
@@ -522,3 +491,53 @@ def test_download_into_an_unwritable_cache_is_one_line(tmp_path, monkeypatch, ca
         ["models", "download", "vit_b", "--mirror", "http://127.0.0.1:9", "--no-progress", "-q"],
     )
     assert "cannot write to" in line and "set SALIP_HOME to a writable folder" in line
+
+
+def test_hugging_face_text_tower_without_transformers_is_one_line(tiny_clip_dir, tmp_path,
+                                                                  monkeypatch, network_calls):  # fmt: skip
+    """BiomedCLIP-like configs name a transformers text model; without the package the
+    error says what to install, before anything is built."""
+    import importlib.util
+
+    folder = _copy_clip(tiny_clip_dir, tmp_path / "clip")
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    config["model_cfg"]["text_cfg"] = {"hf_model_name": "org/bert", "hf_tokenizer_name": "org/bert"}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "transformers" else real(n, *a)
+    )
+    with pytest.raises(ModelError) as caught:
+        load_clip(f"local-dir:{folder}")
+    message = assert_one_line(caught.value)
+    assert "Hugging Face text tower (org/bert)" in message and "pip install 'salip[hf]'" in message
+    assert network_calls == []
+
+
+def test_hf_hub_model_whose_weights_cannot_be_fetched_is_refused(tiny_clip_dir, monkeypatch):
+    """open_clip builds random weights when an hf-hub: download fails; salip refuses."""
+    from tests.hub_server import serving_hub
+
+    with serving_hub(monkeypatch) as hub:
+        hub.add("org/config-only", "open_clip_config.json", tiny_clip_dir / "open_clip_config.json")
+        with pytest.raises(ModelError) as caught:
+            load_clip("hf-hub:org/config-only")
+    message = assert_one_line(caught.value)
+    assert "weights of CLIP hf-hub:org/config-only could not be downloaded" in message
+    assert "random weights" in message
+
+
+def test_hf_hub_model_downloads_from_the_hub(tiny_clip_dir, monkeypatch):
+    """Config and weights come from the (loopback) hub on first use, from the cache after."""
+    from tests.hub_server import serving_hub
+
+    with serving_hub(monkeypatch) as hub:
+        for name in ("open_clip_config.json", "open_clip_pytorch_model.bin"):
+            hub.add("org/tiny", name, tiny_clip_dir / name)
+        first = load_clip("hf-hub:org/tiny")
+        seen = len(hub.requests)
+        assert seen > 0
+        second = load_clip("hf-hub:org/tiny")
+        assert len(hub.requests) == seen  # all cached: offline, no request
+    for key, value in first.model.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[key], value)

@@ -31,12 +31,17 @@ logger = logging.getLogger(__name__)
 
 
 def text_tower_fingerprint(model: torch.nn.Module) -> str:
-    """Short hash identifying a CLIP model's text weights.
+    """Short hash identifying a CLIP model's text tower: its weights and its layers.
 
     Hashes every non-visual parameter's name, shape and float64 sum and absolute sum:
-    cheap (no copy of the weights) and changed by any real fine-tune or checkpoint swap.
+    cheap (no copy of the weights) and changed by any real fine-tune or checkpoint swap;
+    and the class of every non-visual module, so the same weights built with another
+    activation (QuickGELU or GELU) get another hash.
     """
     digest = hashlib.sha256()
+    for name, module in model.named_modules():
+        if not name.startswith("visual"):
+            digest.update(f"{name}:{type(module).__name__}".encode())
     with torch.no_grad():
         for name, param in model.state_dict().items():
             if name.startswith("visual."):

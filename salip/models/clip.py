@@ -8,11 +8,16 @@ Model specs:
 Downloaded weights go to ``<SALIP_HOME>/clip``.
 
 Weights of a pretrained tag that are already in that cache are loaded from the cached file,
-without asking the Hugging Face hub for a newer copy. Weights that are not cached are
-downloaded by open_clip; before that, a short probe of the hub (``$HF_ENDPOINT``) makes an
-offline machine fail in seconds with one line, where open_clip's retries take about a
-minute. ``HF_HUB_OFFLINE=1`` skips the probe and fails at once. A ``local-dir:`` folder or
-a weights file never touches the network.
+without asking the Hugging Face hub for a newer copy; an ``hf-hub:`` model whose config and
+weights are cached is built with the hub in offline mode, so that no request (and none of
+huggingface_hub's retries) is made. Weights that are not cached are downloaded by open_clip;
+before that, a short probe of the hub (``$HF_ENDPOINT``) makes an offline machine fail in
+seconds with one line, where open_clip's retries take about a minute. ``HF_HUB_OFFLINE=1``
+skips the probe and fails at once. A ``local-dir:`` folder or a weights file never touches
+the network.
+
+Every model is built with the activation its weights were trained with (QuickGELU for
+OpenAI's weights; :mod:`salip.models.clip_activation`).
 """
 
 from __future__ import annotations
@@ -21,33 +26,29 @@ import importlib.util
 import json
 import logging
 import os
-import ssl
-import threading
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from salip.core.errors import ModelError, one_line
-from salip.models.registry import salip_home
+from salip.models.clip_activation import Activation, choose_activation
+from salip.models.clip_hub import (
+    LOCAL_FLAGS,
+    cached_tag_weights,
+    clip_cache_dir,
+    hub_config,
+    hub_offline_mode,
+    hub_weights,
+    missing_offline,
+    require_hub,
+)
 from salip.models.sam import describe_unreadable
 from salip.models.specs import local_dir
 
 logger = logging.getLogger(__name__)
 
-#: Seconds to wait for the Hugging Face hub to answer before calling it unreachable.
-PROBE_TIMEOUT_S = 3.0
-
-#: What to pass instead of weights that cannot be fetched.
-LOCAL_FLAGS = (
-    "--clip-pretrained FILE (a weights file) or --clip-model local-dir:PATH (a folder with "
-    "open_clip_config.json and weights)"
-)
-
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
-_TRUE = {"1", "ON", "YES", "TRUE"}
 
 
 @dataclass
@@ -60,6 +61,8 @@ class LoadedClip:
         tokenizer: open_clip tokenizer for the model (list[str] -> token tensor).
         name: the model spec it was loaded from.
         pretrained: the pretrained tag or file, if any.
+        quick_gelu: built with QuickGELU (True) or GELU (False).
+        quick_gelu_from: why (the pretrained tag, the config, the flag, ...).
     """
 
     model: Any
@@ -67,119 +70,17 @@ class LoadedClip:
     tokenizer: Any
     name: str
     pretrained: str | None
+    quick_gelu: bool = False
+    quick_gelu_from: str = "model config"
 
     def identity(self) -> dict[str, Any]:
         """JSON-ready description for reports."""
-        return {"model": self.name, "pretrained": self.pretrained}
-
-
-def clip_cache_dir() -> Path:
-    """Where open_clip downloads CLIP weights for salip (``<SALIP_HOME>/clip``)."""
-    return salip_home() / "clip"
-
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for no hub access."""
-    from huggingface_hub import constants
-
-    flags = (os.environ.get(k, "").upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return any(flag in _TRUE for flag in flags) or constants.is_offline_mode()
-
-
-def hub_endpoint() -> str:
-    """The Hugging Face hub URL downloads go to: ``$HF_ENDPOINT``, else huggingface.co."""
-    from huggingface_hub import constants
-
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-def _head(url: str, timeout: float) -> str | None:
-    """None if an HTTP server answers a HEAD request for ``url``, else why not."""
-    request = urllib.request.Request(url, method="HEAD")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout):  # noqa: S310 (http/https URL)
-            return None
-    except urllib.error.HTTPError:
-        return None  # any HTTP status means the server is there
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, ssl.SSLError):
-            return None  # reachable; the download itself reports certificate problems
-        return one_line(exc.reason, 100)
-    except (OSError, ValueError) as exc:  # timeouts, resets, a malformed URL
-        return one_line(exc, 100) or type(exc).__name__
-
-
-def probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """None if ``url`` answers within about ``timeout`` seconds, else the reason (one line).
-
-    Proxies from the environment are used, as for the download. The request runs in a
-    daemon thread so that a hanging name lookup cannot hold the caller past the timeout.
-    """
-    result: list[str | None] = []
-    thread = threading.Thread(
-        target=lambda: result.append(_head(url, timeout)), name="salip-hub-probe", daemon=True
-    )
-    thread.start()
-    thread.join(timeout + 0.5)
-    return result[0] if result else f"no answer within {timeout:g} s"
-
-
-def require_hub(missing: str, them: str = "them") -> None:
-    """Raise ModelError (one line) unless the hub can be reached to download ``missing``.
-
-    Args:
-        missing: what is not cached, as the subject of a sentence ("CLIP weights
-            ViT-L-14 'openai' are").
-        them: the pronoun for it ("them", "it").
-    """
-    cache = clip_cache_dir()
-    if hub_offline():
-        raise ModelError(
-            f"{missing} not in the cache ({cache}) and HF_HUB_OFFLINE is set; unset it to "
-            f"download {them}, or pass {LOCAL_FLAGS}."
-        )
-    endpoint = hub_endpoint()
-    reason = probe(endpoint)
-    if reason is not None:
-        raise ModelError(
-            f"{missing} not in the cache ({cache}) and {endpoint} cannot be reached "
-            f"({reason}); download {them} once with internet access (or set HF_ENDPOINT to a "
-            f"mirror), or pass {LOCAL_FLAGS}."
-        )
-
-
-def _hub_file_names(filename: str) -> list[str]:
-    """The files open_clip asks the hub for, in its order: safetensors first, if usable."""
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
-    names = []
-    if importlib.util.find_spec("safetensors") is not None:
-        if filename == HF_WEIGHTS_NAME:
-            names.append(HF_SAFE_WEIGHTS_NAME)
-        elif filename.endswith((".bin", ".pth")):
-            names.append(filename[:-4] + ".safetensors")
-    return [*names, filename]
-
-
-def cached_tag_weights(name: str, tag: str) -> str | None:
-    """The cached weights file of pretrained ``tag`` of model ``name``, or None.
-
-    Looks where open_clip's download puts it: the Hugging Face cache layout under
-    :func:`clip_cache_dir`, for the ``hf_hub`` entry of open_clip's pretrained config.
-    """
-    import open_clip
-    from huggingface_hub import try_to_load_from_cache
-    from open_clip.constants import HF_WEIGHTS_NAME
-
-    hub = open_clip.get_pretrained_cfg(name, tag).get("hf_hub", "")
-    if not hub:
-        return None
-    repo, filename = os.path.split(hub)  # "org/model/" names the default file
-    for candidate in _hub_file_names(filename or HF_WEIGHTS_NAME):
-        found = try_to_load_from_cache(repo, candidate, cache_dir=clip_cache_dir())
-        if isinstance(found, str):
-            return found
-    return None
+        return {
+            "model": self.name,
+            "pretrained": self.pretrained,
+            "quick_gelu": self.quick_gelu,
+            "quick_gelu_from": self.quick_gelu_from,
+        }
 
 
 def _tag_source(name: str, tag: str) -> tuple[str, dict[str, Any]]:
@@ -198,12 +99,6 @@ def _tag_source(name: str, tag: str) -> tuple[str, dict[str, Any]]:
         return tag, {}
     cfg = open_clip.get_pretrained_cfg(name, tag)
     logger.debug("CLIP %s '%s': cached weights %s", name, tag, cached)
-    model_quick_gelu = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
-    if bool(cfg.get("quick_gelu", False)) != model_quick_gelu:  # as open_clip warns for tags
-        logger.warning(
-            "CLIP %s '%s': QuickGELU mismatch between the model config (quick_gelu=%s) and "
-            "the pretrained tag", name, tag, model_quick_gelu,
-        )  # fmt: skip
     keys = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation"}
     keys["resize_mode"] = "image_resize_mode"
     return cached, {arg: cfg[key] for key, arg in keys.items() if cfg.get(key) is not None}
@@ -336,52 +231,126 @@ def _load_failure(name: str, pretrained: str | None, source: str | None, exc: Ex
     )
 
 
-def _check_hub_model(name: str) -> None:
-    """For ``hf-hub:ORG/REPO``: ModelError unless its config is cached or the hub answers."""
-    from huggingface_hub import try_to_load_from_cache
-    from open_clip.constants import HF_CONFIG_NAME
-
-    repo = name.removeprefix("hf-hub:")
-    if not isinstance(
-        try_to_load_from_cache(repo, HF_CONFIG_NAME, cache_dir=clip_cache_dir()), str
-    ):
-        require_hub(f"CLIP model {name} is", "it")
+def _check_text_tower(name: str, config: dict[str, Any]) -> None:
+    """ModelError unless the packages a config's text tower needs are installed."""
+    text = (config.get("model_cfg") or {}).get("text_cfg") or {}
+    if text.get("hf_model_name") and importlib.util.find_spec("transformers") is None:
+        raise ModelError(
+            f"CLIP {name} has a Hugging Face text tower ({text['hf_model_name']}), which needs "
+            "the transformers package: pip install 'salip[hf]' (or pip install transformers)."
+        )
 
 
-def load_clip(name: str, pretrained: str | None = None, *, device: str = "cpu") -> LoadedClip:
+def _build(
+    name: str, source: str | None, device: str, transform_args: dict[str, Any], act: Activation
+) -> tuple[Any, Any, Any]:
+    """open_clip's (model, image transform, tokenizer) for ``name``, with activation ``act``.
+
+    open_clip's own QuickGELU warning is logged at debug level: :func:`choose_activation`
+    has already warned where the choice differs from how the weights were trained.
+    """
+    import open_clip
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=source, device=device, cache_dir=str(clip_cache_dir()),
+            force_quick_gelu=act.quick_gelu, quick_gelu=act.quick_gelu, **transform_args,
+        )  # fmt: skip
+        tokenizer = open_clip.get_tokenizer(name, cache_dir=str(clip_cache_dir()))
+    for warning in caught:
+        quiet = "QuickGELU" in str(warning.message)
+        (logger.debug if quiet else logger.warning)("open_clip: %s", one_line(warning.message))
+    return model, preprocess, tokenizer
+
+
+def _build_hub(name: str, cached: bool, build: Any) -> tuple[Any, Any, Any]:
+    """Build an ``hf-hub:`` model: offline first when its files are cached, then (for files
+    the cache lacks, such as a text tower's tokenizer) online after probing the hub; and
+    never with random weights, which open_clip falls back to when the download fails."""
+    result = None
+    if cached:
+        try:
+            with hub_offline_mode():
+                result = build()
+        except Exception as exc:
+            if not missing_offline(exc):
+                raise
+            logger.info("CLIP %s: a file is not cached (%s); asking the hub", name, one_line(exc))
+    if result is None:
+        require_hub(f"files of CLIP model {name} are", "them")
+        result = build()
+    if hub_weights(name.removeprefix("hf-hub:")) is None:
+        raise ModelError(
+            f"the weights of CLIP {name} could not be downloaded, so CLIP would have random "
+            f"weights; try again, or pass {LOCAL_FLAGS}."
+        )
+    return result
+
+
+def load_clip(
+    name: str,
+    pretrained: str | None = None,
+    *,
+    device: str = "cpu",
+    quick_gelu: bool | None = None,
+) -> LoadedClip:
     """Load a CLIP model and its preprocessing and tokenizer.
+
+    Args:
+        name: an open_clip model name, ``hf-hub:ORG/REPO`` or ``local-dir:PATH``.
+        pretrained: a pretrained tag or a weights file (open_clip names only).
+        device: where the model goes.
+        quick_gelu: the activation (True: QuickGELU, False: GELU); None: the one the
+            weights were trained with, where it is known
+            (:func:`~salip.models.clip_activation.choose_activation`).
 
     Raises:
         ModelError: unknown model name (lists valid ones), unknown pretrained tag (lists the
             model's tags), missing or incomplete local files, unreadable weights, or
             weights that are not cached while the hub cannot be reached. One line each.
     """
-    import open_clip
-
     schema_spec = name.startswith(("hf-hub:", "local-dir:"))
     source: str | None = None
     transform_args: dict[str, Any] = {}
+    config: dict[str, Any] | None = None
+    hub_cached = False
     if name.startswith("local-dir:"):
         check_local_dir(name)
+        folder = local_dir(name)
+        config = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))
     elif name.startswith("hf-hub:"):
-        _check_hub_model(name)
+        config, hub_cached = hub_config(name)
     else:
         _check_spec(name, pretrained)
         if pretrained and not os.path.isfile(pretrained):
             source, transform_args = _tag_source(name, pretrained)
         else:
             source = pretrained
+    if config is not None:
+        _check_text_tower(name, config)
+    activation = choose_activation(name, pretrained, quick_gelu, config)
+
+    def build() -> tuple[Any, Any, Any]:
+        return _build(name, source, device, transform_args, activation)
+
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=source, device=device, cache_dir=str(clip_cache_dir()),
-            **transform_args,
-        )  # fmt: skip
-        tokenizer = open_clip.get_tokenizer(name, cache_dir=str(clip_cache_dir()))
+        if name.startswith("hf-hub:"):
+            model, preprocess, tokenizer = _build_hub(name, hub_cached, build)
+        else:
+            model, preprocess, tokenizer = build()
+    except ModelError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure to read or build is a ModelError
         raise ModelError(_load_failure(name, pretrained, source, exc)) from exc
     pretrained_arg = None if schema_spec else pretrained
     if not schema_spec and not pretrained:
         logger.warning("CLIP %s has random weights: no --clip-pretrained given", name)
     model.eval()
-    logger.info("loaded CLIP %s (%s) on %s", name, pretrained_arg or "-", device)
-    return LoadedClip(model, preprocess, tokenizer, name, pretrained_arg)
+    logger.info(
+        "loaded CLIP %s (%s) on %s; %s (%s)", name, pretrained_arg or "-", device,
+        "QuickGELU" if activation.quick_gelu else "GELU", activation.source,
+    )  # fmt: skip
+    return LoadedClip(
+        model, preprocess, tokenizer, name, pretrained_arg, activation.quick_gelu, activation.source
+    )
