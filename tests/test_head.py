@@ -137,6 +137,22 @@ def test_target_frame_round_trips_through_postprocess(tiny_sam_path: Path) -> No
     assert dice > 0.97
 
 
+def test_target_frame_of_medsam_is_the_whole_stretched_square(tiny_sam_path: Path) -> None:
+    """With MedSAM's profile the slice fills the encoder input: no padding, every pixel
+    valid, and the profile's own mask mapping brings the target back."""
+    from salip.models.sam import load_sam
+
+    sam = load_sam(str(tiny_sam_path), preprocess="medsam")
+    mask = np.zeros((101, 122), dtype=bool)
+    mask[20:70, 30:100] = True
+    target, valid = to_head_frame(mask[None], 256, sam.preprocess)
+    assert target.shape == (1, 64, 64) and bool(valid.all())
+    logits = (target - 0.5)[None] * 20
+    back = sam.preprocess.masks(sam.model, logits, (256, 256), (101, 122))[0, 0].numpy() > 0
+    dice = 2 * (back & mask).sum() / (back.sum() + mask.sum())
+    assert dice > 0.97
+
+
 # --------------------------------------------------------------------------- 3. loss
 
 

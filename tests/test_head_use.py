@@ -121,6 +121,20 @@ def test_method_head_settings_are_checked(heads, tiny_models, capsys, tmp_path):
     assert not (tmp_path / "p.nii.gz").exists()
 
 
+def test_head_refuses_a_sam_set_to_another_preprocessing(heads, tiny_models, capsys, tmp_path):
+    """A head learnt on embeddings of one preprocessing profile is not run on another's."""
+    ct = str(require_data(TOTALSEG / "example_ct_sm.nii.gz"))
+    code = main(["segment", ct, "--organ", "liver", "--method", "head", "--head",
+                 str(heads["static"]), "--sam-checkpoint", tiny_models["sam_checkpoint"],
+                 "--sam-preprocess", "medsam", "--device", "cpu", "-q",
+                 "-o", str(tmp_path / "l.nii.gz")])  # fmt: skip
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "trained on embeddings made with sam preprocessing" in err
+    assert "set to medsam (--sam-preprocess)" in err and "pass --sam-preprocess sam" in err
+    assert not (tmp_path / "l.nii.gz").exists()
+
+
 def _bench_config(folder: Path, tiny_models, methods: list[dict]) -> Path:
     text = "[models]\n" + _toml_table(tiny_models)
     for table in methods:

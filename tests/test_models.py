@@ -110,3 +110,55 @@ def test_clip_errors(tmp_path):
         load_clip("ViT-B-32", "not-a-tag")
     with pytest.raises(ModelError, match="cannot load CLIP"):
         load_clip(f"local-dir:{tmp_path / 'nowhere'}")
+
+
+def test_sam_preprocessing_is_chosen_from_the_checkpoint(tmp_path, tiny_sam_path, monkeypatch):
+    """Flag first, then a known file's SHA-256, then MedSAM's file name, else SAM's own."""
+    from salip.core.errors import ConfigError
+    from salip.core.hashing import file_sha256
+    from salip.models import sam as sam_module
+
+    plain = load_sam(str(tiny_sam_path))
+    assert plain.preprocess.name == "sam" and plain.preprocess_from.startswith("default")
+    named = tmp_path / "MedSAM_tiny.pth"
+    named.write_bytes(tiny_sam_path.read_bytes())
+    medsam = load_sam(str(named))
+    assert (medsam.preprocess.name, medsam.preprocess_from) == (
+        "medsam",
+        "file name MedSAM_tiny.pth",
+    )
+    assert medsam.identity()["preprocess"] == "medsam"
+    forced = load_sam(str(named), preprocess="sam")
+    assert (forced.preprocess.name, forced.preprocess_from) == ("sam", "--sam-preprocess")
+    known = {file_sha256(tiny_sam_path): ("a test file", "sam")}
+    monkeypatch.setattr(sam_module, "KNOWN_SAM_FILES", known)
+    by_hash = load_sam(str(named))  # the digest outranks the name
+    assert (by_hash.preprocess.name, by_hash.preprocess_from) == ("sam", "SHA-256 of a test file")
+    with pytest.raises(ConfigError, match="unknown SAM preprocessing 'x'; use one of sam, medsam"):
+        load_sam(str(tiny_sam_path), preprocess="x")
+
+
+def test_report_records_how_the_models_were_built(tmp_path, tiny_models, tiny_sam_path):
+    """The report names the SAM preprocessing and the CLIP activation, and why."""
+    import salip
+    from tests.conftest import SLICES, require_data
+
+    image = require_data(SLICES / "images" / "amos_0004_75.png")
+    named = tmp_path / "medsam_tiny.pth"
+    named.write_bytes(tiny_sam_path.read_bytes())
+    options = {**tiny_models, "sam_checkpoint": str(named), "points_per_side": 4}
+    result = salip.segment(image, organs=["liver"], modality="ct", write=False, **options)
+    models = result.report["models"]
+    assert models["sam"]["preprocess"] == "medsam"
+    assert models["sam"]["preprocess_from"] == "file name medsam_tiny.pth"
+    assert models["clip"]["quick_gelu"] is False
+    assert models["clip"]["quick_gelu_from"].startswith("the config of local-dir:")
+    again = salip.segment(image, organs=["liver"], modality="ct", write=False,
+                          **{**options, "sam_preprocess": "sam", "clip_quick_gelu": True})  # fmt: skip
+    models = again.report["models"]
+    assert (models["sam"]["preprocess"], models["sam"]["preprocess_from"]) == (
+        "sam", "--sam-preprocess"
+    )  # fmt: skip
+    assert (models["clip"]["quick_gelu"], models["clip"]["quick_gelu_from"]) == (
+        True, "--clip-quick-gelu"
+    )  # fmt: skip

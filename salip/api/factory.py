@@ -113,8 +113,18 @@ def load_models(config: ModelConfig, *, clip: bool) -> Models:
     from salip.models.sam import load_sam
 
     device = resolve_device(config.device)
-    sam = load_sam(config.sam_checkpoint, device=device, model_type=config.sam_model_type)
-    loaded = load_clip(config.clip_model, config.clip_pretrained, device=device) if clip else None
+    sam = load_sam(
+        config.sam_checkpoint,
+        device=device,
+        model_type=config.sam_model_type,
+        preprocess=config.sam_preprocess,
+    )
+    loaded = None
+    if clip:
+        loaded = load_clip(
+            config.clip_model, config.clip_pretrained, device=device,
+            quick_gelu=config.clip_quick_gelu,
+        )  # fmt: skip
     return Models(sam, loaded, device)
 
 

@@ -684,8 +684,9 @@ def propose(
         cfg.models.sam_checkpoint,
         device=resolve_device(cfg.models.device),
         model_type=cfg.models.sam_model_type,
+        preprocess=cfg.models.sam_preprocess,
     )
-    (embedding,) = encode_images(sam.model, [image], 1)
+    (embedding,) = encode_images(sam.model, [image], 1, preprocess=sam.preprocess)
     records = generate_proposals(sam.model, embedding, cfg.proposals).to_records()
     info = {
         "slice": slice_index,

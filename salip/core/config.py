@@ -76,6 +76,15 @@ class ModelConfig:
         "Expected SAM architecture (vit_b, vit_l, vit_h). Optional: the architecture is "
         "read from the checkpoint; a mismatch is an error.",
     )
+    sam_preprocess: str = option(
+        "auto",
+        "How the SAM checkpoint's family wants its input: sam (segment-anything: longest "
+        "side to 1024, pixel mean/std, padded) or medsam (MedSAM: stretched to 1024x1024, "
+        "min-max to [0, 1]); applied to the image, the point and box prompts and the "
+        "masks alike. auto: sam for the official checkpoints, medsam for a file named "
+        "like MedSAM's (medsam_vit_b.pth), else sam.",
+        choices=("auto", "sam", "medsam"),
+    )
     clip_model: str = option(
         "ViT-L-14",
         "CLIP model: an open_clip name (e.g. ViT-L-14), hf-hub:ORG/REPO or local-dir:PATH.",
@@ -84,6 +93,13 @@ class ModelConfig:
         "openai",
         "open_clip pretrained tag (e.g. openai) or a local weights file. Ignored for "
         "hf-hub: and local-dir: models.",
+    )
+    clip_quick_gelu: bool | None = option(
+        None,
+        "Build CLIP with QuickGELU (on) or GELU (off), the activation its weights were "
+        "trained with. Default: from the pretrained tag (OpenAI's weights: QuickGELU), from "
+        "a weights file recognised as a tag's, or from the hf-hub:/local-dir: config; "
+        "else the model config's.",
     )
     device: str = option("auto", "Device: auto, cpu, cuda or cuda:N.")
     precision: str = option(

@@ -93,8 +93,8 @@ class SamEncoder:
         )
 
     def prepare(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Images resized to the encoder's longest side (segment-anything's transform)."""
-        return resize_for_encoder(self.sam.model, images)
+        """Images resized for the encoder by the checkpoint's preprocessing profile."""
+        return resize_for_encoder(self.sam.model, images, self.sam.preprocess)
 
     @torch.no_grad()
     def encode(
@@ -111,4 +111,5 @@ class SamEncoder:
             precision=self.precision,
             encoder=fast_encoder(model, compile=self.compile),
             resized=prepared,
+            preprocess=self.sam.preprocess,
         )

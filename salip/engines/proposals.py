@@ -111,7 +111,7 @@ def generate_proposals_batch(
 ) -> list[Proposals]:
     """Everything-mode proposals for several embedded slices, decoded together.
 
-    The point prompts of all slices of one size form one stream, cut into decoder calls of
+    The point prompts of all slices of one size (and preprocessing) form one stream, cut into decoder calls of
     ``batch`` prompts that may span slices; IoU and stability filtering,
     mask-to-box and box NMS (per slice, through ``batched_nms``'s class index) run batched on
     the embeddings' device. Per slice, the result equals :func:`generate_proposals` on that
@@ -129,7 +129,7 @@ def generate_proposals_batch(
     """
     groups: dict[tuple[Any, Any], list[int]] = {}
     for i, emb in enumerate(embeddings):
-        groups.setdefault((emb.input_size, emb.original_size), []).append(i)
+        groups.setdefault((emb.input_size, emb.original_size, emb.preprocess), []).append(i)
     if batch is None:
         device = embeddings[0].features.device if embeddings else torch.device("cpu")
         batch = decoder_batch(config, device)
@@ -237,7 +237,13 @@ def _decode_and_filter(
 
     device = features.device
     logits, iou = decode_points_across(
-        sam, features, owner, pts[:, None, :].to(device), first.input_size, first.original_size
+        sam,
+        features,
+        owner,
+        pts[:, None, :].to(device),
+        first.input_size,
+        first.original_size,
+        first.preprocess,
     )
     n_out = logits.shape[1]
     part = MaskData(

@@ -269,6 +269,7 @@ class LoadedHead:
             "variant": m.get("variant"),
             "classes": list(self.classes),
             "sam_sha256": m.get("sam", {}).get("sha256"),
+            "sam_preprocess": m.get("sam", {}).get("preprocess", "sam"),
             "clip": m.get("clip"),
             "salip_version": m.get("salip_version"),
         }
@@ -306,7 +307,8 @@ def load_head(path: str | Path, sam: LoadedSam, *, device: str = "cpu") -> Loade
 
     Raises:
         ModelError: a missing or unreadable file, or not a salip head.
-        ConfigError: ``sam`` is not the SAM checkpoint the head was trained on.
+        ConfigError: ``sam`` is not the SAM checkpoint the head was trained on, or is set
+            to another preprocessing profile.
     """
     path = Path(path)
     payload = _read_payload(path)
@@ -319,6 +321,13 @@ def load_head(path: str | Path, sam: LoadedSam, *, device: str = "cpu") -> Loade
             f"({trained['arch']}, sha256 {trained['sha256'][:12]}...), but the SAM given is "
             f"{sam.path} (sha256 {given[:12]}...). A head only works on its own SAM: pass "
             f"--sam-checkpoint {trained['checkpoint']}, or train a head for this SAM."
+        )
+    profile = str(trained.get("preprocess", "sam"))  # heads before profiles: sam
+    if profile != sam.preprocess.name:
+        raise ConfigError(
+            f"{path} was trained on embeddings made with {profile} preprocessing, but the SAM "
+            f"is set to {sam.preprocess.name} ({sam.preprocess_from}); pass "
+            f"--sam-preprocess {profile}, or train a head with this preprocessing."
         )
     h = manifest["head"]
     arch = HeadArch(

@@ -18,6 +18,7 @@ from typing import Any
 
 from salip.core.errors import ModelError, one_line
 from salip.models.registry import SAM_CHECKPOINTS, cached_checkpoint, checkpoint_dir
+from salip.models.sam_preprocess import SAM_PREPROCESS, SamPreprocess, get_preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +76,70 @@ OFFICIAL_ARCHS: dict[str, SamArch] = {
 
 @dataclass
 class LoadedSam:
-    """A SAM model ready for inference, with where it came from."""
+    """A SAM model ready for inference, with where it came from.
 
-    model: Any  # segment_anything.modeling.Sam, in eval mode on its device
+    Attributes:
+        model: segment_anything ``Sam``, in eval mode on its device.
+        arch: the architecture read from the weights.
+        path: the checkpoint file.
+        preprocess: how the checkpoint's family wants its input
+            (:mod:`salip.models.sam_preprocess`); every encoder call uses it.
+        preprocess_from: why that profile (the flag, the file's hash or name, the default).
+    """
+
+    model: Any
     arch: SamArch
     path: Path
+    preprocess: SamPreprocess = SAM_PREPROCESS
+    preprocess_from: str = "default"
 
     def identity(self) -> dict[str, Any]:
         """JSON-ready description for reports."""
-        return {"path": str(self.path), "arch": self.arch.name, **asdict(self.arch)}
+        return {
+            "path": str(self.path),
+            "arch": self.arch.name,
+            **asdict(self.arch),
+            "preprocess": self.preprocess.name,
+            "preprocess_from": self.preprocess_from,
+        }
+
+
+#: SHA-256 of checkpoint files whose family is known -> (what the file is, profile name).
+#: The official SAM files are listed; MedSAM's published file is recognised by its name,
+#: since its digest is not recorded here (add it, with the profile, to recognise it renamed).
+KNOWN_SAM_FILES: dict[str, tuple[str, str]] = {
+    info.sha256: (f"the official SAM {name}", "sam") for name, info in SAM_CHECKPOINTS.items()
+}
+
+#: File-name stems (lower case) of checkpoints trained with another family's input.
+_NAMED_FAMILIES = (("medsam", "medsam"),)
+
+
+def choose_preprocess(spec: str, path: Path, setting: str = "auto") -> tuple[SamPreprocess, str]:
+    """The preprocessing profile of a SAM checkpoint, and why it was chosen.
+
+    In order: ``setting`` when it names a profile (``--sam-preprocess``); ``sam`` for an
+    official name (its download was checked against the official digest); the profile of a
+    file whose SHA-256 is in :data:`KNOWN_SAM_FILES`; ``medsam`` for a file whose name
+    contains "medsam" (``medsam_vit_b.pth``, MedSAM's published name); else ``sam``.
+
+    Raises:
+        ConfigError: ``setting`` is neither "auto" nor a profile name.
+    """
+    if setting != "auto":
+        return get_preprocess(setting), "--sam-preprocess"
+    if spec in SAM_CHECKPOINTS and not Path(spec).expanduser().is_file():
+        return SAM_PREPROCESS, f"the official SAM {spec}"
+    from salip.core.hashing import file_sha256
+
+    known = KNOWN_SAM_FILES.get(file_sha256(path))
+    if known is not None:
+        return get_preprocess(known[1]), f"SHA-256 of {known[0]}"
+    stem = path.name.lower()
+    for marker, profile in _NAMED_FAMILIES:
+        if marker in stem:
+            return get_preprocess(profile), f"file name {path.name}"
+    return SAM_PREPROCESS, "default (pass --sam-preprocess for a fine-tune trained otherwise)"
 
 
 def _unwrap(checkpoint: Any) -> dict[str, Any]:
@@ -369,16 +425,21 @@ def _load_weights(model: Any, state: dict[str, Any], arch: SamArch, path: Path) 
         ) from exc
 
 
-def load_sam(spec: str, *, device: str = "cpu", model_type: str | None = None) -> LoadedSam:
+def load_sam(
+    spec: str, *, device: str = "cpu", model_type: str | None = None, preprocess: str = "auto"
+) -> LoadedSam:
     """Load a SAM checkpoint (file path or official name) onto ``device``.
 
     The file is read with ``torch.load(weights_only=True, map_location="cpu")``, so a
     checkpoint saved on a GPU loads on a CPU-only machine, and a file cannot run code.
+    ``preprocess`` names the input profile (``sam``, ``medsam``), or ``auto`` to choose it
+    from the checkpoint (:func:`choose_preprocess`).
 
     Raises:
         ModelError: missing, unreadable or non-SAM file, or a ``model_type`` that does not
             match what the file holds. The message is one line that names the file, says
             what it is, and what to give instead.
+        ConfigError: an unknown ``preprocess``.
     """
     path = resolve_sam_checkpoint(spec)
     checkpoint = _read_checkpoint(path)
@@ -402,6 +463,10 @@ def load_sam(spec: str, *, device: str = "cpu", model_type: str | None = None) -
             )
     model = build_sam(arch)
     _load_weights(model, state, arch, path)
+    profile, reason = choose_preprocess(spec, path, preprocess)
     model.to(device)
-    logger.info("loaded SAM %s from %s on %s", arch.name, path, device)
-    return LoadedSam(model=model, arch=arch, path=path)
+    logger.info(
+        "loaded SAM %s from %s on %s; %s preprocessing (%s)",
+        arch.name, path, device, profile.name, reason,
+    )  # fmt: skip
+    return LoadedSam(model=model, arch=arch, path=path, preprocess=profile, preprocess_from=reason)

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from salip.models.sam_preprocess import SAM_PREPROCESS, SamPreprocess
+
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
@@ -26,13 +28,17 @@ class ImageEmbedding:
 
     Attributes:
         features: 1xCxhxw float tensor (C = prompt embed dim, h = w = image_size / 16).
-        input_size: (H', W') of the slice after ResizeLongestSide, before padding.
+        input_size: (H', W') of the slice inside the encoder input, before padding
+            (after ResizeLongestSide for the ``sam`` profile).
         original_size: (H, W) of the slice as given.
+        preprocess: the profile the slice was encoded with; prompts against this embedding
+            and the masks they give are mapped with the same profile.
     """
 
     features: torch.Tensor
     input_size: tuple[int, int]
     original_size: tuple[int, int]
+    preprocess: SamPreprocess = SAM_PREPROCESS
 
 
 class BatchSize:
@@ -164,8 +170,13 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def resize_for_encoder(sam: torch.nn.Module, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """segment-anything's ``ResizeLongestSide.apply_image`` of each image.
+def resize_for_encoder(
+    sam: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    preprocess: SamPreprocess = SAM_PREPROCESS,
+) -> list[np.ndarray]:
+    """Each image resized for the encoder by ``preprocess`` (for the ``sam`` profile,
+    segment-anything's ``ResizeLongestSide.apply_image``).
 
     CPU work with no model call, safe to run in a background thread
     (see :mod:`salip.core.prefetch`).
@@ -173,14 +184,14 @@ def resize_for_encoder(sam: torch.nn.Module, images: Sequence[np.ndarray]) -> li
     Args:
         sam: segment-anything ``Sam`` model (for its image size).
         images: HxWx3 uint8 RGB images.
+        preprocess: the checkpoint's preprocessing profile.
 
     Returns:
-        H'xW'x3 uint8 images whose longest side is the encoder's image size.
+        H'xW'x3 uint8 images at the profile's input size (longest side = the encoder's image
+        size for ``sam``; the full square for ``medsam``).
     """
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    transform = ResizeLongestSide(sam.image_encoder.img_size)
-    return [transform.apply_image(image) for image in images]
+    size = sam.image_encoder.img_size
+    return [preprocess.resize(image, size) for image in images]
 
 
 @torch.no_grad()
@@ -192,10 +203,12 @@ def encode_images(
     precision: str = "fp32",
     encoder: Any = None,
     resized: Sequence[np.ndarray] | None = None,
+    preprocess: SamPreprocess = SAM_PREPROCESS,
 ) -> list[ImageEmbedding]:
     """Encode HxWx3 uint8 RGB images with SAM's image encoder, ``batch_size`` at a time.
 
-    Preprocessing is segment-anything's own (``ResizeLongestSide.apply_image`` then
+    Preprocessing is the checkpoint family's (:mod:`salip.models.sam_preprocess`); for the
+    ``sam`` profile it is segment-anything's own (``ResizeLongestSide.apply_image`` then
     ``Sam.preprocess``), so at fp32 embeddings equal ``SamPredictor.set_image``'s.
 
     Args:
@@ -208,8 +221,10 @@ def encode_images(
             :mod:`salip.models.precision`); features come back as float32.
         encoder: the module to run instead of ``sam.image_encoder`` (e.g.
             :func:`fast_encoder`'s); same inputs and outputs.
-        resized: :func:`resize_for_encoder` of ``images``, when already computed (e.g. in
-            a prefetch thread).
+        resized: :func:`resize_for_encoder` of ``images`` with the same ``preprocess``,
+            when already computed (e.g. in a prefetch thread).
+        preprocess: the checkpoint's preprocessing profile (``LoadedSam.preprocess``),
+            recorded on each embedding.
 
     Returns:
         One :class:`ImageEmbedding` per image, in order; features 1xCxhxw float32.
@@ -221,7 +236,7 @@ def encode_images(
 
     size = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
     if resized is None:
-        resized = resize_for_encoder(sam, images)
+        resized = resize_for_encoder(sam, images, preprocess)
     elif len(resized) != len(images):
         raise ValueError(f"{len(resized)} resized images for {len(images)} images.")
     device = sam.device
@@ -233,7 +248,7 @@ def encode_images(
         for image, small in zip(chunk, resized[start : start + size.value]):
             tensor = torch.as_tensor(small, device=device).permute(2, 0, 1).contiguous()
             sizes.append((tuple(tensor.shape[-2:]), tuple(image.shape[:2])))
-            tensors.append(sam.preprocess(tensor[None].float())[0])
+            tensors.append(preprocess.normalise(sam, tensor[None].float())[0])
 
         def run() -> torch.Tensor:
             with autocast(device, precision):
@@ -244,7 +259,7 @@ def encode_images(
         if features is None:
             continue
         for i, (input_size, original_size) in enumerate(sizes):
-            out.append(ImageEmbedding(features[i : i + 1], input_size, original_size))
+            out.append(ImageEmbedding(features[i : i + 1], input_size, original_size, preprocess))
         start += len(chunk)
     return out
 
@@ -258,7 +273,8 @@ def decode(
     boxes: torch.Tensor | None = None,
     multimask_output: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode prompts against one embedding, as ``SamPredictor.predict_torch`` does.
+    """Decode prompts against one embedding, as ``SamPredictor.predict_torch`` does, with
+    the prompts and masks mapped by the embedding's preprocessing profile.
 
     Args:
         points: Bx1x2 float XY point prompts in pixels of the *original* slice (labels are
@@ -269,17 +285,15 @@ def decode(
     Returns:
         (logits BxCxHxW at the original size, predicted IoU BxC).
     """
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    transform = ResizeLongestSide(sam.image_encoder.img_size)
+    profile, size = embedding.preprocess, sam.image_encoder.img_size
     point_arg = None
     if points is not None:
-        coords = transform.apply_coords_torch(points, embedding.original_size)
+        coords = profile.coords(points, embedding.original_size, size)
         labels = torch.ones(coords.shape[:2], dtype=torch.int, device=coords.device)
         point_arg = (coords, labels)
     box_arg = None
     if boxes is not None:
-        box_arg = transform.apply_boxes_torch(boxes, embedding.original_size)
+        box_arg = profile.boxes(boxes, embedding.original_size, size)
     sparse, dense = sam.prompt_encoder(points=point_arg, boxes=box_arg, masks=None)
     low_res, iou = sam.mask_decoder(
         image_embeddings=embedding.features,
@@ -288,7 +302,7 @@ def decode(
         dense_prompt_embeddings=dense,
         multimask_output=multimask_output,
     )
-    logits = sam.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
+    logits = profile.masks(sam, low_res, embedding.input_size, embedding.original_size)
     return logits, iou
 
 
@@ -342,10 +356,12 @@ def decode_points_across(
     points: torch.Tensor,
     input_size: tuple[int, int],
     original_size: tuple[int, int],
+    preprocess: SamPreprocess = SAM_PREPROCESS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode single-point prompts that belong to different slices, in one decoder call.
 
-    All slices must share ``input_size`` and ``original_size`` (true within a volume).
+    All slices must share ``input_size``, ``original_size`` and ``preprocess`` (true within
+    a volume).
     Equivalent, prompt by prompt, to :func:`decode` with ``multimask_output=True`` against
     each prompt's own slice embedding.
 
@@ -354,16 +370,14 @@ def decode_points_across(
         features: BxCxhxw embeddings of the B slices.
         owner: N int64 index into ``features`` of each prompt's slice.
         points: Nx1x2 float XY point prompts in pixels of the original slice (foreground).
-        input_size: (H', W') of the slices after ResizeLongestSide.
+        input_size: (H', W') of the slices inside the encoder input.
         original_size: (H, W) of the slices.
+        preprocess: the profile the slices were encoded with.
 
     Returns:
         (logits NxMxHxW at the original size, predicted IoU NxM); M multimask outputs.
     """
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    transform = ResizeLongestSide(sam.image_encoder.img_size)
-    coords = transform.apply_coords_torch(points, original_size)
+    coords = preprocess.coords(points, original_size, sam.image_encoder.img_size)
     labels = torch.ones(coords.shape[:2], dtype=torch.int, device=coords.device)
     sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
     low_res, iou = _predict_masks_per_prompt(
@@ -375,5 +389,5 @@ def decode_points_across(
     )
     # MaskDecoder.forward's multimask selection: drop the single-mask output.
     low_res, iou = low_res[:, 1:], iou[:, 1:]
-    logits = sam.postprocess_masks(low_res, input_size, original_size)
+    logits = preprocess.masks(sam, low_res, input_size, original_size)
     return logits, iou

@@ -24,9 +24,10 @@ logger = logging.getLogger(__name__)
 class HeadSegmenter:
     """A slice segmenter (:class:`salip.strategies.base.SliceSegmenter`) running a trained head.
 
-    Each batch of slices is encoded by SAM, the head gives per-class logits in SAM's padded
-    1/4 frame, ``Sam.postprocess_masks`` (segment-anything's crop and resize) brings them to
-    each slice's size, and a class is where its sigmoid exceeds 0.5 (fixed). No other
+    Each batch of slices is encoded by SAM, the head gives per-class logits in the 1/4 frame
+    of the encoder input, the SAM's preprocessing profile (for ``sam``,
+    ``Sam.postprocess_masks``: segment-anything's crop and resize) brings them to each
+    slice's size, and a class is where its sigmoid exceeds 0.5 (fixed). No other
     post-processing: ``salip.segment``'s ``largest_component`` applies as for any method.
 
     Args:
@@ -100,7 +101,13 @@ class HeadSegmenter:
     ) -> list[SliceOutput]:
         """HxWx3 uint8 display slices -> one :class:`SliceOutput` (HxW bool per organ) each."""
         channels = self.check_organs(organs)
-        embeddings = encode_images(self.sam.model, images, self.batch, precision=self.precision)
+        embeddings = encode_images(
+            self.sam.model,
+            images,
+            self.batch,
+            precision=self.precision,
+            preprocess=self.sam.preprocess,
+        )
         if not embeddings:
             return []
         device = next(self.head.model.parameters()).device
@@ -108,8 +115,8 @@ class HeadSegmenter:
         logits = self.head.model(features)[:, channels]
         outputs = []
         for i, embedding in enumerate(embeddings):
-            full = self.sam.model.postprocess_masks(
-                logits[i : i + 1], embedding.input_size, embedding.original_size
+            full = embedding.preprocess.masks(
+                self.sam.model, logits[i : i + 1], embedding.input_size, embedding.original_size
             )[0]
             masks = (full > 0).cpu().numpy()  # sigmoid > 0.5 <=> logit > 0
             outputs.append(SliceOutput(masks={o.name: masks[j] for j, o in enumerate(organs)}))

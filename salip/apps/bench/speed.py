@@ -363,12 +363,14 @@ def _prepare(
     del probe
 
     m = config.models
-    sam = load_sam(m.sam_checkpoint, device=device, model_type=m.sam_model_type)
-    clip = load_clip(m.clip_model, m.clip_pretrained, device=device)
+    sam = load_sam(
+        m.sam_checkpoint, device=device, model_type=m.sam_model_type, preprocess=m.sam_preprocess
+    )
+    clip = load_clip(m.clip_model, m.clip_pretrained, device=device, quick_gelu=m.clip_quick_gelu)
     prompts = load_prompts(target, modality, config.scoring.prompts_dir)
     # Warm-up (CUDA context, kernels) on one dummy slice, outside both timings.
     dummy = np.zeros((64, 64, 3), dtype=np.uint8)
-    encode_images(sam.model, [dummy], 1, precision=precision)
+    encode_images(sam.model, [dummy], 1, precision=precision, preprocess=sam.preprocess)
     _sync(device)
     return _Setup(
         work=work,

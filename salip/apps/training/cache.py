@@ -20,6 +20,7 @@ import torch
 
 from salip.core.hashing import file_sha256, fingerprint
 from salip.models.sam import LoadedSam
+from salip.models.sam_preprocess import get_preprocess
 from salip.models.sam_runtime import BatchSize, ImageEmbedding, encode_images
 
 logger = logging.getLogger(__name__)
@@ -36,13 +37,14 @@ def default_cache_dir() -> Path:
 
 
 def save_embedding(path: Path, embedding: ImageEmbedding) -> None:
-    """Write one embedding atomically: CxHxW fp16 features and the two sizes."""
+    """Write one embedding atomically: CxHxW fp16 features, the two sizes and the profile."""
     from salip.io.writing import atomic_write
 
     payload = {
         "features": embedding.features[0].detach().to("cpu", torch.float16).contiguous(),
         "input_size": list(embedding.input_size),
         "original_size": list(embedding.original_size),
+        "preprocess": embedding.preprocess.name,
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -54,6 +56,7 @@ def load_embedding(path: Path) -> ImageEmbedding:
         features=payload["features"].float()[None],
         input_size=tuple(int(v) for v in payload["input_size"]),
         original_size=tuple(int(v) for v in payload["original_size"]),
+        preprocess=get_preprocess(str(payload.get("preprocess", "sam"))),
     )
 
 
@@ -61,7 +64,8 @@ class EmbeddingCache:
     """SAM embeddings of slices, encoded on first request and read from disk after.
 
     Args:
-        sam: the frozen SAM model (its checkpoint file is hashed for the key).
+        sam: the frozen SAM model (its checkpoint file is hashed for the key, and its
+            preprocessing profile is part of it).
         folder: cache folder; default :func:`default_cache_dir`.
         batch_size: slices per encoder call (halved on out-of-memory, see
             :class:`~salip.models.sam_runtime.BatchSize`).
@@ -91,6 +95,7 @@ class EmbeddingCache:
     def path(self, key: Mapping[str, Any]) -> Path:
         """The cache file of a slice described by ``key`` (JSON-ready values)."""
         full = {"sam_sha256": self.sam_sha256, "precision": self.precision, **key}
+        full["preprocess"] = self.sam.preprocess.name
         digest = fingerprint(full)
         return self.folder / digest[:2] / f"{digest}.pt"
 
@@ -111,7 +116,11 @@ class EmbeddingCache:
         for start in range(0, len(todo), _CHUNK):
             chunk = todo[start : start + _CHUNK]
             embeddings = encode_images(
-                self.sam.model, [images[i] for i in chunk], self.batch, precision=self.precision
+                self.sam.model,
+                [images[i] for i in chunk],
+                self.batch,
+                precision=self.precision,
+                preprocess=self.sam.preprocess,
             )
             for i, embedding in zip(chunk, embeddings, strict=True):
                 save_embedding(paths[i], embedding)

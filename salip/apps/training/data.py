@@ -30,6 +30,7 @@ from salip.core.config import SegmentConfig
 from salip.core.hashing import file_sha256
 from salip.io.datasets import Case
 from salip.models.head import UPSCALE
+from salip.models.sam_preprocess import SAM_PREPROCESS, SamPreprocess
 
 logger = logging.getLogger(__name__)
 
@@ -63,25 +64,29 @@ class SliceSample:
         return self.labelled & (self.target.flatten(1).amax(dim=1) > 0)
 
 
-def to_head_frame(masks: np.ndarray, img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bring display-slice masks into SAM's padded 1/4 frame, the head's output frame.
+def to_head_frame(
+    masks: np.ndarray, img_size: int, preprocess: SamPreprocess = SAM_PREPROCESS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring display-slice masks into the 1/4 frame of SAM's encoder input, the head's
+    output frame.
 
-    The inverse of what ``Sam.postprocess_masks`` does to logits: resize so the longest
-    side is ``img_size`` (segment-anything's ``ResizeLongestSide`` size; nearest
-    neighbour), pad right and bottom to ``img_size`` square, then average 4x4 blocks.
+    The inverse of what the preprocessing profile does to logits (for ``sam``,
+    ``Sam.postprocess_masks``): resize to the image's size inside the encoder input (for
+    ``sam`` the longest side to ``img_size``, ``ResizeLongestSide``; for ``medsam`` the
+    whole square; nearest neighbour), pad right and bottom to ``img_size`` square, then
+    average 4x4 blocks.
 
     Args:
         masks: KxHxW bool masks in the display slice's pixels.
         img_size: SAM's input size (``sam.image_encoder.img_size``, 1024 for real SAM).
+        preprocess: the SAM's preprocessing profile.
 
     Returns:
         (Kxsxs float32 area fraction of each class per pixel, sxs bool valid region:
         pixels covering any image rather than only padding), s = img_size / 4.
     """
-    from segment_anything.utils.transforms import ResizeLongestSide
-
     h, w = masks.shape[1:]
-    size = ResizeLongestSide.get_preprocess_shape(h, w, img_size)
+    size = preprocess.input_size((h, w), img_size)
     tensor = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8))
     resized = resize(tensor, list(size), interpolation=InterpolationMode.NEAREST_EXACT)
     pad = (0, img_size - size[1], 0, img_size - size[0])
@@ -141,7 +146,7 @@ def _case_samples(
         for k, name in enumerate(classes):
             if name in references:
                 masks[k] = display_slice(references[name], volume.is_2d, axis, index)
-        target, valid = to_head_frame(masks, img_size)
+        target, valid = to_head_frame(masks, img_size, cache.sam.preprocess)
         samples.append(SliceSample(case.key, int(index), path, target.half(), valid, labelled))
     info = {
         "case": case.key,

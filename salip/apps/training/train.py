@@ -386,7 +386,12 @@ def _load_models(run: _Run) -> _Models:
     settings, models = run.settings, run.seg_cfg.models
     device = resolve_device(models.device)
     precision = resolve_precision(models.precision, device)
-    sam = load_sam(str(run.sam_path), device=device, model_type=models.sam_model_type)
+    sam = load_sam(
+        str(run.sam_path),
+        device=device,
+        model_type=models.sam_model_type,
+        preprocess=models.sam_preprocess,
+    )
     prompts = class_prompts(run.classes, settings.prompt_template)
     codes = None
     clip_identity = None
@@ -490,6 +495,7 @@ def _manifest_base(run: _Run, models: _Models, data: _Data) -> dict[str, Any]:
             "arch": sam.arch.name,
             "image_size": sam.arch.image_size,
             "embed_dim": int(sam.arch.prompt_embed_dim),
+            "preprocess": sam.preprocess.name,
         },
         "clip": models.clip_identity if clip else None,
         "classes": run.classes,
@@ -644,7 +650,7 @@ def _text_codes(
     from salip.models.registry import salip_home
 
     m = seg_cfg.models
-    clip = load_clip(m.clip_model, m.clip_pretrained, device=device)
+    clip = load_clip(m.clip_model, m.clip_pretrained, device=device, quick_gelu=m.clip_quick_gelu)
     scorer = ClipScorer(clip, device, cache_dir=salip_home() / "cache" / "text")
     codes = torch.stack([scorer.text_embedding([prompt]) for prompt in prompts]).float().cpu()
     return codes, clip.identity()
