@@ -389,7 +389,7 @@ CASES = [
     Case("nifti-truncated", _truncated("cut.nii", 0.5), MASK, message=r"truncated|cut\.nii"),
     Case("nifti-gz-truncated", _truncated("cut.nii.gz", 0.5), MASK, message=r"cut\.nii\.gz"),
     Case("nifti-huge-claim", _huge_claim, MASK, message=r"huge\.nii\.gz"),
-    Case("folder-of-nifti", _nifti_folder, MASK, message=r"NIfTI"),
+    Case("folder-of-nifti", _nifti_folder, MASK, message=r"holds several cases; give -o FOLDER"),
     # Zips.
     Case("zip-empty", _bytes("empty.zip", b""), MASK, message=r"empty\.zip"),
     Case("zip-garbage", _bytes("junk.zip", os.urandom(3000)), MASK, message=r"junk\.zip"),
@@ -399,7 +399,7 @@ CASES = [
     Case("dicom-missing-slice", _dicom_missing, MASK, message=r"--dicom-gaps"),
     Case("dicom-corrupt-slice", _dicom_corrupt, MASK, message=r"--dicom-gaps"),
     Case("dicom-uneven-spacing", _dicom_uneven, MASK, message=r"--dicom-gaps"),
-    Case("dicom-two-series", _dicom_two_series, MASK, message=r"--series"),
+    Case("dicom-two-series", _dicom_two_series, MASK, message=r"several cases.*--series UID"),
     Case("dicom-duplicate-position", _dicom_duplicate, MASK, message=r"share one position"),
     Case("dicom-gap-resampled", _dicom_missing, [*MASK, *REPORT, "--dicom-gaps", "resample"],
          code=0, outputs=("m.nii.gz", "m.json", "r.json"), check=_check_resampled),

@@ -32,16 +32,21 @@ def test_find_cases_and_their_names(cohort, tmp_path):
     assert len(cases) == 6  # the folder of PNGs gives two cases
     assert cases[1].path == cohort[1].resolve() and cases[1].series is None  # one series
     names = case_names(cases)
+    # Relative to the deepest folder holding every input (here /: the shared data and the
+    # test's folder), flattened; the two amos_0006_90.png files keep their own names.
+    tmp = "_".join(tmp_path.resolve().parts[1:])
     assert names == [
-        "example_ct_sm",
-        "example_ct_dicom",
-        "amos_0006_90",
-        "amos_0004_75",
-        "amos_0006_90_2",
-        "broken",
+        "work_shared_data_totalseg_example_ct_sm",
+        "work_shared_data_totalseg_example_ct_dicom",
+        "work_shared_data_slices_images_amos_0006_90",
+        f"{tmp}_pngs_amos_0004_75",
+        f"{tmp}_pngs_amos_0006_90",
+        f"{tmp}_broken",
     ]
+    assert case_names(list(reversed(cases))) == list(reversed(names))  # not by order
     assert find_cases([str(tmp_path / "pngs" / "*.png")]) == cases[3:5]
     assert [c.path for c in find_cases(cohort[3:4] * 2)] == [c.path for c in cases[3:5]]
+    assert case_names(find_cases(cohort[3:4])) == ["amos_0004_75", "amos_0006_90"]
     with pytest.raises(InputError, match="matches no file"):
         find_cases([str(tmp_path / "*.jpg")])
     with pytest.raises(InputError, match="no such file"):
@@ -217,14 +222,22 @@ def test_a_jobs_file_gives_each_case_its_organs_and_output(cohort, tmp_path, tin
         ("input,organs\n,liver\n", r"jobs.csv:2: no input"),
         ("input,output\nx.png,x.jpg\n", r"jobs.csv:2: output x.jpg must be a mask path"),
         ("input\n", "lists no case"),
-        ("input,output\nx.png,a.png\ny.png,a.png\n", "both write"),
+        ("input,output\nx.png,a.png\ny.png,a.png\n", "would both be written as a "),
+        ("input,output\nx.png,../../escape.png\n", "must be a path inside the output folder"),
+        ("input,output\nx.png,/tmp/abs.png\n", "must be a path inside the output folder"),
+        ("input,output\nx.png,link/a.png\n", r"resolves to .*outside the output folder"),
+        ("input,modality\nx.png,mri\n", r"jobs.csv:2: modality = 'mri' is not valid"),
+        ("input,channel\nx.png,one\n", r"jobs.csv:2: channel 'one' is not a whole number"),
     ],
 )
 def test_bad_jobs_files_are_refused_before_any_case(tmp_path, capsys, text, message):
     jobs = tmp_path / "jobs.csv"
     jobs.write_text(text, encoding="utf-8")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "link").symlink_to(tmp_path)  # a symbolic link leading out of -o
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     code = main(["segment", "--jobs", str(jobs), "--organ", "liver", "-o", str(tmp_path / "o")])
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(message, err[0]), err
-    assert not (tmp_path / "o" / "run.csv").exists()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

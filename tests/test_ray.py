@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import salip
+from salip.api.cases import case_names, find_cases
 from salip.apps.bench.runner import run_benchmark
 from salip.apps.cli import main
 from salip.core.errors import ConfigError
@@ -85,9 +86,10 @@ def one_thread():
 
 
 def _table(folder):
-    """run.csv without the timing column."""
+    """run.csv without the columns of times (seconds, written, history)."""
+    times = ("seconds", "written", "history")
     with open(folder / "run.csv", newline="") as handle:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+        return [{k: v for k, v in row.items() if k not in times} for row in csv.DictReader(handle)]
 
 
 def _files(folder):
@@ -101,12 +103,13 @@ def test_ray_outputs_equal_local_and_survive_a_killed_worker(
     options = {**FAST, **tiny_models}
     local = salip.segment_many(cases, organs="liver", output=tmp_path / "local", **options)
     assert [r.status for r in local] == ["done"] * 4 + ["failed"]
-    handler = kill_on_dispatch("example_ct_sm", times=1)
+    ct = case_names(find_cases(cases))[0]  # the CT volume's case name
+    handler = kill_on_dispatch(ct, times=1)
     distributed = salip.segment_many(
         cases, organs="liver", output=tmp_path / "ray", engine="ray", workers=2, **options
     )
     assert len(handler.killed) == 1  # the worker running the CT volume was killed...
-    assert any("died running example_ct_sm (attempt 1)" in m for m in caplog.messages)
+    assert any(f"died running {ct} (attempt 1)" in m for m in caplog.messages)
     # ...and its case re-queued: every case completes, byte for byte as with one process.
     assert [r.status for r in distributed] == ["done"] * 4 + ["failed"]
     assert _table(tmp_path / "ray") == _table(tmp_path / "local")
@@ -132,6 +135,7 @@ def test_a_case_that_keeps_killing_workers_is_recorded(
     assert [r.status for r in rows] == ["failed", "done"]
     assert rows[0].error.startswith("its worker died 2 times; last: ")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".salip.lock",  # empty; its locks ended with the run
         "amos_0006_90.json",
         "amos_0006_90.png",
         "run.csv",
@@ -223,7 +227,8 @@ def test_an_interrupted_ray_run_leaves_nothing_partial_and_completes_when_rerun(
     good = cases[:3]  # the NIfTI, the DICOM series and the folder of two PNGs
     salip.segment_many(good, organs="liver", output=tmp_path / "local", **options)
     logger = logging.getLogger("salip.api.cluster")
-    handler, level = _InterruptOnDispatch("amos_0006_90"), logger.level
+    png = next(n for n in case_names(find_cases(good)) if n.endswith("amos_0006_90"))
+    handler, level = _InterruptOnDispatch(png), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     out = tmp_path / "ray"

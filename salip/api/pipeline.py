@@ -22,6 +22,7 @@ from salip.api.factory import (
     load_models,
     window_organs,
 )
+from salip.api.provenance import sidecar_payload, source_record
 from salip.core.config import SegmentConfig
 from salip.core.errors import ConfigError, OutputError
 from salip.core.organs import Organ, parse_organs, vocabulary
@@ -42,7 +43,12 @@ from salip.io.slicing import (
 )
 from salip.io.writing import json_text, mask_suffix, save_mask, sidecar_path
 from salip.models.device import resolve_device
-from salip.strategies.assembly import keep_largest_components, to_label_map
+from salip.strategies.assembly import (
+    OVERLAP_RULE,
+    keep_largest_components,
+    overlaps,
+    to_label_map,
+)
 from salip.strategies.base import SliceSegmenter, Strategy
 from salip.strategies.slices import SlicesStrategy
 from salip.strategies.volume_view import VolumeView
@@ -176,6 +182,10 @@ class _Run:
     intensity: Intensity
     models: dict[str, Any]
     strategy: dict[str, Any]
+    #: Each organ's mask as written (canonical): from the label map, or whole with --split.
+    written: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Voxels two organs both claimed (:func:`~salip.strategies.assembly.overlaps`).
+    overlaps: list[dict[str, Any]] = field(default_factory=list)
 
 
 def segment(
@@ -277,17 +287,16 @@ def segment_case(
         plan = _plan_outputs(outputs, path, organ_list, _mask_suffix(source, request), request)
         outputs.check_writable()
         volume = source if isinstance(source, Volume) else read_input(path, **_read_options(cfg))
+        outputs.check_space(_output_estimate(volume, plan))
         check_slice_geometry(volume, cfg.slicing.axis)
         if plan.dicom_seg:  # refused before any model runs
             source_references(volume.sources, str(path))
         timer.add("read", t0)
         run = _run_strategy(volume, organ_list, cfg, segmenter, timer, progress, models)
         t = time.perf_counter()
-        masks, labels, label_values = _assemble(volume, run.canonical, organ_list, cfg)
+        masks, labels, label_values = _assemble(volume, run, organ_list, cfg, request.split)
         t = timer.add("assembly", t)
-        _stage_files(
-            outputs, plan, volume, run, masks, labels, label_values, path, cfg.slicing.axis
-        )
+        _stage_files(outputs, plan, volume, run, masks, labels, label_values, path, cfg)
         timer.add("write", t)
         run_report = _build_report(volume, path, organ_list, run, label_values, cfg, timer)
         run_report["statistics"] = _statistics(volume, labels, label_values, run, cfg)
@@ -302,6 +311,16 @@ def segment_case(
     return SegmentationResult(
         masks, labels, label_values, volume.geometry.affine, run_report, written
     )
+
+
+def _output_estimate(volume: Volume, plan: _Plan) -> int:
+    """Bytes a run's outputs take, roughly: each mask file at a tenth of its uint8 voxels
+    (gzip and PNG shrink masks far more; a DICOM SEG stores one bit per voxel and organ),
+    plus a viewer's compressed slices, plus 1 MiB for the sidecar, report and preview."""
+    voxels = int(np.prod(volume.geometry.shape))
+    masks = (plan.combined is not None) + len(plan.per_organ)
+    viewer = voxels // 8 if plan.viewer is not None else 0
+    return masks * voxels // 10 + viewer + 2**20
 
 
 def _read_options(cfg: SegmentConfig) -> dict[str, Any]:
@@ -423,11 +442,14 @@ def _load_models(kind: MethodKind, cfg: SegmentConfig, timer: StageTimer) -> Mod
 
 def _assemble(
     volume: Volume,
-    canonical: dict[str, np.ndarray],
+    run: _Run,
     organ_list: Sequence[Organ],
     cfg: SegmentConfig,
+    split: bool,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
-    """Component cleanup, then per-organ masks and the label map in the input's grid."""
+    """Component cleanup, then per-organ masks and the label map in the input's grid; sets
+    ``run.written`` (what the outputs hold, for the report's counts) and ``run.overlaps``."""
+    canonical = run.canonical
     if not volume.is_2d and cfg.assembly.largest_component:
         for organ in organ_list:
             canonical[organ.name] = keep_largest_components(canonical[organ.name], organ.top_k)
@@ -436,7 +458,10 @@ def _assemble(
     masks = {
         name: to_source_grid(m.astype(np.uint8), volume.geometry) for name, m in canonical.items()
     }
-    labels = to_source_grid(to_label_map(canonical, order), volume.geometry)
+    label_map = to_label_map(canonical, order)
+    run.overlaps = overlaps(canonical, order)
+    run.written = dict(canonical) if split else {n: label_map == v for n, v in label_values.items()}
+    labels = to_source_grid(label_map, volume.geometry)
     return masks, labels, label_values
 
 
@@ -449,16 +474,20 @@ def _stage_files(
     labels: np.ndarray,
     label_values: dict[str, int],
     source: Path,
-    axis: str,
+    cfg: SegmentConfig,
 ) -> None:
     """Write the planned mask, sidecar, per-organ and preview files to their temporaries."""
-    geometry = volume.geometry
+    geometry, axis = volume.geometry, cfg.slicing.axis
     if plan.dicom_seg and plan.combined is not None:
         seg = _dicom_seg(volume, labels, label_values, run.models)
         outputs.stage(plan.combined, lambda tmp: save_seg(tmp, seg))
     elif plan.combined is not None:
         outputs.stage(plan.combined, lambda tmp: save_mask(tmp, labels, geometry))
-        text = json_text({"labels": label_values, "source": str(source)})
+        series = cfg.input.series or volume.meta.get("series_uid")
+        payload = sidecar_payload(
+            label_values, source_record(source, series), cfg, _volumes_ml(volume, run)
+        )
+        text = json_text(payload)
         outputs.stage(
             sidecar_path(plan.combined), lambda tmp: tmp.write_text(text, encoding="utf-8")
         )
@@ -568,6 +597,7 @@ def _build_report(
             "skipped_slices": sorted(skipped),
         },
         "organs": organ_rows,
+        "overlaps": {"rule": OVERLAP_RULE, "pairs": run.overlaps},
         "strategy": run.strategy,
         "models": run.models,
         "config": dataclasses.asdict(cfg),
@@ -575,11 +605,21 @@ def _build_report(
     }
 
 
+def _volumes_ml(volume: Volume, run: _Run) -> dict[str, float | None]:
+    """Each organ's volume in ml as written (None for 2D images)."""
+    voxel_ml = float(np.prod(volume.spacing[:3])) / 1000.0
+    return {
+        name: None if volume.is_2d else round(int(np.count_nonzero(mask)) * voxel_ml, 3)
+        for name, mask in run.written.items()
+    }
+
+
 def _organ_row(
     volume: Volume, organ: Organ, run: _Run, label_values: dict[str, int], axis: str
 ) -> dict[str, Any]:
-    """One organ's entry of the report: label, size, slices used, chosen proposals."""
-    mask = run.canonical[organ.name]
+    """One organ's entry of the report: label, size and slices as written (the label map,
+    or the organ's own file with --split), chosen proposals."""
+    mask = run.written.get(organ.name, run.canonical[organ.name])
     count = int(mask.sum())
     if volume.is_2d:
         used: list[int] = [0] if count else []

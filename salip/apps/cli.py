@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from salip.core.config import ClusterConfig, SegmentConfig
-from salip.core.errors import ConfigError
+from salip.core.errors import ConfigError, SalipError
 from salip.version import __version__
 
 logger = logging.getLogger("salip")
@@ -530,6 +530,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     if args.jobs is not None or len(args.input) > 1 or (args.input and is_glob(args.input[0])):
         return _segment_many(args)
+    if args.input and _holds_several_cases(Path(args.input[0]), getattr(args, "series", None)):
+        return _segment_many(args)
     if not args.input:
         raise ConfigError("no input: give a scan, several, a quoted glob, or --jobs FILE.")
     if args.organ is None:
@@ -563,6 +565,20 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _holds_several_cases(path: Path, series: str | None) -> bool:
+    """Whether a folder given alone is a cohort to search (scans inside it, or a DICOM
+    folder of several series when no --series picks one), not one DICOM series."""
+    from salip.api.cases import find_cases
+
+    if not path.is_dir() or series is not None:
+        return False
+    try:
+        cases = find_cases([path])
+    except SalipError:
+        return False  # the single-case reader says what is wrong with it
+    return len(cases) > 1 or (len(cases) == 1 and cases[0].path != path.resolve())
+
+
 def _segment_many(args: argparse.Namespace) -> int:
     """``salip segment`` with several cases: one folder of outputs and run.csv."""
     from salip.api.many import RUN_TABLE, segment_many
@@ -570,8 +586,12 @@ def _segment_many(args: argparse.Namespace) -> int:
     if args.output is None:
         raise ConfigError("several cases need -o FOLDER for their outputs.")
     if str(args.output).lower().endswith((".nii", ".nii.gz", ".png")):
+        alone = args.input[0] if len(args.input) == 1 and args.jobs is None else None
+        what = f"{alone} holds several cases" if alone else "several cases"
+        pick = " (or --series UID to read one DICOM series of it)" if alone else ""
         raise ConfigError(
-            f"-o {args.output} names a mask file; several cases need -o FOLDER for their outputs."
+            f"-o {args.output} names a mask file, but {what}; give -o FOLDER for their "
+            f"outputs{pick}."
         )
     one_case = (args.split, args.preview, args.report, args.statistics, args.viewer)
     if any(one_case) or args.output_type:
@@ -592,9 +612,7 @@ def _segment_many(args: argparse.Namespace) -> int:
         **_cluster_options(args),
         **_config_options(args),
     )
-    failed = [r for r in rows if r.status == "failed"]
-    for row in failed:
-        logger.error("%s: %s", row.input, row.error)
+    failed = [r for r in rows if r.status == "failed"]  # each was logged as it failed
     counts = {s: sum(r.status == s for r in rows) for s in ("done", "skipped", "failed")}
     logger.info(
         "%d case(s): %d done, %d skipped, %d failed; see %s",

@@ -1,11 +1,21 @@
 """The output files of one run, written as one transaction: all of them, or none.
 
 Every output is planned before any model runs: its path is checked against the input, the
-other outputs of the run (no two may be one file) and existing files, and its folder is
-checked for writability. The files are then written to temporaries beside their targets,
-and only when every one is complete are they renamed into place, with interrupts held back
-for the few renames. On any failure or interrupt before that, the temporaries (and any
-folders the run created) are removed, and files that existed before are left as they were.
+other outputs of the run (no two may be one file) and existing files, its name (and its
+temporary's) against the file system's name length, and its folder for writability. The
+files are then written to temporaries beside their targets, and only when every one is
+complete are they moved into place, with interrupts held back for the few moves. On any
+failure or interrupt before that, the temporaries (and any folders the run created) are
+removed, and files that existed before are left as they were.
+
+Without ``overwrite`` the move never replaces a file, even one that appeared after
+planning (another run writing into the same folder): each file is hard-linked to its name,
+which fails if the name exists, and the temporary unlinked. Where the file system has no
+hard links, an existence check just before ``os.replace`` narrows the window instead. With
+``overwrite`` an existing file is moved aside, replaced, and deleted once all are in place.
+
+Every operating-system error is an :class:`~salip.core.errors.OutputError` that names the
+file and the cause (``No space left on device``, ``File name too long``, ...).
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -20,7 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from salip.core.errors import OutputError
-from salip.io.writing import check_output, file_mode, temporary_beside, write_problem
+from salip.io.writing import (
+    check_output,
+    file_mode,
+    name_problem,
+    os_problem,
+    temporary_beside,
+    write_problem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +86,9 @@ class OutputSet:
         """
         path = Path(path)
         check_output(path, self.input_path, self.overwrite)
+        problem = name_problem(path)
+        if problem is not None:
+            raise OutputError(f"{role} {path}: {problem}; choose a shorter name or folder.")
         key = _identity(path)
         other = self._outputs.get(key)
         if other is not None:
@@ -98,16 +119,40 @@ class OutputSet:
                     f"{output.role} {output.path}: {problem}; choose another output folder."
                 )
 
+    def check_space(self, estimate: int) -> None:
+        """Check that the output folders' file systems have ``estimate`` bytes free (an
+        estimate of what the run writes), before any model runs.
+
+        Raises:
+            OutputError: less is free; names the folder, what is free and the estimate.
+        """
+        folders = {o.path.parent for o in self._outputs.values()}
+        for folder in sorted(folders):
+            existing = folder
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            try:
+                free = shutil.disk_usage(existing).free
+            except OSError:
+                continue  # not measurable here; a full disk still fails the write, in one line
+            if free < estimate:
+                raise OutputError(
+                    f"{folder}: {free / 2**20:.1f} MiB free, and this run's outputs need about "
+                    f"{estimate / 2**20:.1f} MiB; free some space or write elsewhere."
+                )
+
     def stage(self, path: str | Path, write: Callable[[Path], None]) -> None:
         """Write a planned output to a temporary file beside it: ``write(tmp_path)``."""
         output = self._outputs.get(_identity(Path(path)))
         if output is None:
             raise OutputError(f"{path} was not planned as an output of this run.")
-        self._make_parents(output.path.parent)
-        tmp = temporary_beside(output.path)
-        output.tmp = tmp
-        write(tmp)
-        os.chmod(tmp, file_mode())
+        try:
+            self._make_parents(output.path.parent)
+            output.tmp = temporary_beside(output.path)
+            write(output.tmp)
+            os.chmod(output.tmp, file_mode())
+        except OSError as exc:
+            raise OutputError(f"cannot write {output.path}: {os_problem(exc)}.") from exc
 
     def commit(self) -> list[Path]:
         """Rename every staged file into place; on failure, put everything back.
@@ -117,26 +162,54 @@ class OutputSet:
 
         Returns:
             The paths written, in the order they were added.
+
+        Raises:
+            OutputError: without ``overwrite``, a file appeared at an output's name since
+                planning (nothing is replaced, nothing of the set is left); or the file
+                system refused a move.
         """
         staged = [o for o in self._outputs.values() if o.tmp is not None]
         done: list[tuple[_Output, Path | None]] = []
         with _interrupts_deferred():
             try:
                 for output in staged:
-                    backup = None
-                    if output.path.exists():
-                        backup = temporary_beside(output.path)
-                        os.replace(output.path, backup)
-                    done.append((output, backup))
-                    os.replace(output.tmp, output.path)  # type: ignore[arg-type]
-            except BaseException:
+                    done.append((output, self._place(output)))
+            except BaseException as exc:
                 _roll_back(done)
+                if isinstance(exc, OSError):
+                    where = exc.filename or staged[len(done)].path
+                    raise _commit_error(where, exc) from exc
                 raise
             self._committed = True
             for _, backup in done:
                 if backup is not None:
                     backup.unlink(missing_ok=True)
         return [o.path for o in staged]
+
+    def _place(self, output: _Output) -> Path | None:
+        """Move one staged file into place; the backup of the file it replaced, if any."""
+        tmp = output.tmp
+        if tmp is None:
+            raise OutputError(f"{output.path} was not staged before the commit.")
+        if not self.overwrite:
+            try:
+                os.link(tmp, output.path)  # fails if the name exists: never a replace
+            except FileExistsError as exc:
+                exc.filename = str(output.path)
+                raise
+            except OSError:  # no hard links here: check, then move (a narrow window)
+                if output.path.exists():
+                    raise FileExistsError(17, "File exists", str(output.path)) from None
+                os.replace(tmp, output.path)
+                return None
+            tmp.unlink()
+            return None
+        backup = None
+        if output.path.exists():
+            backup = temporary_beside(output.path)
+            os.replace(output.path, backup)
+        os.replace(tmp, output.path)
+        return backup
 
     def abort(self) -> None:
         """Remove the staged temporaries and the folders this run created."""
@@ -159,6 +232,17 @@ class OutputSet:
             self._created_dirs.append(path)
 
 
+def _commit_error(path: object, exc: OSError) -> OutputError:
+    """The one-line error of a failed move into place."""
+    if isinstance(exc, FileExistsError):
+        return OutputError(
+            f"{path} appeared while this run was writing (another run writing into the same "
+            "folder?); it was not replaced, and nothing of this run was kept; pass "
+            "--overwrite to replace it."
+        )
+    return OutputError(f"cannot write {path}: {os_problem(exc)}; nothing of this run was kept.")
+
+
 def _identity(path: Path) -> str:
     """One key per file: symbolic links, ``..`` and case (where it is ignored) resolved."""
     return os.path.normcase(os.path.realpath(path))
@@ -170,6 +254,8 @@ def _roll_back(done: list[tuple[_Output, Path | None]]) -> None:
         try:
             if output.tmp is not None and output.path.exists() and not output.tmp.exists():
                 os.replace(output.path, output.tmp)  # the new file goes back to its temporary
+            elif output.tmp is not None and output.tmp.exists() and output.path.exists():
+                output.path.unlink()  # hard-linked: the temporary still holds the new file
             if backup is not None:
                 os.replace(backup, output.path)
         except OSError as exc:  # nothing more can be done; say where the old file is

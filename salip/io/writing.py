@@ -78,6 +78,39 @@ def write_problem(folder: Path) -> str | None:
     return None
 
 
+def _name_max(folder: Path) -> int:
+    """The longest file name the file system of ``folder`` (or its nearest existing parent)
+    allows, in bytes; 255 where it cannot be asked."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return int(os.pathconf(existing, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def name_problem(path: Path) -> str | None:
+    """Why ``path`` (or the temporary written beside it first) cannot be created for the
+    length of its name, or None. Checked before any model runs."""
+    suffix = "".join(path.suffixes) or ".tmp"
+    longest = len(f".{path.name}.".encode()) + 8 + len(suffix.encode())
+    limit = _name_max(path.parent)
+    if longest > limit:
+        return (
+            f"the file name is too long for its file system ({len(path.name.encode())} bytes, "
+            f"{longest} with the temporary salip writes first; at most {limit})"
+        )
+    return None
+
+
+def os_problem(exc: OSError) -> str:
+    """An operating-system error as a short cause: "No space left on device (errno 28)"."""
+    if exc.errno is not None and exc.strerror:
+        return f"{exc.strerror} (errno {exc.errno})"
+    return str(exc) or type(exc).__name__
+
+
 def temporary_beside(path: Path, suffix: str | None = None) -> Path:
     """A new empty file beside ``path`` (same folder, so the final rename is atomic).
 

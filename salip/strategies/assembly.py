@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from salip.io.slicing import AXES, from_display
@@ -48,3 +50,22 @@ def to_label_map(masks: dict[str, np.ndarray], order: list[str]) -> np.ndarray:
     for value, name in reversed(list(enumerate(order, start=1))):
         labels[masks[name]] = value
     return labels
+
+
+#: How :func:`to_label_map` resolves overlaps, as the report states it.
+OVERLAP_RULE = (
+    "where organs overlap, the label map gives each voxel to the organ listed first; "
+    "per-organ files (--split) keep every organ whole"
+)
+
+
+def overlaps(masks: dict[str, np.ndarray], order: list[str]) -> list[dict[str, Any]]:
+    """The voxels two organs both claim, each pair once (in ``order``), with the organ that
+    keeps them in :func:`to_label_map`'s label map (the one listed first)."""
+    pairs = []
+    for i, first in enumerate(order):
+        for second in order[i + 1 :]:
+            count = int(np.count_nonzero(masks[first] & masks[second]))
+            if count:
+                pairs.append({"organs": [first, second], "voxels": count, "kept_by": first})
+    return pairs
