@@ -63,6 +63,7 @@ def _restore_logging() -> Iterator[None]:
     root.handlers[:] = handlers
     root.setLevel(level)
     logging.getLogger("salip").setLevel(salip_level)
+    logging.captureWarnings(False)
 
 
 @pytest.fixture

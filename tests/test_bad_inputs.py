@@ -264,6 +264,20 @@ def _png(
     return build
 
 
+def _ct_4d_singleton(folder: Path) -> Path:
+    """The small CT saved as (X, Y, Z, 1), as some converters write it."""
+    ct = _small_ct()
+    data = np.asarray(ct.dataobj)
+    return _save(nib.Nifti1Image(data[..., None], ct.affine), folder / "ct4d.nii.gz")
+
+
+def _jobs_escaping(folder: Path) -> Path:
+    """A folder with a scan and a jobs file whose output climbs out of -o."""
+    _ct_with({})(folder)
+    (folder / "jobs.csv").write_text("input,output\nct.nii.gz,../../escape.nii.gz\n")
+    return folder
+
+
 def _amos_png(folder: Path) -> Path:
     path = folder / "amos_0004_75.png"
     shutil.copy(require_data(SLICES / "images" / "amos_0004_75.png"), path)
@@ -427,6 +441,28 @@ CASES = [
     Case("clip-offline", _ct_with({}), [*MASK, "--clip-model", "ViT-B-32",
          "--clip-pretrained", "openai"], message=r"not in the cache.*--clip-pretrained FILE",
          before_models=False),
+    # Names too long for the file system: refused before any model (the temporary salip
+    # writes first is longer still), not an "unexpected OSError".
+    Case("output-name-too-long", _ct_with({}), ["-o", "{out}/" + "b" * 245 + ".nii.gz"],
+         message=r"file name is too long for its file system .*at most 255"),
+    # A full disk while writing: one line naming the file and the cause, nothing left.
+    Case("disk-full", _ct_with({}), MASK, before_models=False,
+         message=r"cannot write .*m\.nii\.gz: No space left on device \(errno 28\)"),
+    # Windows that are not numbers a display can use.
+    Case("window-inf", _ct_with({}), [*MASK, "--window", "inf,0"], message=r"must be finite"),
+    Case("window-huge", _ct_with({}), [*MASK, "--window", "1e308,-1e308"],
+         message=r"need 0 < width <= 100000"),
+    # --channel where there is no 4th axis is refused, not ignored.
+    Case("channel-on-3d", _ct_with({}), [*MASK, "--channel", "1"],
+         message=r"--channel is for 4D files, and this one is 3D"),
+    Case("channel-on-png", _amos_png, ["-o", "{out}/m.png", "--channel", "0", "--modality", "ct"],
+         message=r"--channel is for 4D NIfTI files, and this is a 2D image"),
+    # A (X,Y,Z,1) file: the mask keeps the input's shape.
+    Case("nifti-trailing-singleton", _ct_4d_singleton, MASK, code=0,
+         outputs=("m.nii.gz", "m.json"), check=_check_round_trip),
+    # A jobs file written by someone else: outputs outside -o are refused before any case.
+    Case("jobs-output-escapes", _jobs_escaping, ["--jobs", "{in}/jobs.csv", "-o", "{out}/run"],
+         message=r"must be a path inside the output folder"),
     # The language-model endpoint answers with a body that is not JSON.
     Case("llm-reply-not-json", _ct_with({}), [], message=r"not JSON.*--base-url",
          before_models=False),
@@ -532,6 +568,13 @@ def test_bad_input_matrix(case, tmp_path, tiny_models, readonly_dir, capsys, mon
         _evil_pickle(out / "evil.pth", tmp_path / "pwned")
     if case.id == "sigint-while-writing":
         _interrupt_on_stage(monkeypatch, after=2)
+    if case.id == "disk-full":
+        import errno
+
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr("salip.api.pipeline.save_mask", full)
     if case.id == "clip-offline":
         closed = socket.socket()
         closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused

@@ -293,3 +293,28 @@ def test_organs_command(capsys):
     assert main(["organs"]) == 0
     out = capsys.readouterr().out
     assert "liver" in out and "inferior_vena_cava" in out and "postcava" in out
+
+
+def test_other_libraries_warnings_are_one_line_and_quiet_with_q(capsys):
+    """highdicom's warnings run over several lines, and Ray logs notices through its own
+    handler: one line each by default, none with -q (salip's own warnings still show)."""
+    import logging
+    import warnings
+
+    from salip.api import cluster
+    from salip.apps.cli import _setup_logging
+
+    for quiet in (False, True):
+        _setup_logging(0, quiet)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = logging._showwarning  # what captureWarnings installs  # noqa: SLF001
+            warnings.warn("a highdicom note:\nover two lines", UserWarning, stacklevel=1)
+        logging.getLogger("salip.api.many").warning("case x failed: why")
+        err = capsys.readouterr().err
+        assert err.endswith("case x failed: why\n"), repr(err)
+        noted = [line for line in err.splitlines() if "highdicom" in line]
+        assert len(noted) == (0 if quiet else 1), err
+        assert quiet or "a highdicom note: over two lines" in noted[0], err
+        # Ray is started quiet too (its token-authentication notice is a WARNING).
+        assert cluster.logger.isEnabledFor(logging.INFO) is not quiet

@@ -161,20 +161,26 @@ def test_a_commit_never_replaces_a_file_that_appeared_after_planning(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz", "m.nii.gz"]
 
 
-def test_a_case_lock_ends_with_its_process(tmp_path):
+def _hold_case_lock(folder: Path, name: str) -> subprocess.Popen:
+    """Another process holding case ``name`` of ``folder`` (until killed), once it holds it."""
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
-            import sys, time
+            import time
             from pathlib import Path
             from salip.io.locks import case_lock
-            with case_lock(Path({str(tmp_path)!r}), "x_a") as got:
+            with case_lock(Path({str(folder)!r}), {name!r}) as got:
                 print(got, flush=True)
-                time.sleep(60)
+                time.sleep(300)
         """)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
+    assert holder.stdout.readline().strip() == "True"
+    return holder
+
+
+def test_a_case_lock_ends_with_its_process(tmp_path):
+    holder = _hold_case_lock(tmp_path, "x_a")
     try:
-        assert holder.stdout.readline().strip() == "True"
         with case_lock(tmp_path, "x_a") as got:
             assert got is False
         with case_lock(tmp_path, "y_a") as got:
@@ -246,19 +252,8 @@ def test_a_run_waits_for_nothing_when_another_holds_a_case(tree, tmp_path, tiny_
     """A case locked by another process is skipped at once, with the reason."""
     out = tmp_path / "out"
     out.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import time
-            from pathlib import Path
-            from salip.io.locks import case_lock
-            with case_lock(Path({str(out)!r}), "x_a") as got:
-                print(got, flush=True)
-                time.sleep(120)
-        """)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    holder = _hold_case_lock(out, "x_a")
     try:
-        assert holder.stdout.readline().strip() == "True"
         start = time.monotonic()
         rows = salip.segment_many([str(tree / "*")], organs="liver", output=out,
                                   **FAST, **tiny_models)  # fmt: skip

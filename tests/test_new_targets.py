@@ -495,3 +495,64 @@ def test_definition_flags_need_new(llm, folder, capsys):
     assert generate(llm, folder, "--organ", "liver", "--modality", "ct", "--regions", "head") == 1
     assert "--regions defines a new target: add --new" in error_line(capsys)
     assert llm.requests == []
+
+
+# --- names in any script, reserved words, synonyms of other targets --------------------------
+
+
+@pytest.mark.parametrize(
+    ("words", "name"),
+    [
+        ("Schilddrüse", "schilddrüse"),
+        ("甲状腺", "甲状腺"),
+        ("名前 (left)", "名前_left"),
+        ("Thyroid  Gland", "thyroid_gland"),
+    ],  # fmt: skip
+)
+def test_target_names_keep_every_script_alike(llm, folder, words, name):
+    llm.script = [definition_reply(THYROID, descriptions=GOOD)]
+    assert generate(llm, folder, "--organ", words, "--new", "--modality", "ct") == 0
+    assert (folder / f"{name}.json").is_file()
+    assert vocabulary(folder).resolve(words) == name  # the words find what they created
+    assert get_organ(name, folder).name == name
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        ("background", "'background' is reserved"),
+        ("x" * 300, "use at most 64"),
+        ("2nd rib", "start with a letter"),
+        ("(left)", "names only a side"),
+    ],  # fmt: skip
+)
+def test_unusable_target_names_are_one_line_before_any_request(llm, folder, capsys, words,
+                                                               message):  # fmt: skip
+    before = hashes(folder)
+    assert generate(llm, folder, "--organ", words, "--new", "--modality", "ct") == 1
+    assert message in error_line(capsys)
+    assert llm.requests == [] and hashes(folder) == before
+
+
+def test_synonyms_that_name_other_targets_are_dropped_or_refused(llm, folder, capsys):
+    answer = {**THYROID, "synonyms": ["thyroid", "liver", "Leber"]}
+    llm.script = [definition_reply(answer, descriptions=GOOD)]
+    assert generate(llm, folder, "--organ", "thyroid gland", "--new", "--modality", "ct") == 0
+    definition = read_prompt_file(folder / "thyroid_gland.json")["definition"]
+    assert "liver" not in definition["synonyms"] and "thyroid" in definition["synonyms"]
+    assert "dropped the model's synonym(s) 'liver' (liver)" in capsys.readouterr().err
+    assert vocabulary(folder).resolve("liver") == "liver"
+    before = hashes(folder)
+    assert generate(llm, folder, "--organ", "parotid gland", "--new", "--modality", "ct",
+                    "--synonyms", "parotid,spleen") == 1  # fmt: skip
+    assert "--synonyms spleen: already names spleen" in error_line(capsys)
+    assert hashes(folder) == before
+
+
+def test_prompts_show_reads_the_prompts_dir(folder, capsys):
+    assert main(["prompts", "show", "pineal body", "--prompts-dir", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"pineal_gland  ({folder / 'pineal_gland.json'})")
+    assert "behind the third ventricle" in out
+    assert main(["prompts", "show", "pineal_gland"]) == 1  # not a built-in target
+    assert "unknown organ 'pineal_gland'" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -43,11 +44,38 @@ def test_readme_example_outputs_and_benchmark_results_are_ignored():
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.fail("the repository's git metadata is needed to check its ignore rules")
     outputs = _readme_outputs()
-    assert {"liver.nii.gz", "report.json", "liver.png"} <= set(outputs), outputs
+    assert {"liver.nii.gz", "report.json", "liver_slice.png"} <= set(outputs), outputs
     paths = [*outputs, "benchmark-results/x/summary.md", "benchmarks/benchmark-results/a.csv"]
     for path in paths:
         ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
         assert ignored.returncode == 0, f"{path} would be left unignored in the repository"
+
+
+def test_readme_examples_run_in_one_folder_do_not_collide():
+    """Each example's mask has its own sidecar (liver.nii.gz and liver.png once shared
+    liver.json), and no output is written by two examples."""
+    from salip.io.writing import sidecar_path
+
+    files = [o for o in _readme_outputs() if not o.endswith("/")]  # folders hold cohorts
+    masks = [o for o in files if o.endswith((".nii.gz", ".nii", ".png")) and o != "organs.png"]
+    written = [*files, *(str(sidecar_path(Path(m))) for m in masks)]  # organs.png: a preview
+    assert len(written) == len(set(written)), sorted(written)
+
+
+def test_readme_flags_table_lists_every_segment_flag():
+    """The README's Flags section names every flag of `salip segment`, and only those."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Flags", 1)[1].split("\n### ", 1)[0]
+    listed = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", section))
+    flags = {f for f in _segment_flags() if f.startswith("--")}
+    assert flags - listed == set(), "flags missing from the README"
+    assert listed - flags == set(), "README flags that salip segment does not have"
+
+
+def _segment_flags() -> set[str]:
+    parser = _build_parser()
+    segment = parser._subparsers._group_actions[0].choices["segment"]  # noqa: SLF001
+    return {o for action in segment._actions for o in action.option_strings}  # noqa: SLF001
 
 
 def _readme_tree() -> set[str]:

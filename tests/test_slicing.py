@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from salip.core.config import SliceConfig
+from salip.core.config import SegmentConfig, SliceConfig
 from salip.core.errors import ConfigError
 from salip.core.organs import get_organ
 from salip.io import read_input
@@ -26,8 +26,13 @@ def test_window_presets_and_custom():
     assert parse_window("400,50") == (400.0, 50.0)
     with pytest.raises(ConfigError, match="abdomen"):
         parse_window("soft")
-    with pytest.raises(ConfigError, match="positive"):
+    with pytest.raises(ConfigError, match="need 0 < width"):
         parse_window("0,10")
+    for bad in ("inf,0", "nan,40", "1e308,-1e308", "400,1e6"):
+        with pytest.raises(ConfigError, match=f"window '{bad}'"):
+            parse_window(bad)
+    with pytest.raises(ConfigError, match="must be finite"):
+        SegmentConfig().replace(window="inf,0")  # refused with the settings, before reading
 
 
 def test_apply_window_endpoints():
@@ -106,3 +111,25 @@ def test_modality_of_2d_images_is_never_assumed(tmp_path):
         choose_intensity(png, [get_organ("liver")], SliceConfig())
     given = choose_intensity(png, [get_organ("liver")], SliceConfig(modality="ct"))
     assert (given.modality, given.modality_from) == ("ct", "--modality")
+
+
+def test_a_2d_image_takes_the_one_modality_its_targets_share(tmp_path):
+    """No tag or word says the modality, and the targets asked for share one modality
+    only: that one is used, and the reason recorded; otherwise --modality is still asked
+    for."""
+    import shutil
+
+    from salip.io.slicing import choose_intensity
+
+    path = tmp_path / "scan.png"
+    shutil.copy(require_data(SLICES / "images" / "amos_0004_75.png"), path)
+    volume = read_input(path)
+    only_ct = get_organ("celiac_trunk")
+    assert only_ct.modalities == ("ct",)
+    intensity = choose_intensity(volume, [only_ct], SliceConfig())
+    assert intensity.modality == "ct"
+    assert intensity.modality_from == "the only modality celiac_trunk is defined for"
+    both = choose_intensity(volume, [only_ct, get_organ("liver")], SliceConfig())
+    assert both.modality == "ct"  # the only modality both are defined for
+    with pytest.raises(ConfigError, match="pass --modality"):
+        choose_intensity(volume, [get_organ("liver")], SliceConfig())  # ct, mr, ...

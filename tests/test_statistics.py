@@ -416,3 +416,25 @@ def test_segment_writes_statistics_of_its_mask_over_the_image(tmp_path):
         label = result.label_values[name]
         assert np.array_equal(written == label, labels == value)  # the mask as written
         _assert_matches(stats["organs"][name], _reference(hu, written, label, affine))
+
+
+def test_a_2d_image_is_not_reported_in_hu(tmp_path):
+    """An 8-bit PNG with --modality ct holds display values: the statistics and the viewer
+    do not call them HU (the viewer offers no HU windows)."""
+    import salip
+    from tests.conftest import SLICES
+
+    png = require_data(SLICES / "images" / "amos_0004_75.png")
+    result = salip.segment(
+        png, organs="liver", modality="ct", output=tmp_path / "m.png",
+        statistics=tmp_path / "s.json", viewer=tmp_path / "v.html",
+        segmenter=lambda images, organs, indices: [
+            {o.name: np.ones(im.shape[:2], dtype=bool) for o in organs} for im in images
+        ],
+    )  # fmt: skip
+    units = json.loads((tmp_path / "s.json").read_text())["units"]
+    assert units == result.report["statistics"]["units"]
+    assert "HU" not in units.replace("not HU", "") and units.startswith("the image's pixel")
+    html = (tmp_path / "v.html").read_text()
+    assert '"units":"' in html and '"modality":' in html  # the keys the checks look at
+    assert '"units":"HU"' not in html and '"modality":"ct"' not in html

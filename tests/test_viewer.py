@@ -101,6 +101,7 @@ def _real_ct() -> tuple[ViewerData, dict[str, int]]:
         boxes={k: boxes},
         profiles={"liver": [profile]},
         title="example_ct_sm.nii.gz: liver, spleen, kidney_left",
+        orientation=("A", "P", "R", "L"),
     )
     return data, {"slice": k}
 
@@ -358,7 +359,14 @@ def _check_slices_overlay_and_boxes(page, data: ViewerData, k: int) -> None:
     _set_range(page, "#opacity", 100)  # overlay pixels take the organ's exact colour
     _set_range(page, "#slice", k)
     assert page.evaluate("window.salipViewer.slice") == k
-    assert page.text_content("#slice-label") == f"slice {k + 1} (input index {k}) of 30"
+    # One numbering throughout (the input file's, as in the report), and the patient's
+    # directions at the edges of the slice.
+    assert page.text_content("#slice-label") == f"slice {k} (the input file's index; 30 slices)"
+    edges = {e: page.text_content(f"#orient-{e}") for e in ("top", "bottom", "left", "right")}
+    assert edges == {"top": "A", "bottom": "P", "left": "R", "right": "L"}
+    assert "voxels · slices" in page.inner_text("#organs") and " px" not in page.inner_text(
+        "#organs"
+    )
     before = _canvas(page)
     liver, spleen = _near(before, COLOURS["liver"]), _near(before, COLOURS["spleen"])
     assert liver > 100 and spleen > 100
@@ -394,4 +402,35 @@ def _check_slices_overlay_and_boxes(page, data: ViewerData, k: int) -> None:
     # Clicking a point of the score profile jumps to its slice; the walks are listed.
     page.locator("#profiles circle").nth(2).click()
     assert page.evaluate("window.salipViewer.slice") == 6
-    assert "stopped at slice 28 (input 27) (area changed 2.4x)" in page.inner_text("#profiles")
+    assert "stopped at slice 27 (area changed 2.4x)" in page.inner_text("#profiles")
+
+
+def test_the_preview_names_its_organs_and_slices(tmp_path):
+    """Below the tiles, a legend of each organ's colour and name; on each tile, the slice's
+    index in the input file (as the report counts them)."""
+    from PIL import Image
+
+    import salip
+    from salip.io.preview import COLOURS as PREVIEW_COLOURS
+
+    def boxes(images, organs, indices):
+        out = []
+        for image in images:
+            h, w = image.shape[:2]
+            first, second = np.zeros((h, w), bool), np.zeros((h, w), bool)
+            first[h // 4 : h // 2, w // 4 : w // 2] = True
+            second[h // 2 : 3 * h // 4, w // 2 : 3 * w // 4] = True
+            out.append({organs[0].name: first, organs[1].name: second})
+        return out
+
+    ct = require_data(TOTALSEG / "example_ct_sm.nii.gz")
+    result = salip.segment(ct, organs="liver,spleen", output=tmp_path / "m.nii.gz",
+                           preview=tmp_path / "p.png", segmenter=boxes)  # fmt: skip
+    strip = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
+    tiles, legend = strip[:384], strip[384:]
+    assert legend.shape[0] > 10  # the legend bar
+    for value in (1, 2):  # each organ's swatch is in the legend, in its exact colour
+        assert _near(legend, tuple(int(c) for c in PREVIEW_COLOURS[value - 1])) > 50
+    caption = tiles[:16, :60]  # the caption's dark box, with light text on it
+    assert (caption.max(axis=-1) <= 20).mean() > 0.5 and (caption.min(axis=-1) > 150).sum() > 10
+    assert result.report["organs"]["liver"]["slices"]  # the slices the captions number

@@ -82,7 +82,9 @@ def _connect(ray: Any, cluster: ClusterConfig) -> bool:
         ray.init(
             address=cluster.ray_address,
             include_dashboard=False,
-            logging_level=logging.WARNING,
+            # Ray logs through its own handler: its notices (token authentication, ...)
+            # are kept for runs that show salip's progress, not for quiet ones.
+            logging_level=logging.WARNING if logger.isEnabledFor(logging.INFO) else logging.ERROR,
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = cluster.ray_address or "a local runtime"

@@ -508,10 +508,19 @@ def _stage_files(
             run.chosen,
             run.strategy,
             axis=axis,
-            modality=run.intensity.modality,
+            # A 2D image holds display values: the viewer shows them without HU windows.
+            modality=None
+            if run.intensity.modality == "ct" and not _in_hu(volume, run)
+            else run.intensity.modality,
         )
         html = viewer_html(data)
         outputs.stage(plan.viewer, lambda tmp: tmp.write_text(html, encoding="utf-8"))
+
+
+def _in_hu(volume: Volume, run: _Run) -> bool:
+    """Whether the input's values are CT numbers in HU: a CT volume (NIfTI or DICOM); a 2D
+    image stores display values whatever its modality."""
+    return run.intensity.modality == "ct" and volume.geometry.kind != "image"
 
 
 def _dicom_seg(
@@ -547,7 +556,9 @@ def _statistics(
     if volume.finite_mask is not None:
         finite = to_source_grid(volume.finite_mask, geometry)
     axis = None if volume.is_2d else source_slice_indices(volume, cfg.slicing.axis, [])[0]
-    units = "HU" if run.intensity.modality == "ct" else "the input's stored values"
+    units = "HU" if _in_hu(volume, run) else "the input's stored values"
+    if volume.geometry.kind == "image":
+        units = "the image's pixel values (display values, not HU)"
     return organ_statistics(
         image,
         labels,
@@ -646,13 +657,16 @@ def _preview_image(
     axis: str,
     max_slices: int = 3,
 ) -> np.ndarray:
-    """HxWx3 uint8 overlay strip of the (up to) ``max_slices`` slices with the most organ."""
+    """HxWx3 uint8 overlay strip of the (up to) ``max_slices`` slices with the most organ,
+    each captioned with its slice index in the input file (as the report counts them), and
+    a legend of the organs' colours."""
     from salip.io.preview import preview_strip
     from salip.io.slicing import to_display
 
     label_map = to_label_map(canonical, order)
     if volume.is_2d:
         images, labels = [next(iter_slices(volume8, True, axis))[1]], [label_map]
+        captions = None
     else:
         ax = AXES[axis]
         other = tuple(a for a in range(3) if a != ax)
@@ -661,7 +675,9 @@ def _preview_image(
         grey = [to_display(np.take(volume8, k, axis=ax)) for k in picks]
         images = [np.repeat(g[..., None], 3, axis=2) for g in grey]
         labels = [to_display(np.take(label_map, k, axis=ax)) for k in picks]
-    return preview_strip(images, labels)
+        input_axis, indices = source_slice_indices(volume, axis, picks)
+        captions = [f"slice {i} (axis {input_axis})" for i in indices]
+    return preview_strip(images, labels, captions=captions, names=order)
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:

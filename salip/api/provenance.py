@@ -39,9 +39,14 @@ def settings_fingerprint(config: SegmentConfig) -> str:
 
 def source_record(path: Path, series: str | None) -> dict[str, Any]:
     """The input as a sidecar records it: resolved path, content SHA-256 (of every file, for
-    a folder), and the DICOM series read (None for other inputs)."""
+    a folder; None when the path names no file), and the DICOM series read (None for
+    other inputs)."""
     path = Path(path)
-    return {"path": str(path.resolve()), "sha256": file_sha256(path), "series": series}
+    try:
+        digest: str | None = file_sha256(path)
+    except OSError:  # a Volume made in memory names no file: nothing to fingerprint
+        digest = None
+    return {"path": str(path.resolve()), "sha256": digest, "series": series}
 
 
 def sidecar_payload(

@@ -11,6 +11,7 @@ import numpy as np
 from salip.io import Volume
 from salip.io.orientation import AXES, source_slice_indices
 from salip.io.preview import COLOURS
+from salip.io.slicing import DISPLAY_EDGES
 from salip.io.viewer import ViewerData, display_stack
 
 #: Keys of a chosen-proposal record the viewer shows beside its box.
@@ -65,6 +66,7 @@ def viewer_data(
         boxes=boxes,
         profiles=_profiles(volume, strategy, axis),
         title=f"{volume.path.name}: {', '.join(label_values)}",
+        orientation=None if volume.is_2d else DISPLAY_EDGES[axis],
     )
 
 

@@ -874,20 +874,37 @@ def _cmd_prompts_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_prompts_show(args: argparse.Namespace) -> int:
+def _shown_target(text: str, folder: str | None) -> str:
+    """The target ``text`` names in the prompt set ``folder``. When another file of the set
+    is invalid (``salip prompts list`` marks it), the name is resolved without the set's
+    vocabulary: a file of that name, else a built-in target; with a warning."""
     from salip.core.organs import get_organ
-    from salip.core.prompts import BACKGROUND, load_prompt_file, prompts_dir
+    from salip.core.prompts import prompt_path
+    from salip.core.targets import name_key
 
-    name = args.organ if args.organ == BACKGROUND else get_organ(args.organ).name
-    data = load_prompt_file(name, args.prompts_dir)
+    try:
+        return get_organ(text, folder).name
+    except ConfigError as exc:
+        key = name_key(text)
+        name = key if prompt_path(key, folder).is_file() else get_organ(text).name
+        logger.warning("%s; showing %s without the rest of the set", str(exc).rstrip("."), name)
+        return name
+
+
+def _cmd_prompts_show(args: argparse.Namespace) -> int:
+    from salip.core.prompts import BACKGROUND, load_prompt_file, prompt_path
+
+    folder = args.prompts_dir
+    name = args.organ if args.organ == BACKGROUND else _shown_target(args.organ, folder)
+    data = load_prompt_file(name, folder)
+    path = prompt_path(name, folder)
     entries = data["entries"]
     if args.modality and args.modality not in entries:
         raise ConfigError(
-            f"{name} has no {args.modality} descriptions in {prompts_dir(args.prompts_dir)}; "
-            f"it has: {', '.join(entries)}."
+            f"{name} has no {args.modality} descriptions in {path}; it has: {', '.join(entries)}."
         )
     out = sys.stdout
-    out.write(f"{name}  ({prompts_dir(args.prompts_dir) / f'{name}.json'})\n")
+    out.write(f"{name}  ({path})\n")
     for modality, entry in entries.items():
         if args.modality and modality != args.modality:
             continue
@@ -898,16 +915,30 @@ def _cmd_prompts_show(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLine(logging.Formatter):
+    """Other libraries' messages (and Python warnings, see :func:`_setup_logging`) on one
+    line: highdicom's run over several."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.name.startswith("salip"):
+            return text
+        joined = " ".join(line.strip() for line in text.splitlines() if line.strip())
+        return joined if len(joined) <= 300 else joined[:297].rstrip() + "..."
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
+    """salip's messages at INFO (-v: DEBUG, -q: WARNING); other libraries' warnings, Python
+    warnings included, one line each, and none with -q (-v: as they come)."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s")
-    )
+    pattern = "%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"
+    handler.setFormatter(logging.Formatter(pattern) if verbose else _OneLine(pattern))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
+    root.setLevel(logging.ERROR if quiet else logging.WARNING)
     logging.getLogger("salip").setLevel(level)
+    logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger
 
 
 def main(argv: Sequence[str] | None = None) -> int:

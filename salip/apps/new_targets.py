@@ -36,8 +36,9 @@ from salip.apps.prompt_generation import (
     write_file,
 )
 from salip.core.errors import ConfigError, GenerationError, OrganError
-from salip.core.organs import MODALITIES, Organ, Vocabulary
+from salip.core.organs import MODALITIES, Organ, Vocabulary, names_only_a_side
 from salip.core.prompts import (
+    BACKGROUND,
     FORMAT_VERSION,
     packaged_dir,
     read_prompt_file,
@@ -198,7 +199,20 @@ def plan_new_target(words: str, pair: bool = False) -> NewTargets:
         OrganError: ``words`` cannot name a target.
     """
     name = target_name(words)
-    return NewTargets(" ".join(words.split()), name, pair_member_names(name) if pair else ())
+    if name == BACKGROUND:
+        raise OrganError(
+            f"'{words}' is reserved: {BACKGROUND} holds what every target is told apart from, "
+            f"not a target; edit its descriptions with `salip prompts generate --organ "
+            f"{BACKGROUND}`, or name the new target otherwise."
+        )
+    if names_only_a_side(name):
+        raise OrganError(
+            f"'{words}' names only a side; name the structure (e.g. \"kidney (left)\")."
+        )
+    members = pair_member_names(name) if pair else ()
+    for member in members:
+        target_name(member)  # a pair's members must be valid names too (length)
+    return NewTargets(" ".join(words.split()), name, members)
 
 
 def _user_folder(prompts_folder: str | Path | None) -> Path:
@@ -403,10 +417,29 @@ def _member_organ(pair: Organ, name: str, side: str) -> Organ:
     return organ_from_definition(name, data, name)
 
 
+def foreign_synonyms(synonyms: Any, plan: NewTargets, known: Vocabulary) -> list[str]:
+    """The synonyms that already name another target (``liver`` for a new target)."""
+    items = _string_items(synonyms) or []
+    return [s for s in items if (known.resolve(s) or plan.name) not in plan.names]
+
+
 def _new_organs(
-    plan: NewTargets, answer: dict[str, Any], overrides: dict[str, Any], modalities: Sequence[str]
+    plan: NewTargets,
+    answer: dict[str, Any],
+    overrides: dict[str, Any],
+    modalities: Sequence[str],
+    known: Vocabulary,
 ) -> dict[str, Organ]:
-    """Name -> target for every target the run writes (see :class:`NewTargets`)."""
+    """Name -> target for every target the run writes (see :class:`NewTargets`). Synonyms
+    of the model's answer that name another target are dropped, with a warning."""
+    foreign = foreign_synonyms(answer.get("synonyms"), plan, known)
+    if foreign:
+        logger.warning(
+            "%s: dropped the model's synonym(s) %s: they name other targets",
+            plan.name, ", ".join(f"{s!r} ({known.resolve(s)})" for s in foreign),
+        )  # fmt: skip
+        kept = [s for s in _string_items(answer["synonyms"]) or [] if s not in foreign]
+        answer = {**answer, "synonyms": kept}
     organ = _model_organ(plan, answer, overrides, modalities)
     organs = {
         name: _member_organ(organ, name, side)
@@ -482,12 +515,20 @@ def create_target(
     plan = plan_new_target(words, pair)
     values = _checked_overrides(dict(overrides or {}), modalities, pair)
     base, built_in = _prepare_files(plan, folder, modalities, force)
+    known = known_targets(folder)
+    foreign = foreign_synonyms(values.get("synonyms"), plan, known)
+    if foreign:
+        raise ConfigError(
+            f"--synonyms {', '.join(foreign)}: already name{'s' if len(foreign) == 1 else ''} "
+            f"{', '.join(str(known.resolve(s)) for s in foreign)}; give words that name only "
+            f"{plan.name}."
+        )
     check_writable(folder)
     client = client if client is not None else make_client(config)
     endpoint = endpoint_url(client)
     logger.info("asking %s for the definition of %s", config.model, plan.name)
     answer, served = _request_definition(client, plan.name, plan.words, pair, config)
-    organs = _new_organs(plan, answer, values, modalities)
+    organs = _new_organs(plan, answer, values, modalities, known)
     template = (DEFINITION_TEMPLATE_VERSION, definition_template_sha256())
     sampling = {"temperature": config.temperature, "seed": config.seed}
     provenance = entry_provenance(config, endpoint, served, template, sampling)

@@ -381,6 +381,10 @@ class SegmentConfig:
                         f"{f.name} = {value!r} has the wrong type; expected {kind}{example}."
                     )
 
+        if self.slicing.window is not None:
+            from salip.core.windows import parse_window
+
+            parse_window(self.slicing.window)  # ConfigError naming the fix
         p, a, c = self.proposals, self.area, self.crops
         checks = [
             (p.points_per_side >= 1, "points_per_side must be at least 1"),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from salip.core.targets import (  # noqa: F401 - MODALITIES, REGIONS re-exported
     MODALITIES,
     REGIONS,
     Organ,
+    name_key,
     organ_from_definition,
 )
 
@@ -50,6 +50,13 @@ VOCABULARY_FILE = "vocabulary.txt"
 #: Words dropped from free text before it is looked up.
 _DROPPED = {"the", "a", "an", "whole", "entire", "structure", "of"}
 _SIDES = ("left", "right")
+
+
+def names_only_a_side(name: str) -> bool:
+    """Whether a target name is nothing but side and filler words ("left", "the_right"),
+    which free text could never tell from a side of another target."""
+    words = [w for w in name.split("_") if w and w not in _DROPPED]
+    return all(w in _SIDES for w in words)
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,7 @@ class Vocabulary:
 
 
 def _key(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+    return name_key(name)
 
 
 def _builtin_names() -> list[str]:

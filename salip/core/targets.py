@@ -22,6 +22,7 @@ the :class:`Organ`; the vocabulary of a prompt set is assembled in
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,8 @@ PROVENANCE_FIELDS = (
     "sampling",
     "overrides",
 )
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+#: The longest target name: DICOM SEG's SegmentLabel (a LO value) holds 64 characters.
+MAX_NAME = 64
 
 
 @dataclass(frozen=True)
@@ -81,16 +83,37 @@ class Organ:
     parts: tuple[str, ...] = ()
 
 
+def name_key(text: str) -> str:
+    """``text`` as salip compares and files target names: Unicode NFKC, case-folded, each
+    run of characters other than letters and digits (of any script) as one "_"
+    ("Thyroid gland" -> "thyroid_gland", "Schilddrüse" -> "schilddrüse")."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return re.sub(r"[\W_]+", "_", folded).strip("_")
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and name[0].isalpha() and name == name_key(name) and len(name) <= MAX_NAME
+
+
 def target_name(text: str) -> str:
-    """The snake_case file name of a target called ``text`` ("Thyroid gland" ->
-    "thyroid_gland").
+    """The file name of a target called ``text`` (:func:`name_key`: "Thyroid gland" ->
+    "thyroid_gland", "甲状腺" -> "甲状腺", "名前 (left)" -> "名前_left").
 
     Raises:
-        OrganError: a name with no letter, or one that does not start with a letter.
+        OrganError: a name that does not start with a letter, or is longer than
+            :data:`MAX_NAME` characters.
     """
-    name = re.sub(r"[^a-z0-9]+", "_", text.strip().lower()).strip("_")
-    if not _NAME.match(name):
-        raise OrganError(f"'{text}' cannot name a target; use letters, digits and spaces.")
+    name = name_key(text)
+    if not name or not name[0].isalpha():
+        raise OrganError(
+            f"'{text}' cannot name a target; start with a letter (of any script), then "
+            "letters, digits and spaces."
+        )
+    if len(name) > MAX_NAME:
+        raise OrganError(
+            f"'{text[:40]}...' is {len(name)} characters as a target name; use at most "
+            f"{MAX_NAME} (a DICOM SEG segment label holds 64)."
+        )
     return name
 
 
@@ -165,8 +188,11 @@ def organ_from_definition(name: str, data: Any, where: str) -> Organ:
     Raises:
         OrganError: one line naming ``where`` and the field that is wrong.
     """
-    if not _NAME.match(name):
-        raise OrganError(f"{where}: target name {name!r} must be snake_case (e.g. thyroid_gland).")
+    if not _valid_name(name):
+        raise OrganError(
+            f"{where}: target name {name!r} must be lower case letters, digits and _, "
+            f"starting with a letter, at most {MAX_NAME} characters (e.g. thyroid_gland)."
+        )
     if not isinstance(data, Mapping):
         raise OrganError(f"{where}: definition must be a JSON object.")
     try:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from salip.core.errors import ConfigError
+
+#: The largest window width or level magnitude accepted, in HU: CT numbers span about
+#: -1024 to 3071 (up to ~30000 with metal in extended scales), so larger values are typos.
+MAX_HU = 100_000.0
 
 #: CT window presets as (width, level) in HU.
 WINDOWS: dict[str, tuple[float, float]] = {
@@ -19,7 +25,8 @@ def parse_window(spec: str) -> tuple[float, float]:
     """Parse a preset name or "WIDTH,LEVEL" into (width, level) in HU.
 
     Raises:
-        ConfigError: an unknown preset, a malformed pair, or a width that is not positive.
+        ConfigError: an unknown preset, a malformed pair, a value that is not finite, a width
+            that is not positive, or a width or level beyond :data:`MAX_HU`.
     """
     key = spec.strip().lower()
     if key in WINDOWS:
@@ -31,6 +38,11 @@ def parse_window(spec: str) -> tuple[float, float]:
             f"unknown window '{spec}'; use one of {', '.join(WINDOWS)} or WIDTH,LEVEL "
             "(e.g. 400,50)."
         ) from None
-    if not width > 0:
-        raise ConfigError(f"window width must be positive, got {width:g}.")
+    if not (math.isfinite(width) and math.isfinite(level)):
+        raise ConfigError(f"window '{spec}': width and level must be finite numbers (HU).")
+    if not 0 < width <= MAX_HU or abs(level) > MAX_HU:
+        raise ConfigError(
+            f"window '{spec}': need 0 < width <= {MAX_HU:g} and -{MAX_HU:g} <= level <= "
+            f"{MAX_HU:g} HU (e.g. 400,50)."
+        )
     return width, level

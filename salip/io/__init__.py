@@ -131,9 +131,9 @@ def read_input(
         path: a NIfTI file, a DICOM folder or .zip, or a 2D image.
         channel: for a 4D NIfTI file holding several volumes (e.g. the MR sequences of a
             Medical Segmentation Decathlon case), the index along its 4th axis of the
-            volume to read (``--channel``). Ignored for other inputs.
+            volume to read (``--channel``). An error for other inputs.
         series: for a DICOM folder or zip holding several series, the SeriesInstanceUID of
-            the one to read (``--series``). Ignored for other inputs.
+            the one to read (``--series``). An error for other inputs.
         dicom_gaps: "error" (default) refuses a DICOM series with a missing, unreadable or
             undecodable slice or uneven spacing; "resample" interpolates it onto a uniform
             grid (see :func:`read_dicom_series`). ``--dicom-gaps``.
@@ -141,7 +141,8 @@ def read_input(
 
     Raises:
         InputError: missing, unreadable, corrupt, too large, 4D without ``channel`` or
-            otherwise unsupported input.
+            otherwise unsupported input; ``channel`` for an input that is not a 4D NIfTI
+            file, or ``series`` for one that is not DICOM.
     """
     path = Path(path)
     if dicom_gaps not in DICOM_GAP_MODES:
@@ -151,6 +152,11 @@ def read_input(
     if isinstance(max_voxels, bool) or not isinstance(max_voxels, Integral) or max_voxels < 1:
         raise InputError(f"max_voxels {max_voxels!r} must be a whole number >= 1 (--max-voxels).")
     kind = input_kind(path)
+    what = {"nifti": "a NIfTI file", "dicom": "a DICOM series", "image": "a 2D image"}[kind]
+    if channel is not None and kind != "nifti":
+        raise InputError(f"{path}: --channel is for 4D NIfTI files, and this is {what}; drop it.")
+    if series is not None and kind != "dicom":
+        raise InputError(f"{path}: --series is for DICOM series, and this is {what}; drop it.")
     if kind == "nifti":
         return read_nifti(path, channel=channel, max_voxels=max_voxels)
     if kind == "dicom":

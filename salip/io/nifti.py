@@ -52,8 +52,10 @@ def read_nifti(
     _check_nifti_size(img, path, shape, index, max_voxels)
     affine, source, header = _nifti_affine(img, path)
     data = _read_nifti_data(img, path, shape, index)
-    if header.get_data_shape() != data.shape:
-        header.set_data_shape(data.shape)
+    stored = tuple(header.get_data_shape())
+    if stored[: data.ndim] != data.shape or any(n != 1 for n in stored[data.ndim :]):
+        header.set_data_shape(data.shape)  # one volume of a 4D file: a 3D header
+    # else the header keeps trailing singleton axes (X,Y,Z,1), and so do the masks
     volume = _canonical(data, affine, "nifti", path, header=header)
     volume.meta["affine_source"] = source
     _replace_nonfinite(volume)
@@ -98,9 +100,20 @@ def _nifti_shape(img: Any, path: Path, channel: int | None) -> tuple[tuple[int, 
         raise InputError(
             f"{path}: unsupported voxel type {dtype}; convert it to integers or floats first."
         )
-    shape = tuple(int(n) for n in img.header.get_data_shape())
+    stored = tuple(int(n) for n in img.header.get_data_shape())
+    shape = stored
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
+    if channel is not None and len(stored) < 4:
+        raise InputError(
+            f"{path}: --channel is for 4D files, and this one is {len(stored)}D {stored}; "
+            "drop --channel."
+        )
+    if channel not in (None, 0) and len(shape) < 4:
+        raise InputError(
+            f"{path}: channel {channel} out of range; the file holds 1 volume: pass "
+            "--channel 0, or drop it."
+        )
     if not shape or min(shape) < 1 or len(shape) < 2:
         raise InputError(
             f"{path}: the header claims shape {shape}, not a 2D or 3D image; re-export the file."

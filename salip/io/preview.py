@@ -22,16 +22,77 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.nd
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def _legend(names: list[str], width: int) -> np.ndarray:
+    """A bar ``width`` pixels wide: each organ's colour swatch and name, wrapping lines."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    pad, swatch, line = 6, 12, 18
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    items = [(n, int(probe.textlength(n, font=font))) for n in names]
+    rows, x = 1, pad
+    for _, w in items:  # how many lines the legend takes
+        if x + swatch + 4 + w > width - pad and x > pad:
+            rows, x = rows + 1, pad
+        x += swatch + 4 + w + 2 * pad
+    bar = Image.new("RGB", (width, rows * line + pad), (16, 16, 16))
+    draw = ImageDraw.Draw(bar)
+    x, y = pad, pad // 2
+    for value, (name, w) in enumerate(items, start=1):
+        if x + swatch + 4 + w > width - pad and x > pad:
+            x, y = pad, y + line
+        colour = tuple(int(c) for c in COLOURS[(value - 1) % len(COLOURS)])
+        draw.rectangle([x, y + 2, x + swatch, y + 2 + swatch], fill=colour)
+        draw.text((x + swatch + 4, y + 1), name, fill=(235, 235, 235), font=font)
+        x += swatch + 4 + w + 2 * pad
+    return np.asarray(bar)
+
+
+def _caption(tile: np.ndarray, text: str) -> np.ndarray:
+    """``tile`` with ``text`` on a dark box in its top-left corner."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.fromarray(tile)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    width = int(draw.textlength(text, font=font))
+    draw.rectangle([0, 0, width + 8, 16], fill=(16, 16, 16))
+    draw.text((4, 2), text, fill=(235, 235, 235), font=font)
+    return np.asarray(image)
+
+
 def preview_strip(
-    images: list[np.ndarray], label_slices: list[np.ndarray], height: int = 384
+    images: list[np.ndarray],
+    label_slices: list[np.ndarray],
+    height: int = 384,
+    *,
+    captions: list[str] | None = None,
+    names: list[str] | None = None,
 ) -> np.ndarray:
-    """Side-by-side overlays of several slices, each scaled to ``height`` pixels."""
+    """Side-by-side overlays of several slices, each scaled to ``height`` pixels.
+
+    Args:
+        images: HxWx3 uint8 RGB display slices.
+        label_slices: HxW uint8 label maps (value i+1: ``names[i]``'s colour).
+        height: each tile's height in pixels.
+        captions: a caption per tile (e.g. "slice 42"), drawn in its top-left corner.
+        names: the organs in label order, drawn with their colours in a legend below.
+
+    Returns:
+        The strip, H'xW'x3 uint8.
+    """
     import cv2
 
     tiles = []
-    for image, labels in zip(images, label_slices):
+    for i, (image, labels) in enumerate(zip(images, label_slices)):
         tile = overlay(image, labels)
         scale = height / tile.shape[0]
         width = max(1, round(tile.shape[1] * scale))
-        tiles.append(cv2.resize(tile, (width, height), interpolation=cv2.INTER_NEAREST))
-    return np.concatenate(tiles, axis=1)
+        tile = cv2.resize(tile, (width, height), interpolation=cv2.INTER_NEAREST)
+        if captions is not None:
+            tile = _caption(tile, captions[i])
+        tiles.append(tile)
+    strip = np.concatenate(tiles, axis=1)
+    if names:
+        strip = np.concatenate([strip, _legend(names, strip.shape[1])], axis=0)
+    return strip

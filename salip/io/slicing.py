@@ -130,11 +130,23 @@ class Intensity:
 def choose_intensity(volume: Volume, organs: list[Organ], config: SliceConfig) -> Intensity:
     """Decide how to map intensities to 8 bits for ``volume``.
 
+    With ``--modality auto``, a 2D image that does not say its modality takes the one
+    modality all its targets are defined for, when they share only one (celiac_trunk: ct).
+
     Raises:
-        ConfigError: ``--modality auto`` on a 2D image that does not say its modality.
+        ConfigError: ``--modality auto`` on a 2D image that does not say its modality, for
+            targets defined in several modalities.
     """
     if config.modality == "auto":
-        modality, reason = detect_modality(volume)
+        try:
+            modality, reason = detect_modality(volume)
+        except ConfigError:
+            shared = set.intersection(*(set(o.modalities) for o in organs)) if organs else set()
+            if len(shared) != 1:
+                raise
+            modality = shared.pop()
+            names = ", ".join(o.name for o in organs)
+            reason = f"the only modality {names} {'is' if len(organs) == 1 else 'are'} defined for"
     else:
         modality, reason = config.modality, "--modality"
     if volume.is_2d and volume.data.dtype == np.uint8 and config.window is None:
@@ -205,6 +217,15 @@ def body_slices(volume: Volume, volume8: np.ndarray, intensity: Intensity, axis:
         else:
             counts += np.count_nonzero(body, axis=other)
     return counts >= needed
+
+
+#: The patient's direction at the (top, bottom, left, right) edge of a display slice
+#: (:func:`to_display`: radiological convention, the patient's right on the image's left).
+DISPLAY_EDGES: dict[str, tuple[str, str, str, str]] = {
+    "axial": ("A", "P", "R", "L"),
+    "coronal": ("S", "I", "R", "L"),
+    "sagittal": ("S", "I", "A", "P"),
+}
 
 
 def to_display(canonical_slice: np.ndarray) -> np.ndarray:

@@ -115,6 +115,8 @@ class ViewerData:
         None, "seeds": [display slices], "stops": [{"seed": slice, "direction": +1/-1,
         "stopped_at": slice, "reason": str}]}; empty for the slices strategy.
     title: a line shown at the top (input name, organs).
+    orientation: the patient's direction at the (top, bottom, left, right) edge of a display
+        slice, e.g. ("A", "P", "R", "L") for axial slices; None for 2D images.
     """
 
     image: np.ndarray
@@ -126,6 +128,7 @@ class ViewerData:
     boxes: dict[int, list[dict[str, Any]]] | None = None
     profiles: dict[str, list[dict[str, Any]]] | None = None
     title: str = ""
+    orientation: tuple[str, str, str, str] | None = None
 
 
 def display_stack(array: np.ndarray, is_2d: bool, axis: str = "axial") -> np.ndarray:
@@ -362,10 +365,24 @@ def _checked_meta(data: ViewerData, shape: tuple[int, ...]) -> dict[str, Any]:
         "spacing": spacing,
         "modality": data.modality,
         "units": "HU" if data.modality == "ct" else "",
+        "orientation": _checked_orientation(data.orientation),
+        # A volume's slices are made of voxels; a 2D image of pixels.
+        "pixelUnit": "px" if data.orientation is None else "voxels",
         "organs": organs,
         "boxes": _checked_boxes(data.boxes or {}, names, n),
         "profiles": _checked_profiles(data.profiles or {}, names, n),
     }
+
+
+def _checked_orientation(letters: Any) -> dict[str, str] | None:
+    """(top, bottom, left, right) letters as the viewer's {edge: letter}, or None."""
+    if letters is None:
+        return None
+    if len(letters) != 4 or not all(isinstance(x, str) and len(x) == 1 for x in letters):
+        raise OutputError(
+            f"viewer: orientation {letters!r} must be four letters (top, bottom, left, right)."
+        )
+    return dict(zip(("top", "bottom", "left", "right"), letters))
 
 
 def _as_int(value: Any) -> int | None:

@@ -176,6 +176,10 @@ def save_mask(path: Path, mask: np.ndarray, geometry: SourceGeometry) -> None:
     import nibabel as nib
 
     header = geometry.header.copy() if geometry.header is not None else None
+    if header is not None:  # trailing singleton axes of the input ((X,Y,Z,1)) kept
+        stored = tuple(int(n) for n in header.get_data_shape())
+        if stored != mask.shape and stored[: mask.ndim] == mask.shape:
+            mask = mask.reshape(stored)
     image = nib.Nifti1Image(mask, geometry.affine, header=header)
     image.set_data_dtype(np.uint8)
     image.header.set_slope_inter(1.0, 0.0)
