@@ -17,7 +17,6 @@ with its sidecar, a preview) alone.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from salip.api.provenance import read_sidecar
 from salip.core.errors import ConfigError, InputError
 from salip.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, file_stem, input_kind
 from salip.io.dicom import clearly_not_dicom, list_dicom_series
@@ -119,11 +119,8 @@ def is_salip_output(path: Path) -> bool:
     sidecar = sidecar_path(path)
     if not sidecar.is_file() or sidecar.stat().st_size > 1 << 20:
         return False
-    try:
-        data = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "labels" in data and "source" in data
+    data = read_sidecar(sidecar)
+    return data is not None and "labels" in data and "source" in data
 
 
 def uid_tail(uid: str) -> str:
@@ -302,8 +299,8 @@ def _kind(case: CaseSource) -> str:
         return "nifti"  # refused again, with its reason, when the case is read
 
 
-def _confined(folder: Path, case: CaseSource, mask: Path) -> Path:
-    """``mask`` if it resolves inside ``folder``, else ConfigError (one line)."""
+def _confined(folder: Path, case: CaseSource, mask: Path) -> None:
+    """ConfigError (one line) unless ``mask`` resolves inside ``folder``."""
     where = f"the output {case.output} of {case.path}" if case.output else f"{mask}"
     if case.output is not None and (case.output.is_absolute() or ".." in case.output.parts):
         raise ConfigError(
@@ -316,7 +313,6 @@ def _confined(folder: Path, case: CaseSource, mask: Path) -> Path:
             f"{where} resolves to {real}, outside the output folder {base} (through a "
             "symbolic link); nothing was run."
         )
-    return mask
 
 
 def plan_outputs(

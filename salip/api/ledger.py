@@ -66,12 +66,8 @@ class CaseRow:
     series: str = ""
     written: str = ""
     history: str = ""
-    #: This run's history entry ("status@time"); set when the row is made.
+    #: This run's history entry ("status@time"); "" until the row is first written.
     entry: str = field(default="", repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.entry and self.history:
-            self.entry = self.history.split(";")[-1]
 
 
 def now() -> str:
@@ -111,10 +107,10 @@ def carry_over(row: CaseRow, earlier: Mapping[str, str] | None, sidecar: Mapping
             for key, value in earlier.items()
             if key and key.endswith("_ml") and value not in (None, "")
         }
+    else:
+        row.seconds = None
     if sidecar and not row.volume_ml and isinstance(sidecar.get("volume_ml"), dict):
         row.volume_ml = dict(sidecar["volume_ml"])
-    if not earlier:
-        row.seconds = None
 
 
 def _cells(row: CaseRow, organs: Sequence[str]) -> dict[str, Any]:
@@ -140,9 +136,9 @@ def write_table(folder: Path, rows: Sequence[CaseRow]) -> None:
     """Merge ``rows`` (this run's, so far) into ``folder``'s run.csv, atomically, under the
     folder's table lock.
 
-    A row's ``history`` holds this run's entry ("status@time", :func:`entry`) until it is
-    first written; it is then the case's full history in the ledger (earlier entries, then
-    this run's), and stays so when the row is written again. Where another run has written
+    A row's ``entry`` is this run's "status@time" (:func:`entry`; made now if the row has
+    none); its ``history`` becomes the case's full history in the ledger (earlier entries,
+    then this run's), and stays so when the row is written again. Where another run has written
     a case since this run did, the other run's row stays: it is the newer. Rows are in the
     order of ``rows``, then the ledger's other cases as they were.
     """

@@ -199,7 +199,7 @@ def _row(task: _Task, status: str, error: str = "", **values: Any) -> CaseRow:
     """A ledger row of ``task`` with this run's history entry."""
     return CaseRow(
         task.source.path, task.paths.name, status, error, series=_series(task),
-        history=entry(status), **values,
+        entry=entry(status), **values,
     )  # fmt: skip
 
 

@@ -616,12 +616,17 @@ def _build_report(
     }
 
 
+def _volume_ml(volume: Volume, voxels: int) -> float | None:
+    """``voxels`` of ``volume`` in ml, to 3 decimals (None for 2D images)."""
+    if volume.is_2d:
+        return None
+    return round(voxels * float(np.prod(volume.spacing[:3])) / 1000.0, 3)
+
+
 def _volumes_ml(volume: Volume, run: _Run) -> dict[str, float | None]:
     """Each organ's volume in ml as written (None for 2D images)."""
-    voxel_ml = float(np.prod(volume.spacing[:3])) / 1000.0
     return {
-        name: None if volume.is_2d else round(int(np.count_nonzero(mask)) * voxel_ml, 3)
-        for name, mask in run.written.items()
+        name: _volume_ml(volume, int(np.count_nonzero(mask))) for name, mask in run.written.items()
     }
 
 
@@ -639,11 +644,10 @@ def _organ_row(
         _, used = source_slice_indices(volume, axis, np.nonzero(mask.any(axis=other))[0].tolist())
     chosen = run.chosen[organ.name]
     _, chosen_src = source_slice_indices(volume, axis, [c["slice"] for c in chosen])
-    voxel_ml = float(np.prod(volume.spacing[:3])) / 1000.0
     return {
         "label": label_values[organ.name],
         "voxels": count,
-        "volume_ml": None if volume.is_2d else round(count * voxel_ml, 3),
+        "volume_ml": _volume_ml(volume, count),
         "slices": sorted(used),
         "chosen": [{**c, "slice": s} for c, s in zip(chosen, chosen_src)],
     }

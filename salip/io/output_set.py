@@ -35,6 +35,7 @@ from salip.io.writing import (
     check_output,
     file_mode,
     name_problem,
+    nearest_existing,
     os_problem,
     temporary_beside,
     write_problem,
@@ -128,11 +129,8 @@ class OutputSet:
         """
         folders = {o.path.parent for o in self._outputs.values()}
         for folder in sorted(folders):
-            existing = folder
-            while not existing.exists() and existing != existing.parent:
-                existing = existing.parent
             try:
-                free = shutil.disk_usage(existing).free
+                free = shutil.disk_usage(nearest_existing(folder)).free
             except OSError:
                 continue  # not measurable here; a full disk still fails the write, in one line
             if free < estimate:

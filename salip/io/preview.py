@@ -29,22 +29,19 @@ def _legend(names: list[str], width: int) -> np.ndarray:
     font = ImageFont.load_default()
     pad, swatch, line = 6, 12, 18
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    items = [(n, int(probe.textlength(n, font=font))) for n in names]
-    rows, x = 1, pad
-    for _, w in items:  # how many lines the legend takes
-        if x + swatch + 4 + w > width - pad and x > pad:
-            rows, x = rows + 1, pad
-        x += swatch + 4 + w + 2 * pad
-    bar = Image.new("RGB", (width, rows * line + pad), (16, 16, 16))
-    draw = ImageDraw.Draw(bar)
-    x, y = pad, pad // 2
-    for value, (name, w) in enumerate(items, start=1):
-        if x + swatch + 4 + w > width - pad and x > pad:
+    places, x, y = [], pad, pad // 2  # where each item goes, wrapping at the right edge
+    for name in names:
+        size = swatch + 4 + int(probe.textlength(name, font=font))
+        if x + size > width - pad and x > pad:
             x, y = pad, y + line
+        places.append((name, x, y))
+        x += size + 2 * pad
+    bar = Image.new("RGB", (width, y + line + pad // 2), (16, 16, 16))
+    draw = ImageDraw.Draw(bar)
+    for value, (name, x, y) in enumerate(places, start=1):
         colour = tuple(int(c) for c in COLOURS[(value - 1) % len(COLOURS)])
         draw.rectangle([x, y + 2, x + swatch, y + 2 + swatch], fill=colour)
         draw.text((x + swatch + 4, y + 1), name, fill=(235, 235, 235), font=font)
-        x += swatch + 4 + w + 2 * pad
     return np.asarray(bar)
 
 

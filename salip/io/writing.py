@@ -58,6 +58,14 @@ def _read_umask() -> int:
     return umask
 
 
+def nearest_existing(folder: Path) -> Path:
+    """``folder``, or its nearest parent that exists (where it would be created)."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
 def write_problem(folder: Path) -> str | None:
     """Why no file can be created in ``folder``, or None if one can; creates nothing.
 
@@ -65,9 +73,7 @@ def write_problem(folder: Path) -> str | None:
     created there). The check creates and removes a temporary file, which also catches
     read-only file systems and, unlike ``os.access``, means what it says for root.
     """
-    existing = folder.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(folder)
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
     try:
@@ -81,11 +87,8 @@ def write_problem(folder: Path) -> str | None:
 def _name_max(folder: Path) -> int:
     """The longest file name the file system of ``folder`` (or its nearest existing parent)
     allows, in bytes; 255 where it cannot be asked."""
-    existing = folder.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
     try:
-        return int(os.pathconf(existing, "PC_NAME_MAX"))
+        return int(os.pathconf(nearest_existing(folder), "PC_NAME_MAX"))
     except (OSError, ValueError, AttributeError):
         return 255
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from salip.models.clip_hub import hub_entry
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,12 +55,6 @@ def _tags() -> Iterator[tuple[str, str, Mapping[str, Any]]]:
         yield name, tag, open_clip.get_pretrained_cfg(name, tag)
 
 
-def _hub_repo(cfg: Mapping[str, Any]) -> str:
-    """The ``ORG/REPO`` of a pretrained config's ``hf_hub`` entry ("" if none)."""
-    parts = str(cfg.get("hf_hub") or "").split("/")  # "org/repo/" or "org/repo/file"
-    return "/".join(parts[:2]) if len(parts) >= 2 and parts[1] else ""
-
-
 def tag_of_file(name: str, path: str | os.PathLike[str]) -> tuple[str, str] | None:
     """(tag, how it was recognised) of model ``name`` whose weights ``path`` is, or None.
 
@@ -72,7 +68,7 @@ def tag_of_file(name: str, path: str | os.PathLike[str]) -> tuple[str, str] | No
     parts = set(path.resolve().parts) | set(path.parts)
     for tag in open_clip.list_pretrained_tags_by_model(name):
         cfg = open_clip.get_pretrained_cfg(name, tag)
-        repo = _hub_repo(cfg)
+        repo, _ = hub_entry(cfg)
         if repo and f"models--{repo.replace('/', '--')}" in parts:
             return tag, f"hub cache folder of {repo}"
         url = str(cfg.get("url") or "")
@@ -84,7 +80,7 @@ def tag_of_file(name: str, path: str | os.PathLike[str]) -> tuple[str, str] | No
 def tag_of_hub_repo(repo: str) -> tuple[str, str, bool] | None:
     """(model name, tag, quick_gelu) of the pretrained tag served from hub repo ``repo``."""
     for name, tag, cfg in _tags():
-        if _hub_repo(cfg) == repo:
+        if hub_entry(cfg)[0] == repo:
             return name, tag, bool(cfg.get("quick_gelu", False))
     return None
 
@@ -154,12 +150,15 @@ def choose_activation(
     else:
         derived, trained = _for_name(name, pretrained)
     if requested is None:
-        if not trained and pretrained and not derived.quick_gelu and _quick_gelu_tags(name):
+        tags = (
+            _quick_gelu_tags(name) if not trained and pretrained and not derived.quick_gelu else []
+        )
+        if tags:
             logger.warning(
                 "CLIP %s with weights %s: built with GELU as the model config says; if they are "
                 "weights trained with QuickGELU (tags %s), pass --clip-quick-gelu "
                 "(--no-clip-quick-gelu silences this)",
-                name, pretrained, ", ".join(_quick_gelu_tags(name)),
+                name, pretrained, ", ".join(tags),
             )  # fmt: skip
         return derived
     if trained and requested != derived.quick_gelu:

@@ -125,6 +125,13 @@ def hub_file_names(filename: str) -> list[str]:
     return [*names, filename]
 
 
+def hub_entry(cfg: Any) -> tuple[str, str]:
+    """(``ORG/REPO``, file name) of a pretrained config's ``hf_hub`` entry, split as open_clip
+    splits it ("org/repo/" names the default file: ""); ("", "") when it has none."""
+    hub = str(cfg.get("hf_hub") or "")
+    return os.path.split(hub) if hub else ("", "")
+
+
 def cached_tag_weights(name: str, tag: str) -> str | None:
     """The cached weights file of pretrained ``tag`` of model ``name``, or None.
 
@@ -132,18 +139,9 @@ def cached_tag_weights(name: str, tag: str) -> str | None:
     :func:`clip_cache_dir`, for the ``hf_hub`` entry of open_clip's pretrained config.
     """
     import open_clip
-    from huggingface_hub import try_to_load_from_cache
-    from open_clip.constants import HF_WEIGHTS_NAME
 
-    hub = open_clip.get_pretrained_cfg(name, tag).get("hf_hub", "")
-    if not hub:
-        return None
-    repo, filename = os.path.split(hub)  # "org/model/" names the default file
-    for candidate in hub_file_names(filename or HF_WEIGHTS_NAME):
-        found = try_to_load_from_cache(repo, candidate, cache_dir=clip_cache_dir())
-        if isinstance(found, str):
-            return found
-    return None
+    repo, filename = hub_entry(open_clip.get_pretrained_cfg(name, tag))
+    return hub_weights(repo, filename) if repo else None
 
 
 def hub_cached(repo: str, filename: str) -> str | None:
@@ -154,11 +152,13 @@ def hub_cached(repo: str, filename: str) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def hub_weights(repo: str) -> str | None:
-    """The cached weights file open_clip loads for ``hf-hub:repo``, or None."""
+def hub_weights(repo: str, filename: str = "") -> str | None:
+    """The cached weights file open_clip loads from hub repo ``repo`` (``filename``, or the
+    default file; safetensors first, as open_clip asks), or None."""
     from open_clip.constants import HF_WEIGHTS_NAME
 
-    return next(filter(None, (hub_cached(repo, f) for f in hub_file_names(HF_WEIGHTS_NAME))), None)
+    candidates = hub_file_names(filename or HF_WEIGHTS_NAME)
+    return next(filter(None, (hub_cached(repo, f) for f in candidates)), None)
 
 
 def hub_config(name: str) -> tuple[dict[str, Any], bool]:
