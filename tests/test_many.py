@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -16,7 +18,7 @@ import salip
 from salip.api.cases import case_names, find_cases
 from salip.apps.cli import main
 from salip.core.errors import InputError
-from tests.conftest import TOTALSEG, require_data
+from tests.conftest import DATA, TOTALSEG, require_data
 
 FAST = dict(points_per_side=4, modality="ct")
 
@@ -32,13 +34,16 @@ def test_find_cases_and_their_names(cohort, tmp_path):
     assert len(cases) == 6  # the folder of PNGs gives two cases
     assert cases[1].path == cohort[1].resolve() and cases[1].series is None  # one series
     names = case_names(cases)
-    # Relative to the deepest folder holding every input (here /: the shared data and the
-    # test's folder), flattened; the two amos_0006_90.png files keep their own names.
-    tmp = "_".join(tmp_path.resolve().parts[1:])
+    # Relative to the deepest folder holding every input (the shared data and the test's
+    # folder meet at some ancestor, which depends on the machine), flattened; the two
+    # amos_0006_90.png files keep their own names.
+    root = Path(os.path.commonpath([DATA.resolve(), tmp_path.resolve()]))
+    data = "_".join(DATA.resolve().relative_to(root).parts)
+    tmp = "_".join(tmp_path.resolve().relative_to(root).parts)
     assert names == [
-        "work_shared_data_totalseg_example_ct_sm",
-        "work_shared_data_totalseg_example_ct_dicom",
-        "work_shared_data_slices_images_amos_0006_90",
+        f"{data}_totalseg_example_ct_sm",
+        f"{data}_totalseg_example_ct_dicom",
+        f"{data}_slices_images_amos_0006_90",
         f"{tmp}_pngs_amos_0004_75",
         f"{tmp}_pngs_amos_0006_90",
         f"{tmp}_broken",
