@@ -26,12 +26,18 @@ Noise presets (:data:`NOISE_PRESETS`, :func:`noise_preset`):
 |---|---|---|---|---|---|
 | `split_rate` | P(a part is cut into 2-3 pieces) | 0 | 0.1 | 0.2 | 0.4 |
 | `merge_rate` | P(a part is fused with an adjacent part of another class) | 0 | 0.05 | 0.1 | 0.2 |
+| `merge_keep_rate` | P(a merged part is also proposed alone) | 0.75 | 0.75 | 0.75 | 0.75 |
 | `drop_rate` | P(a part is missing) | 0 | 0.05 | 0.1 | 0.2 |
-| `jitter_px` | max part boundary erosion/dilation radius (px) | 0 | 1 | 2 | 4 |
+| `jitter_mm` | max part boundary shift, out or in (mm) | 0 | 1 | 2 | 4 |
 | `score_sigma` | std of the Gaussian noise on purity scores | 0 | 0.05 | 0.15 | 0.3 |
-| `confusion_rate` | P(a look-alike class takes the organ's score) | 0 | 0.05 | 0.1 | 0.2 |
+| `confusion_rate` | P(a look-alike class takes the organ's score), per proposal | 0 | 0.05 | 0.1 | 0.2 |
+| `bias_rate` | P(an organ is biased towards one look-alike), per case | 0 | 0 | 0 | 0 |
+| `bias_swap` | P(a biased organ's score is swapped), per proposal | 0.5 | 0.5 | 0.5 | 0.5 |
 | `logit_scale` | softmax scale, scores -> probabilities | 10 | 10 | 10 | 10 |
-| `refine_jitter_px` | max refined-mask boundary jitter (px) | 0 | 1 | 2 | 4 |
+| `refine_jitter_mm` | max refined-mask boundary shift (mm) | 0 | 1 | 2 | 4 |
+| `iou_sigma` | std of the predicted IoU's error | 0 | 0.05 | 0.1 | 0.2 |
+
+Proposals come in a seeded random order, so equal scores are tied at random.
 """
 
 from __future__ import annotations
@@ -66,8 +72,21 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- noise
 
-_RATES = ("split_rate", "merge_rate", "drop_rate", "confusion_rate")
-_RADII = ("jitter_px", "refine_jitter_px")
+#: P(a merged part is also proposed alone), the same in every preset (see NoiseConfig).
+MERGE_KEEP_RATE = 0.75
+#: P(swap) per proposal of a biased organ, the same in every preset (see NoiseConfig).
+BIAS_SWAP = 0.5
+
+_RATES = (
+    "split_rate",
+    "merge_rate",
+    "merge_keep_rate",
+    "drop_rate",
+    "confusion_rate",
+    "bias_rate",
+    "bias_swap",
+)
+_NON_NEGATIVE = ("jitter_mm", "refine_jitter_mm", "score_sigma", "iou_sigma")
 
 
 @dataclass(frozen=True)
@@ -80,43 +99,54 @@ class NoiseConfig:
         merge_rate: proposer; probability that a part is fused with an adjacent
             (8-connected) part of another class (unlabelled tissue counts as one class);
             the neighbour stays a proposal of its own too.
+        merge_keep_rate: proposer; probability that a merged part is also proposed alone
+            (SAM's grid puts several points on a part, and each point's three nested
+            masks usually include the part alone).
         drop_rate: proposer; probability that a part is missing.
-        jitter_px: proposer; each part is dilated (> 0) or eroded (< 0) by a disk of radius
-            drawn uniformly from the integers in [-jitter_px, jitter_px].
+        jitter_mm: proposer; each part's boundary moves out (dilation) or in (erosion) by
+            a distance in mm drawn uniformly from [-jitter_mm, jitter_mm] (measured with
+            the slice's pixel spacing, so a pixel moves only when the draw exceeds its
+            size).
         score_sigma: recogniser; standard deviation of the Gaussian noise added to every
             purity score.
         confusion_rate: recogniser; probability, per proposal and organ, that the organ's
             score is swapped with a look-alike class's (:func:`similar_classes`), so a
-            spleen part looks like liver.
+            spleen part looks like liver. Independent from slice to slice.
+        bias_rate: recogniser; probability, per case (seed) and organ, that the recogniser
+            is biased towards one look-alike class, chosen once per case and organ: then on
+            every slice each proposal's organ score is swapped with that class's with
+            probability ``bias_swap``. Correlated errors, as CLIP's: it confuses two
+            organs systematically in a scan, not slice by slice.
+        bias_swap: recogniser; the swap probability of a biased organ (see ``bias_rate``).
         logit_scale: recogniser; probabilities are ``softmax(logit_scale * scores)`` over
             the organ, every other class and the background (not noise: a temperature).
-        refine_jitter_px: refiner; boundary jitter radius of refined masks, as
-            ``jitter_px``.
+        refine_jitter_mm: refiner; boundary jitter of refined masks, as ``jitter_mm``.
+        iou_sigma: refiner; standard deviation of the Gaussian error of the predicted IoU
+            (see :class:`SimulatedRefiner`).
     """
 
     split_rate: float = 0.0
     merge_rate: float = 0.0
     drop_rate: float = 0.0
-    jitter_px: int = 0
+    jitter_mm: float = 0.0
     score_sigma: float = 0.0
     confusion_rate: float = 0.0
     logit_scale: float = 10.0
-    refine_jitter_px: int = 0
+    refine_jitter_mm: float = 0.0
+    iou_sigma: float = 0.0
+    merge_keep_rate: float = MERGE_KEEP_RATE
+    bias_rate: float = 0.0
+    bias_swap: float = BIAS_SWAP
 
     def __post_init__(self) -> None:
         for name in _RATES:
             value = getattr(self, name)
             if not _is_real(value) or not 0.0 <= value <= 1.0:
                 raise ConfigError(f"noise {name} must be a probability in [0, 1], got {value!r}.")
-        for name in _RADII:
+        for name in _NON_NEGATIVE:
             value = getattr(self, name)
-            if not _is_real(value) or value < 0 or not float(value).is_integer():
-                raise ConfigError(
-                    f"noise {name} must be a whole number of pixels >= 0, got {value!r}."
-                )
-            object.__setattr__(self, name, int(value))
-        if not _is_real(self.score_sigma) or not 0.0 <= self.score_sigma < math.inf:
-            raise ConfigError(f"noise score_sigma must be >= 0, got {self.score_sigma!r}.")
+            if not _is_real(value) or not 0.0 <= value < math.inf:
+                raise ConfigError(f"noise {name} must be a number >= 0, got {value!r}.")
         if not _is_real(self.logit_scale) or not 0.0 < self.logit_scale < math.inf:
             raise ConfigError(f"noise logit_scale must be > 0, got {self.logit_scale!r}.")
 
@@ -128,9 +158,36 @@ def _is_real(value: Any) -> bool:
 #: The named noise levels (see the module's table).
 NOISE_PRESETS: dict[str, NoiseConfig] = {
     "none": NoiseConfig(),
-    "low": NoiseConfig(0.1, 0.05, 0.05, 1, 0.05, 0.05, 10.0, 1),
-    "moderate": NoiseConfig(0.2, 0.1, 0.1, 2, 0.15, 0.1, 10.0, 2),
-    "high": NoiseConfig(0.4, 0.2, 0.2, 4, 0.3, 0.2, 10.0, 4),
+    "low": NoiseConfig(
+        split_rate=0.1,
+        merge_rate=0.05,
+        drop_rate=0.05,
+        jitter_mm=1.0,
+        score_sigma=0.05,
+        confusion_rate=0.05,
+        refine_jitter_mm=1.0,
+        iou_sigma=0.05,
+    ),
+    "moderate": NoiseConfig(
+        split_rate=0.2,
+        merge_rate=0.1,
+        drop_rate=0.1,
+        jitter_mm=2.0,
+        score_sigma=0.15,
+        confusion_rate=0.1,
+        refine_jitter_mm=2.0,
+        iou_sigma=0.1,
+    ),
+    "high": NoiseConfig(
+        split_rate=0.4,
+        merge_rate=0.2,
+        drop_rate=0.2,
+        jitter_mm=4.0,
+        score_sigma=0.3,
+        confusion_rate=0.2,
+        refine_jitter_mm=4.0,
+        iou_sigma=0.2,
+    ),
 }
 
 
@@ -222,6 +279,8 @@ class ReferenceAnatomy:
         is_2d: whether ``label_map`` is a 2D image's (default: it has 2 dimensions).
         organ_map: class name -> the name to use instead (several labels may become one
             class, e.g. :func:`totalseg_organ_map` joins lung lobes into lungs).
+        spacing: voxel size in mm along the axes of ``label_map`` (canonical XYZ; HxW
+            for a 2D image); default 1 mm. Boundary jitter is in mm.
 
     Attributes:
         label_map, axis, is_2d: as given (``label_map`` as an integer array).
@@ -230,6 +289,7 @@ class ReferenceAnatomy:
             ``k`` (1-based) is ``classes[k - 1]``, 0 is unlabelled.
         count: number of slices along ``axis`` (1 for 2D).
         slice_shape: (H, W) of a display slice.
+        pixel_mm: (row, column) size in mm of a display slice's pixels.
 
     Raises:
         ConfigError: a label map that is not 2D/3D, has negative or non-integral values;
@@ -244,6 +304,7 @@ class ReferenceAnatomy:
         axis: str = "axial",
         is_2d: bool | None = None,
         organ_map: Mapping[str, str] | None = None,
+        spacing: Sequence[float] | None = None,
     ) -> None:
         array = np.asarray(label_map)
         self.is_2d = array.ndim == 2 if is_2d is None else bool(is_2d)
@@ -269,6 +330,7 @@ class ReferenceAnatomy:
             self._lut[value] = self.classes.index(self.names[value]) + 1
         self.count = 1 if self.is_2d else int(self.label_map.shape[AXES[axis]])
         self.slice_shape = tuple(int(n) for n in self.labels(0).shape[:2])
+        self.pixel_mm = _pixel_mm(spacing, array.ndim, self.is_2d, axis)
         logger.debug("reference anatomy: %d classes, %d slices", len(self.classes), self.count)
 
     def labels(self, index: int) -> np.ndarray:
@@ -309,6 +371,25 @@ class ReferenceAnatomy:
         own = set(self.own_classes(name))
         values = [v for v, n in self.names.items() if n in own]
         return np.isin(label_slice, values)
+
+
+def _pixel_mm(
+    spacing: Sequence[float] | None, ndim: int, is_2d: bool, axis: str
+) -> tuple[float, float]:
+    """(row, column) mm of a display slice's pixels, from the label map's voxel size: a
+    display slice is the canonical slice (in-plane axes a < b) transposed, so rows run
+    along b (as :class:`~salip.strategies.volume_view.VolumeView`)."""
+    if spacing is None:
+        return (1.0, 1.0)
+    sizes = [float(v) for v in spacing][:ndim]
+    if len(sizes) != ndim or not all(math.isfinite(v) and v > 0 for v in sizes):
+        raise ConfigError(
+            f"the reference's spacing must be {ndim} sizes in mm > 0, got {list(spacing)!r}."
+        )
+    if is_2d:
+        return (sizes[0], sizes[1])
+    a, b = (k for k in range(3) if k != AXES[axis])
+    return (sizes[b], sizes[a])
 
 
 def _integer_labels(array: np.ndarray) -> np.ndarray:
@@ -415,7 +496,7 @@ class SimulatedEncoder:
 # --------------------------------------------------------------------------- proposer
 
 # Purposes of the random streams, the third entry of every seed.
-_SPLIT, _MERGE, _DROP, _JITTER, _RECOGNISE, _REFINE = range(1, 7)
+_SPLIT, _MERGE, _DROP, _JITTER, _RECOGNISE, _REFINE, _ORDER, _BIAS = range(1, 9)
 
 #: The unlabelled tissue is cut into this many chunks per side (a 4x4 grid).
 TISSUE_GRID = 4
@@ -505,17 +586,22 @@ def _split(
 
 
 def _merge(
-    parts: np.ndarray, owners: np.ndarray, rng: np.random.Generator, rate: float
+    parts: np.ndarray,
+    owners: np.ndarray,
+    rng: np.random.Generator,
+    rate: float,
+    keep_rate: float,
 ) -> np.ndarray:
     """NxHxW bool masks of the parts, each fused, with probability ``rate``, with one
-    adjacent (8-connected) part of another class, chosen at random."""
+    adjacent (8-connected) part of another class, chosen at random; a fused part is also
+    kept alone, as an extra mask after the others, with probability ``keep_rate``."""
     n = len(owners) - 1
     masks = parts[None] == np.arange(1, n + 1, dtype=parts.dtype)[:, None, None]
-    draws, choices = rng.random(n), rng.random(n)
+    draws, choices, keeps = rng.random(n), rng.random(n), rng.random(n)
     chosen = np.nonzero(draws < rate)[0]
     if not chosen.size:
         return masks
-    fused = masks.copy()
+    fused, alone = masks.copy(), []
     objects = ndimage.find_objects(parts)
     for i in chosen:
         if objects[i] is None:
@@ -526,7 +612,9 @@ def _merge(
         ids = ids[(ids > 0) & (owners[ids] != owners[i + 1])]
         if ids.size:
             fused[i] |= masks[ids[int(choices[i] * ids.size)] - 1]
-    return fused
+            if keeps[i] < keep_rate:
+                alone.append(masks[i])
+    return np.concatenate([fused, np.stack(alone)]) if alone else fused
 
 
 def _padded(box: tuple[slice, ...], pad: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -535,29 +623,37 @@ def _padded(box: tuple[slice, ...], pad: int, shape: tuple[int, ...]) -> tuple[s
     )
 
 
-def _jitter(mask: np.ndarray, radius: int) -> np.ndarray:
-    """``mask`` (HxW bool) dilated (radius > 0) or eroded (< 0) by a disk; the image edge
-    is not a boundary."""
-    if radius == 0 or not mask.any():
+def _jitter(mask: np.ndarray, distance_mm: float, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """``mask`` (HxW bool) with its boundary moved out (distance > 0) or in (< 0) by
+    ``distance_mm``, measured with the pixels' (row, column) size: a pixel is added when
+    its centre lies within that distance of the mask, removed when it lies no farther from
+    the background. The image edge is not a boundary."""
+    if distance_mm == 0 or not mask.any():
         return mask
     rows, cols = np.nonzero(mask)
     box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-    window = _padded(box, abs(radius) + 1, mask.shape)
+    pad = math.ceil(abs(distance_mm) / min(pixel_mm)) + 1
+    window = _padded(box, pad, mask.shape)
     out = np.zeros_like(mask)
-    if radius > 0:
-        out[window] = ndimage.binary_dilation(mask[window], _disk(radius))
+    if distance_mm > 0:
+        out[window] = ndimage.distance_transform_edt(~mask[window], sampling=pixel_mm) <= (
+            distance_mm
+        )
     else:
-        out[window] = ndimage.binary_erosion(mask[window], _disk(-radius), border_value=1)
+        out[window] = ndimage.distance_transform_edt(mask[window], sampling=pixel_mm) > (
+            -distance_mm
+        )
     return out
 
 
-def _as_proposals(masks: np.ndarray) -> Proposals:
-    """Proposals of NxHxW bool masks: empty ones removed, largest first; boxes XYXY with
-    the max corner inclusive, points the box centres, predicted IoU and stability 1."""
+def _as_proposals(masks: np.ndarray, rng: np.random.Generator) -> Proposals:
+    """Proposals of NxHxW bool masks: empty ones removed, in a random order (as SAM's,
+    which follows no size or class: equal scores are then tied at random); boxes XYXY
+    with the max corner inclusive, points the box centres, predicted IoU and stability 1."""
     from torchvision.ops import masks_to_boxes
 
     areas = masks.sum(axis=(1, 2))
-    order = np.argsort(-areas, kind="stable")
+    order = rng.permutation(len(masks))
     order = order[areas[order] > 0]
     kept = torch.from_numpy(np.ascontiguousarray(masks[order]))
     boxes = masks_to_boxes(kept).float() if len(kept) else torch.zeros((0, 4))
@@ -570,8 +666,10 @@ class SimulatedProposer:
     """Proposer stand-in (see :class:`~salip.engines.proposer.Proposer`).
 
     Per slice: the 8-connected components of every reference class and the unlabelled
-    tissue in chunks (:func:`_parts`), then split, merged, dropped and jittered as ``noise``
-    says, in that order. Proposals come largest first, with predicted IoU and stability 1.
+    tissue in chunks (:func:`_parts`), then split, merged (a merged part also proposed
+    alone with probability ``merge_keep_rate``), dropped and jittered (in mm) as ``noise``
+    says, in that order. Proposals come in a seeded random order, with predicted IoU and
+    stability 1.
 
     Args:
         anatomy: the reference.
@@ -595,14 +693,17 @@ class SimulatedProposer:
         noise, seed, index = self.noise, self.seed, embedding.index
         parts, owners = _parts(self.anatomy.class_slice(index), embedding.body)
         parts, owners = _split(parts, owners, _rng(seed, index, _SPLIT), noise.split_rate)
-        masks = _merge(parts, owners, _rng(seed, index, _MERGE), noise.merge_rate)
+        masks = _merge(
+            parts, owners, _rng(seed, index, _MERGE), noise.merge_rate, noise.merge_keep_rate
+        )
         masks = masks[_rng(seed, index, _DROP).random(len(masks)) >= noise.drop_rate]
-        if noise.jitter_px and len(masks):
-            radii = _rng(seed, index, _JITTER).integers(
-                -noise.jitter_px, noise.jitter_px + 1, len(masks)
+        if noise.jitter_mm and len(masks):
+            shifts = _rng(seed, index, _JITTER).uniform(
+                -noise.jitter_mm, noise.jitter_mm, len(masks)
             )
-            masks = np.stack([_jitter(m, int(r)) for m, r in zip(masks, radii, strict=True)])
-        return _as_proposals(masks.reshape(-1, *parts.shape))
+            pixel = self.anatomy.pixel_mm
+            masks = np.stack([_jitter(m, d, pixel) for m, d in zip(masks, shifts, strict=True)])
+        return _as_proposals(masks.reshape(-1, *parts.shape), _rng(seed, index, _ORDER))
 
 
 # --------------------------------------------------------------------------- recogniser
@@ -626,7 +727,9 @@ class SimulatedRecogniser:
     "background" (unlabelled pixels). A proposal's purity in a class is the fraction of
     its pixels in it; scores are purities plus Gaussian noise, with the organ's score
     swapped with a look-alike class's (:func:`similar_classes`) with probability
-    ``confusion_rate``; probabilities are ``softmax(logit_scale * scores)``. A proposal is
+    ``confusion_rate``, and, when the organ is biased in this case (``bias_rate``,
+    :meth:`bias_class`), with that one look-alike's with probability ``bias_swap``;
+    probabilities are ``softmax(logit_scale * scores)``. A proposal is
     accepted when the organ's probability beats every other class's by more than
     ``margin``; accepted proposals are ranked by it, and
     :func:`~salip.engines.recogniser.pick` takes ``top_k`` (default: the organ's own), per
@@ -703,6 +806,16 @@ class SimulatedRecogniser:
             results.append(found)
         return results
 
+    def bias_class(self, organ: Organ, look_alikes: Sequence[str]) -> str | None:
+        """The look-alike class the recogniser is biased towards for ``organ`` in this
+        case (drawn once per seed and organ, with probability ``bias_rate``), or None."""
+        rng = np.random.default_rng([self.seed, _BIAS, zlib.crc32(organ.name.encode("utf-8"))])
+        draw, choice = rng.random(2)
+        if draw >= self.noise.bias_rate or not look_alikes:
+            return None
+        options = sorted(look_alikes)
+        return options[int(choice * len(options))]
+
     def assess(
         self,
         organ: Organ,
@@ -738,6 +851,12 @@ class SimulatedRecogniser:
             for i in np.nonzero(confused)[0]:
                 col = columns[int(choice[i] * len(columns))]
                 scores[i, [0, col]] = scores[i, [col, 0]]
+        biased = rng.random(n) < self.noise.bias_swap
+        bias = self.bias_class(organ, [classes[other_ids[c - 1] - 1] for c in columns])
+        if bias is not None:
+            col = columns[[classes[other_ids[c - 1] - 1] for c in columns].index(bias)]
+            for i in np.nonzero(biased & ~confused)[0]:
+                scores[i, [0, col]] = scores[i, [col, 0]]
         # numpy: torch's per-call overhead dominates on matrices this small.
         logits = self.noise.logit_scale * scores
         probs = np.exp(logits - logits.max(1, keepdims=True, initial=-np.inf))
@@ -767,18 +886,20 @@ class SimulatedRefiner:
     For each box: the reference component (8-connected, of any class) covering the most
     pixels inside the box (ties: the first by component order), cut to the box grown by
     :data:`REFINE_GROWTH` of its size per side, its boundary jittered by a radius drawn
-    from [-refine_jitter_px, refine_jitter_px] (seeded by seed, slice index and box).
+    from [-refine_jitter_mm, refine_jitter_mm] in mm (seeded by seed, slice index and box).
     A box over two organs returns the dominant one, as SAM can; a box over no labelled
     pixel returns an empty mask.
 
-    Predicted IoU = IoU(returned mask, the component cut to the grown box) x coverage,
-    where coverage is the component's share of the labelled pixels inside the box: 1 for
-    a noise-free box over one organ alone, lower when the box holds other organs; 0 for an
-    empty mask.
+    Predicted IoU = coverage + e, clipped to [0, 1], where coverage is the component's
+    share of the labelled pixels inside the box (1 for a box over one organ alone, lower
+    when the box holds other organs) and e ~ N(0, ``iou_sigma``); 0 for an empty mask.
+    SAM's IoU head is a regression from the image and prompt tokens: it tells an
+    ambiguous box from a clean one, but it does not see its own boundary error, so the
+    boundary jitter does not lower the prediction, and it errs by itself.
 
     Args:
         anatomy: the reference.
-        noise: the noise (default: none; only ``refine_jitter_px`` is used).
+        noise: the noise (default: none; ``refine_jitter_mm`` and ``iou_sigma`` are used).
         seed: the seed (>= 0).
     """
 
@@ -835,15 +956,15 @@ class SimulatedRefiner:
         inside = empty.copy()
         rows = slice(max(0, math.floor(gy0)), math.ceil(gy1) + 1)
         inside[rows, max(0, math.floor(gx0)) : math.ceil(gx1) + 1] = True
-        target = (comp == best) & inside
-        mask = target
-        if self.noise.refine_jitter_px:
-            r = self.noise.refine_jitter_px
-            radius = _rng(self.seed, index, _REFINE, x0, y0, x1, y1).integers(-r, r + 1)
-            mask = _jitter(comp == best, int(radius)) & inside
-        union = np.count_nonzero(mask | target)
-        iou = np.count_nonzero(mask & target) / union if union else 0.0
-        return mask, float(iou * coverage)
+        mask = (comp == best) & inside
+        rng = _rng(self.seed, index, _REFINE, x0, y0, x1, y1)
+        shift = rng.uniform(-1.0, 1.0) * self.noise.refine_jitter_mm
+        error = rng.normal(0.0, 1.0) * self.noise.iou_sigma
+        if shift:
+            mask = _jitter(comp == best, shift, self.anatomy.pixel_mm) & inside
+        if not mask.any():
+            return mask, 0.0
+        return mask, float(np.clip(coverage + error, 0.0, 1.0))
 
 
 # --------------------------------------------------------------------------- all four
