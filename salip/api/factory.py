@@ -143,6 +143,7 @@ class CaseInput:
             canonical layout of ``references`` (``salip.io.to_canonical`` of the label file)
             and label value -> class name (the dataset's names; unnamed values are
             ``label_<value>``); only for kinds that ``needs_label_map``, else None.
+        spacing: voxel size in mm along the canonical axes (None: unknown, 1 mm).
     """
 
     organs: tuple[Organ, ...]
@@ -150,6 +151,7 @@ class CaseInput:
     is_2d: bool
     references: Mapping[str, np.ndarray] | None = None
     label_map: tuple[np.ndarray, Mapping[int, str]] | None = None
+    spacing: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -437,6 +439,7 @@ def _build_simulated(
         axis=config.slicing.axis,
         is_2d=case.is_2d,
         organ_map=totalseg_organ_map(),
+        spacing=None if case.is_2d else case.spacing,
     )
     engines = Engines(*simulated_engines(anatomy, settings.noise, settings.seed, config))
     batch = slice_batch(config.proposals.encoder_batch_size, "cpu")

@@ -3,9 +3,14 @@
 Every run merges its rows into the ledger under the folder's table lock
 (:func:`salip.io.locks.table_lock`): rows of cases it did not run (earlier runs, a run
 writing at the same time) are kept as they are; a case it skipped keeps what is known of
-its result (seconds, device, strategy, volumes, when it was written) from the earlier row,
-or its volumes from the mask's sidecar; each row's ``history`` adds this run's status; and no column
-is ever dropped, so organ volume columns stay when every case is skipped.
+its result (seconds, device, strategy, volumes and confidences, when it was written) from
+the earlier row, or its volumes and confidences from the mask's sidecar; each row's
+``history`` adds this run's status; and no column is ever dropped, so organ columns stay
+when every case is skipped.
+
+Per organ there are two columns: ``<organ>_ml``, the volume as written (0 for an organ
+answered "not found"; empty for 2D images), and ``<organ>_confidence``, the estimated
+probability that the organ's answer is right (empty where the strategy gives none).
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ from salip.io.writing import atomic_write
 #: The per-case table written into the output folder.
 RUN_TABLE = "run.csv"
 
-#: The columns before the organ volumes (``<organ>_ml``), in order.
+#: The columns before the organs' (``<organ>_ml``, ``<organ>_confidence``), in order.
 COLUMNS = (
     "input", "series", "name", "status", "error", "seconds", "device", "strategy",
     "written", "history",
 )  # fmt: skip
+
+#: The suffix of an organ's confidence column.
+_CONFIDENCE = "_confidence"
 
 
 @dataclass
@@ -46,7 +54,8 @@ class CaseRow:
         device: where the outputs were computed ("" when unknown or failed).
         strategy: the strategy that computed them ("" when unknown or failed).
         volume_ml: organ name -> volume in ml of the label map as written (None for 2D
-            images).
+            images; 0 for an organ answered "not found").
+        confidence: organ name -> its confidence (None where the strategy gave none).
         outputs: the files of the case.
         series: the DICOM series read, for a folder or zip holding several, else "".
         written: when the outputs were written (ISO 8601, UTC), "" when unknown.
@@ -62,6 +71,7 @@ class CaseRow:
     device: str = ""
     strategy: str = ""
     volume_ml: dict[str, float | None] = field(default_factory=dict)
+    confidence: dict[str, float | None] = field(default_factory=dict)
     outputs: list[Path] = field(default_factory=list)
     series: str = ""
     written: str = ""
@@ -96,7 +106,7 @@ def _number(text: str | None) -> float | None:
 
 def carry_over(row: CaseRow, earlier: Mapping[str, str] | None, sidecar: Mapping | None) -> None:
     """Fill a skipped case's row with what is known of its result: the earlier ledger row
-    first, else the mask's sidecar (the volumes)."""
+    first, else the mask's sidecar (the volumes and confidences)."""
     if earlier:
         row.seconds = _number(earlier.get("seconds"))
         row.device = earlier.get("device", "")
@@ -107,10 +117,17 @@ def carry_over(row: CaseRow, earlier: Mapping[str, str] | None, sidecar: Mapping
             for key, value in earlier.items()
             if key and key.endswith("_ml") and value not in (None, "")
         }
+        row.confidence = {
+            key[: -len(_CONFIDENCE)]: _number(value)
+            for key, value in earlier.items()
+            if key and key.endswith(_CONFIDENCE) and value not in (None, "")
+        }
     else:
         row.seconds = None
     if sidecar and not row.volume_ml and isinstance(sidecar.get("volume_ml"), dict):
         row.volume_ml = dict(sidecar["volume_ml"])
+    if sidecar and not row.confidence and isinstance(sidecar.get("confidence"), dict):
+        row.confidence = dict(sidecar["confidence"])
 
 
 def _cells(row: CaseRow, organs: Sequence[str]) -> dict[str, Any]:
@@ -123,6 +140,8 @@ def _cells(row: CaseRow, organs: Sequence[str]) -> dict[str, Any]:
     for organ in organs:
         value = row.volume_ml.get(organ)
         cells[f"{organ}_ml"] = "" if value is None else value
+        sure = row.confidence.get(organ)
+        cells[f"{organ}{_CONFIDENCE}"] = "" if sure is None else sure
     return cells
 
 
@@ -146,8 +165,8 @@ def write_table(folder: Path, rows: Sequence[CaseRow]) -> None:
         header, existing = read_table(folder)
         organs = [h[: -len("_ml")] for h in header if h.endswith("_ml")]
         for row in rows:
-            organs += [o for o in row.volume_ml if o not in organs]
-        columns = [*COLUMNS, *(f"{o}_ml" for o in organs)]
+            organs += [o for o in [*row.volume_ml, *row.confidence] if o not in organs]
+        columns = [*COLUMNS, *(c for o in organs for c in (f"{o}_ml", f"{o}{_CONFIDENCE}"))]
         # This run's cases first, in its order; then the others, as they were.
         order = [r.name for r in rows] + [n for n in existing if n not in {r.name for r in rows}]
         merged = {name: dict(existing[name]) for name in order if name in existing}

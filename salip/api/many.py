@@ -347,6 +347,7 @@ def _compute(models: _SharedModels, task: _Task, volume: Volume | SalipError | N
         device=str(result.report["models"].get("device", "")),
         strategy=str(result.report.get("strategy", {}).get("name", "")),
         volume_ml={organ: row["volume_ml"] for organ, row in organs.items()},
+        confidence={organ: row["confidence"] for organ, row in organs.items()},
         outputs=list(result.outputs),
         written=now(),
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from salip.api.answers import answer, decide_organs, report_answer, rounded_confidence
 from salip.api.factory import (
     SEGMENT_METHODS,
     CaseInput,
@@ -43,13 +44,9 @@ from salip.io.slicing import (
 )
 from salip.io.writing import json_text, mask_suffix, save_mask, sidecar_path
 from salip.models.device import resolve_device
-from salip.strategies.assembly import (
-    OVERLAP_RULE,
-    keep_largest_components,
-    overlaps,
-    to_label_map,
-)
-from salip.strategies.base import SliceSegmenter, Strategy
+from salip.strategies.assembly import OVERLAP_RULE, overlaps, to_label_map
+from salip.strategies.base import SliceEvidence, SliceSegmenter, Strategy
+from salip.strategies.evidence import OrganDecision
 from salip.strategies.slices import SlicesStrategy
 from salip.strategies.volume_view import VolumeView
 from salip.version import __version__
@@ -186,6 +183,10 @@ class _Run:
     written: dict[str, np.ndarray] = field(default_factory=dict)
     #: Voxels two organs both claimed (:func:`~salip.strategies.assembly.overlaps`).
     overlaps: list[dict[str, Any]] = field(default_factory=list)
+    #: What the recogniser said per organ (:attr:`StrategyResult.evidence`), or None.
+    evidence: dict[str, list[SliceEvidence]] | None = None
+    #: Each organ's answer (:func:`~salip.api.answers.decide_organs`), set by assembly.
+    decisions: dict[str, OrganDecision] = field(default_factory=dict)
 
 
 def segment(
@@ -421,7 +422,10 @@ def _run_strategy(
     view = VolumeView(volume, volume8, axis, keep)
     result = strategy.run(view, organ_list, progress=progress)
     strategy_info = {"name": getattr(strategy, "name", type(strategy).__name__), **result.details}
-    return _Run(result.masks, result.chosen, keep, volume8, intensity, models_info, strategy_info)
+    return _Run(
+        result.masks, result.chosen, keep, volume8, intensity, models_info, strategy_info,
+        evidence=result.evidence,
+    )  # fmt: skip
 
 
 def _injected_strategy(
@@ -447,12 +451,21 @@ def _assemble(
     cfg: SegmentConfig,
     split: bool,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
-    """Component cleanup, then per-organ masks and the label map in the input's grid; sets
-    ``run.written`` (what the outputs hold, for the report's counts) and ``run.overlaps``."""
+    """Each organ's answer (its supported pieces, confidence, or "not found": an empty
+    mask), then per-organ masks and the label map in the input's grid; sets
+    ``run.decisions``, ``run.written`` (what the outputs hold, for the report's counts) and
+    ``run.overlaps``."""
     canonical = run.canonical
-    if not volume.is_2d and cfg.assembly.largest_component:
-        for organ in organ_list:
-            canonical[organ.name] = keep_largest_components(canonical[organ.name], organ.top_k)
+    run.decisions = decide_organs(
+        canonical,
+        run.evidence,
+        organ_list,
+        cfg,
+        is_2d=volume.is_2d,
+        where=volume.path.name,
+        slice_mm=1.0 if volume.is_2d else float(volume.spacing[AXES[cfg.slicing.axis]]),
+    )
+    canonical.update({name: decision.mask for name, decision in run.decisions.items()})
     order = [o.name for o in organ_list]
     label_values = {name: i for i, name in enumerate(order, start=1)}
     masks = {
@@ -485,8 +498,9 @@ def _stage_files(
         outputs.stage(plan.combined, lambda tmp: save_mask(tmp, labels, geometry))
         series = cfg.input.series or volume.meta.get("series_uid")
         payload = sidecar_payload(
-            label_values, source_record(source, series), cfg, _volumes_ml(volume, run)
-        )
+            label_values, source_record(source, series), cfg, _volumes_ml(volume, run),
+            {name: rounded_confidence(d) for name, d in run.decisions.items()},
+        )  # fmt: skip
         text = json_text(payload)
         outputs.stage(
             sidecar_path(plan.combined), lambda tmp: tmp.write_text(text, encoding="utf-8")
@@ -512,6 +526,7 @@ def _stage_files(
             modality=None
             if run.intensity.modality == "ct" and not _in_hu(volume, run)
             else run.intensity.modality,
+            answers={name: answer(d) for name, d in run.decisions.items()},
         )
         html = viewer_html(data)
         outputs.stage(plan.viewer, lambda tmp: tmp.write_text(html, encoding="utf-8"))
@@ -568,6 +583,7 @@ def _statistics(
         slice_axis=axis,
         units=units,
         finite=finite,
+        answers={name: answer(d) for name, d in run.decisions.items()},
     )
 
 
@@ -634,7 +650,8 @@ def _organ_row(
     volume: Volume, organ: Organ, run: _Run, label_values: dict[str, int], axis: str
 ) -> dict[str, Any]:
     """One organ's entry of the report: label, size and slices as written (the label map,
-    or the organ's own file with --split), chosen proposals."""
+    or the organ's own file with --split), its answer (:func:`report_answer`), chosen
+    proposals."""
     mask = run.written.get(organ.name, run.canonical[organ.name])
     count = int(mask.sum())
     if volume.is_2d:
@@ -649,6 +666,7 @@ def _organ_row(
         "voxels": count,
         "volume_ml": _volume_ml(volume, count),
         "slices": sorted(used),
+        **report_answer(run.decisions[organ.name]),
         "chosen": [{**c, "slice": s} for c, s in zip(chosen, chosen_src)],
     }
 

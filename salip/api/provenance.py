@@ -2,8 +2,8 @@
 
 The sidecar beside every label map (``liver.nii.gz`` -> ``liver.json``) holds the label
 values, the source (its path, the SHA-256 of its content and the DICOM series), a
-fingerprint of the settings that shape the result, and the volumes of the label map as
-written; no time, so that the same inputs and settings give the same bytes. A rerun into the same folder skips a case only when all of these
+fingerprint of the settings that shape the result, the volumes of the label map as
+written and each organ's confidence; no time, so that the same inputs and settings give the same bytes. A rerun into the same folder skips a case only when all of these
 still describe the case; anything else is a one-line failure for that case, never a silent
 reuse of another scan's mask.
 """
@@ -54,14 +54,19 @@ def sidecar_payload(
     source: Mapping[str, Any],
     config: SegmentConfig,
     volume_ml: Mapping[str, float | None],
+    confidence: Mapping[str, float | None] | None = None,
 ) -> dict[str, Any]:
-    """The JSON object written beside a label map."""
-    return {
+    """The JSON object written beside a label map (``confidence``: each organ's, None
+    where the strategy gave none; left out when not given)."""
+    payload = {
         "labels": dict(label_values),
         "source": dict(source),
         "settings": settings_fingerprint(config),
         "volume_ml": dict(volume_ml),
     }
+    if confidence is not None:
+        payload["confidence"] = dict(confidence)
+    return payload
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ def viewer_data(
     *,
     axis: str,
     modality: str | None,
+    answers: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ViewerData:
     """The viewer's data of a run.
 
@@ -40,6 +41,8 @@ def viewer_data(
             input file's), whose ``organs`` holds the volume strategy's tracks.
         axis: the slicing axis.
         modality: the modality the intensities were mapped for ("ct", ...).
+        answers: organ name -> its answer (``confidence``, ``found``, ``reason``; see
+            :func:`salip.api.answers.answer`), shown in its legend entry.
     """
     image = display_stack(volume.data, volume.is_2d, axis).astype(np.float32)
     stack = display_stack(labels, volume.is_2d, axis)
@@ -67,6 +70,7 @@ def viewer_data(
         profiles=_profiles(volume, strategy, axis),
         title=f"{volume.path.name}: {', '.join(label_values)}",
         orientation=None if volume.is_2d else DISPLAY_EDGES[axis],
+        answers={name: dict(given) for name, given in (answers or {}).items()},
     )
 
 

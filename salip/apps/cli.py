@@ -558,8 +558,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         **_config_options(args),
     )
     for name, row in result.report["organs"].items():
+        if not row["found"]:
+            continue  # the pipeline has said why
         size = f"{row['volume_ml']} ml" if row["volume_ml"] is not None else f"{row['voxels']} px"
-        logger.info("%s: %s in %d slice(s)", name, size, len(row["slices"]))
+        sure = "" if row["confidence"] is None else f", confidence {row['confidence']:.2f}"
+        logger.info("%s: %s in %d slice(s)%s", name, size, len(row["slices"]), sure)
     for path in result.outputs:
         logger.info("wrote %s", path)
     return 0

@@ -172,6 +172,12 @@ class StrategyConfig:
         15.0,
         "Volume strategy: a walk may go this far (mm) beyond the organ's localised extent.",
     )
+    max_walk_failures: int = option(
+        2,
+        "Volume strategy: a walk stops after this many bad slices in a row (mask vanished, "
+        "predicted IoU too low, or rejected by the recogniser); bad slices between good ones "
+        "are prompted again with boxes interpolated from their good neighbours.",
+    )
 
 
 @dataclass(frozen=True)
@@ -312,8 +318,22 @@ class AssemblyConfig:
 
     largest_component: bool = option(
         True,
-        "Volumes: keep only the largest 3D connected components of each organ (as many "
-        "as the organ's top-k, so both lungs survive). Use --no-largest-component to keep all.",
+        "Volumes: keep only the pieces of each organ's mask that the recognition evidence "
+        "supports (pieces with at least half the best piece's evidence, and at least the "
+        "organ's top-k, so both lungs survive; without a recogniser, e.g. a learned head, "
+        "the top-k largest 3D connected components). Use --no-largest-component to keep all.",
+    )
+    min_confidence: float = option(
+        0.5,
+        "Below this confidence (the estimated probability, from the recognition evidence, "
+        "that an organ's answer is right) the organ is answered as not found, with the "
+        "reason, and its mask is empty. 0 never withholds an organ.",
+    )
+    max_gap_slices: int = option(
+        2,
+        "Pieces of an organ's mask at most this many empty slices apart along the slicing "
+        "axis are one piece, and the gap is filled where both sides hold the organ (with "
+        "--largest-component). 0: no bridging.",
     )
 
 
@@ -413,6 +433,14 @@ class SegmentConfig:
             (self.strategy.max_area_ratio > 1.0, "max_area_ratio must be > 1"),
             (0.0 <= self.strategy.min_refine_iou <= 1.0, "min_refine_iou must be in [0, 1]"),
             (self.strategy.extent_tolerance_mm >= 0.0, "extent_tolerance_mm must be >= 0"),
+            (
+                0.0 <= self.assembly.min_confidence <= 1.0,
+                "min_confidence must be in [0, 1] (0 never withholds an organ)",
+            ),
+            (
+                self.assembly.max_gap_slices >= 0,
+                "max_gap_slices must be 0 (no bridging) or more",
+            ),
             (
                 0.0 <= self.slicing.percentile_low < self.slicing.percentile_high <= 100.0,
                 "need 0 <= percentile_low < percentile_high <= 100",

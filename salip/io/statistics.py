@@ -56,7 +56,9 @@ CONVENTION = (
     "centroid_mm are None, area_px is the pixel count and the image is slice 0 (slices.axis "
     "None). Empty organs "
     "have voxels 0, components 0, empty slices and None elsewhere. Floats are rounded to 4 "
-    "decimals (volume_ml to 6)."
+    "decimals (volume_ml to 6). confidence (where the run gives one) is the estimated "
+    "probability that the organ's answer is right; found is false for an organ answered "
+    "'not found' (reason says why), which has no voxels."
 )
 
 
@@ -70,8 +72,10 @@ def organ_statistics(
     slice_axis: int | None,
     units: str,
     finite: np.ndarray | None = None,
+    answers: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Volume, intensity, extent, centroid, components and slices of each organ.
+    """Volume, intensity, extent, centroid, components and slices of each organ, and the
+    run's answer for it.
 
     Args:
         image: the input's intensities in the input file's grid (as stored), in its units
@@ -92,6 +96,9 @@ def organ_statistics(
             finite (:attr:`salip.io.Volume.finite_mask` in the input's grid); voxels where it
             is False (and any non-finite value in ``image``) are left out of the intensity
             statistics but still counted in the organ's size.
+        answers: optional organ name -> the run's answer for it: ``confidence`` (float in
+            [0, 1], or None where the run gives none), ``found`` (bool) and ``reason`` (why
+            not found); copied into the organ's entry (``reason`` only when not found).
 
     Returns:
         ``{"convention": str, "units": units, "organs": {name: stats}}``, JSON-ready, in
@@ -117,7 +124,22 @@ def organ_statistics(
         )
         for name, value in values.items()
     }
+    for name, given in (answers or {}).items():
+        if name in organs:
+            organs[name].update(_answer(given))
     return {"convention": CONVENTION, "units": str(units), "organs": organs}
+
+
+def _answer(given: Mapping[str, Any]) -> dict[str, Any]:
+    """An organ's ``confidence``, ``found`` and (when not found) ``reason``, JSON-ready."""
+    confidence = given.get("confidence")
+    fields: dict[str, Any] = {
+        "confidence": None if confidence is None else _round(float(confidence)),
+        "found": bool(given.get("found", True)),
+    }
+    if not fields["found"]:
+        fields["reason"] = str(given.get("reason") or "")
+    return fields
 
 
 def _grey(

@@ -117,6 +117,9 @@ class ViewerData:
     title: a line shown at the top (input name, organs).
     orientation: the patient's direction at the (top, bottom, left, right) edge of a display
         slice, e.g. ("A", "P", "R", "L") for axial slices; None for 2D images.
+    answers: organ name -> {"confidence": float in [0, 1] or None, "found": bool,
+        "reason": str or None}, the run's answer shown in the organ's legend entry (its
+        confidence, or "not found" and why); None or a missing organ: nothing shown.
     """
 
     image: np.ndarray
@@ -129,6 +132,7 @@ class ViewerData:
     profiles: dict[str, list[dict[str, Any]]] | None = None
     title: str = ""
     orientation: tuple[str, str, str, str] | None = None
+    answers: dict[str, dict[str, Any]] | None = None
 
 
 def display_stack(array: np.ndarray, is_2d: bool, axis: str = "axial") -> np.ndarray:
@@ -329,9 +333,31 @@ def _checked_organs(data: ViewerData) -> list[dict[str, Any]]:
         if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
             raise OutputError(f"viewer: colour of {name!r} must be three 0-255 integers.")
         organs.append({"name": name, "value": index + 1, "colour": rgb})
+        organs[-1].update(_checked_answer((data.answers or {}).get(name), name))
     if len({o["name"] for o in organs}) != len(organs):
         raise OutputError("viewer: organ names repeat; give each label value its own name.")
     return organs
+
+
+def _checked_answer(given: Any, name: str) -> dict[str, Any]:
+    """An organ's ``confidence`` (None or in [0, 1]), ``found`` and ``reason`` for its
+    legend entry; none given: no confidence, found."""
+    given = {} if given is None else given
+    if not isinstance(given, dict):
+        raise OutputError(
+            f"viewer: the answer for {name!r} must be a dict (confidence, found, reason)."
+        )
+    raw, reason = given.get("confidence"), given.get("reason")
+    confidence = None if raw is None else _as_float(raw)
+    if raw is not None and (confidence is None or not 0 <= confidence <= 1):
+        raise OutputError(
+            f"viewer: the confidence of {name!r} is {raw!r}; give None or a number in [0, 1]."
+        )
+    return {
+        "confidence": confidence,
+        "found": bool(given.get("found", True)),
+        "reason": None if reason is None else str(reason),
+    }
 
 
 def _checked_meta(data: ViewerData, shape: tuple[int, ...]) -> dict[str, Any]:

@@ -68,6 +68,24 @@ class WorkCounts:
     box_prompts: int = 0
 
 
+@dataclass(frozen=True)
+class SliceEvidence:
+    """What the recogniser said about one organ on one slice it looked at.
+
+    Attributes:
+        slice: index along the slicing axis of the canonical volume (0 for a 2D image).
+        score: the organ's probability for the region accepted there (contrast scoring's
+            softmax, or the paper scoring's ranking score), in [0, 1]; 0.0 where the organ
+            was looked for and nothing was accepted.
+        box: XYXY in pixels of the display slice (max corner inclusive) of the accepted
+            region; None where nothing was accepted.
+    """
+
+    slice: int
+    score: float
+    box: tuple[float, float, float, float] | None = None
+
+
 @dataclass
 class StrategyResult:
     """What a strategy returns.
@@ -81,11 +99,17 @@ class StrategyResult:
         details: JSON-ready account of the run for the report's ``strategy`` section
             (counts of work done; for the volume strategy, per-organ tracks), with slice
             indices as in the input file.
+        evidence: organ name -> one :class:`SliceEvidence` per slice the recogniser looked
+            at (several on a slice with several accepted regions), or None when the
+            strategy has no recogniser to ask (an injected segmenter, a learned head): then
+            no confidence can be given and nothing is withheld. An organ's entry is None
+            when its scores are no probabilities (the paper's scoring), for the same reason.
     """
 
     masks: dict[str, np.ndarray]
     chosen: dict[str, list[dict[str, Any]]]
     details: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, list[SliceEvidence] | None] | None = None
 
 
 class Strategy(Protocol):

@@ -10,13 +10,16 @@
    extent is the run of key slices around the profile's peak that have a pick (bridging
    up to ``max_key_gap`` key slices without one).
 3. **Seed.** The picks inside the extent are refined into masks.
-4. **Propagate.** From each seed, walk slice by slice both ways: the previous mask's box,
-   grown by ``propagation_margin``, is the next slice's box prompt. A walk stops when the
-   mask vanishes, its area changes by more than ``max_area_ratio`` (areas counted from the
-   area filter's speck size, ``min_area`` of the slice), the refiner's predicted
-   IoU falls below ``min_refine_iou``, it leaves the extent by more than
-   ``extent_tolerance_mm``, it reaches another seed, or at a key slice the recogniser
-   rejects the mask. Where walks overlap, the mask with the higher predicted IoU wins.
+4. **Propagate.** From each seed, walk slice by slice both ways: the last good mask's
+   box, grown by ``propagation_margin``, is the next slice's box prompt. A slice is bad
+   when its mask vanishes, the refiner's predicted IoU falls below ``min_refine_iou``, or
+   the recogniser rejects the mask, which it is asked when the area changes by more than
+   ``max_area_ratio`` (areas counted from the area filter's speck size, ``min_area`` of
+   the slice) and on every key slice. A bad slice does not end the walk: once a slice is
+   good again, the bad ones between are prompted with boxes interpolated from their good
+   neighbours. A walk stops after ``max_walk_failures`` bad slices in a row, when it
+   leaves the extent by more than ``extent_tolerance_mm``, or when it reaches another
+   seed. Where walks overlap, the mask with the higher predicted IoU wins.
 
 Only key slices and the slices walked are encoded (through a bounded cache), and only key
 slices run everything mode.
@@ -32,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from salip.core.config import SegmentConfig
 from salip.core.organs import Organ
@@ -43,9 +45,10 @@ from salip.engines.proposals import Proposals
 from salip.engines.recogniser import Recognition
 from salip.io.slicing import display_slice
 from salip.strategies.assembly import empty_volume_mask, put_slice
-from salip.strategies.base import StrategyResult, WorkCounts
-from salip.strategies.cascade import Engines
+from salip.strategies.base import SliceEvidence, StrategyResult, WorkCounts
+from salip.strategies.cascade import Engines, region_box, region_members
 from salip.strategies.embedding_cache import DEFAULT_CAPACITY, EmbeddingCache
+from salip.strategies.tracks import gap_boxes, off_track
 from salip.strategies.volume_view import VolumeView
 
 
@@ -82,10 +85,6 @@ class _Pick:
     score: float
     parts: int
 
-    def centre(self) -> np.ndarray:
-        x0, y0, x1, y1 = self.box
-        return np.array([(x0 + x1) / 2, (y0 + y1) / 2])
-
 
 @dataclass
 class _Track:
@@ -100,13 +99,10 @@ class _Track:
 
 def group_region(props: Proposals, members: Sequence[int], score: Sequence[float]) -> _Pick:
     """The best accepted proposal and every accepted one that overlaps or touches it,
-    directly or through others (8-connected union); ``members`` best first."""
-    masks = props.masks[torch.as_tensor(list(members), dtype=torch.long)].cpu().numpy()
-    labels, _ = ndimage.label(masks.any(0), structure=np.ones((3, 3), dtype=bool))
-    region = set(np.unique(labels[masks[0]]).tolist()) - {0}
-    grouped = [k for k in range(len(members)) if region & set(np.unique(labels[masks[k]]))]
-    boxes = props.boxes[torch.as_tensor([members[k] for k in grouped])].cpu()
-    box = [*boxes[:, :2].min(0).values.tolist(), *boxes[:, 2:].max(0).values.tolist()]
+    directly or through others (:func:`~salip.strategies.cascade.region_members`);
+    ``members`` best first, all on one side."""
+    grouped = region_members(props, members[0], members[1:], {})
+    box = region_box(props, grouped).tolist()
     return _Pick(-1, box, float(score[members[0]]), len(grouped))
 
 
@@ -160,10 +156,12 @@ class VolumeStrategy:
         keys = key_slices(
             view.body_indices(), view.slice_spacing, cfg.key_stride_mm, cfg.min_key_slices
         )
-        tracks = self._survey(view, cache, keys, organs, counts)
+        evidence: dict[str, list[SliceEvidence]] = {o.name: [] for o in organs}
+        tracks = self._survey(view, cache, keys, organs, counts, evidence)
         result = StrategyResult(
             masks={o.name: empty_volume_mask(view.mask_shape) for o in organs},
             chosen={o.name: [] for o in organs},
+            evidence=evidence,
         )
         walk = _Walker(self, view, cache, keys, counts)
         for track in tracks:
@@ -186,9 +184,14 @@ class VolumeStrategy:
         keys: list[int],
         organs: Sequence[Organ],
         counts: WorkCounts,
+        evidence: dict[str, list[SliceEvidence]],
     ) -> list[_Track]:
-        """Everything mode and recognition on the key slices; one track per organ (side)."""
+        """Everything mode and recognition on the key slices; one track per organ (side).
+        Adds what the recogniser said on each key slice to ``evidence``; an organ scored
+        without probabilities (the paper's scoring) gets None there: the confidence model
+        is calibrated on contrast probabilities."""
         tracks: dict[tuple[str, str | None], _Track] = {}
+        uncalibrated: set[str] = set()
         grid = self.config.proposals.points_per_side**2
         for start in range(0, len(keys), self.batch_size):
             batch = keys[start : start + self.batch_size]
@@ -205,10 +208,18 @@ class VolumeStrategy:
             found = self.engines.recogniser.recognise(images, proposals, organs, batch)
             for index, props, recognition in zip(batch, proposals, found, strict=True):
                 for organ in organs:
+                    said = evidence[organ.name]
+                    if "probability" not in recognition.scores.get(organ.name, {"probability": 0}):
+                        uncalibrated.add(organ.name)
                     for side, pick in organ_regions(organ, props, recognition):
                         pick.slice = index
                         track = tracks.setdefault((organ.name, side), _Track(organ, side))
                         track.picks[index] = pick
+                        said.append(SliceEvidence(index, pick.score, tuple(pick.box)))
+                    if not said or said[-1].slice != index:
+                        said.append(SliceEvidence(index, 0.0))
+        for name in uncalibrated:
+            evidence[name] = None  # type: ignore[assignment]
         for organ in organs:  # an organ found nowhere still gets its (empty) report
             if not any(name == organ.name for name, _ in tracks):
                 tracks[(organ.name, None)] = _Track(organ, None)
@@ -219,9 +230,9 @@ class VolumeStrategy:
         """Reject picks off the track, then the extent (first, last key slice) around the
         profile's peak; None when the organ was not found."""
         cfg = self.config.strategy
+        boxes = {k: pick.box for k, pick in track.picks.items()}
         rejected = []
-        while (worst := self._worst_off_track(track, keys, view)) is not None:
-            k, distance = worst
+        for k, distance in off_track(boxes, view.pixel_spacing, cfg.track_distance_mm):
             track.picks.pop(k)
             rejected.append({"slice": view.source_index(k), "distance_mm": round(distance, 1)})
         profile = [track.picks[k].score if k in track.picks else 0.0 for k in keys]
@@ -245,27 +256,6 @@ class VolumeStrategy:
             track.picks.pop(k)
         return extent
 
-    def _worst_off_track(
-        self, track: _Track, keys: list[int], view: VolumeView
-    ) -> tuple[int, float] | None:
-        """The pick farthest from the track of its neighbouring picks, if farther than
-        ``track_distance_mm``: (slice, distance). Rejecting the worst first, one at a time,
-        keeps one stray pick from also condemning the good picks beside it."""
-        picked = [k for k in keys if k in track.picks]
-        worst: tuple[int, float] | None = None
-        for j, k in enumerate(picked):
-            neighbours = [track.picks[n] for n in picked[max(0, j - 1) : j + 2] if n != k]
-            if not neighbours:
-                continue
-            expected = _expected_centre(neighbours, k)
-            offset = (track.picks[k].centre() - expected) * np.array(view.pixel_spacing[::-1])
-            distance = float(np.hypot(*offset))
-            if distance > self.config.strategy.track_distance_mm and (
-                worst is None or distance > worst[1]
-            ):
-                worst = (k, distance)
-        return worst
-
     def _place(self, track: _Track, view: VolumeView, result: StrategyResult) -> None:
         """Put the track's slice masks into the organ's canonical mask and its seeds into
         ``chosen``."""
@@ -282,15 +272,6 @@ class VolumeStrategy:
 def _display_of(target: np.ndarray, index: int, view: VolumeView) -> np.ndarray:
     """The current display-orientation slice of a canonical mask (pairs share one mask)."""
     return np.asarray(display_slice(target, False, view.axis, index), dtype=bool)
-
-
-def _expected_centre(neighbours: Sequence[_Pick], index: int) -> np.ndarray:
-    """The track's centre at slice ``index``: the neighbours' centres, interpolated."""
-    if len(neighbours) == 1:
-        return neighbours[0].centre()
-    a, b = neighbours
-    w = (index - a.slice) / (b.slice - a.slice)
-    return (1 - w) * a.centre() + w * b.centre()
 
 
 def _next_found(profile: Sequence[float], j: int, step: int, max_gap: int) -> int | None:
@@ -402,32 +383,86 @@ class _Walker:
     def _walk(
         self, track: _Track, seed: int, step: int, limits: tuple[int, int], seeds: set[int]
     ) -> dict[str, Any]:
-        """Propagate from ``seed`` along ``step``; the stop record."""
+        """Propagate from ``seed`` along ``step``; the stop record. A bad slice
+        (:meth:`_problem`) does not end the walk: the last good mask keeps prompting the
+        next slices, and once one is good again the bad ones between are prompted with
+        interpolated boxes; ``max_walk_failures`` bad slices in a row end it."""
         cfg = self.config.strategy
-        previous = track.masks[seed][0]
+        previous, last_good, bad, first_problem = track.masks[seed][0], seed, [], ""
         index = seed + step
         self.ahead = 1
         while True:
             reason = self._blocked(index, limits, seeds)
             if reason:
-                return self._stop(seed, index, step, reason)
+                if reason == "reached another seed" and bad and index in track.masks:
+                    self._fill(track, last_good, index, bad, limits, step)
+                    bad = []
+                return self._stop(seed, bad[0] if bad else index, step, reason, len(bad))
             h, w = previous.shape
             box = _grown_box(previous, cfg.propagation_margin, h, w)
             mask, iou = self.refine(index, box, limits, step)
-            if not mask.any():
-                return self._stop(seed, index, step, "mask vanished")
-            # Areas count from the area filter's speck size, so a structure of a few
-            # pixels is not stopped by one pixel of boundary noise.
-            floor = self.config.area.min_area * mask.size
-            ratio = (mask.sum() + floor) / (previous.sum() + floor)
-            if not 1 / cfg.max_area_ratio <= ratio <= cfg.max_area_ratio:
-                return self._stop(seed, index, step, f"area changed {ratio:.2f}x")
-            if iou < cfg.min_refine_iou:
-                return self._stop(seed, index, step, f"refine IoU {iou:.2f} below minimum")
-            if index in self.keys and not self._accepted(track, index, mask, iou):
-                return self._stop(seed, index, step, "recogniser rejected it at a key slice")
-            self._keep(track, index, mask, iou, "propagation")
-            previous, index = mask, index + step
+            # After a bad slice the recogniser checks every slice until one is good.
+            problem = self._problem(track, index, mask, iou, previous, doubt=bool(bad))
+            if problem is None:
+                self._keep(track, index, mask, iou, "propagation")
+                if bad:
+                    self._fill(track, last_good, index, bad, limits, step)
+                previous, last_good, bad = mask, index, []
+            else:
+                first_problem = first_problem if bad else problem
+                bad.append(index)
+                if len(bad) >= cfg.max_walk_failures:
+                    return self._stop(seed, bad[0], step, first_problem, len(bad))
+            index += step
+
+    def _problem(
+        self,
+        track: _Track,
+        index: int,
+        mask: np.ndarray,
+        iou: float,
+        previous: np.ndarray,
+        doubt: bool = False,
+    ) -> str | None:
+        """Why a propagated mask is bad, or None. An area jump alone is checked with the
+        recogniser rather than refused (an organ can widen fast); so is a mask on a key
+        slice, and every mask while in ``doubt`` (after a bad slice)."""
+        cfg = self.config.strategy
+        if not mask.any():
+            return "mask vanished"
+        if iou < cfg.min_refine_iou:
+            return f"refine IoU {iou:.2f} below minimum"
+        # Areas count from the area filter's speck size, so a structure of a few
+        # pixels is not judged by one pixel of boundary noise.
+        floor = self.config.area.min_area * mask.size
+        ratio = (mask.sum() + floor) / (previous.sum() + floor)
+        jump = not 1 / cfg.max_area_ratio <= ratio <= cfg.max_area_ratio
+        if (jump or doubt or index in self.keys) and not self._accepted(track, index, mask, iou):
+            if jump:
+                return f"area changed {ratio:.2f}x and the recogniser rejected it"
+            if index in self.keys:
+                return "recogniser rejected it at a key slice"
+            return "recogniser rejected it after a bad slice"
+        return None
+
+    def _fill(
+        self,
+        track: _Track,
+        before: int,
+        after: int,
+        bad: Sequence[int],
+        limits: tuple[int, int],
+        step: int,
+    ) -> None:
+        """Prompt the ``bad`` slices between two good ones with boxes interpolated from
+        the good masks' boxes; keep the non-empty masks."""
+        boxes = {before: _box(track.masks[before][0]), after: _box(track.masks[after][0])}
+        for index, box in gap_boxes(boxes, abs(after - before)).items():
+            if index not in bad:
+                continue
+            mask, iou = self.refine(index, box, limits, step)
+            if mask.any():
+                self._keep(track, index, mask, iou, "interpolated")
 
     def _blocked(self, index: int, limits: tuple[int, int], seeds: set[int]) -> str | None:
         if not 0 <= index < self.view.count:
@@ -456,10 +491,13 @@ class _Walker:
         if index not in track.masks or track.masks[index][1] < iou:
             track.masks[index] = (mask, iou, source)
 
-    def _stop(self, seed: int, index: int, step: int, reason: str) -> dict[str, Any]:
+    def _stop(self, seed: int, index: int, step: int, reason: str, bad: int = 0) -> dict[str, Any]:
+        """The stop record of a walk: ``stopped_at`` the first slice not kept, ``bad`` the
+        bad slices in a row it ended with."""
         source = self.view.source_index
         at = source(index) if 0 <= index < self.view.count else None
-        return {"seed": source(seed), "direction": step, "stopped_at": at, "reason": reason}
+        record = {"seed": source(seed), "direction": step, "stopped_at": at, "reason": reason}
+        return {**record, "bad_slices": bad} if bad else record
 
 
 def _box(mask: np.ndarray) -> list[int]:

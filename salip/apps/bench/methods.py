@@ -47,8 +47,12 @@ _PROPOSALS = (
     "max_area",
 )
 _STRATEGY = tuple(f.name for f in dataclasses.fields(StrategyConfig))
-#: What the cascade reads besides the strategy: area filter, recognition picks, box margin.
-_CASCADE = ("min_area", "max_area", "top_k", "laterality", "contrast_margin", "box_margin")
+#: What the cascade reads besides the strategy: area filter, recognition picks, box margin,
+#: and how each organ is decided from the recognition evidence.
+_CASCADE = (
+    "min_area", "max_area", "top_k", "laterality", "contrast_margin", "box_margin",
+    "min_confidence", "max_gap_slices",
+)  # fmt: skip
 _MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 #: Chosen by the method kind (``method``) or by head kinds only (``head``).
 _SEGMENTER_FIELDS = tuple(f.name for f in dataclasses.fields(SegmenterConfig))

@@ -12,7 +12,9 @@ Masks are compared in the image file's own grid; distances use the file's voxel 
 (2D images: pixels). ``wall_s`` is the time to segment one case with one method, models
 loaded and the file read; ``peak_gpu_mb`` the peak CUDA memory allocated meanwhile;
 ``strategy`` and the work counts (``encoded_slices``, ``proposal_slices``, ``box_prompts``)
-come from the run report's ``strategy`` entry, empty where the strategy gives none.
+come from the run report's ``strategy`` entry, empty where the strategy gives none;
+``confidence`` is the organ's in the run report (empty where the method gives none; an
+organ answered "not found" has ``pred_voxels`` 0).
 
 Models are loaded only when a method needs them (:attr:`Method.needs_sam`): a config of
 ``simulated`` rows runs without checkpoints. Methods that read the full label map
@@ -72,6 +74,7 @@ CASE_COLUMNS = (
     "hd95",
     "pred_voxels",
     "gt_voxels",
+    "confidence",
     "spacing",
     "approximate",
     "wall_s",
@@ -479,7 +482,8 @@ class _CaseRun:
         if method.needs_label_map:
             labels, names = self.label_map()
             full = (to_canonical(labels, geometry), names)
-        return CaseInput(organs, modality, self.volume().is_2d, given, full)
+        volume = self.volume()
+        return CaseInput(organs, modality, volume.is_2d, given, full, volume.spacing)
 
     def run(self, method: Method) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
         """Segment and score the case with ``method``: (rows, montage arrays)."""
@@ -531,6 +535,7 @@ class _CaseRun:
             rows.append(
                 {
                     **scores,
+                    "confidence": result.report["organs"][organ]["confidence"],
                     "organ": organ,
                     "spacing": ",".join(f"{s:g}" for s in spacing),
                     "wall_s": round(wall, 4),

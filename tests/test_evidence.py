@@ -1,0 +1,210 @@
+"""Deciding organs from their 3D evidence: known answers on crafted anatomy, one per rule.
+
+Rules (``salip.strategies.evidence``, ``slices``' track pass, the volume walk): a short gap
+is bridged; a slab with little recognition evidence loses to the organ whatever its size;
+an organ in two pieces is kept whole; a walk survives a bad slice; a slice with no pick
+between picked ones is prompted; an organ the scan does not hold is "not found".
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import salip
+from salip.core.config import SegmentConfig
+from salip.core.organs import get_organ
+from salip.core.timing import StageTimer
+from salip.engines.simulated import ReferenceAnatomy, noise_preset, simulated_engines
+from salip.io import read_input
+from salip.io.slicing import display_slice
+from salip.strategies.base import SliceEvidence
+from salip.strategies.cascade import Engines
+from salip.strategies.evidence import confidence, decide_organ
+from salip.strategies.slices import SlicesStrategy
+from salip.strategies.volume import VolumeStrategy
+from tests.test_volume_strategy import NAMES, SHAPE, _disc, track, view_of
+
+LIVER = get_organ("liver")
+
+
+def _box(mask: np.ndarray, index: int) -> tuple[float, float, float, float]:
+    """XYXY display box of a canonical mask's slice ``index``."""
+    rows, cols = np.nonzero(display_slice(mask, False, "axial", index))
+    return (float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max()))
+
+
+def _evidence(mask: np.ndarray, slices, score: float) -> list[SliceEvidence]:
+    return [SliceEvidence(k, score, _box(mask, k)) for k in slices]
+
+
+def _decide(mask, evidence, max_gap=2, **kwargs):
+    options = dict(axis="axial", is_2d=False, max_gap=max_gap, min_confidence=0.0, **kwargs)
+    return decide_organ(mask, LIVER, evidence, **options)
+
+
+def test_a_short_gap_is_bridged_and_filled():
+    organ = np.zeros(SHAPE, bool)
+    _disc(organ, True, (30, 30), 8, [*range(5, 10), *range(12, 17)])  # no pick on 10, 11
+    said = _evidence(organ, [*range(5, 10), *range(12, 17)], 0.9)
+    said += [SliceEvidence(k, 0.0) for k in (10, 11)]
+    bridged = _decide(organ, said)
+    assert len(bridged.account["pieces"]) == 1 and bridged.found
+    expected = organ.copy()
+    _disc(expected, True, (30, 30), 8, [10, 11])  # filled where both sides hold the organ
+    assert np.array_equal(bridged.mask, expected)
+    assert bridged.account["support"] == pytest.approx(10 / 12, abs=1e-4)
+    # A gap longer than max_gap leaves two pieces, and nothing is filled.
+    apart = _decide(organ, said, max_gap=1)
+    assert len(apart.account["pieces"]) == 2 and np.array_equal(apart.mask, organ)
+
+
+def test_a_slab_with_little_evidence_loses_to_the_organ_however_large():
+    organ = np.zeros(SHAPE, bool)
+    _disc(organ, True, (20, 20), 4, range(0, 20))  # 20 slices, recognised on each
+    slab = np.zeros(SHAPE, bool)
+    _disc(slab, True, (40, 40), 15, [30, 31])  # 2 slices, more voxels than the organ
+    assert slab.sum() > organ.sum()
+    said = _evidence(organ, range(0, 20), 0.8) + _evidence(slab, [30, 31], 0.9)
+    decided = _decide(organ | slab, said)
+    assert np.array_equal(decided.mask, organ)
+    assert [p["kept"] for p in decided.account["pieces"]].count(True) == 1
+    assert decided.account["share"] == pytest.approx(16 / (16 + 1.8), abs=1e-4)
+    # Without evidence (an injected segmenter), the largest piece is kept, as before.
+    assert np.array_equal(_decide(organ | slab, None).mask, slab)
+
+
+def test_an_organ_in_two_pieces_is_kept_whole():
+    organ = np.zeros(SHAPE, bool)
+    _disc(organ, True, (15, 15), 5, range(5, 16))
+    _disc(organ, True, (48, 48), 5, range(8, 20))  # a second part, apart in 3D
+    said = []
+    for k in range(5, 20):
+        for centre in ((15, 15), (48, 48)):
+            part = np.zeros(SHAPE, bool)
+            _disc(part, True, centre, 5, [k])
+            if (part & organ).any():
+                said.append(SliceEvidence(k, 0.9, _box(part, k)))
+    decided = _decide(organ, said)
+    assert len(decided.account["pieces"]) == 2 and np.array_equal(decided.mask, organ)
+
+
+def test_an_empty_mask_or_weak_evidence_is_not_found():
+    empty = _decide(np.zeros(SHAPE, bool), [SliceEvidence(k, 0.0) for k in range(40)])
+    assert not empty.found and empty.confidence == 0.0
+    assert empty.reason == "no region was recognised as the organ"
+    speck = np.zeros(SHAPE, bool)
+    _disc(speck, True, (30, 30), 3, [12])  # one weak pick among 40 slices looked at
+    said = [SliceEvidence(k, 0.0) for k in range(40) if k != 12]
+    said += _evidence(speck, [12], 0.4)
+    weak = decide_organ(
+        speck, LIVER, said, axis="axial", is_2d=False, max_gap=2, min_confidence=0.5
+    )
+    assert not weak.found and weak.confidence < 0.5 and not weak.mask.any()
+    assert weak.reason.startswith(f"confidence {weak.confidence:.2f} is below the minimum 0.5")
+    strong = confidence({"score": 0.9, "share": 1.0, "span_mm": 60.0})
+    assert strong > 0.9 > weak.confidence
+
+
+class _FailOnce:
+    """A refiner that returns an empty mask the first time slice ``index`` is prompted."""
+
+    def __init__(self, refiner, index):
+        self.refiner, self.index, self.failed = refiner, index, False
+
+    def refine(self, embedding, boxes):
+        masks, iou = self.refiner.refine(embedding, boxes)
+        if embedding.index == self.index and not self.failed:
+            self.failed = True
+            return masks & False, iou * 0
+        return masks, iou
+
+
+def _volume_engines(labels, config, fail_at=None):
+    anatomy = ReferenceAnatomy(labels, NAMES, axis="axial")
+    encoder, proposer, recogniser, refiner = simulated_engines(
+        anatomy, noise_preset("none"), 0, config
+    )
+    if fail_at is not None:
+        refiner = _FailOnce(refiner, fail_at)
+    return Engines(encoder, proposer, recogniser, refiner)
+
+
+def test_a_walk_survives_a_bad_slice_and_fills_it():
+    labels = np.zeros(SHAPE, np.int16)
+    _disc(labels, 1, (30, 30), 10, range(8, 27))  # key slices every 5: seeds 10..25
+    config = SegmentConfig().replace(strategy="volume")
+    engines = _volume_engines(labels, config, fail_at=17)
+    result = VolumeStrategy(engines, config, 4, StageTimer()).run(view_of(labels), [LIVER])
+    assert np.array_equal(result.masks["liver"], labels == 1)
+    liver = track(result, "liver")
+    (seventeen,) = [s for s in liver["slices"] if s["slice"] == 17]
+    assert seventeen["from"] == "interpolated"
+    walk = [s for s in liver["stops"] if s["seed"] == 15 and s["direction"] == 1]
+    assert walk[0]["reason"] == "reached another seed"
+    # With one failure allowed, the same bad slice ends that walk.
+    strict = config.replace(max_walk_failures=1)
+    engines = _volume_engines(labels, strict, fail_at=17)
+    result = VolumeStrategy(engines, strict, 4, StageTimer()).run(view_of(labels), [LIVER])
+    walk = [s for s in track(result, "liver")["stops"] if s["seed"] == 15 and s["direction"] == 1]
+    assert walk[0] == {
+        "seed": 15,
+        "direction": 1,
+        "stopped_at": 17,
+        "reason": "mask vanished",
+        "bad_slices": 1,
+    }
+
+
+class _DropOn:
+    """A proposer that proposes nothing on slice ``index``."""
+
+    def __init__(self, proposer, index):
+        self.proposer, self.index = proposer, index
+
+    def propose(self, embeddings):
+        out = self.proposer.propose(embeddings)
+        none = torch.zeros(0, dtype=torch.long)
+        return [p.select(none) if e.index == self.index else p for p, e in zip(out, embeddings)]
+
+
+def test_slices_prompts_a_slice_without_a_pick_between_picked_ones():
+    labels = np.zeros(SHAPE, np.int16)
+    _disc(labels, 1, (30, 30), 10, range(8, 27))
+    config = SegmentConfig()
+    engines = _volume_engines(labels, config)
+    engines.proposer = _DropOn(engines.proposer, 15)
+    strategy = SlicesStrategy.from_engines(engines, config, 4, StageTimer())
+    result = strategy.run(view_of(labels), [LIVER])
+    assert np.array_equal(result.masks["liver"], labels == 1)
+    (filled,) = [r for r in result.chosen["liver"] if r["slice"] == 15]
+    assert filled["from"] == "interpolated"
+    assert result.details["tracks"]["liver"]["filled"] == [15]
+    assert SliceEvidence(15, 0.0) in result.evidence["liver"]  # prompted, not recognised
+
+
+def test_an_organ_the_scan_does_not_hold_is_not_found(tmp_path):
+    labels = np.zeros(SHAPE, np.int16)
+    _disc(labels, 1, (30, 30), 10, range(8, 27))
+    _disc(labels, 4, (49, 32), 6, range(5, 30))  # kidney_right only
+    config = SegmentConfig().replace(strategy="volume")
+    anatomy = ReferenceAnatomy(labels, NAMES, axis="axial")
+    noise = noise_preset("moderate")
+    strategy = VolumeStrategy(
+        Engines(*simulated_engines(anatomy, noise, 0, config)), config, 4, StageTimer()
+    )
+    ct = np.full(SHAPE, -1000, np.int16)
+    ct[2:62, 2:62] = 40  # a body of soft tissue in air
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ct, np.diag([1.0, 1.0, 3.0, 1.0])), path)
+    volume = read_input(path)
+    # kidney_left's look-alike (kidney_right) is there; the stomach has none.
+    organs = ["liver", "kidney_left", "stomach"]
+    result = salip.segment(volume, organs=organs, write=False, config=config, segmenter=strategy)
+    report = result.report["organs"]
+    assert report["liver"]["found"] and report["liver"]["confidence"] > 0.9
+    for absent in ("kidney_left", "stomach"):
+        assert not report[absent]["found"] and not result.masks[absent].any()
+        assert report[absent]["reason"] == "no region was recognised as the organ"
