@@ -3,7 +3,8 @@
 Rules (``salip.strategies.evidence``, ``slices``' track pass, the volume walk): a short gap
 is bridged; a slab with little recognition evidence loses to the organ whatever its size;
 an organ in two pieces is kept whole; a walk survives a bad slice; a slice with no pick
-between picked ones is prompted; an organ the scan does not hold is "not found".
+between picked ones is prompted; an organ the scan does not hold is "not found"; a volume
+track takes the candidates that stay on it; two organs claiming one region settle it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from salip.strategies.base import SliceEvidence
 from salip.strategies.cascade import Engines
 from salip.strategies.evidence import confidence, decide_organ
 from salip.strategies.slices import SlicesStrategy
+from salip.strategies.tracks import best_chain
 from salip.strategies.volume import VolumeStrategy
 from tests.test_volume_strategy import NAMES, SHAPE, _disc, track, view_of
 
@@ -208,3 +210,108 @@ def test_an_organ_the_scan_does_not_hold_is_not_found(tmp_path):
     for absent in ("kidney_left", "stomach"):
         assert not report[absent]["found"] and not result.masks[absent].any()
         assert report[absent]["reason"] == "no region was recognised as the organ"
+
+
+def test_a_track_takes_the_candidates_that_stay_on_it():
+    near = lambda x: (x, 20.0, x + 10.0, 30.0)  # noqa: E731
+    far = (80.0, 80.0, 95.0, 95.0)
+    candidates = {
+        0: [(near(10), 0.8)],
+        5: [(near(12), 0.8)],
+        10: [(far, 0.99), (near(14), 0.6)],  # the best region strays; the second is on track
+        15: [(near(16), 0.8)],
+        20: [(far, 0.9)],  # only the stray one
+        25: [(near(18), 0.8)],
+    }
+    order = sorted(candidates)
+    chain = best_chain(candidates, order, (1.0, 1.0), 20.0, 1)
+    assert chain == {0: 0, 5: 0, 10: 1, 15: 0, 25: 0}  # slice 20 bridged, not taken
+    # Without a bridge the chain breaks at 20 and the longer part wins.
+    assert best_chain(candidates, order, (1.0, 1.0), 20.0, 0) == {0: 0, 5: 0, 10: 1, 15: 0}
+    # In mm: pixels 3 mm wide put every step of 2 px 6 mm apart, still on track at 20 mm.
+    assert best_chain(candidates, order, (3.0, 3.0), 20.0, 1) == chain
+    assert best_chain({}, order, (1.0, 1.0), 20.0, 1) == {}
+
+
+class _TakesLiverForSpleen:
+    """A recogniser that consistently also accepts the liver's regions as the spleen, at
+    0.9 of the liver's own score and above the spleen's regions (a systematic confusion,
+    as CLIP's between look-alikes), wherever it is asked for both organs."""
+
+    def __init__(self, recogniser):
+        self.recogniser = recogniser
+
+    def recognise(self, images, proposals, organs, indices):
+        found = self.recogniser.recognise(images, proposals, organs, indices)
+        if {"liver", "spleen"} <= {o.name for o in organs}:
+            for slice_found in found:
+                liver = slice_found.accepted["liver"]
+                score = torch.as_tensor(slice_found.score["spleen"]).clone()
+                score[liver] = 0.9 * torch.as_tensor(slice_found.score["liver"])[liver]
+                own = [i for i in slice_found.accepted["spleen"] if i not in liver]
+                score[own] = 0.8
+                slice_found.score["spleen"] = score
+                slice_found.accepted["spleen"] = liver + own
+        return found
+
+
+@pytest.mark.parametrize("order", [("liver", "spleen"), ("spleen", "liver")])
+def test_an_organ_yields_a_region_another_organ_holds_with_more_evidence(order):
+    labels = np.zeros(SHAPE, np.int16)
+    _disc(labels, 1, (24, 24), 12, range(0, 40))  # liver on every key slice
+    _disc(labels, 2, (50, 50), 6, range(10, 31))  # spleen on key slices 10..30
+    config = SegmentConfig().replace(strategy="volume")
+    engines = _volume_engines(labels, config)
+    engines.recogniser = _TakesLiverForSpleen(engines.recogniser)
+    organs = [get_organ(name) for name in order]
+    result = VolumeStrategy(engines, config, 4, StageTimer()).run(view_of(labels), organs)
+    spleen = track(result, "spleen")
+    # The confusion ranks the liver first for the spleen on every key slice and would
+    # give the spleen the liver's longer chain; the liver's own track holds more evidence.
+    assert {y["to"] for y in spleen["yielded"]} == {"liver"}
+    assert spleen["extent"] == [10, 30]
+    assert np.array_equal(result.masks["spleen"], labels == 2)
+    assert np.array_equal(result.masks["liver"], labels == 1)
+    assert "yielded" not in track(result, "liver")
+
+
+class _TakesLiverForSpleenOn:
+    """A recogniser that, on slice ``index`` only, ranks the liver's region first for the
+    spleen (score 1.0), above the spleen's own (0.8)."""
+
+    def __init__(self, recogniser, index):
+        self.recogniser, self.index = recogniser, index
+
+    def recognise(self, images, proposals, organs, indices):
+        found = self.recogniser.recognise(images, proposals, organs, indices)
+        if {"liver", "spleen"} <= {o.name for o in organs}:
+            for slice_found, index in zip(found, indices):
+                if index != self.index:
+                    continue
+                liver = slice_found.accepted["liver"]
+                score = torch.as_tensor(slice_found.score["spleen"]).clone()
+                own = [i for i in slice_found.accepted["spleen"] if i not in liver]
+                score[liver], score[own] = 1.0, 0.8
+                slice_found.score["spleen"] = score
+                slice_found.accepted["spleen"] = liver + own
+        return found
+
+
+def test_the_organ_with_another_region_on_the_slice_yields_a_shared_one():
+    labels = np.zeros(SHAPE, np.int16)
+    _disc(labels, 2, (30, 20), 8, range(0, 40))  # spleen on every key slice: more evidence
+    _disc(labels, 1, (30, 44), 8, range(15, 26))  # liver beside it, key slices 15..25
+    config = SegmentConfig().replace(strategy="volume")
+    engines = _volume_engines(labels, config)
+    engines.recogniser = _TakesLiverForSpleenOn(engines.recogniser, 20)
+    organs = [get_organ("spleen"), get_organ("liver")]
+    result = VolumeStrategy(engines, config, 4, StageTimer()).run(view_of(labels), organs)
+    # The spleen's track takes the liver's region on slice 20 (it scores higher and lies
+    # on the track); the spleen still has its own region there, the liver has none other,
+    # so the spleen yields although its track holds more evidence.
+    assert track(result, "spleen")["yielded"] == [{"slice": 20, "to": "liver"}]
+    liver = track(result, "liver")
+    assert "yielded" not in liver and [s["slice"] for s in liver["seeds"]] == [15, 20, 25]
+    assert [s["slice"] for s in track(result, "spleen")["seeds"]] == list(range(0, 40, 5))
+    assert np.array_equal(result.masks["spleen"], labels == 2)
+    assert np.array_equal(result.masks["liver"], labels == 1)

@@ -152,8 +152,9 @@ class StrategyConfig:
     )
     track_distance_mm: float = option(
         40.0,
-        "Volume strategy: reject a key-slice pick whose box centre lies farther than this "
-        "(mm, in plane) from the track of its neighbouring picks.",
+        "Largest in-plane distance (mm) of a box centre from its organ's track: volume "
+        "strategy, between consecutive key-slice picks of a track; slices strategy, from the "
+        "line through the neighbouring slices' picks (farther picks are emptied).",
     )
     propagation_margin: float = option(
         0.1,

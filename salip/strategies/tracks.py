@@ -1,5 +1,6 @@
 """An organ's track along the slicing axis: one box per slice it was found on, picks that
-stray from it, and boxes for the slices between.
+stray from it, the best chain through several candidates per slice, and boxes for the
+slices between.
 
 Boxes are XYXY in pixels of the display slices (max corner inclusive); slices are indices
 along the slicing axis of the canonical volume.
@@ -83,3 +84,84 @@ def gap_boxes(track: Mapping[int, Box], max_gap: int) -> dict[int, list[float]]:
             w = (index - a) / (b - a)
             out[index] = ((1 - w) * box_a + w * box_b).tolist()
     return out
+
+
+def in_plane_mm(a: Box, b: Box, pixel_mm: Sequence[float]) -> float:
+    """Distance in mm, in plane, between the centres of two XYXY boxes; ``pixel_mm`` the
+    (row, column) size of a display pixel."""
+    scale = np.array(pixel_mm[::-1], dtype=float)  # (x, y) = (column, row)
+    return float(np.hypot(*((centre(a) - centre(b)) * scale)))
+
+
+def _inside(point: np.ndarray, box: Box) -> bool:
+    x0, y0, x1, y1 = box
+    return bool(x0 <= point[0] <= x1 and y0 <= point[1] <= y1)
+
+
+def linked(a: Box, b: Box, pixel_mm: Sequence[float], max_mm: float) -> bool:
+    """Whether two boxes on nearby slices can be one organ's: their centres lie at most
+    ``max_mm`` apart in plane, or one's centre lies inside the other box (a large organ
+    whose cross-section grows or shifts by more than ``max_mm`` still overlaps itself)."""
+    if _inside(centre(a), b) or _inside(centre(b), a):
+        return True
+    return in_plane_mm(a, b, pixel_mm) <= max_mm
+
+
+def best_chain(
+    candidates: Mapping[int, Sequence[tuple[Box, float]]],
+    order: Sequence[int],
+    pixel_mm: Sequence[float],
+    max_mm: float,
+    max_gap: int,
+) -> dict[int, int]:
+    """The chain of candidates with the most summed score: slice -> the chosen candidate's
+    position in ``candidates[slice]``.
+
+    A chain takes at most one candidate per slice, in the order of ``order``; two
+    consecutive members lie at most ``max_gap`` positions of ``order`` apart (slices
+    between without a member) and are :func:`linked` (centres at most ``max_mm`` apart in
+    plane per position of ``order`` between them, or one's centre inside the other's box).
+    Of chains with equal summed scores, the one with the shortest summed in-plane steps
+    wins (two regions a recogniser scores alike: the one on the track), then the one found
+    first. Written out (a longest path in a small DAG): a few key slices with a few
+    candidates each.
+
+    Args:
+        candidates: slice -> (XYXY box, score > 0) candidates, best first.
+        order: every slice a candidate may be on, ascending along the axis.
+        pixel_mm: (row, column) size of a display pixel in mm.
+        max_mm: the largest in-plane step, per position of ``order``, between the centres
+            of consecutive members whose boxes do not hold each other's centre.
+        max_gap: positions of ``order`` a chain may skip between two members.
+    """
+    nodes = [(j, s, h) for j, s in enumerate(order) for h in range(len(candidates.get(s, ())))]
+    # Per node: (summed score, minus the summed in-plane steps) of the best chain ending
+    # there, compared in that order.
+    total: dict[tuple[int, int, int], tuple[float, float]] = {}
+    back: dict[tuple[int, int, int], tuple[int, int, int] | None] = {}
+    for node in nodes:
+        j, s, h = node
+        box, score = candidates[s][h]
+        best, before = (0.0, 0.0), None
+        for prev in nodes:
+            if not j - max_gap - 1 <= prev[0] < j:
+                continue
+            # An organ drifts in plane with the distance along the axis.
+            reach = max_mm * (j - prev[0])
+            prev_box = candidates[prev[1]][prev[2]][0]
+            if not linked(prev_box, box, pixel_mm, reach):
+                continue
+            value = (total[prev][0], total[prev][1] - in_plane_mm(prev_box, box, pixel_mm))
+            if before is None or value > best:
+                best, before = value, prev
+        total[node] = (best[0] + score, best[1])
+        back[node] = before
+    if not nodes:
+        return {}
+    first_best = max(range(len(nodes)), key=lambda i: (total[nodes[i]], -i))
+    end: tuple[int, int, int] | None = nodes[first_best]
+    chain = {}
+    while end is not None:
+        chain[end[1]] = end[2]
+        end = back[end]
+    return dict(sorted(chain.items()))

@@ -3,12 +3,14 @@
 1. **Survey.** Key slices are body slices at a fixed physical stride along the axis
    (``key_stride_mm``, at least ``min_key_slices``); only they go through everything mode
    and recognition, once for all organs.
-2. **Localise.** Per organ (per side for a left/right pair), the accepted proposals of a key
-   slice that overlap or touch the best one form one region, whose box is the prompt. The
-   region's score makes a profile along the axis. A pick whose box centre lies farther
-   than ``track_distance_mm`` from the track of its neighbouring picks is rejected. The
-   extent is the run of key slices around the profile's peak that have a pick (bridging
-   up to ``max_key_gap`` key slices without one).
+2. **Localise.** Per organ (per side for a left/right pair), each key slice gives up to
+   :data:`HYPOTHESES` candidate regions: accepted proposals that overlap or touch one
+   another form one region, whose box is the prompt. The organ's track takes the chain of
+   candidates with the most summed score whose consecutive picks lie at most
+   ``track_distance_mm`` apart in plane, with at most ``max_key_gap`` key slices without
+   a pick between (:func:`link_tracks`); where two organs' tracks take the same region,
+   the one with less evidence yields it and takes its next best chain. The extent is the
+   chain's first to last key slice.
 3. **Seed.** The picks inside the extent are refined into masks.
 4. **Propagate.** From each seed, walk slice by slice both ways: the last good mask's
    box, grown by ``propagation_margin``, is the next slice's box prompt. A slice is bad
@@ -28,6 +30,7 @@ slices run everything mode.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.ops import box_iou
 
 from salip.core.config import SegmentConfig
 from salip.core.organs import Organ
@@ -48,7 +52,7 @@ from salip.strategies.assembly import empty_volume_mask, put_slice
 from salip.strategies.base import SliceEvidence, StrategyResult, WorkCounts
 from salip.strategies.cascade import Engines, region_box, region_members
 from salip.strategies.embedding_cache import DEFAULT_CAPACITY, EmbeddingCache
-from salip.strategies.tracks import gap_boxes, off_track
+from salip.strategies.tracks import best_chain, centre, expected_centre, gap_boxes
 from salip.strategies.volume_view import VolumeView
 
 
@@ -72,6 +76,13 @@ def key_slices(body: Sequence[int], spacing_mm: float, stride_mm: float, minimum
     return keys
 
 
+#: Candidate regions per organ (side) and key slice that its track may take: the best
+#: region the recogniser accepted and the next ones apart from it.
+HYPOTHESES = 3
+#: Two organs' picks on one key slice whose boxes overlap this much (IoU) are one region.
+CLAIM_IOU = 0.5
+
+
 @dataclass
 class _Pick:
     """One organ's region on one key slice: grouped accepted proposals.
@@ -88,10 +99,15 @@ class _Pick:
 
 @dataclass
 class _Track:
-    """One organ (one side of a pair) through the volume, and its report."""
+    """One organ (one side of a pair) through the volume, and its report.
+
+    ``candidates``: key slice -> the regions the recogniser accepted there, best first;
+    ``picks``: key slice -> the one the track takes (:func:`link_tracks`).
+    """
 
     organ: Organ
     side: str | None
+    candidates: dict[int, list[_Pick]] = field(default_factory=dict)
     picks: dict[int, _Pick] = field(default_factory=dict)
     masks: dict[int, tuple[np.ndarray, float, str]] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
@@ -106,11 +122,27 @@ def group_region(props: Proposals, members: Sequence[int], score: Sequence[float
     return _Pick(-1, box, float(score[members[0]]), len(grouped))
 
 
+def group_regions(
+    props: Proposals, members: Sequence[int], score: Sequence[float], limit: int
+) -> list[_Pick]:
+    """Up to ``limit`` disjoint regions of the accepted ``members`` (best first, all on
+    one side), best first: the best remaining proposal grouped with every one touching it
+    (:func:`group_region`), then the same among the rest."""
+    left, out = list(members), []
+    while left and len(out) < limit:
+        grouped = region_members(props, left[0], left[1:], {})
+        box = region_box(props, grouped).tolist()
+        out.append(_Pick(-1, box, float(score[left[0]]), len(grouped)))
+        left = [i for i in left if i not in set(grouped)]
+    return out
+
+
 def organ_regions(
-    organ: Organ, props: Proposals, found: Recognition
-) -> Iterator[tuple[str | None, _Pick]]:
-    """(side, region) of ``organ`` on one slice: one per side for a pair with sides known,
-    else one (none when nothing is accepted)."""
+    organ: Organ, props: Proposals, found: Recognition, limit: int = 1
+) -> Iterator[tuple[str | None, list[_Pick]]]:
+    """(side, up to ``limit`` candidate regions, best first) of ``organ`` on one slice:
+    one entry per side for a pair with sides known, else one (none when nothing is
+    accepted)."""
     members = found.accepted.get(organ.name, [])
     if not members:
         return
@@ -120,9 +152,87 @@ def organ_regions(
         for side in ("left", "right"):
             on_side = [i for i in members if sides[i] == side]
             if on_side:
-                yield side, group_region(props, on_side, score)
+                yield side, group_regions(props, on_side, score, limit)
         return
-    yield None, group_region(props, members, score)
+    yield None, group_regions(props, members, score, limit)
+
+
+def link_tracks(
+    tracks: Sequence[_Track], keys: Sequence[int], view: VolumeView, max_mm: float, max_gap: int
+) -> None:
+    """Choose each track's picks among its candidates, then settle claims between organs.
+
+    A track takes the chain of candidates with the most summed score
+    (:func:`~salip.strategies.tracks.best_chain`: consecutive picks at most ``max_mm``
+    apart in plane per key slice between them, or one's centre inside the other's box,
+    and at most ``max_gap`` key slices without a pick between). Where two organs' tracks
+    take the same region on a key slice (boxes with IoU of at least :data:`CLAIM_IOU`),
+    one yields it and its chain is chosen again without it: the one that would still take
+    another region on that slice if only one would, else the one whose track holds less
+    evidence (ties: the organ asked for later). An organ and its own part
+    (a pair and one side's organ) do not compete. A recogniser that consistently calls
+    the liver "spleen" gives the spleen the liver's region on many slices, and only the
+    liver's own track shows whose it is. The yielded regions are reported under
+    ``yielded``.
+    """
+    chain = functools.partial(_chain, keys=keys, pixel_mm=view.pixel_spacing, max_mm=max_mm,
+                              max_gap=max_gap)  # fmt: skip
+    for track in tracks:
+        track.picks = chain(track.candidates)
+    # Each round removes one candidate, so this ends.
+    while (claim := _first_claim(tracks)) is not None:
+        a, b, key = claim
+        fewer = {id(t): _without(t, key) for t in (a, b)}
+        other = {id(t): key in chain(fewer[id(t)]) for t in (a, b)}
+        if other[id(a)] != other[id(b)]:
+            loser, winner = (a, b) if other[id(a)] else (b, a)
+        else:
+            loser, winner = (b, a) if _evidence(a.picks) >= _evidence(b.picks) else (a, b)
+        loser.candidates = fewer[id(loser)]
+        name = winner.organ.name + (f" ({winner.side})" if winner.side else "")
+        loser.report.setdefault("yielded", []).append({"slice": view.source_index(key), "to": name})
+        loser.picks = chain(loser.candidates)
+
+
+def _chain(
+    candidates: dict[int, list[_Pick]],
+    *,
+    keys: Sequence[int],
+    pixel_mm: Sequence[float],
+    max_mm: float,
+    max_gap: int,
+) -> dict[int, _Pick]:
+    """Key slice -> pick of the best chain through ``candidates`` (:func:`best_chain`)."""
+    boxes = {k: [(p.box, p.score) for p in ps] for k, ps in candidates.items()}
+    chosen = best_chain(boxes, keys, pixel_mm, max_mm, max_gap)
+    return {k: candidates[k][h] for k, h in chosen.items()}
+
+
+def _without(track: _Track, key: int) -> dict[int, list[_Pick]]:
+    """The track's candidates without its pick on ``key``."""
+    out = dict(track.candidates)
+    out[key] = [p for p in out[key] if p is not track.picks[key]]
+    return out
+
+
+def _evidence(picks: dict[int, _Pick]) -> float:
+    return sum(p.score for p in picks.values())
+
+
+def _first_claim(tracks: Sequence[_Track]) -> tuple[_Track, _Track, int] | None:
+    """(first track, second track, key slice) of the first two tracks of different
+    organs whose picks on one key slice are the same region; None if none."""
+    for i, a in enumerate(tracks):
+        for b in tracks[i + 1 :]:
+            if a.organ.name == b.organ.name or a.organ.name in b.organ.parts:
+                continue
+            if b.organ.name in a.organ.parts:
+                continue
+            for key in sorted(set(a.picks) & set(b.picks)):
+                boxes = torch.tensor([a.picks[key].box, b.picks[key].box], dtype=torch.float32)
+                if float(box_iou(boxes[:1], boxes[1:])[0, 0]) >= CLAIM_IOU:
+                    return a, b, key
+    return None
 
 
 class VolumeStrategy:
@@ -158,6 +268,7 @@ class VolumeStrategy:
         )
         evidence: dict[str, list[SliceEvidence]] = {o.name: [] for o in organs}
         tracks = self._survey(view, cache, keys, organs, counts, evidence)
+        link_tracks(tracks, keys, view, cfg.track_distance_mm, cfg.max_key_gap)
         result = StrategyResult(
             masks={o.name: empty_volume_mask(view.mask_shape) for o in organs},
             chosen={o.name: [] for o in organs},
@@ -211,11 +322,12 @@ class VolumeStrategy:
                     said = evidence[organ.name]
                     if "probability" not in recognition.scores.get(organ.name, {"probability": 0}):
                         uncalibrated.add(organ.name)
-                    for side, pick in organ_regions(organ, props, recognition):
-                        pick.slice = index
+                    for side, picks in organ_regions(organ, props, recognition, HYPOTHESES):
+                        for pick in picks:
+                            pick.slice = index
                         track = tracks.setdefault((organ.name, side), _Track(organ, side))
-                        track.picks[index] = pick
-                        said.append(SliceEvidence(index, pick.score, tuple(pick.box)))
+                        track.candidates[index] = picks
+                        said.append(SliceEvidence(index, picks[0].score, tuple(picks[0].box)))
                     if not said or said[-1].slice != index:
                         said.append(SliceEvidence(index, 0.0))
         for name in uncalibrated:
@@ -227,33 +339,29 @@ class VolumeStrategy:
         return sorted(tracks.values(), key=lambda t: (order[t.organ.name], t.side or ""))
 
     def _localise(self, track: _Track, keys: list[int], view: VolumeView) -> tuple[int, int] | None:
-        """Reject picks off the track, then the extent (first, last key slice) around the
-        profile's peak; None when the organ was not found."""
-        cfg = self.config.strategy
-        boxes = {k: pick.box for k, pick in track.picks.items()}
+        """The extent (first, last key slice) of the track's chain of picks; None when the
+        organ was not found. A key slice whose best candidate the chain did not take is
+        reported as rejected, with that candidate's distance from the chain."""
+        chain = {k: pick.box for k, pick in track.picks.items()}
         rejected = []
-        for k, distance in off_track(boxes, view.pixel_spacing, cfg.track_distance_mm):
-            track.picks.pop(k)
-            rejected.append({"slice": view.source_index(k), "distance_mm": round(distance, 1)})
+        for k, candidates in sorted(track.candidates.items()):
+            if not candidates or track.picks.get(k) is candidates[0]:
+                continue
+            record: dict[str, Any] = {"slice": view.source_index(k)}
+            neighbours = [n for n in (_nearest(chain, k, -1), _nearest(chain, k, +1)) if n]
+            if neighbours:
+                expected = expected_centre(chain, neighbours, k)
+                offset = (centre(candidates[0].box) - expected) * np.array(view.pixel_spacing[::-1])
+                record["distance_mm"] = round(float(np.hypot(*offset)), 1)
+            rejected.append(record)
         profile = [track.picks[k].score if k in track.picks else 0.0 for k in keys]
+        extent = (min(track.picks), max(track.picks)) if track.picks else None
         track.report.update(
             side=track.side,
             profile=[[view.source_index(k), round(s, 4)] for k, s in zip(keys, profile)],
             rejected=rejected,
+            extent=sorted(view.source_index(k) for k in extent) if extent else None,
         )
-        if not any(profile):
-            track.report["extent"] = None
-            return None
-        peak = int(np.argmax(profile))
-        lo = hi = peak
-        while (n := _next_found(profile, lo, -1, cfg.max_key_gap)) is not None:
-            lo = n
-        while (n := _next_found(profile, hi, +1, cfg.max_key_gap)) is not None:
-            hi = n
-        extent = (keys[lo], keys[hi])
-        track.report["extent"] = sorted(view.source_index(k) for k in extent)
-        for k in [k for k in track.picks if not extent[0] <= k <= extent[1]]:
-            track.picks.pop(k)
         return extent
 
     def _place(self, track: _Track, view: VolumeView, result: StrategyResult) -> None:
@@ -274,16 +382,10 @@ def _display_of(target: np.ndarray, index: int, view: VolumeView) -> np.ndarray:
     return np.asarray(display_slice(target, False, view.axis, index), dtype=bool)
 
 
-def _next_found(profile: Sequence[float], j: int, step: int, max_gap: int) -> int | None:
-    """The next key position from ``j`` along ``step`` with a pick, skipping at most
-    ``max_gap`` positions without one; None if there is none within reach."""
-    for hop in range(1, max_gap + 2):
-        n = j + step * hop
-        if not 0 <= n < len(profile):
-            return None
-        if profile[n] > 0:
-            return n
-    return None
+def _nearest(chain: dict[int, Any], index: int, step: int) -> int | None:
+    """The slice of ``chain`` nearest to ``index`` along ``step`` (not ``index``), if any."""
+    beyond = [k for k in chain if (k - index) * step > 0]
+    return min(beyond, key=lambda k: abs(k - index)) if beyond else None
 
 
 def _organ_reports(tracks: Sequence[_Track]) -> dict[str, list[dict[str, Any]]]:
