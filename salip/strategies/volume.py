@@ -30,15 +30,12 @@ slices run everything mode.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou
 
 from salip.core.config import SegmentConfig
 from salip.core.organs import Organ
@@ -46,13 +43,13 @@ from salip.core.timing import StageTimer
 from salip.engines.area_filter import area_filter
 from salip.engines.boxes import grow_boxes, prompt_boxes
 from salip.engines.proposals import Proposals
-from salip.engines.recogniser import Recognition
 from salip.io.slicing import display_slice
 from salip.strategies.assembly import empty_volume_mask, put_slice
 from salip.strategies.base import SliceEvidence, StrategyResult, WorkCounts
-from salip.strategies.cascade import Engines, region_box, region_members
+from salip.strategies.cascade import Engines
 from salip.strategies.embedding_cache import DEFAULT_CAPACITY, EmbeddingCache
-from salip.strategies.tracks import best_chain, centre, expected_centre, gap_boxes
+from salip.strategies.key_tracks import HYPOTHESES, Track, link_tracks, organ_regions
+from salip.strategies.tracks import centre, expected_centre, gap_boxes
 from salip.strategies.volume_view import VolumeView
 
 
@@ -74,165 +71,6 @@ def key_slices(body: Sequence[int], spacing_mm: float, stride_mm: float, minimum
         spread = np.linspace(0, len(body) - 1, min(minimum, len(body))).round().astype(int)
         keys = sorted({body[k] for k in spread})
     return keys
-
-
-#: Candidate regions per organ (side) and key slice that its track may take: the best
-#: region the recogniser accepted and the next ones apart from it.
-HYPOTHESES = 3
-#: Two organs' picks on one key slice whose boxes overlap this much (IoU) are one region.
-CLAIM_IOU = 0.5
-
-
-@dataclass
-class _Pick:
-    """One organ's region on one key slice: grouped accepted proposals.
-
-    ``box`` is XYXY in pixels of the display image (max inclusive); ``score`` the best
-    proposal's ranking score; ``parts`` how many proposals were grouped.
-    """
-
-    slice: int
-    box: list[float]
-    score: float
-    parts: int
-
-
-@dataclass
-class _Track:
-    """One organ (one side of a pair) through the volume, and its report.
-
-    ``candidates``: key slice -> the regions the recogniser accepted there, best first;
-    ``picks``: key slice -> the one the track takes (:func:`link_tracks`).
-    """
-
-    organ: Organ
-    side: str | None
-    candidates: dict[int, list[_Pick]] = field(default_factory=dict)
-    picks: dict[int, _Pick] = field(default_factory=dict)
-    masks: dict[int, tuple[np.ndarray, float, str]] = field(default_factory=dict)
-    report: dict[str, Any] = field(default_factory=dict)
-
-
-def group_region(props: Proposals, members: Sequence[int], score: Sequence[float]) -> _Pick:
-    """The best accepted proposal and every accepted one that overlaps or touches it,
-    directly or through others (:func:`~salip.strategies.cascade.region_members`);
-    ``members`` best first, all on one side."""
-    grouped = region_members(props, members[0], members[1:], {})
-    box = region_box(props, grouped).tolist()
-    return _Pick(-1, box, float(score[members[0]]), len(grouped))
-
-
-def group_regions(
-    props: Proposals, members: Sequence[int], score: Sequence[float], limit: int
-) -> list[_Pick]:
-    """Up to ``limit`` disjoint regions of the accepted ``members`` (best first, all on
-    one side), best first: the best remaining proposal grouped with every one touching it
-    (:func:`group_region`), then the same among the rest."""
-    left, out = list(members), []
-    while left and len(out) < limit:
-        grouped = region_members(props, left[0], left[1:], {})
-        box = region_box(props, grouped).tolist()
-        out.append(_Pick(-1, box, float(score[left[0]]), len(grouped)))
-        left = [i for i in left if i not in set(grouped)]
-    return out
-
-
-def organ_regions(
-    organ: Organ, props: Proposals, found: Recognition, limit: int = 1
-) -> Iterator[tuple[str | None, list[_Pick]]]:
-    """(side, up to ``limit`` candidate regions, best first) of ``organ`` on one slice:
-    one entry per side for a pair with sides known, else one (none when nothing is
-    accepted)."""
-    members = found.accepted.get(organ.name, [])
-    if not members:
-        return
-    sides = found.scores.get(organ.name, {}).get("side")
-    score = found.score[organ.name]
-    if organ.laterality == "none" and organ.parts and sides is not None:
-        for side in ("left", "right"):
-            on_side = [i for i in members if sides[i] == side]
-            if on_side:
-                yield side, group_regions(props, on_side, score, limit)
-        return
-    yield None, group_regions(props, members, score, limit)
-
-
-def link_tracks(
-    tracks: Sequence[_Track], keys: Sequence[int], view: VolumeView, max_mm: float, max_gap: int
-) -> None:
-    """Choose each track's picks among its candidates, then settle claims between organs.
-
-    A track takes the chain of candidates with the most summed score
-    (:func:`~salip.strategies.tracks.best_chain`: consecutive picks at most ``max_mm``
-    apart in plane per key slice between them, or one's centre inside the other's box,
-    and at most ``max_gap`` key slices without a pick between). Where two organs' tracks
-    take the same region on a key slice (boxes with IoU of at least :data:`CLAIM_IOU`),
-    one yields it and its chain is chosen again without it: the one that would still take
-    another region on that slice if only one would, else the one whose track holds less
-    evidence (ties: the organ asked for later). An organ and its own part
-    (a pair and one side's organ) do not compete. A recogniser that consistently calls
-    the liver "spleen" gives the spleen the liver's region on many slices, and only the
-    liver's own track shows whose it is. The yielded regions are reported under
-    ``yielded``.
-    """
-    chain = functools.partial(_chain, keys=keys, pixel_mm=view.pixel_spacing, max_mm=max_mm,
-                              max_gap=max_gap)  # fmt: skip
-    for track in tracks:
-        track.picks = chain(track.candidates)
-    # Each round removes one candidate, so this ends.
-    while (claim := _first_claim(tracks)) is not None:
-        a, b, key = claim
-        fewer = {id(t): _without(t, key) for t in (a, b)}
-        other = {id(t): key in chain(fewer[id(t)]) for t in (a, b)}
-        if other[id(a)] != other[id(b)]:
-            loser, winner = (a, b) if other[id(a)] else (b, a)
-        else:
-            loser, winner = (b, a) if _evidence(a.picks) >= _evidence(b.picks) else (a, b)
-        loser.candidates = fewer[id(loser)]
-        name = winner.organ.name + (f" ({winner.side})" if winner.side else "")
-        loser.report.setdefault("yielded", []).append({"slice": view.source_index(key), "to": name})
-        loser.picks = chain(loser.candidates)
-
-
-def _chain(
-    candidates: dict[int, list[_Pick]],
-    *,
-    keys: Sequence[int],
-    pixel_mm: Sequence[float],
-    max_mm: float,
-    max_gap: int,
-) -> dict[int, _Pick]:
-    """Key slice -> pick of the best chain through ``candidates`` (:func:`best_chain`)."""
-    boxes = {k: [(p.box, p.score) for p in ps] for k, ps in candidates.items()}
-    chosen = best_chain(boxes, keys, pixel_mm, max_mm, max_gap)
-    return {k: candidates[k][h] for k, h in chosen.items()}
-
-
-def _without(track: _Track, key: int) -> dict[int, list[_Pick]]:
-    """The track's candidates without its pick on ``key``."""
-    out = dict(track.candidates)
-    out[key] = [p for p in out[key] if p is not track.picks[key]]
-    return out
-
-
-def _evidence(picks: dict[int, _Pick]) -> float:
-    return sum(p.score for p in picks.values())
-
-
-def _first_claim(tracks: Sequence[_Track]) -> tuple[_Track, _Track, int] | None:
-    """(first track, second track, key slice) of the first two tracks of different
-    organs whose picks on one key slice are the same region; None if none."""
-    for i, a in enumerate(tracks):
-        for b in tracks[i + 1 :]:
-            if a.organ.name == b.organ.name or a.organ.name in b.organ.parts:
-                continue
-            if b.organ.name in a.organ.parts:
-                continue
-            for key in sorted(set(a.picks) & set(b.picks)):
-                boxes = torch.tensor([a.picks[key].box, b.picks[key].box], dtype=torch.float32)
-                if float(box_iou(boxes[:1], boxes[1:])[0, 0]) >= CLAIM_IOU:
-                    return a, b, key
-    return None
 
 
 class VolumeStrategy:
@@ -296,12 +134,12 @@ class VolumeStrategy:
         organs: Sequence[Organ],
         counts: WorkCounts,
         evidence: dict[str, list[SliceEvidence]],
-    ) -> list[_Track]:
+    ) -> list[Track]:
         """Everything mode and recognition on the key slices; one track per organ (side).
         Adds what the recogniser said on each key slice to ``evidence``; an organ scored
         without probabilities (the paper's scoring) gets None there: the confidence model
         is calibrated on contrast probabilities."""
-        tracks: dict[tuple[str, str | None], _Track] = {}
+        tracks: dict[tuple[str, str | None], Track] = {}
         uncalibrated: set[str] = set()
         grid = self.config.proposals.points_per_side**2
         for start in range(0, len(keys), self.batch_size):
@@ -325,7 +163,7 @@ class VolumeStrategy:
                     for side, picks in organ_regions(organ, props, recognition, HYPOTHESES):
                         for pick in picks:
                             pick.slice = index
-                        track = tracks.setdefault((organ.name, side), _Track(organ, side))
+                        track = tracks.setdefault((organ.name, side), Track(organ, side))
                         track.candidates[index] = picks
                         said.append(SliceEvidence(index, picks[0].score, tuple(picks[0].box)))
                     if not said or said[-1].slice != index:
@@ -334,11 +172,11 @@ class VolumeStrategy:
             evidence[name] = None  # type: ignore[assignment]
         for organ in organs:  # an organ found nowhere still gets its (empty) report
             if not any(name == organ.name for name, _ in tracks):
-                tracks[(organ.name, None)] = _Track(organ, None)
+                tracks[(organ.name, None)] = Track(organ, None)
         order = {o.name: i for i, o in enumerate(organs)}
         return sorted(tracks.values(), key=lambda t: (order[t.organ.name], t.side or ""))
 
-    def _localise(self, track: _Track, keys: list[int], view: VolumeView) -> tuple[int, int] | None:
+    def _localise(self, track: Track, keys: list[int], view: VolumeView) -> tuple[int, int] | None:
         """The extent (first, last key slice) of the track's chain of picks; None when the
         organ was not found. A key slice whose best candidate the chain did not take is
         reported as rejected, with that candidate's distance from the chain."""
@@ -364,7 +202,7 @@ class VolumeStrategy:
         )
         return extent
 
-    def _place(self, track: _Track, view: VolumeView, result: StrategyResult) -> None:
+    def _place(self, track: Track, view: VolumeView, result: StrategyResult) -> None:
         """Put the track's slice masks into the organ's canonical mask and its seeds into
         ``chosen``."""
         target = result.masks[track.organ.name]
@@ -388,7 +226,7 @@ def _nearest(chain: dict[int, Any], index: int, step: int) -> int | None:
     return min(beyond, key=lambda k: abs(k - index)) if beyond else None
 
 
-def _organ_reports(tracks: Sequence[_Track]) -> dict[str, list[dict[str, Any]]]:
+def _organ_reports(tracks: Sequence[Track]) -> dict[str, list[dict[str, Any]]]:
     """Organ name -> its tracks' reports (without the chosen records, reported apart)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for track in tracks:
@@ -438,7 +276,7 @@ class _Walker:
         self.counts.box_prompts += 1
         return masks[0].cpu().numpy().astype(bool), float(iou[0])
 
-    def seed_and_propagate(self, track: _Track, extent: tuple[int, int]) -> None:
+    def seed_and_propagate(self, track: Track, extent: tuple[int, int]) -> None:
         """Refine the track's picks (the seeds) and walk from each both ways."""
         cfg = self.config.strategy
         tolerance = int(round(cfg.extent_tolerance_mm / self.view.slice_spacing))
@@ -483,7 +321,7 @@ class _Walker:
         )
 
     def _walk(
-        self, track: _Track, seed: int, step: int, limits: tuple[int, int], seeds: set[int]
+        self, track: Track, seed: int, step: int, limits: tuple[int, int], seeds: set[int]
     ) -> dict[str, Any]:
         """Propagate from ``seed`` along ``step``; the stop record. A bad slice
         (:meth:`_problem`) does not end the walk: the last good mask keeps prompting the
@@ -519,7 +357,7 @@ class _Walker:
 
     def _problem(
         self,
-        track: _Track,
+        track: Track,
         index: int,
         mask: np.ndarray,
         iou: float,
@@ -549,7 +387,7 @@ class _Walker:
 
     def _fill(
         self,
-        track: _Track,
+        track: Track,
         before: int,
         after: int,
         bad: Sequence[int],
@@ -577,7 +415,7 @@ class _Walker:
             return "reached another seed"
         return None
 
-    def _accepted(self, track: _Track, index: int, mask: np.ndarray, iou: float) -> bool:
+    def _accepted(self, track: Track, index: int, mask: np.ndarray, iou: float) -> bool:
         """Whether the recogniser accepts the propagated mask as the track's organ."""
         tensor = torch.from_numpy(mask)[None]
         rows, cols = np.nonzero(mask)
@@ -588,7 +426,7 @@ class _Walker:
         )
         return 0 in found.accepted.get(track.organ.name, [])
 
-    def _keep(self, track: _Track, index: int, mask: np.ndarray, iou: float, source: str) -> None:
+    def _keep(self, track: Track, index: int, mask: np.ndarray, iou: float, source: str) -> None:
         """Store a slice mask unless one with a higher predicted IoU is there."""
         if index not in track.masks or track.masks[index][1] < iou:
             track.masks[index] = (mask, iou, source)
