@@ -73,7 +73,8 @@ def group_regions(
         grouped = region_members(props, left[0], left[1:], {})
         box = region_box(props, grouped).tolist()
         out.append(Pick(-1, box, float(score[left[0]]), len(grouped)))
-        left = [i for i in left if i not in set(grouped)]
+        taken = set(grouped)
+        left = [i for i in left if i not in taken]
     return out
 
 
@@ -123,6 +124,7 @@ def link_tracks(
     while (claim := _first_claim(tracks)) is not None:
         a, b, key = claim
         fewer = {id(t): _without(t, key) for t in (a, b)}
+        # Would each still take another region on that slice without this one?
         other = {id(t): key in chain(fewer[id(t)]) for t in (a, b)}
         if other[id(a)] != other[id(b)]:
             loser, winner = (a, b) if other[id(a)] else (b, a)
