@@ -25,7 +25,7 @@ from salip.strategies.base import SliceEvidence
 from salip.strategies.cascade import Engines
 from salip.strategies.evidence import confidence, decide_organ
 from salip.strategies.slices import SlicesStrategy
-from salip.strategies.tracks import best_chain
+from salip.strategies.tracks import best_chain, distance_from_track, neighbours
 from salip.strategies.volume import VolumeStrategy
 from tests.test_volume_strategy import NAMES, SHAPE, _disc, track, view_of
 
@@ -231,6 +231,18 @@ def test_a_track_takes_the_candidates_that_stay_on_it():
     # In mm: pixels 3 mm wide put every step of 2 px 6 mm apart, still on track at 20 mm.
     assert best_chain(candidates, order, (3.0, 3.0), 20.0, 1) == chain
     assert best_chain({}, order, (1.0, 1.0), 20.0, 1) == {}
+
+
+def test_distance_from_a_track_interpolates_its_neighbouring_slices():
+    track = {0: (0.0, 0.0, 10.0, 10.0), 10: (20.0, 0.0, 30.0, 10.0)}  # centres x 5 and 25
+    assert neighbours(sorted(track), 5) == [0, 10]
+    assert neighbours(sorted(track), 0) == [10]  # a slice is not its own neighbour
+    assert neighbours(sorted(track), 12) == [10]
+    # Expected centre at slice 5: x 15; a box centred at x 15 + 4 lies 4 px = 8 mm off.
+    assert distance_from_track(track, 5, (14.0, 0.0, 24.0, 10.0), (2.0, 2.0)) == 8.0
+    # Slice 0 counts as a neighbour (it is not "no neighbour").
+    assert distance_from_track({0: track[0]}, 5, (3.0, 0.0, 13.0, 10.0), (1.0, 1.0)) == 3.0
+    assert distance_from_track({5: track[0]}, 5, track[0], (1.0, 1.0)) is None
 
 
 class _TakesLiverForSpleen:

@@ -124,16 +124,16 @@ def link_tracks(
     while (claim := _first_claim(tracks)) is not None:
         a, b, key = claim
         fewer = {id(t): _without(t, key) for t in (a, b)}
+        rechained = {id(t): chain(fewer[id(t)]) for t in (a, b)}
         # Would each still take another region on that slice without this one?
-        other = {id(t): key in chain(fewer[id(t)]) for t in (a, b)}
+        other = {id(t): key in rechained[id(t)] for t in (a, b)}
         if other[id(a)] != other[id(b)]:
             loser, winner = (a, b) if other[id(a)] else (b, a)
         else:
             loser, winner = (b, a) if _evidence(a.picks) >= _evidence(b.picks) else (a, b)
-        loser.candidates = fewer[id(loser)]
+        loser.candidates, loser.picks = fewer[id(loser)], rechained[id(loser)]
         name = winner.organ.name + (f" ({winner.side})" if winner.side else "")
         loser.report.setdefault("yielded", []).append({"slice": view.source_index(key), "to": name})
-        loser.picks = chain(loser.candidates)
 
 
 def _chain(
@@ -166,9 +166,7 @@ def _first_claim(tracks: Sequence[Track]) -> tuple[Track, Track, int] | None:
     organs whose picks on one key slice are the same region; None if none."""
     for i, a in enumerate(tracks):
         for b in tracks[i + 1 :]:
-            if a.organ.name == b.organ.name or a.organ.name in b.organ.parts:
-                continue
-            if b.organ.name in a.organ.parts:
+            if a.organ.name in (b.organ.name, *b.organ.parts) or b.organ.name in a.organ.parts:
                 continue
             for key in sorted(set(a.picks) & set(b.picks)):
                 boxes = torch.tensor([a.picks[key].box, b.picks[key].box], dtype=torch.float32)

@@ -8,6 +8,7 @@ along the slicing axis of the canonical volume.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -31,6 +32,32 @@ def expected_centre(track: Mapping[int, Box], neighbours: Sequence[int], index: 
     return (1 - w) * centre(track[a]) + w * centre(track[b])
 
 
+def _mm(offset: np.ndarray, pixel_mm: Sequence[float]) -> float:
+    """Length in mm of an (x, y) offset in pixels; ``pixel_mm`` the (row, column) size of a
+    display pixel."""
+    scale = np.array(pixel_mm[::-1], dtype=float)  # (x, y) = (column, row)
+    return float(np.hypot(*(offset * scale)))
+
+
+def neighbours(slices: Sequence[int], index: int) -> list[int]:
+    """The nearest slice of ``slices`` (ascending) below ``index`` and the nearest above,
+    where there is one; ``index`` itself is not its own neighbour."""
+    below, above = bisect_left(slices, index), bisect_right(slices, index)
+    return slices[max(0, below - 1) : below] + slices[above : above + 1]
+
+
+def distance_from_track(
+    track: Mapping[int, Box], index: int, box: Box, pixel_mm: Sequence[float]
+) -> float | None:
+    """How far (mm, in plane) ``box``'s centre on slice ``index`` lies from the track's
+    centre there, interpolated from the track's neighbouring slices (:func:`neighbours`);
+    None when the track has no other slice."""
+    near = neighbours(sorted(track), index)
+    if not near:
+        return None
+    return _mm(centre(box) - expected_centre(track, near, index), pixel_mm)
+
+
 def worst_off_track(
     track: Mapping[int, Box], pixel_mm: Sequence[float], max_mm: float
 ) -> tuple[int, float] | None:
@@ -46,14 +73,12 @@ def worst_off_track(
         max_mm: the largest distance allowed.
     """
     slices = sorted(track)
-    scale = np.array(pixel_mm[::-1], dtype=float)  # (x, y) = (column, row)
     worst: tuple[int, float] | None = None
-    for j, k in enumerate(slices):
-        neighbours = [n for n in slices[max(0, j - 1) : j + 2] if n != k]
-        if not neighbours:
+    for k in slices:
+        near = neighbours(slices, k)
+        if not near:
             continue
-        offset = (centre(track[k]) - expected_centre(track, neighbours, k)) * scale
-        distance = float(np.hypot(*offset))
+        distance = _mm(centre(track[k]) - expected_centre(track, near, k), pixel_mm)
         if distance > max_mm and (worst is None or distance > worst[1]):
             worst = (k, distance)
     return worst
@@ -89,8 +114,7 @@ def gap_boxes(track: Mapping[int, Box], max_gap: int) -> dict[int, list[float]]:
 def in_plane_mm(a: Box, b: Box, pixel_mm: Sequence[float]) -> float:
     """Distance in mm, in plane, between the centres of two XYXY boxes; ``pixel_mm`` the
     (row, column) size of a display pixel."""
-    scale = np.array(pixel_mm[::-1], dtype=float)  # (x, y) = (column, row)
-    return float(np.hypot(*((centre(a) - centre(b)) * scale)))
+    return _mm(centre(a) - centre(b), pixel_mm)
 
 
 def _inside(point: np.ndarray, box: Box) -> bool:
@@ -98,13 +122,10 @@ def _inside(point: np.ndarray, box: Box) -> bool:
     return bool(x0 <= point[0] <= x1 and y0 <= point[1] <= y1)
 
 
-def linked(a: Box, b: Box, pixel_mm: Sequence[float], max_mm: float) -> bool:
-    """Whether two boxes on nearby slices can be one organ's: their centres lie at most
-    ``max_mm`` apart in plane, or one's centre lies inside the other box (a large organ
-    whose cross-section grows or shifts by more than ``max_mm`` still overlaps itself)."""
-    if _inside(centre(a), b) or _inside(centre(b), a):
-        return True
-    return in_plane_mm(a, b, pixel_mm) <= max_mm
+def holds_centre(a: Box, b: Box) -> bool:
+    """Whether one box holds the other's centre (a large organ whose cross-section grows
+    or shifts between nearby slices still overlaps itself)."""
+    return _inside(centre(a), b) or _inside(centre(b), a)
 
 
 def best_chain(
@@ -119,8 +140,9 @@ def best_chain(
 
     A chain takes at most one candidate per slice, in the order of ``order``; two
     consecutive members lie at most ``max_gap`` positions of ``order`` apart (slices
-    between without a member) and are :func:`linked` (centres at most ``max_mm`` apart in
-    plane per position of ``order`` between them, or one's centre inside the other's box).
+    between without a member), and their box centres lie at most ``max_mm`` apart in plane
+    per position of ``order`` between them, or one box holds the other's centre
+    (:func:`holds_centre`).
     Of chains with equal summed scores, the one with the shortest summed in-plane steps
     wins (two regions a recogniser scores alike: the one on the track), then the one found
     first. Written out (a longest path in a small DAG): a few key slices with a few
@@ -146,12 +168,12 @@ def best_chain(
         for prev in nodes:
             if not j - max_gap - 1 <= prev[0] < j:
                 continue
-            # An organ drifts in plane with the distance along the axis.
-            reach = max_mm * (j - prev[0])
             prev_box = candidates[prev[1]][prev[2]][0]
-            if not linked(prev_box, box, pixel_mm, reach):
+            step = in_plane_mm(prev_box, box, pixel_mm)
+            # An organ drifts in plane with the distance along the axis.
+            if step > max_mm * (j - prev[0]) and not holds_centre(prev_box, box):
                 continue
-            value = (total[prev][0], total[prev][1] - in_plane_mm(prev_box, box, pixel_mm))
+            value = (total[prev][0], total[prev][1] - step)
             if before is None or value > best:
                 best, before = value, prev
         total[node] = (best[0] + score, best[1])

@@ -49,7 +49,7 @@ from salip.strategies.base import SliceEvidence, StrategyResult, WorkCounts
 from salip.strategies.cascade import Engines
 from salip.strategies.embedding_cache import DEFAULT_CAPACITY, EmbeddingCache
 from salip.strategies.key_tracks import HYPOTHESES, Track, link_tracks, organ_regions
-from salip.strategies.tracks import centre, expected_centre, gap_boxes
+from salip.strategies.tracks import distance_from_track, gap_boxes
 from salip.strategies.volume_view import VolumeView
 
 
@@ -186,11 +186,9 @@ class VolumeStrategy:
             if not candidates or track.picks.get(k) is candidates[0]:
                 continue
             record: dict[str, Any] = {"slice": view.source_index(k)}
-            neighbours = [n for n in (_nearest(chain, k, -1), _nearest(chain, k, +1)) if n]
-            if neighbours:
-                expected = expected_centre(chain, neighbours, k)
-                offset = (centre(candidates[0].box) - expected) * np.array(view.pixel_spacing[::-1])
-                record["distance_mm"] = round(float(np.hypot(*offset)), 1)
+            distance = distance_from_track(chain, k, candidates[0].box, view.pixel_spacing)
+            if distance is not None:
+                record["distance_mm"] = round(distance, 1)
             rejected.append(record)
         profile = [track.picks[k].score if k in track.picks else 0.0 for k in keys]
         extent = (min(track.picks), max(track.picks)) if track.picks else None
@@ -218,12 +216,6 @@ class VolumeStrategy:
 def _display_of(target: np.ndarray, index: int, view: VolumeView) -> np.ndarray:
     """The current display-orientation slice of a canonical mask (pairs share one mask)."""
     return np.asarray(display_slice(target, False, view.axis, index), dtype=bool)
-
-
-def _nearest(chain: dict[int, Any], index: int, step: int) -> int | None:
-    """The slice of ``chain`` nearest to ``index`` along ``step`` (not ``index``), if any."""
-    beyond = [k for k in chain if (k - index) * step > 0]
-    return min(beyond, key=lambda k: abs(k - index)) if beyond else None
 
 
 def _organ_reports(tracks: Sequence[Track]) -> dict[str, list[dict[str, Any]]]:
