@@ -173,3 +173,32 @@ def test_area_filter_bounds(sam):
     assert len(kept) == 1 and int(kept.areas[0]) == 20
     kept = area_filter(props, AreaFilterConfig(min_area=0.01, max_area=1.0))
     assert len(kept) == 3
+
+
+def test_area_filter_floor_in_mm2_for_volumes():
+    """A volume's slices keep a structure by its size in mm², whatever their resolution;
+    a 2D image, whose pixel size is unknown, keeps the fraction of the image."""
+    import torch
+
+    from salip.engines.area_filter import area_filter, speck_pixels
+    from salip.engines.proposals import Proposals
+
+    config = AreaFilterConfig(min_area=0.001, min_area_mm2=20.0, max_area=0.5)
+
+    def disc(size: int, radius: float) -> Proposals:
+        yy, xx = np.mgrid[:size, :size]
+        mask = torch.from_numpy((yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= radius**2)
+        return Proposals(mask[None], torch.zeros((1, 4)), torch.ones(1), torch.ones(1),
+                         torch.zeros((1, 2)))  # fmt: skip
+
+    # A 6 mm disc (28 mm²) on a 512² slice of 0.5 mm pixels (113 px, under 0.1% = 262 px)
+    # and on a 100² slice of 2 mm pixels (7 px) is kept on both; a 3 mm disc (7 mm²) on
+    # neither.
+    for size, pixel in ((512, 0.5), (100, 2.0)):
+        assert len(area_filter(disc(size, 3.0 / pixel), config, (pixel, pixel))) == 1
+        assert len(area_filter(disc(size, 1.5 / pixel), config, (pixel, pixel))) == 0
+    assert speck_pixels(config, (512, 512), (0.5, 2.0)) == pytest.approx(20.0)
+    # 2D image: 0.1% of 512² is 262 px, so the 113-px disc goes and a 300-px one stays.
+    assert speck_pixels(config, (512, 512), None) == pytest.approx(262.144)
+    assert len(area_filter(disc(512, 6.0), config, None)) == 0
+    assert len(area_filter(disc(512, 10.0), config, None)) == 1

@@ -155,7 +155,8 @@ def test_simulated_engines_find_a_cube_in_a_ct_volume(tmp_path):
     affine = np.diag([-1.5, 1.0, 2.5, 1.0])  # x flipped: canonical order differs
     path = tmp_path / "cube.nii.gz"
     nib.save(nib.Nifti1Image(data, affine), path)
-    options = dict(box_margin=0.0, largest_component=False)
+    # The cube's cross-section is 73.5 mm², under the default speck floor (100 mm²).
+    options = dict(box_margin=0.0, largest_component=False, min_area_mm2=50.0)
     engines, strategy = simulated(SegmentConfig().replace(**options), batch_size=2)
     result = salip.segment(path, organs="liver", write=False, segmenter=strategy, **options)
     assert np.array_equal(result.masks["liver"].astype(bool), data > 0)

@@ -137,8 +137,8 @@ def test_each_walk_stops_for_the_reason_the_report_states(case, reason):
     """Two bad slices in a row (max_walk_failures) end a walk at the first of them."""
     labels = np.zeros(SHAPE, np.int16)
     if case == "area":
-        _disc(labels, 1, (30, 30), 5, range(10, 23))
-        _disc(labels, 2, (30, 30), 14, range(23, 40))  # a spleen 7x larger from 23 on
+        _disc(labels, 1, (30, 30), 6, range(10, 23))  # 113 mm², over the speck floor
+        _disc(labels, 2, (30, 30), 14, range(23, 40))  # a spleen 5x larger from 23 on
         organ, options, where = "liver", {"min_key_slices": 1, "key_stride_mm": 60.0}, 23
     elif case == "rejected":
         _disc(labels, 1, (30, 30), 8, range(0, 18))  # liver on 0..17 ...
@@ -225,8 +225,8 @@ def test_a_2d_image_runs_the_slices_strategy_and_slice_methods_refuse_volume(tin
 def test_an_organ_that_widens_fast_is_followed_not_stopped():
     """An area jump is a question for the recogniser, not a stop."""
     labels = np.zeros(SHAPE, np.int16)
-    _disc(labels, 1, (30, 30), 5, range(10, 23))
-    _disc(labels, 1, (30, 30), 14, range(23, 40))  # the liver's cross-section grows 7x
+    _disc(labels, 1, (30, 30), 6, range(10, 23))  # 113 mm², over the speck floor
+    _disc(labels, 1, (30, 30), 14, range(23, 40))  # the liver's cross-section grows 5x
     result = run_volume(labels, ["liver"], min_key_slices=1, key_stride_mm=60.0)
     liver = track(result, "liver")
     assert liver["extent"] == [20, 20]  # one key slice; walks may go 15 mm (5 slices) past

@@ -66,6 +66,7 @@ from salip.engines.simulated import (
     simulated_engines,
     totalseg_organ_map,
 )
+from salip.io.orientation import display_pixel_mm
 from salip.models.clip import LoadedClip
 from salip.models.head import LoadedHead
 from salip.models.sam import LoadedSam
@@ -345,7 +346,12 @@ def _baseline(segmenter_class: type[EncodedSlices]) -> Builder:
     ) -> Built:
         _slice_only(segmenter_class.__name__, config)
         encoder = SamEncoder.for_config(models.sam, config, models.device)
-        segmenter = segmenter_class(encoder, config, case.references, case.is_2d)
+        pixel_mm = (
+            None
+            if case.is_2d or case.spacing is None
+            else display_pixel_mm(case.spacing, config.slicing.axis)
+        )
+        segmenter = segmenter_class(encoder, config, case.references, case.is_2d, pixel_mm)
         batch = slice_batch(config.proposals.encoder_batch_size, models.device)
         strategy = SlicesStrategy(batch_size=batch, segmenter=segmenter, timer=timer)
         return Built(strategy, {"device": models.device, "sam": models.sam.identity()})

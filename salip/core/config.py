@@ -249,7 +249,16 @@ class ProposalConfig:
 class AreaFilterConfig:
     """Drop background-sized and speck-sized proposals."""
 
-    min_area: float = option(0.001, "Minimum proposal area, as a fraction of the slice.")
+    min_area: float = option(
+        0.001,
+        "Minimum proposal area of a 2D image (whose pixel size is not known), as a fraction "
+        "of the image.",
+    )
+    min_area_mm2: float = option(
+        100.0,
+        "Minimum proposal area in mm² on a volume's slices (about an 11 mm disc): the same "
+        "for every resolution. Lower it for thin targets (celiac trunk, hepatic vessels).",
+    )
     max_area: float = option(0.5, "Maximum proposal area, as a fraction of the slice.")
 
 
@@ -419,6 +428,7 @@ class SegmentConfig:
             (0.0 <= p.box_nms_thresh <= 1.0, "box_nms_thresh must be in [0, 1]"),
             (p.min_mask_region_area >= 0, "min_mask_region_area must be >= 0"),
             (0.0 <= a.min_area < a.max_area <= 1.0, "need 0 <= min_area < max_area <= 1"),
+            (a.min_area_mm2 >= 0.0, "min_area_mm2 must be >= 0"),
             (c.crop_margin >= 0.0, "crop_margin must be >= 0"),
             (self.refine.box_margin >= 0.0, "box_margin must be >= 0"),
             (

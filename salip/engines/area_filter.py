@@ -8,14 +8,39 @@ from salip.core.config import AreaFilterConfig
 from salip.engines.proposals import Proposals
 
 
-def area_filter(proposals: Proposals, config: AreaFilterConfig) -> Proposals:
-    """Keep proposals whose area is within [min_area, max_area] of the slice's pixels.
+def speck_pixels(
+    config: AreaFilterConfig, shape: tuple[int, int], pixel_mm: tuple[float, float] | None
+) -> float:
+    """The smallest proposal area kept, in pixels of a slice of ``shape`` (H, W).
 
-    Both bounds are fractions of the field of view (H*W of the slice).
+    With ``pixel_mm`` ((row, column) size in mm of a pixel: a volume's slice) the floor
+    is ``min_area_mm2``, so that a structure keeps or loses its proposals by its physical
+    size whatever the scan's resolution. Without it (a 2D image, whose pixel size is not
+    known) it is ``min_area``, a fraction of the slice, as in the SaLIP paper.
+    """
+    if pixel_mm is None:
+        return config.min_area * shape[0] * shape[1]
+    return config.min_area_mm2 / (float(pixel_mm[0]) * float(pixel_mm[1]))
+
+
+def area_filter(
+    proposals: Proposals,
+    config: AreaFilterConfig,
+    pixel_mm: tuple[float, float] | None = None,
+) -> Proposals:
+    """Keep proposals from the speck floor (:func:`speck_pixels`) up to ``max_area`` of
+    the slice's pixels (H*W, the field of view).
+
+    Args:
+        proposals: one slice's proposals (masks NxHxW).
+        config: the bounds.
+        pixel_mm: (row, column) size in mm of the slice's pixels; None for a 2D image.
     """
     if len(proposals) == 0:
         return proposals
     h, w = proposals.masks.shape[-2:]
-    fraction = proposals.areas.float() / float(h * w)
-    keep = (fraction >= config.min_area) & (fraction <= config.max_area)
+    areas = proposals.areas.float()
+    keep = (areas >= speck_pixels(config, (h, w), pixel_mm)) & (
+        areas / float(h * w) <= config.max_area
+    )
     return proposals.select(torch.nonzero(keep).flatten())

@@ -65,7 +65,7 @@ from salip.core.prompts import packaged_dir
 from salip.engines.boxes import grow_boxes
 from salip.engines.proposals import Proposals
 from salip.engines.recogniser import Recognition, accepted, pick, sides_for
-from salip.io.orientation import AXES
+from salip.io.orientation import AXES, display_pixel_mm
 from salip.io.slicing import display_slice
 
 logger = logging.getLogger(__name__)
@@ -388,8 +388,7 @@ def _pixel_mm(
         )
     if is_2d:
         return (sizes[0], sizes[1])
-    a, b = (k for k in range(3) if k != AXES[axis])
-    return (sizes[b], sizes[a])
+    return display_pixel_mm(sizes, axis)
 
 
 def _integer_labels(array: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ input file's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,16 @@ def to_source_grid(canonical: np.ndarray, geometry: SourceGeometry) -> np.ndarra
     back = nio.ornt_transform(nio.axcodes2ornt("RAS"), geometry.ornt)
     source = nio.apply_orientation(canonical, back)
     return source.reshape(geometry.shape)
+
+
+def display_pixel_mm(spacing: Sequence[float], axis: str) -> tuple[float, float]:
+    """(row, column) size in mm of the pixels of a display slice along ``axis``.
+
+    ``spacing`` is the voxel size along the canonical axes (X, Y, Z). A display slice is
+    the canonical slice (in-plane axes a < b) transposed, so its rows run along b.
+    """
+    a, b = (k for k in range(3) if k != AXES[axis])
+    return (float(spacing[b]), float(spacing[a]))
 
 
 def source_slice_indices(

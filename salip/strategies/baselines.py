@@ -103,6 +103,8 @@ class EncodedSlices:
         references: organ -> bool reference mask in salip's canonical layout (only the
             baselines that read references need it).
         is_2d: whether the input is a 2D image (one slice, index 0).
+        pixel_mm: (row, column) size in mm of a slice's pixels, for the area filter; None
+            for a 2D image, whose pixel size is not known.
     """
 
     def __init__(
@@ -111,9 +113,10 @@ class EncodedSlices:
         config: SegmentConfig,
         references: Mapping[str, np.ndarray] | None = None,
         is_2d: bool = False,
+        pixel_mm: tuple[float, float] | None = None,
     ) -> None:
         self.encoder, self.model, self.config = encoder, encoder.sam.model, config
-        self.references, self.is_2d = references, is_2d
+        self.references, self.is_2d, self.pixel_mm = references, is_2d, pixel_mm
 
     def __call__(
         self, images: Sequence[np.ndarray], organs: Sequence[Organ], indices: Sequence[int]
@@ -171,7 +174,9 @@ class Oracle(EncodedSlices):
         self, embedding: ImageEmbedding, index: int, organs: Sequence[Organ]
     ) -> SliceOutput:
         proposals = area_filter(
-            generate_proposals(self.model, embedding, self.config.proposals), self.config.area
+            generate_proposals(self.model, embedding, self.config.proposals),
+            self.config.area,
+            self.pixel_mm,
         )
         out = SliceOutput(masks={}, chosen={})
         for organ in organs:

@@ -45,6 +45,7 @@ def cascade_batch(
     timer: StageTimer,
     indices: Sequence[int] | None = None,
     every_region: bool = False,
+    pixel_mm: tuple[float, float] | None = None,
 ) -> list[SliceOutput]:
     """Segment ``organs`` in a batch of slices, each slice decided on its own.
 
@@ -58,6 +59,8 @@ def cascade_batch(
         indices: the slices' indices along the axis (for engines that need them).
         every_region: prompt every accepted region, not only the picked ones (see
             :func:`slice_regions`); for volumes, whose pieces are then weighed in 3D.
+        pixel_mm: (row, column) size in mm of the slices' pixels, for the area filter's
+            speck floor; None for a 2D image (see :func:`~salip.engines.area_filter.speck_pixels`).
 
     Each region (:func:`slice_regions`) is prompted with one box: a proposal and every
     accepted proposal of the organ (on its side, for a pair) that overlaps or touches it,
@@ -71,7 +74,9 @@ def cascade_batch(
     """
     t = time.perf_counter()
     # Point prompts of the whole batch are decoded together, across slices.
-    per_slice = [area_filter(p, config.area) for p in engines.proposer.propose(embeddings)]
+    per_slice = [
+        area_filter(p, config.area, pixel_mm) for p in engines.proposer.propose(embeddings)
+    ]
     timer.add("proposals", t)
     found = engines.recogniser.recognise(images, per_slice, organs, indices)
     t = time.perf_counter()

@@ -147,7 +147,15 @@ class SlicesStrategy:
             embeddings = cache.get(indices, images, prepared)
             timer.add("sam_encoder", t)
             return cascade_batch(
-                engines, config, images, embeddings, organs, timer, indices, every_region
+                engines,
+                config,
+                images,
+                embeddings,
+                organs,
+                timer,
+                indices,
+                every_region,
+                cache.view.pixel_mm,
             )
 
         return step, engines.encoder.prepare

@@ -16,8 +16,8 @@
    box, grown by ``propagation_margin``, is the next slice's box prompt. A slice is bad
    when its mask vanishes, the refiner's predicted IoU falls below ``min_refine_iou``, or
    the recogniser rejects the mask, which it is asked when the area changes by more than
-   ``max_area_ratio`` (areas counted from the area filter's speck size, ``min_area`` of
-   the slice) and on every key slice. A bad slice does not end the walk: once a slice is
+   ``max_area_ratio`` (areas counted from the area filter's speck floor,
+   ``min_area_mm2``) and on every key slice. A bad slice does not end the walk: once a slice is
    good again, the bad ones between are prompted with boxes interpolated from their good
    neighbours. A walk stops after ``max_walk_failures`` bad slices in a row, when it
    leaves the extent by more than ``extent_tolerance_mm``, or when it reaches another
@@ -40,7 +40,7 @@ import torch
 from salip.core.config import SegmentConfig
 from salip.core.organs import Organ
 from salip.core.timing import StageTimer
-from salip.engines.area_filter import area_filter
+from salip.engines.area_filter import area_filter, speck_pixels
 from salip.engines.boxes import grow_boxes, prompt_boxes
 from salip.engines.proposals import Proposals
 from salip.io.slicing import display_slice
@@ -149,7 +149,8 @@ class VolumeStrategy:
             embeddings = cache.get(batch, images)
             t = self.timer.add("sam_encoder", t)
             proposals = [
-                area_filter(p, self.config.area) for p in self.engines.proposer.propose(embeddings)
+                area_filter(p, self.config.area, view.pixel_mm)
+                for p in self.engines.proposer.propose(embeddings)
             ]
             self.timer.add("proposals", t)
             counts.proposal_slices += len(batch)
@@ -366,7 +367,7 @@ class _Walker:
             return f"refine IoU {iou:.2f} below minimum"
         # Areas count from the area filter's speck size, so a structure of a few
         # pixels is not judged by one pixel of boundary noise.
-        floor = self.config.area.min_area * mask.size
+        floor = speck_pixels(self.config.area, mask.shape, self.view.pixel_mm)
         ratio = (mask.sum() + floor) / (previous.sum() + floor)
         jump = not 1 / cfg.max_area_ratio <= ratio <= cfg.max_area_ratio
         if (jump or doubt or index in self.keys) and not self._accepted(track, index, mask, iou):

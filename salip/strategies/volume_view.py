@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from salip.io import Volume
-from salip.io.orientation import AXES, source_slice_indices
+from salip.io.orientation import AXES, display_pixel_mm, source_slice_indices
 from salip.io.slicing import slice_image
 
 
@@ -25,6 +25,8 @@ class VolumeView:
         display_shape: (H, W) of the display images.
         pixel_spacing: (row, column) size in mm of a display image's pixels ((1, 1) for a
             2D image).
+        pixel_mm: ``pixel_spacing``, or None for a 2D image, whose pixel size is not known
+            (for rules that must not take a pixel for a millimetre, like the area filter).
         mask_shape: shape of a canonical organ mask (XxYxZ, or HxW for a 2D image).
     """
 
@@ -45,9 +47,8 @@ class VolumeView:
             if volume.is_2d
             else (int(shape[in_plane[1]]), int(shape[in_plane[0]]))
         )
-        self.pixel_spacing = (
-            (1.0, 1.0) if volume.is_2d else (self.spacing[in_plane[1]], self.spacing[in_plane[0]])
-        )
+        self.pixel_spacing = (1.0, 1.0) if volume.is_2d else display_pixel_mm(self.spacing, axis)
+        self.pixel_mm = None if volume.is_2d else self.pixel_spacing
         self.mask_shape = volume.data.shape[:2] if volume.is_2d else volume.data.shape
 
     def image(self, index: int) -> np.ndarray:

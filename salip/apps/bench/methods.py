@@ -44,13 +44,14 @@ _PROPOSALS = (
     "box_nms_thresh",
     "min_mask_region_area",
     "min_area",
+    "min_area_mm2",
     "max_area",
 )
 _STRATEGY = tuple(f.name for f in dataclasses.fields(StrategyConfig))
 #: What the cascade reads besides the strategy: area filter, recognition picks, box margin,
 #: and how each organ is decided from the recognition evidence.
 _CASCADE = (
-    "min_area", "max_area", "top_k", "laterality", "contrast_margin", "box_margin",
+    "min_area", "min_area_mm2", "max_area", "top_k", "laterality", "contrast_margin", "box_margin",
     "min_confidence", "max_gap_slices",
 )  # fmt: skip
 _MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))

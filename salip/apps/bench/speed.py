@@ -131,8 +131,10 @@ def _reference_slice(
     k: int,
     device: str,
     stages: _Stages,
+    floor: float,
 ) -> np.ndarray:
-    """One slice the reference way; returns the HxW bool mask."""
+    """One slice the reference way; returns the HxW bool mask. ``floor``: the area
+    filter's speck floor in pixels (salip's, so both sides filter alike)."""
     import torch
     from PIL import Image
 
@@ -144,7 +146,7 @@ def _reference_slice(
     records = generator.generate(image)
     t = stages.add("amg", t, device)
     kept = [
-        r for r in records if config.area.min_area <= r["area"] / (h * w) <= config.area.max_area
+        r for r in records if floor <= r["area"] and r["area"] / (h * w) <= config.area.max_area
     ]
     crops, boxes = [], []
     for record in kept:
@@ -185,9 +187,10 @@ def _run_reference(
     """(A): read, slice, the per-slice reference loop, assemble, write. Canonical mask back."""
     from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
+    from salip.engines.area_filter import speck_pixels
     from salip.engines.proposals import AUTO_PROMPTS
     from salip.io import read_input
-    from salip.io.orientation import to_source_grid
+    from salip.io.orientation import display_pixel_mm, to_source_grid
     from salip.io.slicing import choose_intensity, iter_slices, to_uint8
     from salip.io.writing import write_mask
     from salip.strategies.assembly import put_slice
@@ -214,9 +217,20 @@ def _run_reference(
     t = stages.add("io", t, device)
     canonical = np.zeros(volume.data.shape, dtype=bool)
     axis = config.slicing.axis
+    pixel_mm = display_pixel_mm(volume.spacing, axis)
     for index, image in iter_slices(volume8, False, axis):
+        floor = speck_pixels(config.area, image.shape[:2], pixel_mm)
         mask = _reference_slice(
-            image, generator, predictor, clip, descriptions, config, organ.top_k, device, stages
+            image,
+            generator,
+            predictor,
+            clip,
+            descriptions,
+            config,
+            organ.top_k,
+            device,
+            stages,
+            floor,
         )
         put_slice(canonical, index, axis, mask)
     t = time.perf_counter()
