@@ -39,8 +39,9 @@ def test_segment_ct_two_organs(tmp_path, model_flags):
         ["segment", str(ct), "--organ", "liver,spleen", "-o", str(out),
          "--preview", str(tmp_path / "p.png"), "--report", str(tmp_path / "r.json"),
          # The paper's scoring always keeps a crop, so the report has records to check even
-         # with random weights; contrast scoring is tested in test_contrast.py.
-         "--scoring", "salip", "--no-progress", *model_flags]
+         # with random weights (under slices, every slice's); contrast scoring is tested in
+         # test_contrast.py, the volume strategy in test_volume_strategy.py.
+         "--scoring", "salip", "--strategy", "slices", "--no-progress", *model_flags]
     )  # fmt: skip
     assert code == 0
     source, written = nib.load(ct), nib.load(out)

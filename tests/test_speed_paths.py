@@ -157,6 +157,7 @@ def _cascade_options(tiny_models):
         pred_iou_thresh=0.0,
         stability_score_thresh=0.0,
         scoring="salip",  # random weights: top-k always picks a crop, so masks are not empty
+        strategy="slices",  # every slice through the batched cascade
         **tiny_models,
     )
 

@@ -291,16 +291,17 @@ def _build_salip(
 def cascade_strategy(
     engines: Engines, config: SegmentConfig, case: CaseInput, batch: int, timer: StageTimer
 ) -> Strategy:
-    """The strategy of ``config.strategy`` on cascade engines; a 2D image is one slice, so
-    there the volume strategy is the slices strategy."""
-    if config.strategy.strategy == "volume" and not case.is_2d:
+    """The strategy of ``config.strategy`` on cascade engines (``auto``: volume); a 2D image
+    is one slice, so there the volume strategy is the slices strategy."""
+    if config.strategy.strategy in ("auto", "volume") and not case.is_2d:
         return VolumeStrategy(engines, config, batch, timer)
     return SlicesStrategy.from_engines(engines, config, batch, timer)
 
 
 def _slice_only(kind: str, config: SegmentConfig) -> None:
-    """Refuse the volume strategy for methods that decide slice by slice."""
-    if config.strategy.strategy != "slices":
+    """Refuse the volume strategy for methods that decide slice by slice (``auto`` is
+    slices for them)."""
+    if config.strategy.strategy == "volume":
         raise ConfigError(
             f"the {kind} method segments slice by slice; --strategy "
             f"{config.strategy.strategy} needs the cascade's engines (--method cascade). "

@@ -133,11 +133,13 @@ class StrategyConfig:
     """How a volume is driven through the engines."""
 
     strategy: str = option(
-        "slices",
-        "slices: every body slice through everything mode and recognition on its own. "
-        "volume: survey key slices, localise each organ along the axis, seed from its best "
-        "key slices and propagate box prompts slice by slice (2D images: the same as slices).",
-        choices=("slices", "volume"),
+        "auto",
+        "auto: volume for the cascade on a volume, slices for a 2D image and for methods "
+        "that decide slice by slice (learned heads). slices: every body slice through "
+        "everything mode and recognition on its own. volume: survey key slices, localise "
+        "each organ along the axis, seed from its best key slices and propagate box "
+        "prompts slice by slice (2D images: the same as slices).",
+        choices=("auto", "slices", "volume"),
     )
     key_stride_mm: float = option(
         15.0, "Volume strategy: distance in mm between the key slices of the survey."
