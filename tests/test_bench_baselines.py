@@ -7,15 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from salip.engines.proposals import Proposals
-from salip.models.sam import load_sam
-from salip.models.sam_runtime import encode_images
-from salip.strategies.baselines import (
+from salip.apps.bench.baselines import (
     component_boxes,
     everything_oracle,
     sam_gt_box,
     sam_unprompted,
 )
+from salip.engines.proposals import Proposals
+from salip.models.sam import load_sam
+from salip.models.sam_runtime import encode_images
 from tests.conftest import SLICES, require_data
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from salip.api.factory import CaseInput, build, simulation
+from salip.api.factory import CaseInput, build
+from salip.apps.bench.kinds import BENCH_METHODS, simulation
 from salip.apps.bench.methods import make_method
 from salip.apps.bench.runner import CASE_COLUMNS, WORK_COLUMNS, run_benchmark
 from salip.core.config import SegmentConfig
@@ -189,15 +190,20 @@ def test_simulated_settings_defaults_and_overrides():
 def test_the_factory_refuses_missing_inputs():
     case = CaseInput((get_organ("liver"),), "ct", is_2d=True)
     with pytest.raises(ConfigError, match="needs the case's full reference label map"):
-        build("simulated", None, SegmentConfig(), case)
+        build("simulated", None, SegmentConfig(), case, kinds=BENCH_METHODS)
     with pytest.raises(ConfigError, match="needs the SAM model"):
-        build("sam-unprompted", None, SegmentConfig(), case)
+        build("sam-unprompted", None, SegmentConfig(), case, kinds=BENCH_METHODS)
     with pytest.raises(ConfigError, match="has no setting.*noise.*Its own settings: none"):
-        build("sam-unprompted", None, SegmentConfig(), case, extra={"noise": "low"})
+        build(
+            "sam-unprompted", None, SegmentConfig(), case, extra={"noise": "low"},
+            kinds=BENCH_METHODS,
+        )  # fmt: skip
     labels = np.zeros((40, 50), dtype=np.uint8)
     labels[10:30, 10:40] = 5
     full = CaseInput(case.organs, "ct", True, label_map=(labels, {5: "liver"}))
-    built = build("simulated", None, SegmentConfig(), full, extra={"noise": "none"})
+    built = build(
+        "simulated", None, SegmentConfig(), full, extra={"noise": "none"}, kinds=BENCH_METHODS
+    )
     assert built.identity["simulated"]["noise"] == "none" and built.strategy.name == "slices"
 
 

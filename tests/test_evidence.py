@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import salip
+from salip.apps.bench.simulated import ReferenceAnatomy, noise_preset, simulated_engines
 from salip.core.config import SegmentConfig
 from salip.core.organs import get_organ
 from salip.core.timing import StageTimer
-from salip.engines.simulated import ReferenceAnatomy, noise_preset, simulated_engines
 from salip.io import read_input
 from salip.io.slicing import display_slice
 from salip.strategies.base import SliceEvidence

@@ -144,3 +144,52 @@ def test_no_module_imports_from_a_higher_layer():
 def test_the_layer_check_finds_upward_imports():
     graph = {"salip.core.config": {"salip.api.pipeline"}, "salip.api.pipeline": set()}
     assert upward_imports(graph) == ["salip.core.config -> salip.api.pipeline"]
+
+
+#: Evaluation modules (the benchmark, the dataset readers, and the training that reads
+#: them): the segmenting path must never import them. (The CLI's parser reads the light
+#: ``salip.apps.training.config`` for the ``head train`` flags.)
+EVALUATION = (
+    "salip.apps.bench",
+    "salip.io.datasets",
+    "salip.apps.training.data",
+    "salip.apps.training.train",
+)
+
+
+def test_the_segmenting_path_imports_no_evaluation_module(tmp_path, tiny_models):
+    """``salip segment`` on a NIfTI, in a fresh process, with both strategies."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import nibabel as nib
+    import numpy as np
+
+    data = np.full((24, 20, 6), -1000, dtype=np.int16)
+    data[6:16, 5:15, 1:5] = 60
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 3.0, 1.0])), scan)
+    script = (
+        "import json, sys\n"
+        "from salip.apps.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print(json.dumps([code, sorted(m for m in sys.modules if m.startswith('salip'))]))\n"
+    )
+    for strategy in ("volume", "slices"):
+        out = tmp_path / f"{strategy}.nii.gz"
+        args = [
+            "segment", str(scan), "--organ", "liver", "-o", str(out), "--strategy", strategy,
+            "--sam-checkpoint", tiny_models["sam_checkpoint"],
+            "--clip-model", tiny_models["clip_model"], "--device", "cpu",
+            "--points-per-side", "4", "--no-progress",
+        ]  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            capture_output=True, text=True, check=True, cwd=REPO, env=dict(os.environ),
+        )  # fmt: skip
+        code, modules = json.loads(run.stdout.strip().splitlines()[-1])
+        assert code == 0 and out.exists(), run.stderr[-2000:]
+        assert "salip.api.pipeline" in modules  # the check sees what ran
+        assert [m for m in modules if m.startswith(EVALUATION)] == [], strategy

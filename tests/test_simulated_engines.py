@@ -1,4 +1,4 @@
-"""Simulated engines (salip.engines.simulated): known answers without noise, each noise
+"""Simulated engines (salip.apps.bench.simulated): known answers without noise, each noise
 kind doing what it says, seeded determinism independent of batching, and an end-to-end run
 on a real CT with its multi-organ reference."""
 
@@ -12,12 +12,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from salip.core.config import SegmentConfig
-from salip.core.errors import ConfigError
-from salip.core.organs import get_organ
-from salip.engines.boxes import grow_boxes
-from salip.engines.proposals import Proposals
-from salip.engines.simulated import (
+from salip.apps.bench.simulated import (
     NOISE_PRESETS,
     TISSUE_GRID,
     NoiseConfig,
@@ -30,6 +25,11 @@ from salip.engines.simulated import (
     similar_classes,
     simulated_engines,
 )
+from salip.core.config import SegmentConfig
+from salip.core.errors import ConfigError
+from salip.core.organs import get_organ
+from salip.engines.boxes import grow_boxes
+from salip.engines.proposals import Proposals
 from salip.io.slicing import from_display, slice_image
 from tests.conftest import TOTALSEG, require_data
 
@@ -485,8 +485,8 @@ def test_noise_free_engines_recover_real_organs_through_segment():
     import nibabel as nib
 
     import salip
+    from salip.apps.bench.simulated import totalseg_organ_map
     from salip.core.timing import StageTimer
-    from salip.engines.simulated import totalseg_organ_map
     from salip.io import read_input, to_canonical
     from salip.strategies.cascade import Engines
     from salip.strategies.slices import SlicesStrategy

@@ -227,14 +227,19 @@ def test_slices_strategy_refuses_an_ambiguous_setup():
 
 
 def test_every_method_and_flag_value_has_one_factory_entry():
-    assert set(SETTINGS) == set(METHODS)  # the benchmark knows every kind's settings
+    from salip.apps.bench.kinds import BENCH_METHODS
+
+    assert set(SETTINGS) == set(BENCH_METHODS)  # the benchmark knows every kind's settings
+    assert set(METHODS) < set(BENCH_METHODS)  # ... the product's among them
     choices = SegmenterConfig.__dataclass_fields__["method"].metadata["choices"]
     assert set(SEGMENT_METHODS) == set(choices)
     assert all(kind in METHODS for kind in SEGMENT_METHODS.values())
-    with pytest.raises(
-        ConfigError, match=r"Did you mean: salip\? Valid methods: salip, sam-unprompted"
-    ):
+    with pytest.raises(ConfigError, match=r"Did you mean: salip\? Valid methods: salip, head,"):
         get_method("salp")
+    # The product's table has no evaluation kind; the benchmark's does.
+    with pytest.raises(ConfigError, match="unknown method 'simulated'"):
+        get_method("simulated")
+    assert get_method("simulated", BENCH_METHODS).needs_label_map
 
 
 def test_the_factory_builds_the_cascade_from_sam_and_clip_engines(tiny_sam_path, tiny_clip_dir):
@@ -252,7 +257,10 @@ def test_the_factory_builds_the_cascade_from_sam_and_clip_engines(tiny_sam_path,
     assert built.strategy.name == "slices" and built.identity["scoring"]["mode"] == "contrast"
     with pytest.raises(ConfigError, match="needs the CLIP model"):
         build("salip", Models(sam, None, "cpu"), SegmentConfig(), case)
-    baseline = build("sam-unprompted", Models(sam, None, "cpu"), SegmentConfig(), case)
+    from salip.apps.bench.kinds import BENCH_METHODS
+
+    models = Models(sam, None, "cpu")
+    baseline = build("sam-unprompted", models, SegmentConfig(), case, kinds=BENCH_METHODS)
     assert baseline.identity == {"device": "cpu", "sam": sam.identity()}
 
 

@@ -2,7 +2,7 @@
 
 Each case is a small label volume (3 mm slices, so key slices are 5 slices apart at the
 default 15 mm stride) whose display images are uniform tissue; the simulated engines read
-the labels (see :mod:`salip.engines.simulated`).
+the labels (see :mod:`salip.apps.bench.simulated`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 import salip
+from salip.apps.bench.simulated import ReferenceAnatomy, noise_preset, simulated_engines
 from salip.core.config import SegmentConfig
 from salip.core.organs import get_organ
 from salip.core.timing import StageTimer
-from salip.engines.simulated import ReferenceAnatomy, noise_preset, simulated_engines
 from salip.io import read_input
 from salip.strategies.cascade import Engines
 from salip.strategies.slices import SlicesStrategy
@@ -205,6 +205,7 @@ def test_slices_strategy_reports_its_work_too():
 
 def test_a_2d_image_runs_the_slices_strategy_and_slice_methods_refuse_volume(tiny_sam_path):
     from salip.api.factory import CaseInput, Models, build, cascade_strategy
+    from salip.apps.bench.kinds import BENCH_METHODS
     from salip.core.errors import ConfigError
     from salip.models.sam import load_sam
     from salip.strategies.volume import VolumeStrategy
@@ -219,7 +220,7 @@ def test_a_2d_image_runs_the_slices_strategy_and_slice_methods_refuse_volume(tin
     assert isinstance(flat, SlicesStrategy) and isinstance(deep, VolumeStrategy)
     models = Models(load_sam(str(tiny_sam_path)), None, "cpu")
     with pytest.raises(ConfigError, match="slice by slice.*--strategy volume"):
-        build("sam-unprompted", models, config, CaseInput(liver, "ct", False))
+        build("sam-unprompted", models, config, CaseInput(liver, "ct", False), kinds=BENCH_METHODS)
 
 
 def test_an_organ_that_widens_fast_is_followed_not_stopped():

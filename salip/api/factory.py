@@ -8,40 +8,32 @@ kind                              what it builds
 ================================  ====================================================
 ``salip``                         the SaLIP cascade: SAM encoder, SAM everything mode,
                                   crops + CLIP, SAM box refinement (zero-shot)
-``sam-unprompted``                SAM's decoder with no prompt (zero-shot; one mask per
-                                  slice, the same for every organ)
-``sam-everything-oracle``         the everything-mode proposal best matching the
-                                  reference slice (reads labels: proposal recall)
-``sam-gt-box``                    SAM prompted with the tight box of each reference
-                                  component per slice (reads labels: the paper's bound)
 ``head``                          a learned CLIP-driven head on SAM features (trained
                                   with labels: ``salip head train``, variant "clip")
 ``head-static``                   control: the same upsampler, plain per-class 1x1 head
 ``head-randtext``                 control: learned random class codes instead of CLIP
                                   text
-``simulated``                     the cascade's strategy (``strategy``: slices|volume)
-                                  on simulated engines driven by the case's FULL
-                                  reference label map, with seeded noise (reads labels;
-                                  no model: a test bed for strategies, see
-                                  :mod:`salip.engines.simulated`)
 ================================  ====================================================
+
+The benchmark adds its own kinds (the SAM baselines and the simulated engines, in
+:mod:`salip.apps.bench.kinds`) and passes the whole table to :func:`build` as ``kinds``,
+so the segmenting path never imports evaluation code.
 
 Settings are :class:`~salip.core.config.SegmentConfig` fields, except a kind's own
 ``extra_settings`` (:class:`MethodKind`), which are no config fields and reach its builder
-as ``extra``: for ``simulated``, the noise preset, seed and noise overrides
-(:data:`SIMULATION_SETTINGS`, read by :func:`simulation`). What a kind learns of the input
-besides the image is on :class:`CaseInput`: reference masks for ``uses_ground_truth`` kinds,
-the full label map for ``needs_label_map`` kinds. Kinds with ``needs_sam = False`` get no
-models (``models`` is None).
+as ``extra`` (for the benchmark's ``simulated`` kind: the noise preset, seed and noise
+overrides). What a kind learns of the input besides the image is on :class:`CaseInput`:
+reference masks for ``uses_ground_truth`` kinds, the full label map for
+``needs_label_map`` kinds. Kinds with ``needs_sam = False`` get no models (``models`` is
+None).
 
-Adding a method is a builder function and an entry in :data:`METHODS`; a new engine is a
-class with the role's method (see :mod:`salip.engines`) put into an
+Adding a method is a builder function and a :class:`MethodKind` in a table of kinds; a new
+engine is a class with the role's method (see :mod:`salip.engines`) put into an
 :class:`~salip.strategies.cascade.Engines` by a builder.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,20 +50,10 @@ from salip.engines.encoder import SamEncoder, slice_batch
 from salip.engines.proposer import SamProposer
 from salip.engines.recogniser import ClipRecogniser
 from salip.engines.refiner import SamRefiner
-from salip.engines.simulated import (
-    NOISE_PRESETS,
-    NoiseConfig,
-    ReferenceAnatomy,
-    noise_preset,
-    simulated_engines,
-    totalseg_organ_map,
-)
-from salip.io.orientation import display_pixel_mm
 from salip.models.clip import LoadedClip
 from salip.models.head import LoadedHead
 from salip.models.sam import LoadedSam
 from salip.strategies.base import Strategy
-from salip.strategies.baselines import EncodedSlices, GtBox, Oracle, Unprompted
 from salip.strategies.cascade import Engines
 from salip.strategies.slices import SlicesStrategy
 from salip.strategies.volume import VolumeStrategy
@@ -298,7 +280,7 @@ def cascade_strategy(
     return SlicesStrategy.from_engines(engines, config, batch, timer)
 
 
-def _slice_only(kind: str, config: SegmentConfig) -> None:
+def slice_only(kind: str, config: SegmentConfig) -> None:
     """Refuse the volume strategy for methods that decide slice by slice (``auto`` is
     slices for them)."""
     if config.strategy.strategy == "volume":
@@ -319,7 +301,7 @@ def _build_head(
     """A learned head (any variant) under the ``slices`` strategy."""
     from salip.strategies.head import HeadSegmenter
 
-    _slice_only("head", config)
+    slice_only("head", config)
     head = models.head(str(config.segmenter.head))
     trained_axis = head.slicing.get("axis")
     if trained_axis and trained_axis != config.slicing.axis:
@@ -335,145 +317,14 @@ def _build_head(
     return Built(strategy, identity)
 
 
-def _baseline(segmenter_class: type[EncodedSlices]) -> Builder:
-    """The builder of a SAM baseline of :mod:`salip.strategies.baselines`."""
-
-    def build(
-        models: Models,
-        config: SegmentConfig,
-        case: CaseInput,
-        timer: StageTimer,
-        extra: Mapping[str, Any],
-    ) -> Built:
-        _slice_only(segmenter_class.__name__, config)
-        encoder = SamEncoder.for_config(models.sam, config, models.device)
-        pixel_mm = (
-            None
-            if case.is_2d or case.spacing is None
-            else display_pixel_mm(case.spacing, config.slicing.axis)
-        )
-        segmenter = segmenter_class(encoder, config, case.references, case.is_2d, pixel_mm)
-        batch = slice_batch(config.proposals.encoder_batch_size, models.device)
-        strategy = SlicesStrategy(batch_size=batch, segmenter=segmenter, timer=timer)
-        return Built(strategy, {"device": models.device, "sam": models.sam.identity()})
-
-    return build
-
-
-#: The simulated kind's own settings: ``noise`` (a preset of
-#: :data:`~salip.engines.simulated.NOISE_PRESETS`, default "moderate"), ``seed`` (a whole
-#: number >= 0, default 0) and any :class:`~salip.engines.simulated.NoiseConfig` field,
-#: overriding the preset's value (e.g. ``drop_rate = 0.3``).
-SIMULATION_SETTINGS: tuple[str, ...] = (
-    "noise",
-    "seed",
-    *(f.name for f in dataclasses.fields(NoiseConfig)),
-)
-
-#: The simulated kind's default noise preset.
-DEFAULT_NOISE = "moderate"
-
-
-@dataclass(frozen=True)
-class Simulation:
-    """The simulated kind's settings, checked.
-
-    Attributes:
-        preset: the noise preset's name.
-        noise: the preset with the overrides applied.
-        seed: the seed of every random draw.
-    """
-
-    preset: str
-    noise: NoiseConfig
-    seed: int
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready: ``{"noise": preset, "noise_params": {...}, "seed": seed}``."""
-        return {
-            "noise": self.preset,
-            "noise_params": dataclasses.asdict(self.noise),
-            "seed": self.seed,
-        }
-
-
-def simulation(extra: Mapping[str, Any]) -> Simulation:
-    """The simulated kind's settings from ``extra``, whose keys
-    :meth:`MethodKind.check_extra` has checked against :data:`SIMULATION_SETTINGS`.
-
-    Raises:
-        ConfigError: an unknown preset, or an invalid value (the message names the valid
-            ones).
-    """
-    preset = extra.get("noise", DEFAULT_NOISE)
-    if not isinstance(preset, str):
-        raise ConfigError(
-            f"noise must be the name of a preset ({', '.join(NOISE_PRESETS)}), not {preset!r}."
-        )
-    seed = extra.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be a whole number >= 0, not {seed!r}.")
-    overrides = {k: v for k, v in extra.items() if k not in ("noise", "seed")}
-    noise = noise_preset(preset, **overrides)
-    return Simulation(preset.strip().lower(), noise, seed)
-
-
-def _read_simulation(extra: Mapping[str, Any]) -> dict[str, Any]:
-    return simulation(extra).describe()
-
-
-def _build_simulated(
-    models: Models | None,
-    config: SegmentConfig,
-    case: CaseInput,
-    timer: StageTimer,
-    extra: Mapping[str, Any],
-) -> Built:
-    """The cascade's strategy (``config.strategy``) on simulated engines driven by the case's
-    full reference label map (no model)."""
-    if case.label_map is None:
-        raise ConfigError(
-            "the simulated method needs the case's full reference label map "
-            "(CaseInput.label_map: every label, not only the target organs), and none was "
-            "given; use a dataset kind with label files (nifti-multilabel, msd, "
-            "nifti-per-organ)."
-        )
-    settings = simulation(extra)
-    labels, names = case.label_map
-    anatomy = ReferenceAnatomy(
-        labels,
-        names,
-        axis=config.slicing.axis,
-        is_2d=case.is_2d,
-        organ_map=totalseg_organ_map(),
-        spacing=None if case.is_2d else case.spacing,
-    )
-    engines = Engines(*simulated_engines(anatomy, settings.noise, settings.seed, config))
-    batch = slice_batch(config.proposals.encoder_batch_size, "cpu")
-    strategy = cascade_strategy(engines, config, case, batch, timer)
-    return Built(strategy, {"simulated": settings.describe()})
-
-
 #: Method kinds by name.
 METHODS: dict[str, MethodKind] = {
     kind.name: kind
     for kind in (
         MethodKind("salip", _build_salip, needs_clip=True),
-        MethodKind("sam-unprompted", _baseline(Unprompted)),
-        MethodKind("sam-everything-oracle", _baseline(Oracle), uses_ground_truth=True),
-        MethodKind("sam-gt-box", _baseline(GtBox), uses_ground_truth=True),
         MethodKind("head", _build_head, head_variant="clip"),
         MethodKind("head-static", _build_head, head_variant="static"),
         MethodKind("head-randtext", _build_head, head_variant="randtext"),
-        MethodKind(
-            "simulated",
-            _build_simulated,
-            uses_ground_truth=True,
-            needs_sam=False,
-            needs_label_map=True,
-            extra_settings=SIMULATION_SETTINGS,
-            read_extra=_read_simulation,
-        ),
     )
 }
 
@@ -482,16 +333,17 @@ METHODS: dict[str, MethodKind] = {
 SEGMENT_METHODS = {"cascade": "salip", "head": "head"}
 
 
-def get_method(name: str) -> MethodKind:
-    """The method kind called ``name``.
+def get_method(name: str, kinds: Mapping[str, MethodKind] | None = None) -> MethodKind:
+    """The method kind called ``name`` in ``kinds`` (default :data:`METHODS`).
 
     Raises:
         ConfigError: an unknown name (the message lists the valid ones).
     """
-    if name not in METHODS:
-        hint = did_you_mean(str(name), METHODS)
-        raise ConfigError(f"unknown method {name!r}.{hint} Valid methods: {', '.join(METHODS)}.")
-    return METHODS[name]
+    kinds = METHODS if kinds is None else kinds
+    if name not in kinds:
+        hint = did_you_mean(str(name), kinds)
+        raise ConfigError(f"unknown method {name!r}.{hint} Valid methods: {', '.join(kinds)}.")
+    return kinds[name]
 
 
 def window_organs(
@@ -511,11 +363,12 @@ def build(
     case: CaseInput,
     timer: StageTimer | None = None,
     extra: Mapping[str, Any] | None = None,
+    kinds: Mapping[str, MethodKind] | None = None,
 ) -> Built:
     """Build method ``name`` for one input.
 
     Args:
-        name: a key of :data:`METHODS`.
+        name: a key of ``kinds``.
         models: the loaded models (CLIP when the kind ``needs_clip``); None for kinds that
             need no SAM (``needs_sam`` False).
         config: all settings.
@@ -524,12 +377,14 @@ def build(
         timer: stage timer the strategy and engines add to.
         extra: the kind's own settings (:attr:`MethodKind.extra_settings`), e.g. the
             simulated kind's ``{"noise": "low", "seed": 1}``.
+        kinds: the table of method kinds (default :data:`METHODS`; the benchmark's
+            :data:`salip.apps.bench.kinds.BENCH_METHODS` adds its own).
 
     Raises:
         ConfigError: an unknown method, setting or value, or no models for a kind that
             needs SAM.
     """
-    kind = get_method(name)
+    kind = get_method(name, kinds)
     kind.check_extra(extra)
     if models is None and kind.needs_sam:
         raise ConfigError(f"the {name} method needs the SAM model, which was not loaded.")

@@ -1,7 +1,8 @@
 """Benchmark methods: the rows of the table, each built per case by the method factory.
 
 A method is one ``[[methods]]`` table of a benchmark config: a row ``name``, a ``method``
-kind from :data:`salip.api.factory.METHODS` (the table there says what each builds) and
+kind from :data:`salip.apps.bench.kinds.BENCH_METHODS` (the tables of
+:mod:`salip.api.factory` and :mod:`salip.apps.bench.kinds` say what each builds) and
 settings with the names of salip's config fields (the CLI flag names with ``_`` for ``-``).
 Every kind says here which settings it reads (:data:`SETTINGS`), and in the factory whether
 it reads the reference masks (``uses_ground_truth``): only such methods are handed
@@ -10,7 +11,8 @@ references, and the table marks their rows. A kind's own settings that are no co
 ``noise``, ``seed`` and noise overrides) are read from the same table, checked when the
 config is loaded, and handed to the builder as ``extra`` (:attr:`Method.extra`).
 
-Adding a method is a builder in :mod:`salip.api.factory`, plus its settings here.
+Adding a method is a builder in :mod:`salip.api.factory` (a product method) or
+:mod:`salip.apps.bench.kinds` (an evaluation-only one), plus its settings here.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from salip.api.factory import METHODS, Built, CaseInput, MethodKind, Models, build
+from salip.api.factory import Built, CaseInput, MethodKind, Models, build
+from salip.apps.bench.kinds import BENCH_METHODS
 from salip.core.config import (
     ModelConfig,
     SegmentConfig,
@@ -79,7 +82,7 @@ class Method:
     """One row of the table: a method kind with its settings.
 
     Attributes:
-        kind: the method kind's name (a key of :data:`salip.api.factory.METHODS`).
+        kind: the method kind's name (a key of :data:`salip.apps.bench.kinds.BENCH_METHODS`).
         spec: the method kind.
         name: the row label.
         config: the full settings (models included).
@@ -132,7 +135,7 @@ class Method:
     def build(self, models: Models | None, case: CaseInput) -> Built:
         """The method's strategy for one case (see :func:`salip.api.factory.build`);
         ``models`` may be None when the method does not :attr:`needs_sam`."""
-        return build(self.kind, models, self.config, case, extra=self.extra)
+        return build(self.kind, models, self.config, case, extra=self.extra, kinds=BENCH_METHODS)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for run.json and the per-case fingerprints."""
@@ -162,7 +165,7 @@ def _check_head(name: str, kind: MethodKind, config: SegmentConfig) -> str:
         raise BenchmarkError(f"method '{name}' ({kind.name}): {exc}") from exc
     variant = manifest.get("variant")
     if variant != kind.head_variant:
-        fits = next((k for k, m in METHODS.items() if m.head_variant == variant), "?")
+        fits = next((k for k, m in BENCH_METHODS.items() if m.head_variant == variant), "?")
         raise BenchmarkError(
             f"method '{name}': {path} is a '{variant}' head, but method = "
             f"'{kind.name}' expects a '{kind.head_variant}' head; use method = '{fits}'."
@@ -187,13 +190,13 @@ def make_method(table: Mapping[str, Any], models: Mapping[str, Any]) -> Method:
     if not isinstance(name, str) or not name.strip():
         raise BenchmarkError(f"a method has no `name` (got {name!r}); it is the table's row label.")
     kind = table.get("method")
-    if kind not in METHODS:
-        hint = did_you_mean(str(kind), METHODS)
+    if kind not in BENCH_METHODS:
+        hint = did_you_mean(str(kind), BENCH_METHODS)
         raise BenchmarkError(
-            f"method '{name}': unknown method {kind!r}.{hint} Valid methods: {', '.join(METHODS)}."
+            f"method '{name}': unknown method {kind!r}.{hint} Valid methods: {', '.join(BENCH_METHODS)}."
         )
     allowed, defaults = SETTINGS[kind]
-    spec = METHODS[kind]
+    spec = BENCH_METHODS[kind]
     options = {k: v for k, v in table.items() if k not in ("name", "method")}
     if allowed is None:
         allowed = tuple(f for f in flat_fields() if f not in (*_MODEL_FIELDS, *_SEGMENTER_FIELDS))
