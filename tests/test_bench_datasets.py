@@ -10,10 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from salip.core.errors import BenchmarkError
-from salip.core.label_sets import LABEL_SETS, totalseg_files
-from salip.io import file_stem
-from salip.io.datasets import (
+from salip.apps.bench.datasets import (
     KINDS,
     expand_pattern,
     image_shape,
@@ -22,6 +19,9 @@ from salip.io.datasets import (
     load_references,
     mask_threshold,
 )
+from salip.core.errors import BenchmarkError
+from salip.core.label_sets import LABEL_SETS, totalseg_files
+from salip.io import file_stem
 from tests.conftest import SLICES, TOTALSEG, require_data
 
 

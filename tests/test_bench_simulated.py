@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 
 from salip.api.factory import CaseInput, build
+from salip.apps.bench.datasets import image_shape, load_dataset, load_label_map, load_references
 from salip.apps.bench.kinds import BENCH_METHODS, simulation
 from salip.apps.bench.methods import make_method
 from salip.apps.bench.runner import CASE_COLUMNS, WORK_COLUMNS, run_benchmark
 from salip.core.config import SegmentConfig
 from salip.core.errors import BenchmarkError, ConfigError
 from salip.core.organs import get_organ
-from salip.io.datasets import image_shape, load_dataset, load_label_map, load_references
 from tests.conftest import SLICES, TOTALSEG, require_data
 
 ORGANS = ["liver", "spleen", "kidney_left", "kidney_right", "aorta"]

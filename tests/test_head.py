@@ -229,8 +229,8 @@ def test_split_and_sampling_weights() -> None:
 def test_embedding_cache_hit_on_second_run(
     tiny_sam_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from salip.apps.bench.datasets import load_dataset
     from salip.core.config import SegmentConfig
-    from salip.io.datasets import load_dataset
     from salip.models.registry import salip_home
     from salip.models.sam import load_sam
 

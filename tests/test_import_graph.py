@@ -151,7 +151,6 @@ def test_the_layer_check_finds_upward_imports():
 #: ``salip.apps.training.config`` for the ``head train`` flags.)
 EVALUATION = (
     "salip.apps.bench",
-    "salip.io.datasets",
     "salip.apps.training.data",
     "salip.apps.training.train",
 )

@@ -18,7 +18,7 @@ organ answered "not found" has ``pred_voxels`` 0).
 
 Models are loaded only when a method needs them (:attr:`Method.needs_sam`): a config of
 ``simulated`` rows runs without checkpoints. Methods that read the full label map
-(:attr:`Method.needs_label_map`) get it from :func:`salip.io.datasets.load_label_map`, in
+(:attr:`Method.needs_label_map`) get it from :func:`salip.apps.bench.datasets.load_label_map`, in
 salip's canonical layout; a dataset kind without one makes their cases error rows.
 """
 
@@ -42,12 +42,12 @@ import numpy as np
 
 from salip.api.cluster import RayPool, require_ray
 from salip.api.factory import CaseInput, Models, load_models
+from salip.apps.bench.datasets import Case, load_dataset, load_label_map, load_references
 from salip.apps.bench.methods import Method, make_method
 from salip.core.config import ClusterConfig, check_keys, read_toml
 from salip.core.errors import BenchmarkError, ConfigError, SalipError
 from salip.core.hashing import fingerprint
 from salip.core.prefetch import prefetch
-from salip.io.datasets import Case, load_dataset, load_label_map, load_references
 from salip.models.specs import local_dir, resolve_model_paths
 from salip.version import __version__
 

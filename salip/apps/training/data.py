@@ -1,6 +1,6 @@
 """Training data for the head: benchmark datasets -> cached SAM embeddings and targets.
 
-Cases come from the benchmark's dataset kinds (:func:`salip.io.datasets.load_dataset`).
+Cases come from the benchmark's dataset kinds (:func:`salip.apps.bench.datasets.load_dataset`).
 Each case is read and sliced exactly as :func:`salip.segment` does (``read_input``,
 ``choose_intensity``, ``to_uint8``, ``body_slices``, ``iter_slices``), so the head trains on
 the slices it will see. The intensity mapping is chosen with the head's classes as the
@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import InterpolationMode, resize
 
+from salip.apps.bench.datasets import Case
 from salip.apps.training.cache import EmbeddingCache, load_embedding
 from salip.core.config import SegmentConfig
 from salip.core.hashing import file_sha256
-from salip.io.datasets import Case
 from salip.models.head import UPSCALE
 from salip.models.sam_preprocess import SAM_PREPROCESS, SamPreprocess
 
@@ -169,7 +169,7 @@ def build_samples(
     """Every body slice of every case as a :class:`SliceSample`, embeddings cached.
 
     Args:
-        cases: the cases (from :func:`salip.io.datasets.load_dataset`).
+        cases: the cases (from :func:`salip.apps.bench.datasets.load_dataset`).
         classes: the head's classes (vocabulary organ names), in output order.
         config: slicing settings (axis, window, modality, percentiles, skip_empty).
         cache: where embeddings are read from or encoded into.

@@ -288,8 +288,8 @@ def train_head(
 
 def _plan_run(config: HeadTrainConfig | str | Path, out: str | Path) -> _Run:
     """Phase 1: the config, the output folder, the cases and their split, the fingerprint."""
+    from salip.apps.bench.datasets import load_dataset
     from salip.core.hashing import file_sha256
-    from salip.io.datasets import load_dataset
     from salip.models.sam import resolve_sam_checkpoint
 
     cfg = config if isinstance(config, HeadTrainConfig) else load_head_config(config)
