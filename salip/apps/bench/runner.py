@@ -43,6 +43,7 @@ import numpy as np
 from salip.api.cluster import RayPool, require_ray
 from salip.api.factory import CaseInput, Models, load_models
 from salip.apps.bench.datasets import Case, load_dataset, load_label_map, load_references
+from salip.apps.bench.devtime import hardware, peak_mb, reset_peak, sync
 from salip.apps.bench.methods import Method, make_method
 from salip.core.config import ClusterConfig, check_keys, read_toml
 from salip.core.errors import BenchmarkError, ConfigError, SalipError
@@ -298,12 +299,12 @@ def _device_info(device: str) -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {"device": device, "platform": platform.platform()}
+    machine = hardware(device)
     if device.startswith("cuda"):
-        index = torch.device(device).index or 0
-        info["gpu"] = torch.cuda.get_device_name(index)
+        info["gpu"] = machine["gpu"]
         info["cuda"] = torch.version.cuda
     else:
-        info["cpu_threads"] = torch.get_num_threads()
+        info["cpu_threads"] = machine["cpu_threads"]
     return info
 
 
@@ -487,7 +488,6 @@ class _CaseRun:
 
     def run(self, method: Method) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
         """Segment and score the case with ``method``: (rows, montage arrays)."""
-        import torch
 
         from salip.api.pipeline import segment
         from salip.core.organs import get_organ
@@ -503,19 +503,15 @@ class _CaseRun:
             config = config.replace(modality=case.modality)
         intensity = choose_intensity(volume, list(organs), config.slicing)
         given = self.case_input(method, organs, intensity.modality)
-        cuda = device.startswith("cuda")
-        if cuda:
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak(device)
         start = time.perf_counter()
         built = method.build(models, given)
         result = segment(
             volume, organs=list(case.organs), write=False, config=config, segmenter=built.strategy
         )
-        if cuda:
-            torch.cuda.synchronize(device)
+        sync(device)
         wall = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+        peak = peak_mb(device)
         work = _work(result.report)
         references = self.references()
         volume8 = self.volume8(intensity, config.slicing)

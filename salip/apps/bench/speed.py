@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import resource
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from salip.apps.bench.devtime import DeviceTimer, hardware, peak_mb, reset_peak, rss_mb, sync
 from salip.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -82,45 +81,6 @@ def synthetic_ct(shape: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.nd
     return np.rint(hu).astype(np.int16), affine
 
 
-class _Stages:
-    """Seconds per stage, and the device's peak memory."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    def add(self, stage: str, start: float, device: str) -> float:
-        _sync(device)
-        now = time.perf_counter()
-        self.seconds[stage] += now - start
-        return now
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_mb(device: str) -> float | None:
-    import torch
-
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None
-
-
-def _rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _reference_slice(
     image: np.ndarray,
     generator: Any,
@@ -130,7 +90,7 @@ def _reference_slice(
     config: Any,
     k: int,
     device: str,
-    stages: _Stages,
+    stages: DeviceTimer,
     floor: float,
 ) -> np.ndarray:
     """One slice the reference way; returns the HxW bool mask. ``floor``: the area
@@ -144,7 +104,7 @@ def _reference_slice(
     h, w = image.shape[:2]
     t = time.perf_counter()
     records = generator.generate(image)
-    t = stages.add("amg", t, device)
+    t = stages.add("amg", t)
     kept = [
         r for r in records if floor <= r["area"] and r["area"] / (h * w) <= config.area.max_area
     ]
@@ -158,7 +118,7 @@ def _reference_slice(
             region = region * record["segmentation"][y0:y1, x0:x1, None].astype(np.uint8)
         crops.append(pad_to_square(np.ascontiguousarray(region)))
         boxes.append(box)
-    t = stages.add("filter_crops", t, device)
+    t = stages.add("filter_crops", t)
     mask = np.zeros((h, w), dtype=bool)
     if not crops:
         return mask
@@ -172,12 +132,12 @@ def _reference_slice(
         emb = clip.model.encode_image(batch).float()
         emb = emb / emb.norm(dim=-1, keepdim=True)
         picked = select_top_k(emb @ text, k)
-    t = stages.add("clip", t, device)
+    t = stages.add("clip", t)
     predictor.set_image(image)
     for index in picked:
         masks, _, _ = predictor.predict(box=boxes[index], multimask_output=False)
         mask |= masks[0].astype(bool)
-    stages.add("refine", t, device)
+    stages.add("refine", t)
     return mask
 
 
@@ -209,12 +169,12 @@ def _run_reference(
         output_mode="binary_mask",
     )
     predictor = SamPredictor(sam.model)
-    stages = _Stages()
+    stages = DeviceTimer(device)
     t = time.perf_counter()
     volume = read_input(path)
     intensity = choose_intensity(volume, [organ], config.slicing)
     volume8 = to_uint8(volume, intensity, config.slicing)
-    t = stages.add("io", t, device)
+    t = stages.add("io", t)
     canonical = np.zeros(volume.data.shape, dtype=bool)
     axis = config.slicing.axis
     pixel_mm = display_pixel_mm(volume.spacing, axis)
@@ -235,7 +195,7 @@ def _run_reference(
         put_slice(canonical, index, axis, mask)
     t = time.perf_counter()
     write_mask(out, to_source_grid(canonical.astype(np.uint8), volume.geometry), volume.geometry)
-    stages.add("io", t, device)
+    stages.add("io", t)
     return canonical, dict(stages.seconds)
 
 
@@ -385,7 +345,7 @@ def _prepare(
     # Warm-up (CUDA context, kernels) on one dummy slice, outside both timings.
     dummy = np.zeros((64, 64, 3), dtype=np.uint8)
     encode_images(sam.model, [dummy], 1, precision=precision, preprocess=sam.preprocess)
-    _sync(device)
+    sync(device)
     return _Setup(
         work=work,
         path=path,
@@ -410,7 +370,7 @@ def _time_salip(setup: _Setup) -> tuple[Any, _Timed]:
 
     s, device = setup, setup.device
     timer = StageTimer()
-    _reset_peak(device)
+    reset_peak(device)
     start = time.perf_counter()
     case = CaseInput((s.target,), s.modality, is_2d=False)
     built = build("salip", Models(s.sam, s.clip, device), s.config, case, timer)
@@ -421,9 +381,9 @@ def _time_salip(setup: _Setup) -> tuple[Any, _Timed]:
         config=s.config,
         segmenter=built.strategy,
     )
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - start
-    peak, rss = _peak_mb(device), _rss_mb()
+    peak, rss = peak_mb(device), rss_mb()
     stages = {**result.report["timings_s"]}
     for name, stage_s in timer.seconds.items():
         stages[name] = round(stages.get(name, 0.0) + stage_s, 4)
@@ -451,14 +411,14 @@ def _time_multi_organ(setup: _Setup, extra_organs: Sequence[str]) -> tuple[list[
         config=s.config,
         segmenter=built.strategy,
     )
-    _sync(s.device)
+    sync(s.device)
     return multi_organs, time.perf_counter() - start
 
 
 def _time_reference(setup: _Setup) -> tuple[np.ndarray, _Timed]:
     """(A): the reference run; its canonical mask and timing."""
     s = setup
-    _reset_peak(s.device)
+    reset_peak(s.device)
     start = time.perf_counter()
     reference, reference_stages = _run_reference(
         s.path,
@@ -468,9 +428,9 @@ def _time_reference(setup: _Setup) -> tuple[np.ndarray, _Timed]:
         s.descriptions,
         s.config,
     )
-    _sync(s.device)
+    sync(s.device)
     seconds = time.perf_counter() - start
-    return reference, _Timed(seconds, reference_stages, _peak_mb(s.device), _rss_mb())
+    return reference, _Timed(seconds, reference_stages, peak_mb(s.device), rss_mb())
 
 
 def _compare_masks(
@@ -513,16 +473,15 @@ def _result_dict(
     checkpoint = Path(s.sam.path)
     sha = file_sha256(checkpoint)
     official = next((name for name, info in SAM_CHECKPOINTS.items() if info.sha256 == sha), None)
+    machine = hardware(device)
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "input": s.source,
         "shape": s.shape,
         "organ": s.target.name,
         "device": device,
-        "gpu": torch.cuda.get_device_name(torch.device(device))
-        if device.startswith("cuda")
-        else None,
-        "cpu_threads": torch.get_num_threads(),
+        "gpu": machine["gpu"],
+        "cpu_threads": machine["cpu_threads"],
         "precision": s.precision,
         "reference_precision": "fp32",
         "sam_checkpoint": str(checkpoint),

@@ -25,14 +25,12 @@ import datetime as dt
 import logging
 import os
 import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from salip.apps.bench.devtime import hardware, sync, timed
 from salip.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -87,22 +85,6 @@ def _check(
     ):
         if int(value) < low:
             raise ConfigError(f"{name} must be at least {low}, not {value}.")
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def _timed(device: str, work: Callable[[], Any]) -> tuple[float, Any]:
-    """(seconds, result) of ``work()``, the device synchronised before and after."""
-    _sync(device)
-    start = time.perf_counter()
-    result = work()
-    _sync(device)
-    return time.perf_counter() - start, result
 
 
 def _load_model(
@@ -177,7 +159,7 @@ def _encoder_auto_batch(
     def run() -> Any:
         return encode_images(sam, full, batch, precision=precision, encoder=encoder)
 
-    seconds, _ = _timed(device, run)
+    seconds, _ = timed(device, run)
     return n, seconds / n
 
 
@@ -210,22 +192,22 @@ def _measure_slices(
     warm = replace(config.proposals, points_per_side=min(8, config.proposals.points_per_side))
     generate_proposals_batch(sam, [first], warm, batch)
     refine_with_boxes(sam, first, boxes[0])
-    _sync(device)
+    sync(device)
     samples = _Samples()
     for index, image in enumerate(images):
-        seconds, embedding = _timed(device, lambda image=image: encode(image))
+        seconds, embedding = timed(device, lambda image=image: encode(image))
         samples.encoder.append(seconds)
-        seconds, props = _timed(
+        seconds, props = timed(
             device,
             lambda e=embedding: generate_proposals_batch(sam, [e], config.proposals, batch)[0],
         )
         samples.everything.append(seconds)
         samples.proposals.append(len(props))
-        seconds, _ = _timed(
+        seconds, _ = timed(
             device, lambda e=embedding: [refine_with_boxes(sam, e, b) for b in boxes]
         )
         samples.box.append(seconds / len(boxes))
-        seconds, _ = _timed(device, lambda e=embedding: refine_with_boxes(sam, e, stacked))
+        seconds, _ = timed(device, lambda e=embedding: refine_with_boxes(sam, e, stacked))
         samples.box_batched.append(seconds / len(boxes))
         logger.info(
             "slice %d/%d: encoder %.3f s, everything %.3f s (%d proposals), box %.4f s/prompt",
@@ -237,25 +219,6 @@ def _measure_slices(
             samples.box[-1],
         )
     return samples, batch.value, len(boxes)
-
-
-def _hardware(device: str) -> dict[str, Any]:
-    """``hardware`` (GPU name, or "CPU (N threads, model)"), ``gpu``, ``cpu_threads``."""
-    import torch
-
-    threads = torch.get_num_threads()
-    if device.startswith("cuda"):
-        gpu = torch.cuda.get_device_name(torch.device(device))
-        return {"hardware": gpu, "gpu": gpu, "cpu_threads": threads}
-    name = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                name = ", " + line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    return {"hardware": f"CPU ({threads} threads{name})", "gpu": None, "cpu_threads": threads}
 
 
 def measure_unit_costs(
@@ -355,7 +318,7 @@ def _result(
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device,
-        **_hardware(device),
+        **hardware(device),
         "torch": torch.__version__,
         "salip": __version__,
         "model_type": sam.model_type,
