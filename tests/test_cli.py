@@ -142,7 +142,7 @@ def test_flags_map_one_to_one_onto_config(tmp_path, monkeypatch):
         seen.update(kwargs)
         raise salip.SalipError("stop")
 
-    monkeypatch.setattr("salip.api.pipeline.segment", fake_segment)
+    monkeypatch.setattr("salip.apps.cli.segment.segment", fake_segment)
     main(["segment", "x.nii.gz", "--organ", "liver", "--points-per-side", "7", "--window",
           "lung", "--crop-mode", "box", "--no-largest-component", "--top-k", "3"])  # fmt: skip
     config = salip.SegmentConfig().replace(**{k: v for k, v in seen.items() if k in flat_fields()})
@@ -303,7 +303,7 @@ def test_other_libraries_warnings_are_one_line_and_quiet_with_q(capsys):
     import warnings
 
     from salip.api import cluster
-    from salip.apps.cli import _setup_logging
+    from salip.apps.cli.app import _setup_logging
 
     for quiet in (False, True):
         _setup_logging(0, quiet)
@@ -319,3 +319,28 @@ def test_other_libraries_warnings_are_one_line_and_quiet_with_q(capsys):
         assert quiet or "a highdicom note: over two lines" in noted[0], err
         # Ray is started quiet too (its token-authentication notice is a WARNING).
         assert cluster.logger.isEnabledFor(logging.INFO) is not quiet
+
+
+def test_only_the_command_that_runs_is_imported():
+    """The lazy boundary is importing the command: `salip organs` loads neither torch nor
+    another command's module, and its help lists every command."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from salip.apps.cli import main\n"
+        "code = main(['organs'])\n"
+        "print('MODULES', 'torch' in sys.modules, "
+        "sorted(m for m in sys.modules if m.startswith('salip.apps.cli.')))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    last = run.stdout.strip().splitlines()[-1]
+    assert (
+        last
+        == "MODULES False ['salip.apps.cli.app', 'salip.apps.cli.flags', 'salip.apps.cli.organs']"
+    )
+    from salip.apps.cli.app import COMMANDS, build_parser
+
+    listed = build_parser("organs")._subparsers._group_actions[0].choices  # noqa: SLF001
+    assert list(listed) == list(COMMANDS)

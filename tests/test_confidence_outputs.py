@@ -282,13 +282,14 @@ def test_bad_assembly_settings_say_what_to_do(options, message):
 
 
 def test_the_flags_reach_the_config():
-    from salip.apps.cli import _build_parser, _config_options
+    from salip.apps.cli.app import build_parser
+    from salip.apps.cli.flags import config_options
 
-    args = _build_parser().parse_args(
+    args = build_parser().parse_args(
         ["segment", "x.nii.gz", "--organ", "liver", "--min-confidence", "0.2",
          "--max-gap-slices", "4"]
     )  # fmt: skip
-    config = SegmentConfig().replace(**_config_options(args))
+    config = SegmentConfig().replace(**config_options(args))
     assert (config.assembly.min_confidence, config.assembly.max_gap_slices) == (0.2, 4)
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from salip.apps.cli import _build_parser
+from salip.apps.cli.app import build_parser
 from tests.conftest import REPO
 
 
 def _segment_help_entries() -> dict[str, str]:
-    parser = _build_parser()
+    parser = build_parser()
     segment = parser._subparsers._group_actions[0].choices["segment"]  # noqa: SLF001
     return {
         action.option_strings[-1]: action.help or ""
@@ -73,7 +73,7 @@ def test_readme_flags_table_lists_every_segment_flag():
 
 
 def _segment_flags() -> set[str]:
-    parser = _build_parser()
+    parser = build_parser()
     segment = parser._subparsers._group_actions[0].choices["segment"]  # noqa: SLF001
     return {o for action in segment._actions for o in action.option_strings}  # noqa: SLF001
 
