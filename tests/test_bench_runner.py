@@ -224,9 +224,9 @@ def test_resumed_run_recomputes_nothing(first_run, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished case was segmented again")
 
-    monkeypatch.setattr("salip.api.pipeline.segment", refuse)
+    monkeypatch.setattr("salip.apps.bench.runner.segment", refuse)
     monkeypatch.setattr("salip.apps.bench.runner._load_models", refuse)
-    monkeypatch.setattr("salip.io.read_input", refuse)  # no image is even read
+    monkeypatch.setattr("salip.apps.bench.runner.read_input", refuse)  # no image is even read
     again = run_benchmark(config, out=out)
     assert (again.computed, again.reused, again.errors) == (0, 15, 0)
     assert [p.stat().st_mtime_ns for p in records] == stamps
@@ -312,7 +312,7 @@ label_names = "data/names.json"
         return read(path, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(salip.io, "read_input", spy)
+        mp.setattr("salip.apps.bench.runner.read_input", spy)
         again = run_benchmark(config, out=tmp_path / "out")
     assert (again.computed, again.reused, again.errors) == (2, 1, 2)
     assert sorted(name for name, _ in reads) == ["b_corrupt.nii.gz", "c_shape.nii.gz"]

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import openai
+
 from salip.core.errors import ConfigError, GenerationError, one_line
 from salip.core.organs import MODALITIES, Organ, Vocabulary, vocabulary
 from salip.core.prompts import (
@@ -49,6 +51,7 @@ from salip.core.prompts import (
     read_prompt_file,
     user_dir,
 )
+from salip.io.writing import atomic_write, write_problem
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +204,6 @@ def _base_url(config: GenerationConfig) -> str | None:
 
 
 def make_client(config: GenerationConfig) -> Any:
-    import openai
 
     key = os.environ.get("OPENAI_API_KEY", "").strip()
     if not key:
@@ -267,7 +269,6 @@ def call_model(
 ) -> Any:
     """The endpoint's reply to one chat request about the target ``who``; GenerationError
     (one line) on failure."""
-    import openai
 
     where = f"{who}: {endpoint_url(client)}"
     extra: dict[str, Any] = {} if config.seed is None else {"seed": config.seed}
@@ -348,7 +349,6 @@ def _request(client: Any, organ: Organ, modality: str, config: GenerationConfig)
 def check_writable(folder: Path) -> None:
     """ConfigError unless ``folder`` (or, if missing, its nearest existing parent) is
     writable: found before any request, not after the replies have been paid for."""
-    from salip.io.writing import write_problem
 
     if write_problem(folder) is not None:
         raise ConfigError(
@@ -488,7 +488,6 @@ def description_entry(
 
 def write_file(path: Path, data: dict[str, Any]) -> None:
     """Write one prompt file atomically; ConfigError (one line) on failure."""
-    from salip.io.writing import atomic_write
 
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     try:

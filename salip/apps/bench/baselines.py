@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from salip.core.config import SegmentConfig
 from salip.core.errors import BenchmarkError
@@ -35,7 +36,6 @@ from salip.strategies.base import SliceOutput
 def component_boxes(reference: np.ndarray) -> torch.Tensor:
     """Kx4 float XYXY boxes (pixels, max inclusive) of the 8-connected components of an HxW
     bool mask, in scipy's label order (first pixel in row-major order)."""
-    from scipy import ndimage
 
     labels, _ = ndimage.label(reference, structure=np.ones((3, 3), dtype=bool))
     boxes = [

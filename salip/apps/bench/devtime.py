@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from salip.core.timing import StageTimer
 
 __all__ = ["DeviceTimer", "hardware", "peak_mb", "reset_peak", "rss_mb", "sync", "timed"]
@@ -16,7 +18,6 @@ __all__ = ["DeviceTimer", "hardware", "peak_mb", "reset_peak", "rss_mb", "sync",
 
 def sync(device: str) -> None:
     """Wait for the device's queued work (CUDA); nothing on CPU."""
-    import torch
 
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
@@ -24,7 +25,6 @@ def sync(device: str) -> None:
 
 def reset_peak(device: str) -> None:
     """Start a new peak-memory window on a CUDA device; nothing on CPU."""
-    import torch
 
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
@@ -34,7 +34,6 @@ def reset_peak(device: str) -> None:
 def peak_mb(device: str) -> float | None:
     """The CUDA device's peak allocated memory since :func:`reset_peak`, in MiB; None on
     CPU."""
-    import torch
 
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None
 
@@ -70,7 +69,6 @@ class DeviceTimer(StageTimer):
 def hardware(device: str) -> dict[str, Any]:
     """``hardware`` (the GPU's name, or "CPU (N threads, model)"), ``gpu`` (None on CPU)
     and ``cpu_threads`` (torch's intra-op threads)."""
-    import torch
 
     threads = torch.get_num_threads()
     if device.startswith("cuda"):

@@ -34,6 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from salip.apps.bench.metrics import (
     STATUS_BOTH_EMPTY,
@@ -158,7 +164,6 @@ def summarize(
     Raises:
         BenchmarkError: a column is missing, or the bootstrap settings are invalid.
     """
-    import pandas as pd
 
     frame = _prepare(cases, _SUMMARY_INPUT, _WORK)
     ranks = {key: _first_seen_ranks(frame[key]) for key in _KEYS}
@@ -447,7 +452,6 @@ def _prepare(
     """A copy of the ``required`` (and present ``optional``) columns of ``cases``, text
     columns as str ("" for empty), numeric columns as float (NaN for empty) and
     ``uses_ground_truth`` as bool; a BenchmarkError for missing required columns."""
-    import pandas as pd
 
     _require(cases, required, "cases")
     keep = set(required) | set(optional)
@@ -564,8 +568,6 @@ def _md_escape(text: str) -> str:
 
 def _new_figure(width: float, height: float) -> Figure:
     """A Figure with an Agg canvas and constrained layout, outside pyplot's global state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
@@ -590,7 +592,6 @@ def _message_figure(message: str) -> Figure:
 
 def _colours(n: int) -> list[Any]:
     """``n`` distinct colours (tab10, repeated beyond ten)."""
-    from matplotlib import colormaps
 
     palette = colormaps["tab10"].colors
     return [palette[i % len(palette)] for i in range(n)]
@@ -598,7 +599,6 @@ def _colours(n: int) -> list[Any]:
 
 def _boxplot_figure(scored: pd.DataFrame, methods: list[str], labels: dict[str, str]) -> Figure:
     """Box plots of per-case Dice: one subplot per dataset, organs on x, a box per method."""
-    from matplotlib.patches import Patch
 
     datasets = _unique(scored["dataset"])
     plotted = [m for m in methods if m in set(scored["method"])]
@@ -742,7 +742,6 @@ def _montage_figure(
     panels: list[tuple[str, list[dict[str, Any]]]], labels: dict[str, str], worst: int
 ) -> Figure:
     """Overlay panels of the worst cases: one block of rows per method, at most 6 columns."""
-    from matplotlib.colors import to_rgba
 
     n_columns = min(worst, _MAX_PANEL_COLUMNS, max(len(p) for _, p in panels))
     layout = []  # (row, column, method, panel)

@@ -35,20 +35,34 @@ import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
 from salip.api.cluster import RayPool, require_ray
 from salip.api.factory import CaseInput, Models, load_models
+from salip.api.pipeline import segment
+from salip.apps.bench import metrics
 from salip.apps.bench.datasets import Case, load_dataset, load_label_map, load_references
 from salip.apps.bench.devtime import hardware, peak_mb, reset_peak, sync
 from salip.apps.bench.methods import Method, make_method
+from salip.apps.bench.report import summarize, summary_markdown, write_figures
 from salip.core.config import ClusterConfig, check_keys, read_toml
 from salip.core.errors import BenchmarkError, ConfigError, SalipError
-from salip.core.hashing import fingerprint
+from salip.core.hashing import file_sha256, fingerprint
+from salip.core.organs import get_organ
 from salip.core.prefetch import prefetch
+from salip.io import read_input, to_canonical
+from salip.io.orientation import source_slice_indices
+from salip.io.slicing import AXES, choose_intensity, display_slice, to_uint8
+from salip.io.writing import atomic_write, remove_temporaries, write_json
+from salip.models.sam import resolve_sam_checkpoint
 from salip.models.specs import local_dir, resolve_model_paths
 from salip.version import __version__
 
@@ -255,8 +269,6 @@ def load_config(path: str | Path) -> BenchmarkConfig:
 def _model_identity(config: BenchmarkConfig, needs_sam: bool, needs_clip: bool) -> dict[str, Any]:
     """Model settings with checkpoint SHA-256s; fails early when a checkpoint is missing.
     {} when no method needs a model."""
-    from salip.core.hashing import file_sha256
-    from salip.models.sam import resolve_sam_checkpoint
 
     if not needs_sam:
         return {}
@@ -284,7 +296,6 @@ def _model_identity(config: BenchmarkConfig, needs_sam: bool, needs_clip: bool) 
 
 
 def _versions() -> dict[str, str]:
-    from importlib import metadata
 
     versions = {"salip": __version__, "python": platform.python_version()}
     for name in _PACKAGES:
@@ -296,7 +307,6 @@ def _versions() -> dict[str, str]:
 
 
 def _device_info(device: str) -> dict[str, Any]:
-    import torch
 
     info: dict[str, Any] = {"device": device, "platform": platform.platform()}
     machine = hardware(device)
@@ -364,7 +374,6 @@ def _work(report: Mapping[str, Any]) -> dict[str, Any]:
 
 def _spacing(geometry: Any, ndim: int) -> tuple[float, ...]:
     """Voxel sizes in mm along the file's array axes (1.0 per axis for 2D images)."""
-    import nibabel as nib
 
     if geometry.kind == "image":
         return (1.0,) * ndim
@@ -374,7 +383,6 @@ def _spacing(geometry: Any, ndim: int) -> tuple[float, ...]:
 def _score(
     pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], slice_axis: int | None, tol: float
 ) -> dict[str, Any]:
-    from salip.apps.bench import metrics
 
     dice = metrics.dice_case(pred, gt)
     if slice_axis is None:  # a 2D image is its own single slice
@@ -397,8 +405,6 @@ def _montage_slices(
     volume: Any, volume8: np.ndarray, axis: str, pred: np.ndarray, gt: np.ndarray
 ) -> dict[str, Any]:
     """The display slice with the most reference (else prediction) of one organ."""
-    from salip.io import to_canonical
-    from salip.io.slicing import AXES, display_slice
 
     if volume.is_2d:
         index = 0
@@ -422,7 +428,6 @@ def _montage_slices(
 
 
 def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    from salip.io.writing import atomic_write
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
@@ -453,7 +458,6 @@ class _CaseRun:
 
     def volume8(self, intensity: Any, slicing: Any) -> np.ndarray:
         """The 8-bit volume for the montage, made once per intensity mapping."""
-        from salip.io.slicing import to_uint8
 
         key = (intensity, slicing.percentile_low, slicing.percentile_high)
         if key not in self._volume8:
@@ -475,7 +479,6 @@ class _CaseRun:
     def case_input(self, method: Method, organs: tuple[Any, ...], modality: str) -> CaseInput:
         """What ``method`` learns of the case: references only for oracle rows, the full
         label map only for methods that read it, both in canonical layout."""
-        from salip.io import to_canonical
 
         geometry, given, full = self.volume().geometry, None, None
         if method.uses_ground_truth:  # only oracle rows ever see the references
@@ -488,11 +491,6 @@ class _CaseRun:
 
     def run(self, method: Method) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
         """Segment and score the case with ``method``: (rows, montage arrays)."""
-
-        from salip.api.pipeline import segment
-        from salip.core.organs import get_organ
-        from salip.io.orientation import source_slice_indices
-        from salip.io.slicing import choose_intensity
 
         case, volume = self.case, self.volume()
         models: Models | None = self.models_fn() if method.needs_sam else None
@@ -612,7 +610,6 @@ def run_benchmark(
         salip.core.errors.ConfigError: bad cluster options, or Ray missing.
         salip.core.errors.ModelError: a missing or unreadable checkpoint.
     """
-    from tqdm.auto import tqdm
 
     cluster = _cluster(cluster_options)
     cfg = config if isinstance(config, BenchmarkConfig) else load_config(config)
@@ -742,7 +739,6 @@ def _compute_case(models: _ModelsOnce, job: _CaseJob, volume: Any = None) -> lis
 
 def _lost_case(job: _CaseJob, reason: str) -> list[dict]:
     """Error records of a case whose Ray workers kept dying (saved, so a rerun retries)."""
-    from salip.io.writing import write_json
 
     records = []
     for method, path, key in job.steps:
@@ -759,7 +755,6 @@ def _lost_case(job: _CaseJob, reason: str) -> list[dict]:
 
 def _clean_job(job: _CaseJob) -> None:
     """Remove what a killed worker left half-written for this case."""
-    from salip.io.writing import remove_temporaries
 
     for _method, path, _key in job.steps:
         remove_temporaries(path)
@@ -792,7 +787,6 @@ def _run_device(
 def _read_volume(case: Case) -> Any:
     """The case's image as a Volume, or the exception reading it raised (kept for the case's
     error rows rather than raised in the prefetch thread)."""
-    from salip.io import read_input
 
     try:
         return read_input(case.image, channel=case.channel)
@@ -820,7 +814,6 @@ def _read_record(path: Path, fingerprint: str) -> dict[str, Any] | None:
 def _compute(
     runner: _CaseRun, case: Case, method: Method, path: Path, fingerprint: str, out: Path
 ) -> dict[str, Any]:
-    from salip.io.writing import write_json
 
     montage_rel = ""
     try:
@@ -857,9 +850,7 @@ def _write_outputs(
     reused: int,
     started: float,
 ) -> list[Path]:
-    import pandas as pd
 
-    from salip.apps.bench.report import summarize, summary_markdown, write_figures
     from salip.io.writing import atomic_write, write_json
 
     cases = pd.DataFrame(rows, columns=list(CASE_COLUMNS))

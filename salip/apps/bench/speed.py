@@ -29,10 +29,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import torch
+from PIL import Image
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
+from salip.api.factory import CaseInput, Models, build
+from salip.api.pipeline import segment
 from salip.apps.bench.devtime import DeviceTimer, hardware, peak_mb, reset_peak, rss_mb, sync
+from salip.core.config import SegmentConfig
 from salip.core.errors import ConfigError
+from salip.core.hashing import file_sha256
+from salip.core.organs import get_organ
+from salip.core.prompts import load_prompts
+from salip.core.timing import StageTimer
+from salip.engines.area_filter import speck_pixels
+from salip.engines.crops import expand_box, pad_to_square
+from salip.engines.proposals import AUTO_PROMPTS
+from salip.engines.scoring import select_top_k
+from salip.io import read_input
+from salip.io.orientation import display_pixel_mm, source_slice_indices, to_source_grid
+from salip.io.slicing import AXES, choose_intensity, iter_slices, to_uint8
+from salip.io.writing import write_json, write_mask
+from salip.models.clip import load_clip
+from salip.models.device import resolve_device
+from salip.models.precision import resolve_precision
+from salip.models.registry import SAM_CHECKPOINTS
+from salip.models.sam import load_sam
+from salip.models.sam_runtime import encode_images
+from salip.strategies.assembly import put_slice
+from salip.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +122,6 @@ def _reference_slice(
 ) -> np.ndarray:
     """One slice the reference way; returns the HxW bool mask. ``floor``: the area
     filter's speck floor in pixels (salip's, so both sides filter alike)."""
-    import torch
-    from PIL import Image
-
-    from salip.engines.crops import expand_box, pad_to_square
-    from salip.engines.scoring import select_top_k
 
     h, w = image.shape[:2]
     t = time.perf_counter()
@@ -145,15 +167,6 @@ def _run_reference(
     path: Path, out: Path, organ: Any, models: Any, descriptions: Sequence[str], config: Any
 ) -> tuple[np.ndarray, dict[str, float]]:
     """(A): read, slice, the per-slice reference loop, assemble, write. Canonical mask back."""
-    from segment_anything import SamAutomaticMaskGenerator, SamPredictor
-
-    from salip.engines.area_filter import speck_pixels
-    from salip.engines.proposals import AUTO_PROMPTS
-    from salip.io import read_input
-    from salip.io.orientation import display_pixel_mm, to_source_grid
-    from salip.io.slicing import choose_intensity, iter_slices, to_uint8
-    from salip.io.writing import write_mask
-    from salip.strategies.assembly import put_slice
 
     sam, clip, device = models
     p = config.proposals
@@ -272,11 +285,6 @@ def run_speed(
     Raises:
         ConfigError: neither or both of ``input`` and ``shape``; bad option values.
     """
-    from salip.core.config import SegmentConfig
-    from salip.core.organs import get_organ
-    from salip.io.writing import write_json
-    from salip.models.device import resolve_device
-    from salip.models.precision import resolve_precision
 
     if (input is None) == (shape is None):
         raise ConfigError("give either --input PATH or --shape XxYxZ (a synthetic volume).")
@@ -314,14 +322,8 @@ def _prepare(
     precision: str,
 ) -> _Setup:
     """Write the phantom (or take ``input``), probe it, load the models and warm them up."""
-    import nibabel as nib
 
-    from salip.core.prompts import load_prompts
-    from salip.io import read_input
     from salip.io.slicing import choose_intensity
-    from salip.models.clip import load_clip
-    from salip.models.sam import load_sam
-    from salip.models.sam_runtime import encode_images
 
     if input is None:
         dims = parse_shape(shape) if isinstance(shape, str) else tuple(shape)
@@ -364,9 +366,6 @@ def _prepare(
 
 def _time_salip(setup: _Setup) -> tuple[Any, _Timed]:
     """(B): the one-organ salip run; its result and timing (cascade stages added in)."""
-    from salip.api.factory import CaseInput, Models, build
-    from salip.api.pipeline import segment
-    from salip.core.timing import StageTimer
 
     s, device = setup, setup.device
     timer = StageTimer()
@@ -392,9 +391,6 @@ def _time_salip(setup: _Setup) -> tuple[Any, _Timed]:
 
 def _time_multi_organ(setup: _Setup, extra_organs: Sequence[str]) -> tuple[list[Any], float | None]:
     """The salip run of the organ plus ``extra_organs`` (none without them): organs, seconds."""
-    from salip.api.factory import CaseInput, Models, build
-    from salip.api.pipeline import segment
-    from salip.core.organs import get_organ
 
     if not extra_organs:
         return [], None
@@ -438,8 +434,6 @@ def _compare_masks(
 ) -> tuple[float | None, int, list[int]]:
     """Agreement of salip's mask with the reference's, the slice count and skipped slices."""
     from salip.io import read_input, to_canonical
-    from salip.io.orientation import source_slice_indices
-    from salip.io.slicing import AXES
 
     config = setup.config
     volume = read_input(setup.path)
@@ -461,11 +455,6 @@ def _result_dict(
     compared: tuple[float | None, int, list[int]],
 ) -> dict[str, Any]:
     """The result dict: the run's setup, the checkpoint's identity, timings and agreement."""
-    import torch
-
-    from salip.core.hashing import file_sha256
-    from salip.models.registry import SAM_CHECKPOINTS
-    from salip.version import __version__
 
     s, device = setup, setup.device
     multi_organs, multi_s = multi

@@ -25,13 +25,27 @@ import datetime as dt
 import logging
 import os
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from salip.apps.bench.devtime import hardware, sync, timed
+from salip.apps.bench.speed import synthetic_ct
+from salip.core.config import ProposalConfig
 from salip.core.errors import ConfigError
+from salip.core.hashing import file_sha256
+from salip.engines.encoder import encoder_batch
+from salip.engines.proposals import decoder_batch, generate_proposals_batch
+from salip.engines.refiner import refine_with_boxes
+from salip.io.slicing import apply_window, to_display
+from salip.models.device import resolve_device
+from salip.models.precision import resolve_precision
+from salip.models.registry import SAM_CHECKPOINTS
+from salip.models.sam import load_sam
+from salip.models.sam_runtime import encode_images, fast_encoder
+from salip.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +106,6 @@ def _load_model(
 ) -> _Model:
     """A random-weight SAM of ``model_type`` (no checkpoint), or the checkpoint through
     salip's loader (``model_type`` then checks the file's architecture, None skips it)."""
-    import torch
 
     if sam_checkpoint is None:
         from segment_anything import sam_model_registry
@@ -101,9 +114,6 @@ def _load_model(
         torch.manual_seed(seed)
         model = sam_model_registry[kind](checkpoint=None).eval().to(device)
         return _Model(model, kind, "random")
-    from salip.core.hashing import file_sha256
-    from salip.models.registry import SAM_CHECKPOINTS
-    from salip.models.sam import load_sam
 
     loaded = load_sam(sam_checkpoint, device=device, model_type=model_type)
     sha = file_sha256(loaded.path)
@@ -119,8 +129,6 @@ def phantom_slices(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
     liver, spine, kidneys), soft-tissue window (width 400 HU, level 40 HU), in display
     orientation, grey repeated over three channels.
     """
-    from salip.apps.bench.speed import synthetic_ct
-    from salip.io.slicing import apply_window, to_display
 
     depth = 2 * count + 1
     hu, _ = synthetic_ct((size, size, depth), seed=seed)
@@ -133,7 +141,6 @@ def phantom_slices(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
 
 def _boxes(count: int, size: int, seed: int) -> Any:
     """``count`` different XYXY boxes (pixels) inside a ``size``-pixel slice, 1x4 each."""
-    import torch
 
     rng = np.random.default_rng(seed)
     low = rng.uniform(0.05, 0.6, size=(count, 2)) * size
@@ -146,8 +153,6 @@ def _encoder_auto_batch(
     sam: Any, images: list[np.ndarray], device: str, precision: str
 ) -> tuple[int, float]:
     """CUDA: (auto encoder batch, seconds per slice at it), after a calibrating warm-up."""
-    from salip.engines.encoder import encoder_batch
-    from salip.models.sam_runtime import encode_images, fast_encoder
 
     encoder = fast_encoder(sam)
     batch = encoder_batch(0, device)
@@ -171,13 +176,6 @@ def _measure_slices(
     Returns:
         (the samples, the decoder's points per batch, the box prompts per slice).
     """
-    from dataclasses import replace
-
-    import torch
-
-    from salip.engines.proposals import decoder_batch, generate_proposals_batch
-    from salip.engines.refiner import refine_with_boxes
-    from salip.models.sam_runtime import encode_images, fast_encoder
 
     encoder = fast_encoder(sam)
     batch = decoder_batch(config.proposals, device)  # kept across slices, as salip does
@@ -268,9 +266,6 @@ def measure_unit_costs(
         ConfigError: an unknown model type, device or precision, or a count out of range.
         ModelError: an unreadable checkpoint, or one that is not ``model_type``.
     """
-    from salip.core.config import ProposalConfig
-    from salip.models.device import resolve_device
-    from salip.models.precision import resolve_precision
 
     _check(model_type, slices, image_size, points_per_side, box_prompts)
     device = resolve_device(device)
@@ -309,9 +304,6 @@ def _result(
     auto: tuple[int | None, float | None],
 ) -> dict[str, Any]:
     """The result dict of :func:`measure_unit_costs`."""
-    import torch
-
-    from salip.version import __version__
 
     encoder = statistics.median(samples.encoder)
     everything = statistics.median(samples.everything)

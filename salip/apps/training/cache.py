@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from salip.core.hashing import file_sha256, fingerprint
+from salip.io.writing import atomic_write
+from salip.models.registry import salip_home
 from salip.models.sam import LoadedSam
 from salip.models.sam_preprocess import get_preprocess
 from salip.models.sam_runtime import BatchSize, ImageEmbedding, encode_images
@@ -31,14 +33,12 @@ _CHUNK = 32
 
 def default_cache_dir() -> Path:
     """``<SALIP_HOME>/cache/head_embeddings``."""
-    from salip.models.registry import salip_home
 
     return salip_home() / "cache" / "head_embeddings"
 
 
 def save_embedding(path: Path, embedding: ImageEmbedding) -> None:
     """Write one embedding atomically: CxHxW fp16 features, the two sizes and the profile."""
-    from salip.io.writing import atomic_write
 
     payload = {
         "features": embedding.features[0].detach().to("cpu", torch.float16).contiguous(),

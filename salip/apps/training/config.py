@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from salip.core.config import SegmentConfig, check_keys, option, read_toml
-from salip.core.errors import ConfigError
+from salip.core.errors import BenchmarkError, ConfigError
 from salip.models.head import VARIANTS
+from salip.models.specs import resolve_model_paths
 
 #: Top-level tables of a head-training config.
 CONFIG_KEYS = ("models", "datasets", "train")
@@ -212,8 +213,6 @@ def load_head_config(path: str | Path) -> HeadTrainConfig:
             valid ones), no dataset, or an invalid ``[train]`` or ``[models]`` value.
         salip.core.errors.BenchmarkError: an unknown ``[models]`` key.
     """
-    from salip.core.errors import BenchmarkError
-    from salip.models.specs import resolve_model_paths
 
     path = Path(path).absolute()
     raw = read_toml(path, "head config", ConfigError)

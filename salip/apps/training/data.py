@@ -24,11 +24,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import InterpolationMode, resize
+from tqdm.auto import tqdm
 
 from salip.apps.bench.datasets import Case
 from salip.apps.training.cache import EmbeddingCache, load_embedding
 from salip.core.config import SegmentConfig
 from salip.core.hashing import file_sha256
+from salip.core.organs import get_organ
+from salip.io import read_input, to_canonical
+from salip.io.slicing import (
+    body_slices,
+    choose_intensity,
+    display_slice,
+    iter_slices,
+    n_slices,
+    to_uint8,
+)
 from salip.models.head import UPSCALE
 from salip.models.sam_preprocess import SAM_PREPROCESS, SamPreprocess
 
@@ -100,16 +111,6 @@ def to_head_frame(
 def _case_samples(
     case: Case, classes: Sequence[str], config: SegmentConfig, cache: EmbeddingCache
 ) -> tuple[list[SliceSample], dict[str, Any]]:
-    from salip.core.organs import get_organ
-    from salip.io import read_input, to_canonical
-    from salip.io.slicing import (
-        body_slices,
-        choose_intensity,
-        display_slice,
-        iter_slices,
-        n_slices,
-        to_uint8,
-    )
 
     volume = read_input(case.image, channel=case.channel)
     if case.modality and config.slicing.modality == "auto":
@@ -179,7 +180,6 @@ def build_samples(
         (samples in case order then slice order, one JSON-ready description per case:
         key, image, labelled classes, slice count, intensity mapping).
     """
-    from tqdm.auto import tqdm
 
     samples: list[SliceSample] = []
     infos: list[dict[str, Any]] = []

@@ -36,11 +36,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from salip.apps.bench.datasets import load_dataset
+from salip.apps.training.cache import EmbeddingCache
 from salip.apps.training.config import HeadTrainConfig, load_head_config
+from salip.apps.training.data import SliceDataset, build_samples, sampling_weights, split_cases
+from salip.apps.training.loss import dice_counts, head_loss
 from salip.core.errors import ConfigError
-from salip.core.hashing import fingerprint
+from salip.core.hashing import file_sha256, fingerprint
+from salip.core.organs import get_organ
+from salip.engines.scoring import ClipScorer
+from salip.io.writing import atomic_write, write_json
+from salip.models.clip import load_clip
+from salip.models.device import resolve_device
 from salip.models.head import MANIFEST_FORMAT, HeadArch, OrganHead, trainable_parameters
+from salip.models.precision import resolve_precision
+from salip.models.registry import salip_home
+from salip.models.sam import load_sam, resolve_sam_checkpoint
 from salip.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -99,7 +112,6 @@ def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def _classes(config: HeadTrainConfig, cases: Sequence[Any]) -> list[str]:
-    from salip.core.organs import get_organ
 
     available = list(dict.fromkeys(o for case in cases for o in case.organs))
     if config.train.classes is None:
@@ -125,14 +137,12 @@ def _load_state(path: Path) -> dict[str, Any]:
 
 
 def _save_torch(path: Path, payload: dict[str, Any]) -> None:
-    from salip.io.writing import atomic_write
 
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _write_head(out: Path, state: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     """head.pt and manifest.json from a completed training state."""
-    from salip.io.writing import write_json
 
     manifest = {**state["manifest"], "metrics": _metrics(state["history"])}
     manifest = json.loads(json.dumps(manifest))  # plain JSON types only, for weights_only
@@ -156,7 +166,6 @@ def _validate(
     model: OrganHead, loader: Any, classes: Sequence[str], device: str
 ) -> dict[str, float | None]:
     """Dice per class over the validation slices (None where a class has no pixels)."""
-    from salip.apps.training.loss import dice_counts
 
     model.eval()
     counts = torch.zeros(3, len(classes), dtype=torch.float64)
@@ -288,9 +297,6 @@ def train_head(
 
 def _plan_run(config: HeadTrainConfig | str | Path, out: str | Path) -> _Run:
     """Phase 1: the config, the output folder, the cases and their split, the fingerprint."""
-    from salip.apps.bench.datasets import load_dataset
-    from salip.core.hashing import file_sha256
-    from salip.models.sam import resolve_sam_checkpoint
 
     cfg = config if isinstance(config, HeadTrainConfig) else load_head_config(config)
     out = Path(out)
@@ -327,7 +333,6 @@ def _plan_run(config: HeadTrainConfig | str | Path, out: str | Path) -> _Run:
 
 def _split(cfg: HeadTrainConfig, cases: Sequence[Any]) -> tuple[list[str], list[str]]:
     """Training and validation case keys, the training ones cut to ``train_cases``."""
-    from salip.apps.training.data import split_cases
 
     settings = cfg.train
     train_keys, val_keys = split_cases(
@@ -379,9 +384,6 @@ def _remove_stale_head(out: Path) -> None:
 
 def _load_models(run: _Run) -> _Models:
     """Phase 2: device, precision, SAM, the prompts' CLIP codes and the head's architecture."""
-    from salip.models.device import resolve_device
-    from salip.models.precision import resolve_precision
-    from salip.models.sam import load_sam
 
     settings, models = run.settings, run.seg_cfg.models
     device = resolve_device(models.device)
@@ -408,8 +410,6 @@ def _load_models(run: _Run) -> _Models:
 
 def _load_data(run: _Run, models: _Models, progress: bool) -> _Data:
     """Phase 3: every used slice's embedding (cached) and target, split and weighted."""
-    from salip.apps.training.cache import EmbeddingCache
-    from salip.apps.training.data import build_samples, sampling_weights
 
     cache = EmbeddingCache(
         models.sam, batch_size=run.settings.encoder_batch_size, precision=models.precision
@@ -539,7 +539,6 @@ def _run_epochs(
 
     Returns every step's loss and the last saved state (``state`` if no epoch ran).
     """
-    from salip.apps.training.data import SliceDataset
 
     settings = run.settings
     train_set = SliceDataset(data.train_samples)
@@ -588,9 +587,6 @@ def _train_epoch(
     progress: bool,
 ) -> list[float]:
     """One epoch of ``steps_per_epoch`` optimiser steps; the loss of each step."""
-    from tqdm.auto import tqdm
-
-    from salip.apps.training.loss import head_loss
 
     settings = run.settings
     # A generator per epoch, seeded from (seed, epoch): a resumed epoch draws the same
@@ -645,9 +641,6 @@ def _text_codes(
     seg_cfg: Any, prompts: Sequence[str], device: str
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """KxD CLIP text embeddings of the prompts (normalised), through the cascade's path."""
-    from salip.engines.scoring import ClipScorer
-    from salip.models.clip import load_clip
-    from salip.models.registry import salip_home
 
     m = seg_cfg.models
     clip = load_clip(m.clip_model, m.clip_pretrained, device=device, quick_gelu=m.clip_quick_gelu)

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from salip.apps.bench.datasets.common import _SOURCE_HINT, _is_nifti
-from salip.core.errors import BenchmarkError, OrganError
+from salip.core.errors import BenchmarkError, InputError, OrganError
 from salip.core.organs import get_organ
-from salip.io import file_stem
+from salip.io import file_stem, read_dicom_series
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,6 @@ def _image_grid(case: Case) -> tuple[tuple[int, ...], np.ndarray | None]:
 def _dicom_grid(case: Case, path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     """Shape and affine of the grid dcm2niix writes for a DICOM series (read once per
     series and modification time: the series is decoded)."""
-    from salip.core.errors import InputError
 
     try:
         shape, affine = _read_dicom_grid(str(path), path.stat().st_mtime_ns)
@@ -161,7 +160,6 @@ def _dicom_grid(case: Case, path: Path) -> tuple[tuple[int, ...], np.ndarray]:
 
 @functools.lru_cache(maxsize=4)
 def _read_dicom_grid(path: str, mtime_ns: int) -> tuple[tuple[int, ...], np.ndarray]:
-    from salip.io import read_dicom_series
 
     geometry = read_dicom_series(Path(path)).geometry
     return tuple(int(n) for n in geometry.shape), np.asarray(geometry.affine)
