@@ -13,7 +13,7 @@ from salip.apps.bench.baselines import (
     sam_gt_box,
     sam_unprompted,
 )
-from salip.engines.proposals import Proposals
+from salip.engines.everything_mode import Proposals
 from salip.models.sam import load_sam
 from salip.models.sam_runtime import encode_images
 from tests.conftest import SLICES, require_data

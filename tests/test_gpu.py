@@ -48,7 +48,7 @@ def test_cuda_auto_batches_are_measured_and_give_the_same_masks(tmp_path, tiny_m
     """On CUDA, auto batch sizes come from a measured probe; masks equal fixed sizes."""
     from salip.core.config import ProposalConfig
     from salip.engines.encoder import encoder_batch
-    from salip.engines.proposals import decoder_batch, generate_proposals_batch
+    from salip.engines.everything_mode import decoder_batch, generate_proposals_batch
     from salip.models.sam import load_sam
     from salip.models.sam_runtime import encode_images
 

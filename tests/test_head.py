@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from salip.apps.training import cache as cache_module
-from salip.apps.training.cache import EmbeddingCache
+from salip.apps.training.cache import DiskEmbeddingCache
 from salip.apps.training.config import load_head_config
 from salip.apps.training.data import build_samples, sampling_weights, split_cases, to_head_frame
 from salip.apps.training.loss import head_loss
@@ -237,7 +237,7 @@ def test_embedding_cache_hit_on_second_run(
     sam = load_sam(str(tiny_sam_path))
     cases = load_dataset(_ct_dataset(), Path("."))
     config = SegmentConfig()
-    first = EmbeddingCache(sam, batch_size=8)
+    first = DiskEmbeddingCache(sam, batch_size=8)
     samples1, infos = build_samples(cases, CT_ORGANS, config, first)
     assert first.misses == len(samples1) == infos[0]["slices"] > 0 and first.hits == 0
     assert first.folder == salip_home() / "cache" / "head_embeddings"
@@ -247,7 +247,7 @@ def test_embedding_cache_hit_on_second_run(
     def no_encoder(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the encoder ran on a cached slice")
 
-    second = EmbeddingCache(sam, batch_size=8)
+    second = DiskEmbeddingCache(sam, batch_size=8)
     # A local patch (never monkeypatch.undo(): it would also drop the isolated SALIP_HOME).
     with monkeypatch.context() as patch:
         patch.setattr(cache_module, "encode_images", no_encoder)
@@ -255,7 +255,7 @@ def test_embedding_cache_hit_on_second_run(
     assert second.hits == len(samples2) > 0 and second.misses == 0
     assert [s.embedding for s in samples1] == [s.embedding for s in samples2]
     # Another window is another key.
-    other = EmbeddingCache(sam, batch_size=8)
+    other = DiskEmbeddingCache(sam, batch_size=8)
     build_samples(cases, CT_ORGANS, config.replace(window="liver"), other)
     assert other.misses == len(samples1) and other.hits == 0
     # Targets: the CT labels all four organs, in the head frame.

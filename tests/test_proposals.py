@@ -8,7 +8,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from salip.core.config import AreaFilterConfig, ProposalConfig
-from salip.engines.proposals import generate_proposals
+from salip.engines.everything_mode import generate_proposals
 from salip.models.sam import load_sam
 from salip.models.sam_runtime import encode_images
 from tests.conftest import SLICES, require_data
@@ -133,7 +133,7 @@ def test_cross_slice_decoding_matches_one_slice_at_a_time(sam):
 def test_batched_proposals_equal_per_slice_proposals(sam, nms):
     """Proposals of a batch of slices (decoder calls spanning slices, NMS per slice) equal
     the proposals of each slice generated alone, mask for mask and in order."""
-    from salip.engines.proposals import generate_proposals_batch
+    from salip.engines.everything_mode import generate_proposals_batch
 
     embeddings = encode_images(sam.model, _real_slices(), batch_size=3)
     # 64 prompts per slice in calls of 40: every call but the first mixes two slices.
@@ -162,7 +162,7 @@ def test_area_filter_bounds(sam):
     import torch
 
     from salip.engines.area_filter import area_filter
-    from salip.engines.proposals import Proposals
+    from salip.engines.everything_mode import Proposals
 
     masks = torch.zeros((3, 10, 10), dtype=torch.bool)
     masks[0, :1, :1] = True  # 1% of the slice
@@ -181,7 +181,7 @@ def test_area_filter_floor_in_mm2_for_volumes():
     import torch
 
     from salip.engines.area_filter import area_filter, speck_pixels
-    from salip.engines.proposals import Proposals
+    from salip.engines.everything_mode import Proposals
 
     config = AreaFilterConfig(min_area=0.001, min_area_mm2=20.0, max_area=0.5)
 

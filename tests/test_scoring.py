@@ -9,7 +9,7 @@ from PIL import Image
 
 from salip.core.config import CropConfig
 from salip.engines.crops import expand_box, make_crops, pad_to_square
-from salip.engines.proposals import Proposals
+from salip.engines.everything_mode import Proposals
 from salip.engines.scoring import ClipScorer, cosine_scores, select_top_k
 from salip.models.clip import load_clip
 

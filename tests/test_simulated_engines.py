@@ -29,7 +29,7 @@ from salip.core.config import SegmentConfig
 from salip.core.errors import ConfigError
 from salip.core.organs import get_organ
 from salip.engines.boxes import grow_boxes
-from salip.engines.proposals import Proposals
+from salip.engines.everything_mode import Proposals
 from salip.io.slicing import from_display, slice_image
 from tests.conftest import TOTALSEG, require_data
 

@@ -249,7 +249,7 @@ def test_auto_batch_sizes_on_cpu_are_the_fixed_defaults(tiny_models):
     """0 means auto: off CUDA, 4 slices per encoder call and 64 prompts per decoder call."""
     from salip.core.config import ProposalConfig
     from salip.engines.encoder import encoder_batch, slice_batch
-    from salip.engines.proposals import decoder_batch
+    from salip.engines.everything_mode import decoder_batch
 
     assert SegmentConfig().proposals.encoder_batch_size == 0
     assert SegmentConfig().proposals.points_per_batch == 0
@@ -285,7 +285,7 @@ def test_calibration_sizes_the_batch_from_measured_memory(monkeypatch):
 def test_decoder_halves_its_prompt_batch_on_out_of_memory(monkeypatch, tiny_sam_path):
     """An injected OOM above 16 prompts per decoder call: the calls shrink 64 -> 32 -> 16
     and the proposals are those of the clean run."""
-    import salip.engines.proposals as proposals
+    import salip.engines.everything_mode as proposals
     from salip.core.config import ProposalConfig
     from salip.models.sam_runtime import encode_images
 

@@ -32,7 +32,7 @@ from salip.core.errors import ConfigError
 from salip.core.organs import get_organ
 from salip.core.timing import StageTimer
 from salip.engines.encoder import SamEncoder
-from salip.engines.proposals import Proposals
+from salip.engines.everything_mode import Proposals
 from salip.engines.proposer import SamProposer
 from salip.engines.recogniser import ClipRecogniser, Recognition
 from salip.engines.refiner import SamRefiner

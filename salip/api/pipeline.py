@@ -741,7 +741,7 @@ def propose(
         (records as segment-anything's ``amg.py --convert-to-rle`` writes them, info dict
         with the slice used and the model identity).
     """
-    from salip.engines.proposals import generate_proposals
+    from salip.engines.everything_mode import generate_proposals
     from salip.models.sam import load_sam
     from salip.models.sam_runtime import encode_images
 

@@ -1,11 +1,11 @@
-"""Stage 3b, area filter: drop background-sized and speck-sized proposals."""
+"""Area filter: drop background-sized and speck-sized proposals."""
 
 from __future__ import annotations
 
 import torch
 
 from salip.core.config import AreaFilterConfig
-from salip.engines.proposals import Proposals
+from salip.engines.everything_mode import Proposals
 
 
 def speck_pixels(

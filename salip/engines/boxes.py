@@ -1,4 +1,4 @@
-"""Stage 5b, boxes: selected proposals become SAM box prompts."""
+"""Boxes: selected proposals become SAM box prompts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 4, crops: each surviving proposal becomes a square RGB image for CLIP.
+"""Crops: each surviving proposal becomes a square RGB image for CLIP.
 
 Crops are padded to a square (black, centred) before CLIP's own resize, so that CLIP's
 centre crop cannot cut off an elongated organ.
@@ -10,7 +10,7 @@ import numpy as np
 
 from salip.core.config import CropConfig
 from salip.engines.boxes import grow_boxes
-from salip.engines.proposals import Proposals
+from salip.engines.everything_mode import Proposals
 
 CROP_MODES = ("masked", "box")
 

@@ -1,7 +1,7 @@
 """The Proposer role: embedded slices in, everything-mode proposals out.
 
 :class:`SamProposer` is segment-anything's automatic mask generator on the kept
-embeddings (:mod:`salip.engines.proposals`, matching ``SamAutomaticMaskGenerator``), with
+embeddings (:mod:`salip.engines.everything_mode`, matching ``SamAutomaticMaskGenerator``), with
 the point prompts of a whole batch decoded together across slices.
 """
 
@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 
 from salip.core.config import ProposalConfig
-from salip.engines.proposals import Proposals, decoder_batch, generate_proposals_batch
+from salip.engines.everything_mode import Proposals, decoder_batch, generate_proposals_batch
 from salip.models.sam import LoadedSam
 from salip.models.sam_runtime import ImageEmbedding
 
@@ -22,7 +22,7 @@ class Proposer(Protocol):
     """Proposes the parts of embedded slices."""
 
     def propose(self, embeddings: Sequence[ImageEmbedding]) -> list[Proposals]:
-        """One :class:`~salip.engines.proposals.Proposals` per embedding: NxHxW bool masks
+        """One :class:`~salip.engines.everything_mode.Proposals` per embedding: NxHxW bool masks
         at the slice's size, boxes XYXY in pixels of the slice, areas, scores."""
         ...
 

@@ -24,8 +24,8 @@ from salip.core.organs import Organ
 from salip.core.prompts import PromptSet
 from salip.core.timing import StageTimer
 from salip.engines.crops import make_crops
+from salip.engines.everything_mode import Proposals
 from salip.engines.laterality import IN_PLANE_AXES, body_midline, patient_sides
-from salip.engines.proposals import Proposals
 from salip.engines.scoring import (
     ClipScorer,
     contrast_scores,

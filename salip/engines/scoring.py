@@ -1,4 +1,4 @@
-"""Stage 5, scoring: CLIP similarity between crops and the organs' descriptions.
+"""Scoring: CLIP similarity between crops and the organs' descriptions.
 
 A class's text embedding is the mean of its L2-normalised description embeddings,
 normalised again. Two scorings use it:

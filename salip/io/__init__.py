@@ -1,4 +1,4 @@
-"""Stage 1, volume I/O: read NIfTI, DICOM series and 2D images into one canonical form.
+"""Volume I/O: read NIfTI, DICOM series and 2D images into one canonical form.
 
 Volumes are reoriented to canonical RAS+ on the way in (nibabel's orientation tools) and the
 :class:`SourceGeometry` remembers how to undo it, so that :mod:`salip.io.writing` can return

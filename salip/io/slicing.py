@@ -1,4 +1,4 @@
-"""Stage 2, slicing and windowing: canonical volumes -> 8-bit RGB slices for SAM and CLIP.
+"""Slicing and windowing: canonical volumes -> 8-bit RGB slices for SAM and CLIP.
 
 Slices are shown in the radiological display convention that CLIP and SAM have seen in
 medical figures: for an axial slice, anterior at the top and the patient's right on the

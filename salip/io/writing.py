@@ -1,4 +1,4 @@
-"""Stage 8, writing: masks back in the input's exact grid, written atomically.
+"""Writing: masks back in the input's exact grid, written atomically.
 
 Rules: never write into the input, never replace an existing file unless asked, and write
 to a temporary file in the target folder that is renamed into place only when complete.

@@ -1,4 +1,4 @@
-"""Stage 7, assembly: slice masks back into a canonical volume."""
+"""Assembly: slice masks back into a canonical volume."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from salip.core.timing import StageTimer
 from salip.engines.area_filter import area_filter
 from salip.engines.boxes import prompt_boxes
 from salip.engines.encoder import Encoder
-from salip.engines.proposals import Proposals
+from salip.engines.everything_mode import Proposals
 from salip.engines.proposer import Proposer
 from salip.engines.recogniser import Recogniser
 from salip.engines.refiner import Refiner

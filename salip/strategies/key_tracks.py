@@ -18,7 +18,7 @@ import torch
 from torchvision.ops import box_iou
 
 from salip.core.organs import Organ
-from salip.engines.proposals import Proposals
+from salip.engines.everything_mode import Proposals
 from salip.engines.recogniser import Recognition
 from salip.strategies.cascade import region_box, region_members
 from salip.strategies.tracks import best_chain

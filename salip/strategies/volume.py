@@ -42,7 +42,7 @@ from salip.core.organs import Organ
 from salip.core.timing import StageTimer
 from salip.engines.area_filter import area_filter, speck_pixels
 from salip.engines.boxes import grow_boxes, prompt_boxes
-from salip.engines.proposals import Proposals
+from salip.engines.everything_mode import Proposals
 from salip.io.slicing import display_slice
 from salip.strategies.assembly import empty_volume_mask, put_slice
 from salip.strategies.base import SliceEvidence, StrategyResult, WorkCounts

@@ -26,7 +26,7 @@ from salip.core.errors import BenchmarkError
 from salip.core.organs import Organ
 from salip.engines.area_filter import area_filter
 from salip.engines.encoder import SamEncoder
-from salip.engines.proposals import Proposals, generate_proposals
+from salip.engines.everything_mode import Proposals, generate_proposals
 from salip.engines.refiner import refine_with_boxes
 from salip.io.slicing import display_slice
 from salip.models.sam_runtime import ImageEmbedding, decode

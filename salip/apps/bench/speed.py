@@ -46,7 +46,7 @@ from salip.core.prompts import load_prompts
 from salip.core.timing import StageTimer
 from salip.engines.area_filter import speck_pixels
 from salip.engines.crops import expand_box, pad_to_square
-from salip.engines.proposals import AUTO_PROMPTS
+from salip.engines.everything_mode import AUTO_PROMPTS
 from salip.engines.scoring import select_top_k
 from salip.io import read_input
 from salip.io.orientation import display_pixel_mm, source_slice_indices, to_source_grid

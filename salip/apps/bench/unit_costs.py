@@ -7,7 +7,7 @@ in one process, on one device, the way salip runs them:
    with salip's fused-attention encoder, batch 1; on CUDA also per slice at the auto batch);
 2. **everything mode**: the point grid decoded against one slice's embedding, with salip's
    filtering (predicted IoU, stability, mask-to-box, box NMS), as
-   :func:`salip.engines.proposals.generate_proposals` runs it;
+   :func:`salip.engines.everything_mode.generate_proposals` runs it;
 3. **box prompt**: one box decoded with ``multimask_output=False``
    (:func:`salip.engines.refiner.refine_with_boxes`), one box per call; also all boxes in one
    call, for comparison.
@@ -37,7 +37,7 @@ from salip.core.config import ProposalConfig
 from salip.core.errors import ConfigError
 from salip.core.hashing import file_sha256
 from salip.engines.encoder import encoder_batch
-from salip.engines.proposals import decoder_batch, generate_proposals_batch
+from salip.engines.everything_mode import decoder_batch, generate_proposals_batch
 from salip.engines.refiner import refine_with_boxes
 from salip.io.slicing import apply_window, to_display
 from salip.models.device import resolve_device

@@ -60,7 +60,7 @@ def load_embedding(path: Path) -> ImageEmbedding:
     )
 
 
-class EmbeddingCache:
+class DiskEmbeddingCache:
     """SAM embeddings of slices, encoded on first request and read from disk after.
 
     Args:

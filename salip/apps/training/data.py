@@ -27,7 +27,7 @@ from torchvision.transforms.functional import InterpolationMode, resize
 from tqdm.auto import tqdm
 
 from salip.apps.bench.datasets import Case
-from salip.apps.training.cache import EmbeddingCache, load_embedding
+from salip.apps.training.cache import DiskEmbeddingCache, load_embedding
 from salip.core.config import SegmentConfig
 from salip.core.hashing import file_sha256
 from salip.core.organs import get_organ
@@ -109,7 +109,7 @@ def to_head_frame(
 
 
 def _case_samples(
-    case: Case, classes: Sequence[str], config: SegmentConfig, cache: EmbeddingCache
+    case: Case, classes: Sequence[str], config: SegmentConfig, cache: DiskEmbeddingCache
 ) -> tuple[list[SliceSample], dict[str, Any]]:
 
     volume = read_input(case.image, channel=case.channel)
@@ -163,7 +163,7 @@ def build_samples(
     cases: Sequence[Case],
     classes: Sequence[str],
     config: SegmentConfig,
-    cache: EmbeddingCache,
+    cache: DiskEmbeddingCache,
     *,
     progress: bool = False,
 ) -> tuple[list[SliceSample], list[dict[str, Any]]]:

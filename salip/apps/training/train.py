@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from salip.apps.bench.datasets import load_dataset
-from salip.apps.training.cache import EmbeddingCache
+from salip.apps.training.cache import DiskEmbeddingCache
 from salip.apps.training.config import HeadTrainConfig, load_head_config
 from salip.apps.training.data import SliceDataset, build_samples, sampling_weights, split_cases
 from salip.apps.training.loss import dice_counts, head_loss
@@ -411,7 +411,7 @@ def _load_models(run: _Run) -> _Models:
 def _load_data(run: _Run, models: _Models, progress: bool) -> _Data:
     """Phase 3: every used slice's embedding (cached) and target, split and weighted."""
 
-    cache = EmbeddingCache(
+    cache = DiskEmbeddingCache(
         models.sam, batch_size=run.settings.encoder_batch_size, precision=models.precision
     )
     used = set(run.train_keys) | set(run.val_keys)

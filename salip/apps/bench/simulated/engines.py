@@ -30,7 +30,7 @@ from salip.core.config import SegmentConfig
 from salip.core.errors import ConfigError
 from salip.core.organs import Organ
 from salip.engines.boxes import grow_boxes
-from salip.engines.proposals import Proposals
+from salip.engines.everything_mode import Proposals
 from salip.engines.recogniser import Recognition, accepted, pick, sides_for
 
 # --------------------------------------------------------------------------- recogniser

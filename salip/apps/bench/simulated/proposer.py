@@ -20,7 +20,7 @@ from salip.apps.bench.simulated.noise import (
     check_seed,
     stream,
 )
-from salip.engines.proposals import Proposals
+from salip.engines.everything_mode import Proposals
 
 #: The unlabelled tissue is cut into this many chunks per side (a 4x4 grid).
 TISSUE_GRID = 4
@@ -197,7 +197,7 @@ class SimulatedProposer:
         self.anatomy, self.noise, self.seed = anatomy, noise or NoiseConfig(), check_seed(seed)
 
     def propose(self, embeddings: Sequence[SimulatedEmbedding]) -> list[Proposals]:
-        """One :class:`~salip.engines.proposals.Proposals` per embedding: NxHxW bool masks,
+        """One :class:`~salip.engines.everything_mode.Proposals` per embedding: NxHxW bool masks,
         Nx4 float boxes XYXY in pixels (max corner inclusive), N predicted IoU, N stability,
         Nx2 points (box centres)."""
         return [self.propose_one(emb) for emb in embeddings]

@@ -1,4 +1,4 @@
-"""Stage 3, proposals: SAM everything mode on precomputed slice embeddings.
+"""Everything mode: SAM's proposals on precomputed slice embeddings.
 
 Same algorithm and defaults as segment-anything's ``SamAutomaticMaskGenerator`` with one
 crop layer (the whole slice): a point grid, predicted-IoU and stability filters, removal of
