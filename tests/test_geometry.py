@@ -158,3 +158,17 @@ def test_png_mask_same_size_and_pixels(tmp_path):
     pixels = np.asarray(Image.open(path).convert("RGB"))
     assert mask.shape == pixels.shape[:2] and mask.dtype == np.uint8
     np.testing.assert_array_equal(mask.astype(bool), pixels[..., 0] > 127)
+
+
+def test_slices_with_most_and_slice_counts():
+    from salip.io.orientation import in_plane_axes, slice_counts, slices_with_most
+
+    labels = np.zeros((4, 5, 6), dtype=np.uint8)
+    labels[:2, :2, 1] = 1  # 4 voxels on axial slice 1
+    labels[:3, :3, 4] = 2  # 9 on slice 4
+    labels[:2, :2, 5] = 1  # 4 on slice 5, a tie with slice 1
+    assert in_plane_axes("axial") == (0, 1) and in_plane_axes("coronal") == (0, 2)
+    assert slice_counts(labels, "axial").tolist() == [0, 4, 0, 0, 9, 4]
+    assert slices_with_most(labels, "axial", 2) == [1, 4]  # the tie goes to the lower index
+    assert slices_with_most(labels, "axial", 10) == [0, 1, 2, 3, 4, 5]
+    assert slice_counts(labels, "sagittal").tolist() == [7, 7, 3, 0]  # 2 + 3 + 2 at x = 0

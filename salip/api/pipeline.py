@@ -30,7 +30,12 @@ from salip.core.organs import Organ, parse_organs, vocabulary
 from salip.core.timing import StageTimer
 from salip.io import Volume, file_stem, input_kind, read_input
 from salip.io.dicom_seg import build_seg, save_seg, source_references
-from salip.io.orientation import source_slice_indices, to_source_grid
+from salip.io.orientation import (
+    slice_counts,
+    slices_with_most,
+    source_slice_indices,
+    to_source_grid,
+)
 from salip.io.output_set import OutputSet
 from salip.io.slicing import (
     AXES,
@@ -657,8 +662,8 @@ def _organ_row(
     if volume.is_2d:
         used: list[int] = [0] if count else []
     else:
-        other = tuple(a for a in range(3) if a != AXES[axis])
-        _, used = source_slice_indices(volume, axis, np.nonzero(mask.any(axis=other))[0].tolist())
+        holding = np.flatnonzero(slice_counts(mask, axis)).tolist()
+        _, used = source_slice_indices(volume, axis, holding)
     chosen = run.chosen[organ.name]
     _, chosen_src = source_slice_indices(volume, axis, [c["slice"] for c in chosen])
     return {
@@ -691,9 +696,7 @@ def _preview_image(
         captions = None
     else:
         ax = AXES[axis]
-        other = tuple(a for a in range(3) if a != ax)
-        area = (label_map > 0).sum(axis=other)
-        picks = sorted(np.argsort(area, kind="stable")[::-1][:max_slices].tolist())
+        picks = slices_with_most(label_map, axis, max_slices)
         grey = [to_display(np.take(volume8, k, axis=ax)) for k in picks]
         images = [np.repeat(g[..., None], 3, axis=2) for g in grey]
         labels = [to_display(np.take(label_map, k, axis=ax)) for k in picks]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from salip.io import Volume
-from salip.io.orientation import AXES, source_slice_indices
+from salip.io.orientation import display_pixel_mm, source_slice_indices
 from salip.io.preview import COLOURS
 from salip.io.slicing import DISPLAY_EDGES
 from salip.io.viewer import ViewerData, display_stack
@@ -79,8 +79,7 @@ def _pixel_spacing(volume: Volume, axis: str) -> tuple[float, float]:
     in-plane canonical axis, columns along the earlier one (see ``to_display``)."""
     if volume.is_2d:
         return 1.0, 1.0
-    first, second = (a for a in range(3) if a != AXES[axis])
-    return float(volume.spacing[second]), float(volume.spacing[first])
+    return display_pixel_mm(volume.spacing, axis)
 
 
 def _profiles(

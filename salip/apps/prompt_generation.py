@@ -204,7 +204,6 @@ def _base_url(config: GenerationConfig) -> str | None:
 
 
 def make_client(config: GenerationConfig) -> Any:
-
     key = os.environ.get("OPENAI_API_KEY", "").strip()
     if not key:
         raise GenerationError(
@@ -269,7 +268,6 @@ def call_model(
 ) -> Any:
     """The endpoint's reply to one chat request about the target ``who``; GenerationError
     (one line) on failure."""
-
     where = f"{who}: {endpoint_url(client)}"
     extra: dict[str, Any] = {} if config.seed is None else {"seed": config.seed}
     try:
@@ -349,7 +347,6 @@ def _request(client: Any, organ: Organ, modality: str, config: GenerationConfig)
 def check_writable(folder: Path) -> None:
     """ConfigError unless ``folder`` (or, if missing, its nearest existing parent) is
     writable: found before any request, not after the replies have been paid for."""
-
     if write_problem(folder) is not None:
         raise ConfigError(
             f"cannot write prompts to {folder}; pass --prompts-dir DIR to write elsewhere."
@@ -488,7 +485,6 @@ def description_entry(
 
 def write_file(path: Path, data: dict[str, Any]) -> None:
     """Write one prompt file atomically; ConfigError (one line) on failure."""
-
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     try:
         atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

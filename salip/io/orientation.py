@@ -82,8 +82,27 @@ def display_pixel_mm(spacing: Sequence[float], axis: str) -> tuple[float, float]
     ``spacing`` is the voxel size along the canonical axes (X, Y, Z). A display slice is
     the canonical slice (in-plane axes a < b) transposed, so its rows run along b.
     """
-    a, b = (k for k in range(3) if k != AXES[axis])
+    a, b = in_plane_axes(axis)
     return (float(spacing[b]), float(spacing[a]))
+
+
+def in_plane_axes(axis: str) -> tuple[int, int]:
+    """The two canonical axes (a < b) that span a slice along ``axis``."""
+    a, b = (k for k in range(3) if k != AXES[axis])
+    return a, b
+
+
+def slice_counts(mask: np.ndarray, axis: str) -> np.ndarray:
+    """The number of nonzero voxels of each slice along ``axis`` of a canonical XxYxZ array
+    (int64, one entry per slice)."""
+    return np.count_nonzero(mask, axis=in_plane_axes(axis)).astype(np.int64)
+
+
+def slices_with_most(labels: np.ndarray, axis: str, k: int) -> list[int]:
+    """The (up to) ``k`` slices along ``axis`` of a canonical XxYxZ array with the most
+    nonzero voxels, in ascending order; among equal counts the lower index wins."""
+    counts = slice_counts(labels, axis)
+    return sorted(np.argsort(-counts, kind="stable")[:k].tolist())
 
 
 def source_slice_indices(

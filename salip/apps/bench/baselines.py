@@ -36,7 +36,6 @@ from salip.strategies.base import SliceOutput
 def component_boxes(reference: np.ndarray) -> torch.Tensor:
     """Kx4 float XYXY boxes (pixels, max inclusive) of the 8-connected components of an HxW
     bool mask, in scipy's label order (first pixel in row-major order)."""
-
     labels, _ = ndimage.label(reference, structure=np.ones((3, 3), dtype=bool))
     boxes = [
         [float(cols.start), float(rows.start), float(cols.stop - 1), float(rows.stop - 1)]

@@ -18,14 +18,12 @@ __all__ = ["DeviceTimer", "hardware", "peak_mb", "reset_peak", "rss_mb", "sync",
 
 def sync(device: str) -> None:
     """Wait for the device's queued work (CUDA); nothing on CPU."""
-
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
 
 
 def reset_peak(device: str) -> None:
     """Start a new peak-memory window on a CUDA device; nothing on CPU."""
-
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -34,7 +32,6 @@ def reset_peak(device: str) -> None:
 def peak_mb(device: str) -> float | None:
     """The CUDA device's peak allocated memory since :func:`reset_peak`, in MiB; None on
     CPU."""
-
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None
 
 
@@ -69,7 +66,6 @@ class DeviceTimer(StageTimer):
 def hardware(device: str) -> dict[str, Any]:
     """``hardware`` (the GPU's name, or "CPU (N threads, model)"), ``gpu`` (None on CPU)
     and ``cpu_threads`` (torch's intra-op threads)."""
-
     threads = torch.get_num_threads()
     if device.startswith("cuda"):
         gpu = torch.cuda.get_device_name(torch.device(device))

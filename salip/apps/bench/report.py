@@ -164,7 +164,6 @@ def summarize(
     Raises:
         BenchmarkError: a column is missing, or the bootstrap settings are invalid.
     """
-
     frame = _prepare(cases, _SUMMARY_INPUT, _WORK)
     ranks = {key: _first_seen_ranks(frame[key]) for key in _KEYS}
     rows: list[dict[str, Any]] = []
@@ -452,7 +451,6 @@ def _prepare(
     """A copy of the ``required`` (and present ``optional``) columns of ``cases``, text
     columns as str ("" for empty), numeric columns as float (NaN for empty) and
     ``uses_ground_truth`` as bool; a BenchmarkError for missing required columns."""
-
     _require(cases, required, "cases")
     keep = set(required) | set(optional)
     frame = cases.loc[:, [c for c in cases.columns if c in keep]].copy()
@@ -568,7 +566,6 @@ def _md_escape(text: str) -> str:
 
 def _new_figure(width: float, height: float) -> Figure:
     """A Figure with an Agg canvas and constrained layout, outside pyplot's global state."""
-
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
@@ -592,14 +589,12 @@ def _message_figure(message: str) -> Figure:
 
 def _colours(n: int) -> list[Any]:
     """``n`` distinct colours (tab10, repeated beyond ten)."""
-
     palette = colormaps["tab10"].colors
     return [palette[i % len(palette)] for i in range(n)]
 
 
 def _boxplot_figure(scored: pd.DataFrame, methods: list[str], labels: dict[str, str]) -> Figure:
     """Box plots of per-case Dice: one subplot per dataset, organs on x, a box per method."""
-
     datasets = _unique(scored["dataset"])
     plotted = [m for m in methods if m in set(scored["method"])]
     colour = dict(zip(plotted, _colours(len(plotted))))
@@ -742,7 +737,6 @@ def _montage_figure(
     panels: list[tuple[str, list[dict[str, Any]]]], labels: dict[str, str], worst: int
 ) -> Figure:
     """Overlay panels of the worst cases: one block of rows per method, at most 6 columns."""
-
     n_columns = min(worst, _MAX_PANEL_COLUMNS, max(len(p) for _, p in panels))
     layout = []  # (row, column, method, panel)
     row = 0

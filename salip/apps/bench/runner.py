@@ -59,7 +59,7 @@ from salip.core.hashing import file_sha256, fingerprint
 from salip.core.organs import get_organ
 from salip.core.prefetch import prefetch
 from salip.io import read_input, to_canonical
-from salip.io.orientation import source_slice_indices
+from salip.io.orientation import slices_with_most, source_slice_indices
 from salip.io.slicing import AXES, choose_intensity, display_slice, to_uint8
 from salip.io.writing import atomic_write, remove_temporaries, write_json
 from salip.models.sam import resolve_sam_checkpoint
@@ -269,7 +269,6 @@ def load_config(path: str | Path) -> BenchmarkConfig:
 def _model_identity(config: BenchmarkConfig, needs_sam: bool, needs_clip: bool) -> dict[str, Any]:
     """Model settings with checkpoint SHA-256s; fails early when a checkpoint is missing.
     {} when no method needs a model."""
-
     if not needs_sam:
         return {}
     m = config.methods[0].config.models
@@ -296,7 +295,6 @@ def _model_identity(config: BenchmarkConfig, needs_sam: bool, needs_clip: bool) 
 
 
 def _versions() -> dict[str, str]:
-
     versions = {"salip": __version__, "python": platform.python_version()}
     for name in _PACKAGES:
         try:
@@ -307,7 +305,6 @@ def _versions() -> dict[str, str]:
 
 
 def _device_info(device: str) -> dict[str, Any]:
-
     info: dict[str, Any] = {"device": device, "platform": platform.platform()}
     machine = hardware(device)
     if device.startswith("cuda"):
@@ -374,7 +371,6 @@ def _work(report: Mapping[str, Any]) -> dict[str, Any]:
 
 def _spacing(geometry: Any, ndim: int) -> tuple[float, ...]:
     """Voxel sizes in mm along the file's array axes (1.0 per axis for 2D images)."""
-
     if geometry.kind == "image":
         return (1.0,) * ndim
     return tuple(float(s) for s in nib.affines.voxel_sizes(geometry.affine)[:ndim])
@@ -383,7 +379,6 @@ def _spacing(geometry: Any, ndim: int) -> tuple[float, ...]:
 def _score(
     pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], slice_axis: int | None, tol: float
 ) -> dict[str, Any]:
-
     dice = metrics.dice_case(pred, gt)
     if slice_axis is None:  # a 2D image is its own single slice
         slice_dice, gt_slices = (dice.dice, 1) if gt.any() else (None, 0)
@@ -405,15 +400,14 @@ def _montage_slices(
     volume: Any, volume8: np.ndarray, axis: str, pred: np.ndarray, gt: np.ndarray
 ) -> dict[str, Any]:
     """The display slice with the most reference (else prediction) of one organ."""
-
     if volume.is_2d:
         index = 0
         gt_c, pred_c = gt, pred
     else:
         gt_c, pred_c = to_canonical(gt, volume.geometry), to_canonical(pred, volume.geometry)
-        other = tuple(a for a in range(3) if a != AXES[axis])
-        area = gt_c.sum(axis=other) if gt_c.any() else pred_c.sum(axis=other)
-        index = int(np.argmax(area)) if area.any() else len(area) // 2
+        shown = gt_c if gt_c.any() else pred_c
+        count = gt_c.shape[AXES[axis]]
+        index = slices_with_most(shown, axis, 1)[0] if shown.any() else count // 2
     image = display_slice(volume8, volume.is_2d, axis, index)
     if image.ndim == 3:
         image = (
@@ -428,7 +422,6 @@ def _montage_slices(
 
 
 def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays)
@@ -458,7 +451,6 @@ class _CaseRun:
 
     def volume8(self, intensity: Any, slicing: Any) -> np.ndarray:
         """The 8-bit volume for the montage, made once per intensity mapping."""
-
         key = (intensity, slicing.percentile_low, slicing.percentile_high)
         if key not in self._volume8:
             self._volume8[key] = to_uint8(self.volume(), intensity, slicing)
@@ -479,7 +471,6 @@ class _CaseRun:
     def case_input(self, method: Method, organs: tuple[Any, ...], modality: str) -> CaseInput:
         """What ``method`` learns of the case: references only for oracle rows, the full
         label map only for methods that read it, both in canonical layout."""
-
         geometry, given, full = self.volume().geometry, None, None
         if method.uses_ground_truth:  # only oracle rows ever see the references
             given = {name: to_canonical(ref, geometry) for name, ref in self.references().items()}
@@ -491,7 +482,6 @@ class _CaseRun:
 
     def run(self, method: Method) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
         """Segment and score the case with ``method``: (rows, montage arrays)."""
-
         case, volume = self.case, self.volume()
         models: Models | None = self.models_fn() if method.needs_sam else None
         device = models.device if models is not None else "cpu"
@@ -610,7 +600,6 @@ def run_benchmark(
         salip.core.errors.ConfigError: bad cluster options, or Ray missing.
         salip.core.errors.ModelError: a missing or unreadable checkpoint.
     """
-
     cluster = _cluster(cluster_options)
     cfg = config if isinstance(config, BenchmarkConfig) else load_config(config)
     out_dir = Path(out) if out is not None else Path.cwd() / "benchmark-results" / cfg.path.stem
@@ -739,7 +728,6 @@ def _compute_case(models: _ModelsOnce, job: _CaseJob, volume: Any = None) -> lis
 
 def _lost_case(job: _CaseJob, reason: str) -> list[dict]:
     """Error records of a case whose Ray workers kept dying (saved, so a rerun retries)."""
-
     records = []
     for method, path, key in job.steps:
         rows = _error_rows(job.case, BenchmarkError(reason))
@@ -755,7 +743,6 @@ def _lost_case(job: _CaseJob, reason: str) -> list[dict]:
 
 def _clean_job(job: _CaseJob) -> None:
     """Remove what a killed worker left half-written for this case."""
-
     for _method, path, _key in job.steps:
         remove_temporaries(path)
         remove_temporaries(path.with_suffix(".npz"))
@@ -787,7 +774,6 @@ def _run_device(
 def _read_volume(case: Case) -> Any:
     """The case's image as a Volume, or the exception reading it raised (kept for the case's
     error rows rather than raised in the prefetch thread)."""
-
     try:
         return read_input(case.image, channel=case.channel)
     except Exception as exc:  # noqa: BLE001 - reported per case by _compute
@@ -814,7 +800,6 @@ def _read_record(path: Path, fingerprint: str) -> dict[str, Any] | None:
 def _compute(
     runner: _CaseRun, case: Case, method: Method, path: Path, fingerprint: str, out: Path
 ) -> dict[str, Any]:
-
     montage_rel = ""
     try:
         rows, montage = runner.run(method)
@@ -850,7 +835,6 @@ def _write_outputs(
     reused: int,
     started: float,
 ) -> list[Path]:
-
     from salip.io.writing import atomic_write, write_json
 
     cases = pd.DataFrame(rows, columns=list(CASE_COLUMNS))

@@ -122,7 +122,6 @@ def _reference_slice(
 ) -> np.ndarray:
     """One slice the reference way; returns the HxW bool mask. ``floor``: the area
     filter's speck floor in pixels (salip's, so both sides filter alike)."""
-
     h, w = image.shape[:2]
     t = time.perf_counter()
     records = generator.generate(image)
@@ -167,7 +166,6 @@ def _run_reference(
     path: Path, out: Path, organ: Any, models: Any, descriptions: Sequence[str], config: Any
 ) -> tuple[np.ndarray, dict[str, float]]:
     """(A): read, slice, the per-slice reference loop, assemble, write. Canonical mask back."""
-
     sam, clip, device = models
     p = config.proposals
     generator = SamAutomaticMaskGenerator(
@@ -285,7 +283,6 @@ def run_speed(
     Raises:
         ConfigError: neither or both of ``input`` and ``shape``; bad option values.
     """
-
     if (input is None) == (shape is None):
         raise ConfigError("give either --input PATH or --shape XxYxZ (a synthetic volume).")
     settings = {
@@ -322,7 +319,6 @@ def _prepare(
     precision: str,
 ) -> _Setup:
     """Write the phantom (or take ``input``), probe it, load the models and warm them up."""
-
     from salip.io.slicing import choose_intensity
 
     if input is None:
@@ -366,7 +362,6 @@ def _prepare(
 
 def _time_salip(setup: _Setup) -> tuple[Any, _Timed]:
     """(B): the one-organ salip run; its result and timing (cascade stages added in)."""
-
     s, device = setup, setup.device
     timer = StageTimer()
     reset_peak(device)
@@ -391,7 +386,6 @@ def _time_salip(setup: _Setup) -> tuple[Any, _Timed]:
 
 def _time_multi_organ(setup: _Setup, extra_organs: Sequence[str]) -> tuple[list[Any], float | None]:
     """The salip run of the organ plus ``extra_organs`` (none without them): organs, seconds."""
-
     if not extra_organs:
         return [], None
     s = setup
@@ -455,7 +449,6 @@ def _result_dict(
     compared: tuple[float | None, int, list[int]],
 ) -> dict[str, Any]:
     """The result dict: the run's setup, the checkpoint's identity, timings and agreement."""
-
     s, device = setup, setup.device
     multi_organs, multi_s = multi
     agreement, n, skipped = compared

@@ -106,7 +106,6 @@ def _load_model(
 ) -> _Model:
     """A random-weight SAM of ``model_type`` (no checkpoint), or the checkpoint through
     salip's loader (``model_type`` then checks the file's architecture, None skips it)."""
-
     if sam_checkpoint is None:
         from segment_anything import sam_model_registry
 
@@ -129,7 +128,6 @@ def phantom_slices(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
     liver, spine, kidneys), soft-tissue window (width 400 HU, level 40 HU), in display
     orientation, grey repeated over three channels.
     """
-
     depth = 2 * count + 1
     hu, _ = synthetic_ct((size, size, depth), seed=seed)
     images = []
@@ -141,7 +139,6 @@ def phantom_slices(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
 
 def _boxes(count: int, size: int, seed: int) -> Any:
     """``count`` different XYXY boxes (pixels) inside a ``size``-pixel slice, 1x4 each."""
-
     rng = np.random.default_rng(seed)
     low = rng.uniform(0.05, 0.6, size=(count, 2)) * size
     extent = rng.uniform(0.05, 0.35, size=(count, 2)) * size
@@ -153,7 +150,6 @@ def _encoder_auto_batch(
     sam: Any, images: list[np.ndarray], device: str, precision: str
 ) -> tuple[int, float]:
     """CUDA: (auto encoder batch, seconds per slice at it), after a calibrating warm-up."""
-
     encoder = fast_encoder(sam)
     batch = encoder_batch(0, device)
     encode_images(sam, images[:1], batch, precision=precision, encoder=encoder)  # calibrates
@@ -176,7 +172,6 @@ def _measure_slices(
     Returns:
         (the samples, the decoder's points per batch, the box prompts per slice).
     """
-
     encoder = fast_encoder(sam)
     batch = decoder_batch(config.proposals, device)  # kept across slices, as salip does
     boxes = _boxes(config.box_prompts, images[0].shape[0], seed)
@@ -266,7 +261,6 @@ def measure_unit_costs(
         ConfigError: an unknown model type, device or precision, or a count out of range.
         ModelError: an unreadable checkpoint, or one that is not ``model_type``.
     """
-
     _check(model_type, slices, image_size, points_per_side, box_prompts)
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
@@ -304,7 +298,6 @@ def _result(
     auto: tuple[int | None, float | None],
 ) -> dict[str, Any]:
     """The result dict of :func:`measure_unit_costs`."""
-
     encoder = statistics.median(samples.encoder)
     everything = statistics.median(samples.everything)
     return {

@@ -33,13 +33,11 @@ _CHUNK = 32
 
 def default_cache_dir() -> Path:
     """``<SALIP_HOME>/cache/head_embeddings``."""
-
     return salip_home() / "cache" / "head_embeddings"
 
 
 def save_embedding(path: Path, embedding: ImageEmbedding) -> None:
     """Write one embedding atomically: CxHxW fp16 features, the two sizes and the profile."""
-
     payload = {
         "features": embedding.features[0].detach().to("cpu", torch.float16).contiguous(),
         "input_size": list(embedding.input_size),

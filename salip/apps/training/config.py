@@ -213,7 +213,6 @@ def load_head_config(path: str | Path) -> HeadTrainConfig:
             valid ones), no dataset, or an invalid ``[train]`` or ``[models]`` value.
         salip.core.errors.BenchmarkError: an unknown ``[models]`` key.
     """
-
     path = Path(path).absolute()
     raw = read_toml(path, "head config", ConfigError)
     check_keys(f"head config {path.name}", list(raw), CONFIG_KEYS, ConfigError)

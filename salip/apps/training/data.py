@@ -111,7 +111,6 @@ def to_head_frame(
 def _case_samples(
     case: Case, classes: Sequence[str], config: SegmentConfig, cache: DiskEmbeddingCache
 ) -> tuple[list[SliceSample], dict[str, Any]]:
-
     volume = read_input(case.image, channel=case.channel)
     if case.modality and config.slicing.modality == "auto":
         config = config.replace(modality=case.modality)
@@ -180,7 +179,6 @@ def build_samples(
         (samples in case order then slice order, one JSON-ready description per case:
         key, image, labelled classes, slice count, intensity mapping).
     """
-
     samples: list[SliceSample] = []
     infos: list[dict[str, Any]] = []
     for case in tqdm(cases, desc="embeddings", unit="case", disable=not progress):

@@ -112,7 +112,6 @@ def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def _classes(config: HeadTrainConfig, cases: Sequence[Any]) -> list[str]:
-
     available = list(dict.fromkeys(o for case in cases for o in case.organs))
     if config.train.classes is None:
         return available
@@ -143,7 +142,6 @@ def _save_torch(path: Path, payload: dict[str, Any]) -> None:
 
 def _write_head(out: Path, state: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     """head.pt and manifest.json from a completed training state."""
-
     manifest = {**state["manifest"], "metrics": _metrics(state["history"])}
     manifest = json.loads(json.dumps(manifest))  # plain JSON types only, for weights_only
     head_path = out / "head.pt"
@@ -166,7 +164,6 @@ def _validate(
     model: OrganHead, loader: Any, classes: Sequence[str], device: str
 ) -> dict[str, float | None]:
     """Dice per class over the validation slices (None where a class has no pixels)."""
-
     model.eval()
     counts = torch.zeros(3, len(classes), dtype=torch.float64)
     with torch.no_grad():
@@ -297,7 +294,6 @@ def train_head(
 
 def _plan_run(config: HeadTrainConfig | str | Path, out: str | Path) -> _Run:
     """Phase 1: the config, the output folder, the cases and their split, the fingerprint."""
-
     cfg = config if isinstance(config, HeadTrainConfig) else load_head_config(config)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -333,7 +329,6 @@ def _plan_run(config: HeadTrainConfig | str | Path, out: str | Path) -> _Run:
 
 def _split(cfg: HeadTrainConfig, cases: Sequence[Any]) -> tuple[list[str], list[str]]:
     """Training and validation case keys, the training ones cut to ``train_cases``."""
-
     settings = cfg.train
     train_keys, val_keys = split_cases(
         [case.key for case in cases], settings.val_fraction, settings.seed
@@ -384,7 +379,6 @@ def _remove_stale_head(out: Path) -> None:
 
 def _load_models(run: _Run) -> _Models:
     """Phase 2: device, precision, SAM, the prompts' CLIP codes and the head's architecture."""
-
     settings, models = run.settings, run.seg_cfg.models
     device = resolve_device(models.device)
     precision = resolve_precision(models.precision, device)
@@ -410,7 +404,6 @@ def _load_models(run: _Run) -> _Models:
 
 def _load_data(run: _Run, models: _Models, progress: bool) -> _Data:
     """Phase 3: every used slice's embedding (cached) and target, split and weighted."""
-
     cache = DiskEmbeddingCache(
         models.sam, batch_size=run.settings.encoder_batch_size, precision=models.precision
     )
@@ -539,7 +532,6 @@ def _run_epochs(
 
     Returns every step's loss and the last saved state (``state`` if no epoch ran).
     """
-
     settings = run.settings
     train_set = SliceDataset(data.train_samples)
     val_loader = torch.utils.data.DataLoader(
@@ -587,7 +579,6 @@ def _train_epoch(
     progress: bool,
 ) -> list[float]:
     """One epoch of ``steps_per_epoch`` optimiser steps; the loss of each step."""
-
     settings = run.settings
     # A generator per epoch, seeded from (seed, epoch): a resumed epoch draws the same
     # slices as it would have in one uninterrupted run.
@@ -641,7 +632,6 @@ def _text_codes(
     seg_cfg: Any, prompts: Sequence[str], device: str
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """KxD CLIP text embeddings of the prompts (normalised), through the cascade's path."""
-
     m = seg_cfg.models
     clip = load_clip(m.clip_model, m.clip_pretrained, device=device, quick_gelu=m.clip_quick_gelu)
     scorer = ClipScorer(clip, device, cache_dir=salip_home() / "cache" / "text")

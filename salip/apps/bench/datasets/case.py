@@ -150,7 +150,6 @@ def _image_grid(case: Case) -> tuple[tuple[int, ...], np.ndarray | None]:
 def _dicom_grid(case: Case, path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     """Shape and affine of the grid dcm2niix writes for a DICOM series (read once per
     series and modification time: the series is decoded)."""
-
     try:
         shape, affine = _read_dicom_grid(str(path), path.stat().st_mtime_ns)
     except InputError as exc:
@@ -160,7 +159,6 @@ def _dicom_grid(case: Case, path: Path) -> tuple[tuple[int, ...], np.ndarray]:
 
 @functools.lru_cache(maxsize=4)
 def _read_dicom_grid(path: str, mtime_ns: int) -> tuple[tuple[int, ...], np.ndarray]:
-
     geometry = read_dicom_series(Path(path)).geometry
     return tuple(int(n) for n in geometry.shape), np.asarray(geometry.affine)
 
