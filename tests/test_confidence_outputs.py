@@ -32,8 +32,8 @@ from salip.core.organs import get_organ
 from salip.io import read_input, to_canonical
 from salip.io.dicom_seg import grid_from_frames
 from salip.io.slicing import display_slice
-from salip.io.viewer import decode_viewer
 from salip.io.writing import sidecar_path
+from salip.outputs.viewer import decode_viewer
 from salip.strategies.base import SliceEvidence, StrategyResult
 from salip.strategies.evidence import decide_organ
 from tests.conftest import TOTALSEG, LabelStrategy, require_data

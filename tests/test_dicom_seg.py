@@ -141,7 +141,7 @@ def test_dicom_seg_refusals(tmp_path, capsys, monkeypatch, args, message):
 def test_viewer_of_a_dicom_run_shows_the_written_mask(series, tmp_path):
     """salip.segment(viewer=...): the page's labels are the written mask in display
     orientation, its slice numbers the file's, its intensities the series' HU."""
-    from salip.io.viewer import decode_viewer, display_stack
+    from salip.outputs.viewer import decode_viewer, display_stack
 
     path, volume, canonical = series
     result = salip.segment(

@@ -1,4 +1,4 @@
-"""Per-organ statistics (salip.io.statistics): checked against an independent computation
+"""Per-organ statistics (salip.outputs.statistics): checked against an independent computation
 with nibabel and plain numpy on the shared CT, and against hand-computed answers on small
 synthetic volumes (flipped, non-unit spacing), a 2D RGB image and empty organs."""
 
@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage
 
 from salip.core.errors import InputError, OutputError
-from salip.io.statistics import DECIMALS, organ_statistics
+from salip.outputs.statistics import DECIMALS, organ_statistics
 from tests.conftest import TOTALSEG, LabelStrategy, require_data
 
 #: Results are rounded to 4 decimals: within 5e-5 of the exact value, plus float noise.

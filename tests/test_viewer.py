@@ -1,4 +1,4 @@
-"""The HTML viewer (salip.io.viewer): validation, the embedded data's round trip, the size of
+"""The HTML viewer (salip.outputs.viewer): validation, the embedded data's round trip, the size of
 a 512x512x200 CT, and a real browser (Debian's chromium through Playwright) with every
 network request blocked and recorded."""
 
@@ -17,7 +17,7 @@ import pytest
 from salip.core.errors import OutputError
 from salip.io import read_input, to_canonical
 from salip.io.slicing import display_slice
-from salip.io.viewer import (
+from salip.outputs.viewer import (
     CT_RANGE,
     MAX_BYTES,
     ViewerData,
@@ -275,8 +275,8 @@ def test_the_template_is_installed_as_package_data():
 
     project = read_toml(REPO / "pyproject.toml", "pyproject", ConfigError)
     data = project["tool"]["setuptools"].get("package-data", {})
-    assert "viewer_template.html" in data.get("salip.io", []), (
-        'add "salip.io" = ["viewer_template.html"] to [tool.setuptools.package-data]'
+    assert "viewer_template.html" in data.get("salip.outputs.viewer", []), (
+        'add "salip.outputs.viewer" = ["viewer_template.html"] to [tool.setuptools.package-data]'
     )
 
 
@@ -411,7 +411,7 @@ def test_the_preview_names_its_organs_and_slices(tmp_path):
     from PIL import Image
 
     import salip
-    from salip.io.preview import COLOURS as PREVIEW_COLOURS
+    from salip.outputs.preview import COLOURS as PREVIEW_COLOURS
 
     def boxes(images, organs, indices):
         out = []

@@ -32,7 +32,6 @@ from salip.io import Volume, file_stem, input_kind, read_input
 from salip.io.dicom_seg import build_seg, save_seg, source_references
 from salip.io.orientation import (
     slice_counts,
-    slices_with_most,
     source_slice_indices,
     to_source_grid,
 )
@@ -49,6 +48,7 @@ from salip.io.slicing import (
 )
 from salip.io.writing import json_text, mask_suffix, save_mask, sidecar_path
 from salip.models.device import resolve_device
+from salip.outputs.preview import preview_image
 from salip.strategies.assembly import OVERLAP_RULE, overlaps, to_label_map
 from salip.strategies.base import SliceEvidence, SliceSegmenter, Strategy
 from salip.strategies.evidence import OrganDecision
@@ -513,11 +513,11 @@ def _stage_files(
     for name, path in plan.per_organ.items():
         outputs.stage(path, lambda tmp, m=masks[name]: save_mask(tmp, m, geometry))
     if plan.preview is not None:
-        strip = _preview_image(volume, run.volume8, run.canonical, list(label_values), axis)
+        strip = preview_image(volume, run.volume8, run.canonical, list(label_values), axis)
         outputs.stage(plan.preview, lambda tmp: _save_png(tmp, strip))
     if plan.viewer is not None:
-        from salip.api.viewing import viewer_data
-        from salip.io.viewer import viewer_html
+        from salip.outputs.viewer import viewer_html
+        from salip.outputs.viewer.data import viewer_data
 
         canonical = to_label_map(run.canonical, list(label_values))
         data = viewer_data(
@@ -568,7 +568,7 @@ def _statistics(
     cfg: SegmentConfig,
 ) -> dict[str, Any]:
     """Per-organ statistics of the label map (as written) over the input's intensities."""
-    from salip.io.statistics import organ_statistics
+    from salip.outputs.statistics import organ_statistics
 
     geometry = volume.geometry
     image = to_source_grid(volume.data, geometry)
@@ -674,35 +674,6 @@ def _organ_row(
         **report_answer(run.decisions[organ.name]),
         "chosen": [{**c, "slice": s} for c, s in zip(chosen, chosen_src)],
     }
-
-
-def _preview_image(
-    volume: Volume,
-    volume8: np.ndarray,
-    canonical: dict[str, np.ndarray],
-    order: list[str],
-    axis: str,
-    max_slices: int = 3,
-) -> np.ndarray:
-    """HxWx3 uint8 overlay strip of the (up to) ``max_slices`` slices with the most organ,
-    each captioned with its slice index in the input file (as the report counts them), and
-    a legend of the organs' colours."""
-    from salip.io.preview import preview_strip
-    from salip.io.slicing import to_display
-
-    label_map = to_label_map(canonical, order)
-    if volume.is_2d:
-        images, labels = [next(iter_slices(volume8, True, axis))[1]], [label_map]
-        captions = None
-    else:
-        ax = AXES[axis]
-        picks = slices_with_most(label_map, axis, max_slices)
-        grey = [to_display(np.take(volume8, k, axis=ax)) for k in picks]
-        images = [np.repeat(g[..., None], 3, axis=2) for g in grey]
-        labels = [to_display(np.take(label_map, k, axis=ax)) for k in picks]
-        input_axis, indices = source_slice_indices(volume, axis, picks)
-        captions = [f"slice {i} (axis {input_axis})" for i in indices]
-    return preview_strip(images, labels, captions=captions, names=order)
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:

@@ -1,1 +1,1 @@
-"""Layer 7: applications on the API: the CLI, the benchmark and head training."""
+"""Layer 8: applications on the API: the CLI, the benchmark and head training."""

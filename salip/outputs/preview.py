@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from salip.io import Volume
+from salip.io.orientation import AXES, slices_with_most, source_slice_indices
+from salip.io.slicing import iter_slices, to_display
+from salip.strategies.assembly import to_label_map
+
 #: RGB colours per label value 1, 2, ... (cycled).
 COLOURS = np.array(
     [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
@@ -93,3 +98,38 @@ def preview_strip(
     if names:
         strip = np.concatenate([strip, _legend(names, strip.shape[1])], axis=0)
     return strip
+
+
+def preview_image(
+    volume: Volume,
+    volume8: np.ndarray,
+    canonical: dict[str, np.ndarray],
+    order: list[str],
+    axis: str,
+    max_slices: int = 3,
+) -> np.ndarray:
+    """HxWx3 uint8 overlay strip of the (up to) ``max_slices`` slices with the most organ,
+    each captioned with its slice index in the input file (as the report counts them), and
+    a legend of the organs' colours.
+
+    Args:
+        volume: the input (canonical layout).
+        volume8: its uint8 version (same shape).
+        canonical: organ -> bool mask in the canonical layout.
+        order: the organs, in label order.
+        axis: the slicing axis name.
+        max_slices: how many slices to show.
+    """
+    label_map = to_label_map(canonical, order)
+    if volume.is_2d:
+        images, labels = [next(iter_slices(volume8, True, axis))[1]], [label_map]
+        captions = None
+    else:
+        ax = AXES[axis]
+        picks = slices_with_most(label_map, axis, max_slices)
+        grey = [to_display(np.take(volume8, k, axis=ax)) for k in picks]
+        images = [np.repeat(g[..., None], 3, axis=2) for g in grey]
+        labels = [to_display(np.take(label_map, k, axis=ax)) for k in picks]
+        input_axis, indices = source_slice_indices(volume, axis, picks)
+        captions = [f"slice {i} (axis {input_axis})" for i in indices]
+    return preview_strip(images, labels, captions=captions, names=order)

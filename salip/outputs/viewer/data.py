@@ -1,4 +1,4 @@
-"""What the HTML viewer shows of one run: :class:`~salip.io.viewer.ViewerData` from the
+"""What the HTML viewer shows of one run: :class:`~salip.outputs.viewer.ViewerData` from the
 volume, the canonical label map, the chosen proposals and the strategy's account."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 
 from salip.io import Volume
 from salip.io.orientation import display_pixel_mm, source_slice_indices
-from salip.io.preview import COLOURS
 from salip.io.slicing import DISPLAY_EDGES
-from salip.io.viewer import ViewerData, display_stack
+from salip.outputs.preview import COLOURS
+from salip.outputs.viewer.schema import ViewerData, display_stack
 
 #: Keys of a chosen-proposal record the viewer shows beside its box.
 _BOX_KEYS = ("probability", "margin", "clip_score", "side", "competitors")
