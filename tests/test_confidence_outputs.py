@@ -340,7 +340,7 @@ organs = {json.dumps(organs)}
 
 
 def test_the_viewer_legend_shows_confidence_and_not_found(ct, tmp_path):
-    from tests.test_viewer import CHROMIUM_ARGS, _browser
+    from tests.outputs.viewer.test_viewer import CHROMIUM_ARGS, _browser
 
     sync_playwright, chromium = _browser()
     path, volume = ct
