@@ -30,11 +30,7 @@ from salip.core.organs import Organ, parse_organs, vocabulary
 from salip.core.timing import StageTimer
 from salip.io import Volume, file_stem, input_kind, read_input
 from salip.io.dicom_seg import build_seg, save_seg, source_references
-from salip.io.orientation import (
-    slice_counts,
-    source_slice_indices,
-    to_source_grid,
-)
+from salip.io.orientation import slice_counts, source_slice_indices, to_source_grid
 from salip.io.output_set import OutputSet
 from salip.io.slicing import (
     AXES,

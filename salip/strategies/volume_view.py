@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from salip.io import Volume
-from salip.io.orientation import AXES, display_pixel_mm, source_slice_indices
+from salip.io.orientation import AXES, display_pixel_mm, in_plane_axes, source_slice_indices
 from salip.io.slicing import slice_image
 
 
@@ -39,16 +39,16 @@ class VolumeView:
         self.body = body
         self.spacing = tuple(float(s) for s in volume.spacing[:3])
         self.slice_spacing = 1.0 if volume.is_2d else self.spacing[AXES[axis]]
-        # A display image is the canonical slice (axes a < b) transposed: rows run along b.
-        in_plane = [a for a in range(3) if volume.is_2d or a != AXES[axis]][:2]
         shape = volume.data.shape
-        self.display_shape = (
-            (int(shape[0]), int(shape[1]))
-            if volume.is_2d
-            else (int(shape[in_plane[1]]), int(shape[in_plane[0]]))
-        )
-        self.pixel_spacing = (1.0, 1.0) if volume.is_2d else display_pixel_mm(self.spacing, axis)
-        self.pixel_mm = None if volume.is_2d else self.pixel_spacing
+        self.pixel_mm: tuple[float, float] | None = None
+        if volume.is_2d:
+            self.display_shape = (int(shape[0]), int(shape[1]))
+        else:
+            # A display image is the canonical slice (axes a < b) transposed: rows run along b.
+            a, b = in_plane_axes(axis)
+            self.display_shape = (int(shape[b]), int(shape[a]))
+            self.pixel_mm = display_pixel_mm(self.spacing, axis)
+        self.pixel_spacing = self.pixel_mm or (1.0, 1.0)
         self.mask_shape = volume.data.shape[:2] if volume.is_2d else volume.data.shape
 
     def image(self, index: int) -> np.ndarray:

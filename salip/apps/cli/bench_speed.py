@@ -8,11 +8,7 @@ import logging
 import sys
 
 from salip.apps.bench.speed import markdown_line, run_speed
-from salip.apps.cli.flags import (
-    Subparsers,
-    add_config_flags,
-    config_options,
-)
+from salip.apps.cli.flags import Subparsers, add_config_flags, config_options
 
 logger = logging.getLogger("salip")
 

@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 
 from salip.apps.bench.unit_costs import markdown_line, measure_unit_costs
-from salip.apps.cli.flags import (
-    Subparsers,
-)
+from salip.apps.cli.flags import Subparsers
 from salip.io.writing import write_json
 
 logger = logging.getLogger("salip")

@@ -7,11 +7,7 @@ import logging
 import sys
 
 from salip.apps.bench.runner import run_benchmark
-from salip.apps.cli.flags import (
-    Subparsers,
-    add_cluster_flags,
-    cluster_options,
-)
+from salip.apps.cli.flags import Subparsers, add_cluster_flags, cluster_options
 
 logger = logging.getLogger("salip")
 

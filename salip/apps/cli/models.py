@@ -6,9 +6,7 @@ import argparse
 import logging
 import sys
 
-from salip.apps.cli.flags import (
-    Subparsers,
-)
+from salip.apps.cli.flags import Subparsers
 from salip.models.download import download_checkpoint, list_cached
 from salip.models.registry import OFFICIAL_BASE_URL, checkpoint_dir
 

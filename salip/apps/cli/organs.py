@@ -6,9 +6,7 @@ import argparse
 import logging
 import sys
 
-from salip.apps.cli.flags import (
-    Subparsers,
-)
+from salip.apps.cli.flags import Subparsers
 from salip.core.label_sets import get_label_sets
 from salip.core.organs import vocabulary
 
