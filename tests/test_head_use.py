@@ -18,7 +18,7 @@ from salip.apps.cli import main
 from salip.apps.training.train import train_head
 from salip.core.errors import BenchmarkError, ConfigError
 from tests.conftest import TOTALSEG, require_data
-from tests.test_head import CT_ORGANS, _ct_dataset, _toml_table, write_config
+from tests.apps.training.test_train import CT_ORGANS, _ct_dataset, _toml_table, write_config
 
 VARIANT_KIND = {"clip": "head", "static": "head-static", "randtext": "head-randtext"}
 
@@ -185,7 +185,7 @@ def test_benchmark_head_mistakes_are_explained(heads, tiny_models, tmp_path):
     absent = [{"name": "h", "method": "head", "head": "no/such/head.pt"}]
     with pytest.raises(BenchmarkError, match="head file not found: .*no/such/head.pt"):
         load_config(_bench_config(tmp_path / "c", tiny_models, absent))
-    cascade = [{"name": "s", "method": "salip", "head": str(heads["clip"])}]
+    cascade = [{"name": "s", "method": "cascade", "head": str(heads["clip"])}]
     with pytest.raises(BenchmarkError, match="setting.s. head not read by this method"):
         load_config(_bench_config(tmp_path / "d", tiny_models, cascade))
 
@@ -193,7 +193,7 @@ def test_benchmark_head_mistakes_are_explained(heads, tiny_models, tmp_path):
 def test_train_cases_gives_nested_subsets_with_one_validation_set(
     tiny_models, tmp_path, monkeypatch, capsys
 ):
-    from tests.test_head import _slices_dataset
+    from tests.apps.training.test_train import _slices_dataset
 
     monkeypatch.setenv("SALIP_HOME", str(tmp_path / "salip_home"))
     # three cases (the CT and two AMOS slices): one held out, two to train on
@@ -246,7 +246,7 @@ def test_shipped_head_configs_parse(heads, tmp_path):
     config = load_config(bench)
     rows = {m.name: m.kind for m in config.methods}
     assert rows == {
-        "salip-default": "salip",
+        "salip-default": "cascade",
         "head-n1": "head",
         "head-n5": "head",
         "head-n10": "head",

@@ -159,7 +159,7 @@ bootstrap_resamples = 50
 
 [[methods]]
 name = "salip"
-method = "salip"
+method = "cascade"
 points_per_side = 4
 pred_iou_thresh = 0.0
 stability_score_thresh = 0.0

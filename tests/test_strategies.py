@@ -20,14 +20,13 @@ from scipy import ndimage
 import salip
 from salip.api.factory import (
     METHODS,
-    SEGMENT_METHODS,
     CaseInput,
     Models,
     build,
     get_method,
 )
 from salip.apps.bench.methods import SETTINGS
-from salip.core.config import SegmentConfig, SegmenterConfig
+from salip.core.config import MethodConfig, SegmentConfig
 from salip.core.errors import ConfigError
 from salip.core.organs import get_organ
 from salip.core.timing import StageTimer
@@ -231,11 +230,10 @@ def test_every_method_and_flag_value_has_one_factory_entry():
 
     assert set(SETTINGS) == set(BENCH_METHODS)  # the benchmark knows every kind's settings
     assert set(METHODS) < set(BENCH_METHODS)  # ... the product's among them
-    choices = SegmenterConfig.__dataclass_fields__["method"].metadata["choices"]
-    assert set(SEGMENT_METHODS) == set(choices)
-    assert all(kind in METHODS for kind in SEGMENT_METHODS.values())
-    with pytest.raises(ConfigError, match=r"Did you mean: salip\? Valid methods: salip, head,"):
-        get_method("salp")
+    choices = MethodConfig.__dataclass_fields__["method"].metadata["choices"]
+    assert set(choices) <= set(METHODS)  # --method names a product kind
+    with pytest.raises(ConfigError, match=r"Did you mean: cascade\? Valid methods: cascade, head,"):
+        get_method("cascde")
     # The product's table has no evaluation kind; the benchmark's does.
     with pytest.raises(ConfigError, match="unknown method 'simulated'"):
         get_method("simulated")
@@ -249,14 +247,14 @@ def test_the_factory_builds_the_cascade_from_sam_and_clip_engines(tiny_sam_path,
     sam = load_sam(str(tiny_sam_path))
     clip = load_clip(f"local-dir:{tiny_clip_dir}")
     case = CaseInput((get_organ("liver"),), "ct", is_2d=True)
-    built = build("salip", Models(sam, clip, "cpu"), SegmentConfig(), case)
+    built = build("cascade", Models(sam, clip, "cpu"), SegmentConfig(), case)
     engines = built.strategy.engines
     assert isinstance(engines.encoder, SamEncoder) and isinstance(engines.proposer, SamProposer)
     assert isinstance(engines.recogniser, ClipRecogniser)
     assert isinstance(engines.refiner, SamRefiner)
     assert built.strategy.name == "slices" and built.identity["scoring"]["mode"] == "contrast"
     with pytest.raises(ConfigError, match="needs the CLIP model"):
-        build("salip", Models(sam, None, "cpu"), SegmentConfig(), case)
+        build("cascade", Models(sam, None, "cpu"), SegmentConfig(), case)
     from salip.apps.bench.kinds import BENCH_METHODS
 
     models = Models(sam, None, "cpu")

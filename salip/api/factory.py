@@ -1,12 +1,13 @@
 """The one factory from a method name and settings to a strategy on engines.
 
 :func:`salip.segment` (``--method``), the benchmark (its ``[[methods]]`` rows) and
-bench-speed all build what they run here. A method kind is a row of :data:`METHODS`:
+bench-speed all build what they run here. A method kind is a row of :data:`METHODS`, and
+``--method`` names one (``cascade``, ``head``):
 
 ================================  ====================================================
 kind                              what it builds
 ================================  ====================================================
-``salip``                         the SaLIP cascade: SAM encoder, SAM everything mode,
+``cascade``                       the SaLIP cascade: SAM encoder, SAM everything mode,
                                   crops + CLIP, SAM box refinement (zero-shot)
 ``head``                          a learned CLIP-driven head on SAM features (trained
                                   with labels: ``salip head train``, variant "clip")
@@ -57,6 +58,22 @@ from salip.strategies.base import Strategy
 from salip.strategies.cascade import Engines
 from salip.strategies.slices import SlicesStrategy
 from salip.strategies.volume import VolumeStrategy
+
+__all__ = [
+    "METHODS",
+    "build",
+    "Builder",
+    "Built",
+    "cascade_strategy",
+    "CaseInput",
+    "get_method",
+    "LazyModels",
+    "load_models",
+    "MethodKind",
+    "Models",
+    "slice_only",
+    "window_organs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +126,48 @@ def load_models(config: ModelConfig, *, clip: bool) -> Models:
             quick_gelu=config.clip_quick_gelu,
         )  # fmt: skip
     return Models(sam, loaded, device)
+
+
+class LazyModels:
+    """Loads the models on first need, then hands the same ones out (a run's, or one
+    worker's, models: every case it computes shares them).
+
+    Call it as a run's model source, ``models(kind, config, timer) -> Models``
+    (:func:`salip.api.pipeline.segment_case`), or ask with :meth:`load`.
+
+    Args:
+        config: the models to load when :meth:`load` is given none.
+        clip: whether :meth:`load` loads CLIP when not told.
+    """
+
+    def __init__(self, config: ModelConfig | None = None, *, clip: bool = False) -> None:
+        self.config, self.clip = config, clip
+        self.loaded: Models | None = None
+
+    def load(
+        self,
+        config: ModelConfig | None = None,
+        *,
+        clip: bool | None = None,
+        timer: StageTimer | None = None,
+    ) -> Models:
+        """The loaded models; loads them (timed as ``load_models``) the first time, and
+        again with CLIP when CLIP is needed and was not loaded."""
+        clip = self.clip if clip is None else clip
+        if self.loaded is None or (clip and self.loaded.clip is None):
+            config = config or self.config
+            if config is None:
+                raise ConfigError("LazyModels: no model settings to load from.")
+            start = time.perf_counter()
+            self.loaded = load_models(config, clip=clip)
+            took = time.perf_counter() - start
+            logger.info("models loaded on %s in %.1f s", self.loaded.device, took)
+            if timer is not None:
+                timer.add("load_models", start)
+        return self.loaded
+
+    def __call__(self, kind: MethodKind, config: SegmentConfig, timer: StageTimer) -> Models:
+        return self.load(config.models, clip=kind.needs_clip, timer=timer)
 
 
 @dataclass(frozen=True)
@@ -200,7 +259,7 @@ class MethodKind:
         return self.read_extra(extra) if self.read_extra is not None else {}
 
 
-def _build_salip(
+def _build_cascade(
     models: Models,
     config: SegmentConfig,
     case: CaseInput,
@@ -321,16 +380,12 @@ def _build_head(
 METHODS: dict[str, MethodKind] = {
     kind.name: kind
     for kind in (
-        MethodKind("salip", _build_salip, needs_clip=True),
+        MethodKind("cascade", _build_cascade, needs_clip=True),
         MethodKind("head", _build_head, head_variant="clip"),
         MethodKind("head-static", _build_head, head_variant="static"),
         MethodKind("head-randtext", _build_head, head_variant="randtext"),
     )
 }
-
-
-#: ``--method`` (:attr:`salip.core.config.SegmenterConfig.method`) -> the kind it builds.
-SEGMENT_METHODS = {"cascade": "salip", "head": "head"}
 
 
 def get_method(name: str, kinds: Mapping[str, MethodKind] | None = None) -> MethodKind:

@@ -14,9 +14,9 @@ lock (:mod:`salip.io.locks`), so one run writes it and the other records it as s
 without ``overwrite`` no file is ever replaced. ``run.csv`` in the folder is a ledger of
 every case run into it (:mod:`salip.api.ledger`).
 
-Cases run in this process (``engine="local"``: the next case is read in a background thread
-while one runs) or on Ray workers (``engine="ray"``, :class:`~salip.api.cluster.RayPool`),
-which write their cases into the same folder.
+Cases run through the case runner (:mod:`salip.api.executor`): in this process
+(``engine="local"``: the next case is read in a background thread while one runs) or on Ray
+workers (``engine="ray"``), which write their cases into the same folder.
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from salip.api.cases import CasePaths, CaseSource, find_cases, plan_outputs
-from salip.api.cluster import RayPool, require_ray
-from salip.api.factory import MethodKind, Models, load_models
+from salip.api.cluster import require_ray
+from salip.api.executor import CaseRunner
+from salip.api.factory import LazyModels
 from salip.api.jobs import read_jobs
 from salip.api.ledger import (
     RUN_TABLE,
@@ -47,8 +48,6 @@ from salip.api.provenance import mismatch, read_sidecar
 from salip.core.config import ClusterConfig, SegmentConfig
 from salip.core.errors import ConfigError, InputError, SalipError, one_line
 from salip.core.organs import parse_organs
-from salip.core.prefetch import prefetch
-from salip.core.timing import StageTimer
 from salip.io import Volume, read_input
 from salip.io.locks import case_lock
 from salip.io.writing import os_problem, remove_temporaries
@@ -75,20 +74,6 @@ class _Task:
     overwrite: bool
     folder: Path
     earlier: Mapping[str, str] | None = None
-
-
-class _SharedModels:
-    """Loads the models on the first case that needs them, then hands the same ones out."""
-
-    def __init__(self) -> None:
-        self.models: Models | None = None
-
-    def __call__(self, kind: MethodKind, config: SegmentConfig, timer: StageTimer) -> Models:
-        if self.models is None or (kind.needs_clip and self.models.clip is None):
-            start = time.perf_counter()
-            self.models = load_models(config.models, clip=kind.needs_clip)
-            timer.add("load_models", start)
-        return self.models
 
 
 def segment_many(
@@ -176,11 +161,7 @@ def segment_many(
             bar.update(1)
 
         write_table(folder, [rows[i] for i in sorted(rows)])
-        if todo and cluster.engine == "ray":
-            pool = RayPool(_SharedModels, _segment_task, _lost, on_death=_clean_task, label=_label)
-            pool.run([task for _, task in todo], cluster, finished)
-        elif todo:
-            _run_local([task for _, task in todo], finished)
+        _RUNNER.run([task for _, task in todo], cluster, finished)
     ordered = [rows[i] for i in sorted(rows)]
     failed = sum(r.status == "failed" for r in ordered)
     logger.debug("%d case(s): %d failed; table in %s", len(ordered), failed, folder / RUN_TABLE)
@@ -271,22 +252,13 @@ def _label(task: _Task) -> str:
     return task.paths.name
 
 
-def _lost(task: _Task, reason: str) -> CaseRow:
-    """The row of a case whose Ray workers kept dying."""
+def _failed(task: _Task, reason: str) -> CaseRow:
+    """The row of a case that raised, or whose Ray workers kept dying."""
     return _row(task, "failed", reason, seconds=None)
 
 
 def _series(task: _Task) -> str:
     return task.source.series or ""
-
-
-def _run_local(tasks: Sequence[_Task], finished: Callable[[int, CaseRow], None]) -> None:
-    """Run the cases in this process, each read in a background thread while the one before
-    it runs."""
-    models = _SharedModels()
-    volumes = prefetch(tasks, _read, depth=1)
-    for position, (task, volume) in enumerate(zip(tasks, volumes)):
-        finished(position, _segment_task(models, task, volume))
 
 
 def _read(task: _Task) -> Volume | SalipError:
@@ -300,7 +272,7 @@ def _read(task: _Task) -> Volume | SalipError:
 
 
 def _segment_task(
-    models: _SharedModels, task: _Task, volume: Volume | SalipError | None = None
+    models: LazyModels, task: _Task, volume: Volume | SalipError | None = None
 ) -> CaseRow:
     """Read (unless given) and segment one case under its lock; a failure becomes the row's
     error. A case another run is writing is skipped; one another run finished since this
@@ -315,7 +287,7 @@ def _segment_task(
         return _compute(models, task, volume)
 
 
-def _compute(models: _SharedModels, task: _Task, volume: Volume | SalipError | None) -> CaseRow:
+def _compute(models: LazyModels, task: _Task, volume: Volume | SalipError | None) -> CaseRow:
     start = time.perf_counter()
     try:
         volume = _read(task) if volume is None else volume
@@ -351,3 +323,10 @@ def _compute(models: _SharedModels, task: _Task, volume: Volume | SalipError | N
         outputs=list(result.outputs),
         written=now(),
     )
+
+
+#: How a case of :func:`segment_many` runs (:mod:`salip.api.executor`).
+_RUNNER: CaseRunner[_Task, CaseRow] = CaseRunner(
+    setup=LazyModels, compute=_segment_task, read=_read, failed=_failed, clean=_clean_task,
+    label=_label,
+)  # fmt: skip

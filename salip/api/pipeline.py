@@ -12,25 +12,23 @@ from typing import Any
 
 import numpy as np
 
-from salip.api.answers import answer, decide_organs, report_answer, rounded_confidence
 from salip.api.factory import (
-    SEGMENT_METHODS,
     CaseInput,
+    LazyModels,
     MethodKind,
     Models,
     build,
     get_method,
-    load_models,
     window_organs,
 )
 from salip.api.provenance import sidecar_payload, source_record
 from salip.core.config import SegmentConfig
 from salip.core.errors import ConfigError, OutputError
-from salip.core.organs import Organ, parse_organs, vocabulary
+from salip.core.organs import Organ, parse_organs
 from salip.core.timing import StageTimer
 from salip.io import Volume, file_stem, input_kind, read_input
 from salip.io.dicom_seg import build_seg, save_seg, source_references
-from salip.io.orientation import slice_counts, source_slice_indices, to_source_grid
+from salip.io.orientation import source_slice_indices, to_source_grid
 from salip.io.output_set import OutputSet
 from salip.io.slicing import (
     AXES,
@@ -44,13 +42,26 @@ from salip.io.slicing import (
 )
 from salip.io.writing import json_text, mask_suffix, save_mask, sidecar_path
 from salip.models.device import resolve_device
+from salip.outputs.answers import decide_organs, rounded_confidence
 from salip.outputs.preview import preview_image
-from salip.strategies.assembly import OVERLAP_RULE, overlaps, to_label_map
-from salip.strategies.base import SliceEvidence, SliceSegmenter, Strategy
-from salip.strategies.evidence import OrganDecision
+from salip.outputs.report import RunOutcome, build_report, run_statistics, volumes_ml
+from salip.outputs.viewer import viewer_html
+from salip.outputs.viewer.data import run_viewer_data
+from salip.strategies.assembly import overlaps, to_label_map
+from salip.strategies.base import SliceSegmenter, Strategy
 from salip.strategies.slices import SlicesStrategy
 from salip.strategies.volume_view import VolumeView
 from salip.version import __version__
+
+__all__ = [
+    "OUTPUT_TYPES",
+    "ModelSource",
+    "OutputRequest",
+    "propose",
+    "segment",
+    "segment_case",
+    "SegmentationResult",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -169,27 +180,6 @@ class _Plan:
     viewer: Path | None = None
 
 
-@dataclass
-class _Run:
-    """What running a segmenter over the slices gives, in the canonical layout."""
-
-    canonical: dict[str, np.ndarray]
-    chosen: dict[str, list[dict[str, Any]]]
-    keep: np.ndarray
-    volume8: np.ndarray
-    intensity: Intensity
-    models: dict[str, Any]
-    strategy: dict[str, Any]
-    #: Each organ's mask as written (canonical): from the label map, or whole with --split.
-    written: dict[str, np.ndarray] = field(default_factory=dict)
-    #: Voxels two organs both claimed (:func:`~salip.strategies.assembly.overlaps`).
-    overlaps: list[dict[str, Any]] = field(default_factory=list)
-    #: What the recogniser said per organ (:attr:`StrategyResult.evidence`), or None.
-    evidence: dict[str, list[SliceEvidence]] | None = None
-    #: Each organ's answer (:func:`~salip.api.answers.decide_organs`), set by assembly.
-    decisions: dict[str, OrganDecision] = field(default_factory=dict)
-
-
 def segment(
     source: str | Path | Volume,
     *,
@@ -257,7 +247,7 @@ def segment(
         overwrite=overwrite,
         segmenter=segmenter,
         progress=progress,
-        models=_load_models,
+        models=LazyModels(),
     )
 
 
@@ -300,8 +290,10 @@ def segment_case(
         t = timer.add("assembly", t)
         _stage_files(outputs, plan, volume, run, masks, labels, label_values, path, cfg)
         timer.add("write", t)
-        run_report = _build_report(volume, path, organ_list, run, label_values, cfg, timer)
-        run_report["statistics"] = _statistics(volume, labels, label_values, run, cfg)
+        run_report = build_report(volume, path, organ_list, run, label_values, cfg, timer)
+        run_report["statistics"] = run_statistics(
+            volume, labels, label_values, run, cfg.slicing.axis
+        )
         for target, content in (
             (plan.report, run_report),
             (plan.statistics, run_report["statistics"]),
@@ -390,7 +382,7 @@ def _run_strategy(
     timer: StageTimer,
     progress: bool,
     load: ModelSource,
-) -> _Run:
+) -> RunOutcome:
     """Map intensities, build the method's strategy (or take the injected one) and run it."""
     t = time.perf_counter()
     strategy: Strategy | None = None
@@ -398,7 +390,7 @@ def _run_strategy(
     if segmenter is not None:
         strategy = _injected_strategy(segmenter, cfg, timer)
         models_info = {"injected_segmenter": type(segmenter).__name__}
-    kind = get_method(SEGMENT_METHODS[cfg.segmenter.method])
+    kind = get_method(cfg.segmenter.method)
     models = None
     window = getattr(strategy, "intensity_organs", None)
     if strategy is None and kind.head_variant is not None:
@@ -423,7 +415,7 @@ def _run_strategy(
     view = VolumeView(volume, volume8, axis, keep)
     result = strategy.run(view, organ_list, progress=progress)
     strategy_info = {"name": getattr(strategy, "name", type(strategy).__name__), **result.details}
-    return _Run(
+    return RunOutcome(
         result.masks, result.chosen, keep, volume8, intensity, models_info, strategy_info,
         evidence=result.evidence,
     )  # fmt: skip
@@ -438,16 +430,9 @@ def _injected_strategy(
     return SlicesStrategy.wrapping(segmenter, cfg.proposals.encoder_batch_size, timer)  # type: ignore[arg-type]
 
 
-def _load_models(kind: MethodKind, cfg: SegmentConfig, timer: StageTimer) -> Models:
-    start = time.perf_counter()
-    models = load_models(cfg.models, clip=kind.needs_clip)
-    timer.add("load_models", start)
-    return models
-
-
 def _assemble(
     volume: Volume,
-    run: _Run,
+    run: RunOutcome,
     organ_list: Sequence[Organ],
     cfg: SegmentConfig,
     split: bool,
@@ -483,7 +468,7 @@ def _stage_files(
     outputs: OutputSet,
     plan: _Plan,
     volume: Volume,
-    run: _Run,
+    run: RunOutcome,
     masks: dict[str, np.ndarray],
     labels: np.ndarray,
     label_values: dict[str, int],
@@ -499,7 +484,7 @@ def _stage_files(
         outputs.stage(plan.combined, lambda tmp: save_mask(tmp, labels, geometry))
         series = cfg.input.series or volume.meta.get("series_uid")
         payload = sidecar_payload(
-            label_values, source_record(source, series), cfg, _volumes_ml(volume, run),
+            label_values, source_record(source, series), cfg, volumes_ml(volume, run),
             {name: rounded_confidence(d) for name, d in run.decisions.items()},
         )  # fmt: skip
         text = json_text(payload)
@@ -512,31 +497,8 @@ def _stage_files(
         strip = preview_image(volume, run.volume8, run.canonical, list(label_values), axis)
         outputs.stage(plan.preview, lambda tmp: _save_png(tmp, strip))
     if plan.viewer is not None:
-        from salip.outputs.viewer import viewer_html
-        from salip.outputs.viewer.data import viewer_data
-
-        canonical = to_label_map(run.canonical, list(label_values))
-        data = viewer_data(
-            volume,
-            canonical,
-            label_values,
-            run.chosen,
-            run.strategy,
-            axis=axis,
-            # A 2D image holds display values: the viewer shows them without HU windows.
-            modality=None
-            if run.intensity.modality == "ct" and not _in_hu(volume, run)
-            else run.intensity.modality,
-            answers={name: answer(d) for name, d in run.decisions.items()},
-        )
-        html = viewer_html(data)
+        html = viewer_html(run_viewer_data(volume, run, label_values, axis))
         outputs.stage(plan.viewer, lambda tmp: tmp.write_text(html, encoding="utf-8"))
-
-
-def _in_hu(volume: Volume, run: _Run) -> bool:
-    """Whether the input's values are CT numbers in HU: a CT volume (NIfTI or DICOM); a 2D
-    image stores display values whatever its modality."""
-    return run.intensity.modality == "ct" and volume.geometry.kind != "image"
 
 
 def _dicom_seg(
@@ -554,122 +516,6 @@ def _dicom_seg(
     if "injected_segmenter" in models:
         algorithm = {"segmenter": str(models["injected_segmenter"])}
     return build_seg(labels, label_values, sources, algorithm=algorithm, version=__version__)
-
-
-def _statistics(
-    volume: Volume,
-    labels: np.ndarray,
-    label_values: dict[str, int],
-    run: _Run,
-    cfg: SegmentConfig,
-) -> dict[str, Any]:
-    """Per-organ statistics of the label map (as written) over the input's intensities."""
-    from salip.outputs.statistics import organ_statistics
-
-    geometry = volume.geometry
-    image = to_source_grid(volume.data, geometry)
-    finite = None
-    if volume.finite_mask is not None:
-        finite = to_source_grid(volume.finite_mask, geometry)
-    axis = None if volume.is_2d else source_slice_indices(volume, cfg.slicing.axis, [])[0]
-    units = "HU" if _in_hu(volume, run) else "the input's stored values"
-    if volume.geometry.kind == "image":
-        units = "the image's pixel values (display values, not HU)"
-    return organ_statistics(
-        image,
-        labels,
-        label_values,
-        geometry.affine,
-        is_2d=volume.is_2d,
-        slice_axis=axis,
-        units=units,
-        finite=finite,
-        answers={name: answer(d) for name, d in run.decisions.items()},
-    )
-
-
-def _build_report(
-    volume: Volume,
-    source: Path,
-    organs: Sequence[Organ],
-    run: _Run,
-    label_values: dict[str, int],
-    cfg: SegmentConfig,
-    timer: StageTimer,
-) -> dict[str, Any]:
-    """The run report (see the README's "Outputs" section)."""
-    axis = cfg.slicing.axis
-    known = vocabulary(cfg.scoring.prompts_dir)
-    organ_rows = {o.name: _organ_row(volume, o, run, label_values, axis) for o in organs}
-    for name, row in organ_rows.items():  # where each target's definition came from
-        row["target"] = {"source": known.sources[name], "provenance": known.provenance[name]}
-    src_axis, skipped = source_slice_indices(volume, axis, np.nonzero(~run.keep)[0].tolist())
-    if volume.is_2d:
-        src_axis = 0
-    return {
-        "salip_version": __version__,
-        "input": {
-            "path": str(source),
-            "kind": volume.geometry.kind,
-            "shape": list(volume.geometry.shape),
-            "affine": volume.geometry.affine.tolist(),
-            "spacing_mm": list(volume.spacing),
-            "nonfinite_voxels": volume.nonfinite,
-            **volume.meta,
-        },
-        "slicing": {
-            "axis": axis,
-            "input_axis": src_axis,
-            "slice_index": "index along input_axis of the input file",
-            "intensity": dataclasses.asdict(run.intensity),
-            "skipped_slices": sorted(skipped),
-        },
-        "organs": organ_rows,
-        "overlaps": {"rule": OVERLAP_RULE, "pairs": run.overlaps},
-        "strategy": run.strategy,
-        "models": run.models,
-        "config": dataclasses.asdict(cfg),
-        "timings_s": {k: round(v, 4) for k, v in timer.seconds.items()},
-    }
-
-
-def _volume_ml(volume: Volume, voxels: int) -> float | None:
-    """``voxels`` of ``volume`` in ml, to 3 decimals (None for 2D images)."""
-    if volume.is_2d:
-        return None
-    return round(voxels * float(np.prod(volume.spacing[:3])) / 1000.0, 3)
-
-
-def _volumes_ml(volume: Volume, run: _Run) -> dict[str, float | None]:
-    """Each organ's volume in ml as written (None for 2D images)."""
-    return {
-        name: _volume_ml(volume, int(np.count_nonzero(mask))) for name, mask in run.written.items()
-    }
-
-
-def _organ_row(
-    volume: Volume, organ: Organ, run: _Run, label_values: dict[str, int], axis: str
-) -> dict[str, Any]:
-    """One organ's entry of the report: label, size and slices as written (the label map,
-    or the organ's own file with --split), its answer (:func:`report_answer`), chosen
-    proposals."""
-    mask = run.written.get(organ.name, run.canonical[organ.name])
-    count = int(mask.sum())
-    if volume.is_2d:
-        used: list[int] = [0] if count else []
-    else:
-        holding = np.flatnonzero(slice_counts(mask, axis)).tolist()
-        _, used = source_slice_indices(volume, axis, holding)
-    chosen = run.chosen[organ.name]
-    _, chosen_src = source_slice_indices(volume, axis, [c["slice"] for c in chosen])
-    return {
-        "label": label_values[organ.name],
-        "voxels": count,
-        "volume_ml": _volume_ml(volume, count),
-        "slices": sorted(used),
-        **report_answer(run.decisions[organ.name]),
-        "chosen": [{**c, "slice": s} for c, s in zip(chosen, chosen_src)],
-    }
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:

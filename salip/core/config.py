@@ -16,6 +16,27 @@ from typing import Any
 
 from salip.core.errors import ConfigError, SalipError, did_you_mean
 
+__all__ = [
+    "MAX_VOXELS",
+    "AreaFilterConfig",
+    "AssemblyConfig",
+    "check_keys",
+    "ClusterConfig",
+    "CropConfig",
+    "flat_fields",
+    "InputConfig",
+    "ModelConfig",
+    "option",
+    "ProposalConfig",
+    "read_toml",
+    "RefineConfig",
+    "ScoringConfig",
+    "SegmentConfig",
+    "MethodConfig",
+    "SliceConfig",
+    "StrategyConfig",
+]
+
 _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,),
     "float": (int, float),
@@ -116,8 +137,8 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class SegmenterConfig:
-    """Which segmenter turns the slices into masks."""
+class MethodConfig:
+    """The method: which segmenter turns the slices into masks (``--method``, ``--head``)."""
 
     method: str = option(
         "cascade",
@@ -355,7 +376,7 @@ class SegmentConfig:
 
     input: InputConfig = field(default_factory=InputConfig)
     models: ModelConfig = field(default_factory=ModelConfig)
-    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    segmenter: MethodConfig = field(default_factory=MethodConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     slicing: SliceConfig = field(default_factory=SliceConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)

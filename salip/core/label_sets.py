@@ -13,11 +13,29 @@ them against TotalSegmentator's own name tables.
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from salip.core.errors import OrganError, did_you_mean
 from salip.core.organs import with_pairs
 from salip.core.prompts import packaged_dir
+
+__all__ = [
+    "ALIASES",
+    "AMOS",
+    "BTCV",
+    "LABEL_SETS",
+    "MSD",
+    "TOTALSEG",
+    "TOTALSEG_MR",
+    "get_label_sets",
+    "label_values",
+    "LabelSet",
+    "parse_label_names",
+    "totalseg_files",
+]
 
 
 @dataclass(frozen=True)
@@ -299,3 +317,45 @@ def label_values(label_set: str | LabelSet, organ: str) -> tuple[int, ...]:
             f"label set '{ls.name}' has no label for '{organ}'; it maps: {', '.join(ls.labels)}."
         )
     return ls.labels[organ]
+
+
+def parse_label_names(table: Any) -> dict[int, str]:
+    """Label value -> class name from a label-name table, as datasets ship them: value ->
+    name (``{"1": "spleen"}``, TotalSegmentator, or with int keys), name -> value
+    (``{"spleen": 1}``), or an MSD / nnU-Net ``dataset.json`` (its ``labels``). Value 0
+    (background) is dropped; names are stripped.
+
+    Raises:
+        ValueError: not a table, an entry that is neither value -> name nor name -> value,
+            or an empty name; the message says which and what to write.
+    """
+    if isinstance(table, Mapping) and isinstance(table.get("labels"), Mapping):
+        table = table["labels"]  # MSD / nnU-Net dataset.json
+    if not isinstance(table, Mapping):
+        raise ValueError('label names must be a table like {"1": "spleen", "2": "kidney_right"}')
+    names: dict[int, str] = {}
+    for key, value in table.items():
+        pair = _value_name(key, value)
+        if pair is None:
+            raise ValueError(
+                f"entry {key!r}: {value!r} is neither value -> name nor name -> value; use a "
+                'table like {"1": "spleen", "2": "kidney_right"}'
+            )
+        number, name = pair
+        if not name.strip():
+            raise ValueError(f"label {number} has name {name!r}; give a non-empty class name")
+        if number > 0:
+            names[number] = name.strip()
+    return names
+
+
+def _value_name(key: Any, value: Any) -> tuple[int, str] | None:
+    """(value, name) of one entry of a label-name table, whichever way round it is."""
+    if isinstance(value, str):
+        if isinstance(key, int) and not isinstance(key, bool):
+            return key, value
+        if isinstance(key, str) and re.fullmatch(r"\d+", key.strip()):
+            return int(key), value
+    if isinstance(value, int) and not isinstance(value, bool) and isinstance(key, str):
+        return value, key
+    return None

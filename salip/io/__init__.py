@@ -39,11 +39,11 @@ from salip.io.checks import (
 )
 from salip.io.dicom import (
     DICOM_GAP_MODES,
-    DICOM_GAP_TOLERANCE,
     NOT_DICOM_NAMES,
     NOT_DICOM_SUFFIXES,
     read_dicom_series,
 )
+from salip.io.dicom_grid import DICOM_GAP_TOLERANCE
 from salip.io.images import read_image
 from salip.io.nifti import (
     AFFINE_AGREEMENT_MM,

@@ -1,5 +1,6 @@
-"""The DICOM series reader (folder or zip): inventory, series selection, slice sorting,
-spacing checks and gap resampling, in dcm2niix's grid."""
+"""The DICOM series reader (folder or zip): inventory, series selection, and the series
+read into dcm2niix's grid (slice sorting, spacing checks and gap resampling:
+:mod:`salip.io.dicom_grid`)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from salip.core.errors import InputError
 from salip.io.checks import _reason, check_voxels
-from salip.io.orientation import _canonical
+from salip.io.dicom_grid import (
+    DicomFile,
+    check_spacing,
+    decode_slices,
+    describe,
+    dicom_volume,
+    irregular_steps,
+    resample_slices,
+    sorted_slices,
+    source_header,
+)
 from salip.io.volume import (
     _MODALITY_WORDS,
     DEFAULT_MAX_VOXELS,
@@ -27,13 +36,19 @@ from salip.io.volume import (
     Volume,
 )
 
+__all__ = [
+    "DICOM_GAP_MODES",
+    "NOT_DICOM_NAMES",
+    "NOT_DICOM_SUFFIXES",
+    "clearly_not_dicom",
+    "list_dicom_series",
+    "read_dicom_series",
+    "SeriesInfo",
+]
+
 # One logger for the whole package, as when it was one module (log lines and filters
 # name "salip.io").
 logger = logging.getLogger("salip.io")
-
-#: A DICOM slice step (along the slice normal) that differs from the series' median step by
-#: more than this fraction of it is a gap or uneven spacing.
-DICOM_GAP_TOLERANCE = 0.01
 
 #: How ``read_input(dicom_gaps=...)`` (``--dicom-gaps``) treats gaps and uneven spacing.
 DICOM_GAP_MODES = ("error", "resample")
@@ -66,15 +81,6 @@ _TRUNCATION = re.compile(r"end of file|truncat|fewer bytes|expected .* bytes", r
 
 
 @dataclass
-class _DicomFile:
-    """One readable DICOM image: its name (relative to the folder, or in the zip) and data
-    set (pixel data not yet decoded)."""
-
-    name: str
-    ds: Any
-
-
-@dataclass
 class _Inventory:
     """What a DICOM folder or zip holds.
 
@@ -85,7 +91,7 @@ class _Inventory:
         total: number of files looked at.
     """
 
-    images: list[_DicomFile] = field(default_factory=list)
+    images: list[DicomFile] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     total: int = 0
@@ -99,7 +105,7 @@ class _Series:
     label: str
     uid: str
     description: str
-    files: list[_DicomFile]
+    files: list[DicomFile]
 
 
 def read_dicom_series(
@@ -118,7 +124,7 @@ def read_dicom_series(
     unreadable slice, or uneven spacing), and slices whose pixel data cannot be decoded,
     are an InputError. With ``dicom_gaps="resample"`` undecodable slices are dropped and
     the slices are interpolated linearly along the normal onto a uniform grid
-    (:func:`_resample_slices`); ``meta`` then records ``dicom_gaps="resampled"``,
+    (:func:`resample_slices`); ``meta`` then records ``dicom_gaps="resampled"``,
     ``true_positions_mm``, ``grid_step_mm`` and ``dropped_files``, and the affine is the
     uniform grid's. Files that are not DICOM images are skipped: quietly when clearly not
     DICOM (:data:`NOT_DICOM_SUFFIXES`, :data:`NOT_DICOM_NAMES`, dotfiles), else with a
@@ -139,24 +145,24 @@ def _read_series(path: Path, series: str | None, dicom_gaps: str, max_voxels: in
         raise InputError(_no_dicom_message(path, inventory))
     uid, files = _select_series(path, _group_series(inventory.images), series)
     _check_series_header(path, files, max_voxels)
-    files, positions, along = _sorted_slices(path, files)
+    files, positions, along = sorted_slices(path, files)
     if dicom_gaps == "error":
-        _check_spacing(path, files, along, inventory.unreadable)
-    pixels, kept, undecodable = _decode_slices(path, files, dicom_gaps)
+        check_spacing(path, files, along, inventory.unreadable)
+    pixels, kept, undecodable = decode_slices(path, files, dicom_gaps)
     files, positions, along = [files[i] for i in kept], positions[kept], along[kept]
     meta: dict[str, Any] = {"series_uid": uid, "slices": len(files)}
     skipped = inventory.unreadable + undecodable
     if inventory.unreadable:
         meta["unreadable_files"] = [name for name, _ in inventory.unreadable]
-    if _irregular_steps(along).size:
-        pixels, positions, gaps = _resample_slices(path, pixels, positions, along, max_voxels)
+    if irregular_steps(along).size:
+        pixels, positions, gaps = resample_slices(path, pixels, positions, along, max_voxels)
         meta.update(gaps, slices=len(pixels), dropped_files=[name for name, _ in skipped])
     elif skipped:
-        logger.warning("%s: skipped %d files: %s", path, len(skipped), _describe(skipped))
-    volume = _dicom_volume(files[0].ds, pixels, positions, path)
+        logger.warning("%s: skipped %d files: %s", path, len(skipped), describe(skipped))
+    volume = dicom_volume(files[0].ds, pixels, positions, path)
     volume.meta = meta
     if "dicom_gaps" not in meta:  # the grid is the source slices': keep them for references
-        volume.sources = [_header(file.ds) for file in files]
+        volume.sources = [source_header(file.ds) for file in files]
     volume.modality = _MODALITY_WORDS.get(str(files[0].ds.get("Modality", "")).strip().lower())
     if volume.modality:
         volume.meta["modality_from"] = "DICOM Modality tag"
@@ -180,12 +186,6 @@ def _quiet_pydicom() -> Iterator[None]:
             logger.debug("pydicom: %s", warning.message)
     finally:
         log.setLevel(level)
-
-
-def _describe(named: list[tuple[str, str]], limit: int = 3) -> str:
-    """The first ``limit`` (name, reason) pairs as "name (reason), ...", then how many more."""
-    text = ", ".join(f"{name} ({reason})" for name, reason in named[:limit])
-    return text + (f" and {len(named) - limit} more" if len(named) > limit else "")
 
 
 def clearly_not_dicom(name: str) -> bool:
@@ -266,7 +266,7 @@ def _dicom_inventory(path: Path, max_voxels: int) -> _Inventory:
             continue
         ds, reason = _read_dicom(opener)
         if ds is not None:
-            inventory.images.append(_DicomFile(name, ds))
+            inventory.images.append(DicomFile(name, ds))
         elif reason is not None:
             logger.debug("%s: cannot read %s as DICOM (%s)", path, name, reason)
             inventory.unreadable.append((name, reason))
@@ -297,7 +297,7 @@ def _no_dicom_message(path: Path, inventory: _Inventory) -> str:
     if inventory.unreadable:
         return (
             f"{path}: none of its {inventory.total} files is a readable DICOM image "
-            f"({_describe(inventory.unreadable)}); pass a folder or .zip holding one series."
+            f"({describe(inventory.unreadable)}); pass a folder or .zip holding one series."
         )
     names = ", ".join(inventory.ignored[:3])
     return (
@@ -306,9 +306,9 @@ def _no_dicom_message(path: Path, inventory: _Inventory) -> str:
     )
 
 
-def _group_series(images: list[_DicomFile]) -> list[_Series]:
+def _group_series(images: list[DicomFile]) -> list[_Series]:
     """Group slices by SeriesInstanceUID, orientation and size; largest group first."""
-    groups: dict[tuple, list[_DicomFile]] = {}
+    groups: dict[tuple, list[DicomFile]] = {}
     for file in images:
         ds = file.ds
         iop = tuple(
@@ -362,7 +362,7 @@ def list_dicom_series(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> list[
                 "MediaStorageSOPClassUID"
             )
             if "Rows" in ds and "Columns" in ds and (not sop or _is_image_storage(ds)):
-                files.append(_DicomFile(name, ds))
+                files.append(DicomFile(name, ds))
     return [SeriesInfo(g.label, g.description, len(g.files)) for g in _group_series(files)]
 
 
@@ -379,7 +379,7 @@ def _list_series(groups: list[_Series], limit: int = 8) -> str:
 
 def _select_series(
     path: Path, groups: list[_Series], series: str | None
-) -> tuple[str, list[_DicomFile]]:
+) -> tuple[str, list[DicomFile]]:
     """The (UID, files) of the series to read: the only one, or the one ``series`` names."""
     if series is None:
         if len(groups) == 1:
@@ -402,7 +402,7 @@ def _select_series(
     )
 
 
-def _check_series_header(path: Path, files: list[_DicomFile], max_voxels: int) -> None:
+def _check_series_header(path: Path, files: list[DicomFile], max_voxels: int) -> None:
     """Refuse multi-frame and colour images, and series over ``max_voxels``, before any
     pixel data is decoded."""
     for file in files:
@@ -416,210 +416,3 @@ def _check_series_header(path: Path, files: list[_DicomFile], max_voxels: int) -
     rows, cols = int(files[0].ds.Rows), int(files[0].ds.Columns)
     what = f"{path}: DICOM series of {len(files)} slices of {rows}x{cols}"
     check_voxels(rows * cols * len(files), max_voxels, what)
-
-
-def _sorted_slices(
-    path: Path, files: list[_DicomFile]
-) -> tuple[list[_DicomFile], np.ndarray, np.ndarray]:
-    """Slices sorted along the slice normal, their Nx3 ImagePositionPatient (LPS+, mm) and
-    their N positions along the normal (mm); refuses two slices at one position."""
-    iop = _orientation(files[0].ds)
-    normal = np.cross(iop[:3], iop[3:])
-    try:
-        positions = np.array(
-            [[float(v) for v in f.ds.ImagePositionPatient] for f in files], dtype=np.float64
-        )
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise InputError(
-            f"{path}: DICOM slices lack a valid ImagePositionPatient; convert the series "
-            "with dcm2niix first."
-        ) from exc
-    along = positions @ normal
-    order = np.argsort(along, kind="stable")
-    files, positions, along = [files[i] for i in order], positions[order], along[order]
-    same = np.flatnonzero(np.diff(along) < 1e-6)
-    if same.size:
-        i = int(same[0])
-        raise InputError(
-            f"{path}: slices {files[i].name} and {files[i + 1].name} share one position "
-            f"({along[i]:.2f} mm along the slice normal); is this one series? Remove the "
-            "duplicate, or pass the series' own folder."
-        )
-    return files, positions, along
-
-
-def _orientation(ds: Any) -> np.ndarray:
-    """ImageOrientationPatient (row then column direction cosines, LPS+) as 6 floats."""
-    return np.array(ds.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), dtype=np.float64)
-
-
-def _irregular_steps(along: np.ndarray) -> np.ndarray:
-    """Indices i of the steps along[i] -> along[i + 1] that differ from the median step by
-    more than :data:`DICOM_GAP_TOLERANCE` of it (gaps or uneven spacing)."""
-    if along.size < 3:
-        return np.zeros(0, dtype=int)
-    steps = np.diff(along)
-    median = float(np.median(steps))
-    return np.flatnonzero(np.abs(steps - median) > DICOM_GAP_TOLERANCE * median)
-
-
-def _check_spacing(
-    path: Path, files: list[_DicomFile], along: np.ndarray, unreadable: list[tuple[str, str]]
-) -> None:
-    """Refuse gaps and uneven spacing, naming the positions and files around them."""
-    bad = _irregular_steps(along)
-    if not bad.size:
-        return
-    median = float(np.median(np.diff(along)))
-    parts = [
-        f"{along[i + 1] - along[i]:.2f} mm step from {along[i]:.2f} mm ({files[i].name}) to "
-        f"{along[i + 1]:.2f} mm ({files[i + 1].name})"
-        for i in bad[:3]
-    ]
-    more = f" and {bad.size - 3} more" if bad.size > 3 else ""
-    unread = f"; unreadable files: {_describe(unreadable)}" if unreadable else ""
-    raise InputError(
-        f"{path}: slice gap or uneven spacing along the slice normal: {', '.join(parts)}{more}"
-        f" (median step {median:.2f} mm){unread}; complete the series, or pass --dicom-gaps "
-        "resample to interpolate it onto a uniform grid."
-    )
-
-
-def _float_tag(ds: Any, name: str, default: float) -> float:
-    """A numeric DICOM tag as float; ``default`` when absent or empty."""
-    value = ds.get(name, default)
-    return default if value in (None, "") else float(value)
-
-
-def _decode_slices(
-    path: Path, files: list[_DicomFile], mode: str
-) -> tuple[list[np.ndarray], list[int], list[tuple[str, str]]]:
-    """Decode each slice to rows x cols float32 (RescaleSlope/Intercept applied, HU for CT).
-
-    Returns the slices, the indices in ``files`` they come from, and (name, reason) of the
-    slices dropped (only when ``mode`` is "resample"; in "error" mode an undecodable slice
-    is an InputError naming it).
-    """
-    rows, cols = int(files[0].ds.Rows), int(files[0].ds.Columns)
-    pixels, kept, dropped = [], [], []
-    for i, file in enumerate(files):
-        try:
-            arr = file.ds.pixel_array
-            if arr.shape != (rows, cols):
-                raise ValueError(f"decoded shape {arr.shape}, expected {(rows, cols)}")
-            slope = _float_tag(file.ds, "RescaleSlope", 1.0)
-            intercept = _float_tag(file.ds, "RescaleIntercept", 0.0)
-        except Exception as exc:  # pixel decoding errors come from several plugins
-            if mode == "error":
-                raise InputError(
-                    f"{path}: cannot decode the pixel data of {file.name} ({_reason(exc)}); "
-                    "replace that file, or pass --dicom-gaps resample to drop it and "
-                    "interpolate."
-                ) from exc
-            logger.warning("%s: dropping %s: %s", path, file.name, _reason(exc))
-            dropped.append((file.name, _reason(exc)))
-            continue
-        pixels.append(arr.astype(np.float32) * np.float32(slope) + np.float32(intercept))
-        kept.append(i)
-    if not pixels:
-        raise InputError(
-            f"{path}: no slice of the series can be decoded ({_describe(dropped)}); check "
-            "that pylibjpeg and its plugins are installed, or convert the series with dcm2niix."
-        )
-    return pixels, kept, dropped
-
-
-def _resample_slices(
-    path: Path,
-    pixels: list[np.ndarray],
-    positions: np.ndarray,
-    along: np.ndarray,
-    max_voxels: int,
-) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any]]:
-    """Interpolate slices at uneven positions linearly onto a uniform grid.
-
-    The grid runs from the first to the last true position (``along``, mm along the normal)
-    with ``round(span / median step) + 1`` slices, so its step is the median step adjusted
-    to end exactly on the last slice. Each grid slice blends its two neighbouring true
-    slices; this is ``np.interp`` along every voxel column, done one output slice at a time
-    (np.interp gives the fractional index, a two-term blend the values) so no temporary
-    is larger than one slice.
-
-    Returns:
-        The grid's slices (rows x cols float32), their Nx3 positions (LPS+, mm, on the line
-        from the first to the last true position) and the facts for ``Volume.meta``.
-    """
-    steps = np.diff(along)
-    median = float(np.median(steps))
-    span = float(along[-1] - along[0])
-    count = int(round(span / median)) + 1
-    rows, cols = pixels[0].shape
-    check_voxels(count * rows * cols, max_voxels, f"{path}: resampled DICOM grid of {count} slices")
-    grid = np.linspace(along[0], along[-1], count)
-    index = np.interp(grid, along, np.arange(along.size))
-    resampled = []
-    for f in index:
-        k = min(int(np.floor(f)), len(pixels) - 2)
-        w = float(f - k)
-        if w < 1e-6 or w > 1 - 1e-6:
-            resampled.append(pixels[k + round(w)])
-        else:
-            resampled.append(pixels[k] * np.float32(1 - w) + pixels[k + 1] * np.float32(w))
-    fraction = (grid - along[0]) / span
-    grid_positions = positions[0] + fraction[:, None] * (positions[-1] - positions[0])
-    step = span / (count - 1)
-    logger.warning(
-        "%s: slice gaps or uneven spacing (true steps %s mm); resampled %d slices linearly "
-        "onto a uniform grid of %d slices %.4g mm apart",
-        path,
-        np.unique(np.round(steps, 3)).tolist(),
-        len(pixels),
-        count,
-        step,
-    )
-    meta = {
-        "dicom_gaps": "resampled",
-        "true_positions_mm": [round(float(t), 4) for t in along],
-        "grid_step_mm": step,
-    }
-    return resampled, grid_positions, meta
-
-
-def _header(ds: Any) -> Any:
-    """A data set with every element of ``ds`` but its pixel data (the elements shared, not
-    copied), and its file meta."""
-    import pydicom
-
-    header = pydicom.Dataset()
-    for element in ds:
-        if element.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-            header.add(element)
-    header.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
-    return header
-
-
-def _dicom_volume(ds: Any, pixels: list[np.ndarray], positions: np.ndarray, path: Path) -> Volume:
-    """Stack sorted rows x cols slices at ``positions`` (Nx3, LPS+ mm, evenly spaced) in
-    dcm2niix's grid (columns along i, rows along j flipped) and reorient to canonical."""
-    iop = _orientation(ds)
-    row_dir, col_dir = iop[:3], iop[3:]
-    pixel_spacing = [float(v) for v in ds.get("PixelSpacing", [1.0, 1.0])]
-    if len(pixels) > 1:
-        slice_step = (positions[-1] - positions[0]) / (len(pixels) - 1)
-    else:
-        slice_step = np.cross(row_dir, col_dir) * (_float_tag(ds, "SliceThickness", 1.0) or 1.0)
-    # (rows, cols) per slice -> array indexed [col, row, slice] in LPS+ patient coordinates.
-    stack = np.stack(pixels, axis=-1).transpose(1, 0, 2)
-    lps = np.eye(4)
-    lps[:3, 0] = row_dir * pixel_spacing[1]  # along a row: next column
-    lps[:3, 1] = col_dir * pixel_spacing[0]  # down a column: next row
-    lps[:3, 2] = slice_step
-    lps[:3, 3] = positions[0]
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS+ -> RAS+
-    # dcm2niix's grid: flip the row axis.
-    stack = stack[:, ::-1, :]
-    flip = np.eye(4)
-    flip[1, 1] = -1
-    flip[1, 3] = stack.shape[1] - 1
-    affine = affine @ flip
-    return _canonical(np.ascontiguousarray(stack), affine, "dicom", path)

@@ -18,6 +18,7 @@ Adding a method is a builder in :mod:`salip.api.factory` (a product method) or
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,15 +26,23 @@ from typing import Any
 from salip.api.factory import Built, CaseInput, MethodKind, Models, build
 from salip.apps.bench.kinds import BENCH_METHODS
 from salip.core.config import (
+    MethodConfig,
     ModelConfig,
     SegmentConfig,
-    SegmenterConfig,
     StrategyConfig,
     flat_fields,
 )
 from salip.core.errors import BenchmarkError, ConfigError, SalipError, did_you_mean
 from salip.core.hashing import file_sha256
 from salip.models.head import read_head_manifest
+
+__all__ = [
+    "SETTINGS",
+    "make_method",
+    "Method",
+]
+
+logger = logging.getLogger(__name__)
 
 #: Settings every method reads: how the image becomes slices, and the encoder batch.
 _SLICING = ("axis", "window", "modality", "percentile_low", "percentile_high")
@@ -59,13 +68,13 @@ _CASCADE = (
 )  # fmt: skip
 _MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 #: Chosen by the method kind (``method``) or by head kinds only (``head``).
-_SEGMENTER_FIELDS = tuple(f.name for f in dataclasses.fields(SegmenterConfig))
+_SEGMENTER_FIELDS = tuple(f.name for f in dataclasses.fields(MethodConfig))
 
 #: Per kind: the config field names a ``[[methods]]`` table may set (None: all of them
 #: except the model fields), and the settings applied before the table's own. A kind's
 #: ``extra_settings`` (factory) are allowed besides.
 SETTINGS: dict[str, tuple[tuple[str, ...] | None, dict[str, Any]]] = {
-    "salip": (None, {}),
+    "cascade": (None, {}),
     "sam-unprompted": (_COMMON, {"largest_component": False}),
     "sam-everything-oracle": ((*_COMMON, *_PROPOSALS), {"largest_component": False}),
     "sam-gt-box": ((*_COMMON, "box_margin"), {"largest_component": False}),
@@ -190,6 +199,9 @@ def make_method(table: Mapping[str, Any], models: Mapping[str, Any]) -> Method:
     if not isinstance(name, str) or not name.strip():
         raise BenchmarkError(f"a method has no `name` (got {name!r}); it is the table's row label.")
     kind = table.get("method")
+    if kind == "salip":  # the cascade's old name (see CHANGELOG.md)
+        logger.warning('method \'%s\': method = "salip" is now method = "cascade".', name)
+        kind = "cascade"
     if kind not in BENCH_METHODS:
         hint = did_you_mean(str(kind), BENCH_METHODS)
         raise BenchmarkError(

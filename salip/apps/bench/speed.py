@@ -61,6 +61,13 @@ from salip.models.sam_runtime import encode_images
 from salip.strategies.assembly import put_slice
 from salip.version import __version__
 
+__all__ = [
+    "markdown_line",
+    "parse_shape",
+    "run_speed",
+    "synthetic_ct",
+]
+
 logger = logging.getLogger(__name__)
 
 
@@ -367,7 +374,7 @@ def _time_salip(setup: _Setup) -> tuple[Any, _Timed]:
     reset_peak(device)
     start = time.perf_counter()
     case = CaseInput((s.target,), s.modality, is_2d=False)
-    built = build("salip", Models(s.sam, s.clip, device), s.config, case, timer)
+    built = build("cascade", Models(s.sam, s.clip, device), s.config, case, timer)
     result = segment(
         s.path,
         organs=[s.target.name],
@@ -393,7 +400,7 @@ def _time_multi_organ(setup: _Setup, extra_organs: Sequence[str]) -> tuple[list[
     multi_organs = list({o.name: o for o in multi_organs}.values())
     start = time.perf_counter()
     case = CaseInput(tuple(multi_organs), s.modality, is_2d=False)
-    built = build("salip", Models(s.sam, s.clip, s.device), s.config, case)
+    built = build("cascade", Models(s.sam, s.clip, s.device), s.config, case)
     segment(
         s.path,
         organs=[o.name for o in multi_organs],

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import InterpolationMode, resize
 from tqdm.auto import tqdm
 
-from salip.apps.bench.datasets import Case
+from salip.apps.bench.datasets import DatasetCase
 from salip.apps.training.cache import DiskEmbeddingCache, load_embedding
 from salip.core.config import SegmentConfig
 from salip.core.hashing import file_sha256
@@ -42,6 +42,16 @@ from salip.io.slicing import (
 )
 from salip.models.head import UPSCALE
 from salip.models.sam_preprocess import SAM_PREPROCESS, SamPreprocess
+
+__all__ = [
+    "EMPTY_SHARE",
+    "build_samples",
+    "sampling_weights",
+    "SliceDataset",
+    "SliceSample",
+    "split_cases",
+    "to_head_frame",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +119,7 @@ def to_head_frame(
 
 
 def _case_samples(
-    case: Case, classes: Sequence[str], config: SegmentConfig, cache: DiskEmbeddingCache
+    case: DatasetCase, classes: Sequence[str], config: SegmentConfig, cache: DiskEmbeddingCache
 ) -> tuple[list[SliceSample], dict[str, Any]]:
     volume = read_input(case.image, channel=case.channel)
     if case.modality and config.slicing.modality == "auto":
@@ -159,7 +169,7 @@ def _case_samples(
 
 
 def build_samples(
-    cases: Sequence[Case],
+    cases: Sequence[DatasetCase],
     classes: Sequence[str],
     config: SegmentConfig,
     cache: DiskEmbeddingCache,

@@ -26,7 +26,6 @@ changed config is refused with the names of the changed settings. Use another ``
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import time
@@ -43,11 +42,17 @@ from salip.apps.training.cache import DiskEmbeddingCache
 from salip.apps.training.config import HeadTrainConfig, load_head_config
 from salip.apps.training.data import SliceDataset, build_samples, sampling_weights, split_cases
 from salip.apps.training.loss import dice_counts, head_loss
+from salip.apps.training.state import (
+    changed_settings,
+    load_state,
+    remove_stale_head,
+    save_state,
+    write_head,
+)
 from salip.core.errors import ConfigError
 from salip.core.hashing import file_sha256, fingerprint
 from salip.core.organs import get_organ
 from salip.engines.scoring import ClipScorer
-from salip.io.writing import atomic_write, write_json
 from salip.models.clip import load_clip
 from salip.models.device import resolve_device
 from salip.models.head import MANIFEST_FORMAT, HeadArch, OrganHead, trainable_parameters
@@ -55,6 +60,13 @@ from salip.models.precision import resolve_precision
 from salip.models.registry import salip_home
 from salip.models.sam import load_sam, resolve_sam_checkpoint
 from salip.version import __version__
+
+__all__ = [
+    "class_prompts",
+    "HeadTrainResult",
+    "lr_factor",
+    "train_head",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -101,16 +113,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted names of the settings that differ between two nested dicts."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        names: list[str] = []
-        for key in sorted(set(old) | set(new), key=str):
-            names += _changed(old.get(key), new.get(key), f"{prefix}{key}.")
-        return names
-    return [] if old == new else [prefix.rstrip(".") or "settings"]
-
-
 def _classes(config: HeadTrainConfig, cases: Sequence[Any]) -> list[str]:
     available = list(dict.fromkeys(o for case in cases for o in case.organs))
     if config.train.classes is None:
@@ -123,41 +125,6 @@ def _classes(config: HeadTrainConfig, cases: Sequence[Any]) -> list[str]:
             f"label: {', '.join(available)}); drop them or add a dataset that labels them."
         )
     return classes
-
-
-def _load_state(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and EOF errors all mean "unreadable"
-        raise ConfigError(
-            f"{path}: cannot read the saved training state ({type(exc).__name__}: {exc}); "
-            "delete it to start again, or train into another folder."
-        ) from exc
-
-
-def _save_torch(path: Path, payload: dict[str, Any]) -> None:
-
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-
-
-def _write_head(out: Path, state: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """head.pt and manifest.json from a completed training state."""
-    manifest = {**state["manifest"], "metrics": _metrics(state["history"])}
-    manifest = json.loads(json.dumps(manifest))  # plain JSON types only, for weights_only
-    head_path = out / "head.pt"
-    _save_torch(head_path, {"manifest": manifest, "state_dict": state["head"]})
-    write_json(out / "manifest.json", manifest)
-    return head_path, manifest
-
-
-def _metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
-    last = history[-1] if history else {}
-    return {
-        "final_train_loss": last.get("train_loss"),
-        "final_val_dice": last.get("val_dice"),
-        "final_val_mean_dice": last.get("val_mean_dice"),
-        "epochs": history,
-    }
 
 
 def _validate(
@@ -270,14 +237,14 @@ def train_head(
     if state is not None and state["epoch"] >= run.settings.epochs:
         return _finished(run.out, state)
     if state is None:  # a fresh start: an older run's head must not outlive it
-        _remove_stale_head(run.out)
+        remove_stale_head(run.out)
     models = _load_models(run)
     data = _load_data(run, models, progress)
     trainer = _build_trainer(run, models, data, state)
     step_losses, state = _run_epochs(run, models.device, data, trainer, state, progress)
     if state is None:  # pragma: no cover - epochs >= 1 always runs or resumes one
         raise ConfigError("nothing to train: epochs must be at least 1.")
-    head_path, manifest = _write_head(run.out, state)
+    head_path, manifest = write_head(run.out, state)
     return HeadTrainResult(
         out=run.out,
         head_path=head_path,
@@ -348,9 +315,9 @@ def _split(cfg: HeadTrainConfig, cases: Sequence[Any]) -> tuple[list[str], list[
 
 def _previous_state(run: _Run) -> dict[str, Any]:
     """The saved state of the run in ``run.out``; refused if its settings differ."""
-    state = _load_state(run.last_path)
+    state = load_state(run.last_path)
     if state.get("fingerprint") != run.fingerprint:
-        changed = _changed(state.get("settings", {}), run.described) or ["settings"]
+        changed = changed_settings(state.get("settings", {}), run.described) or ["settings"]
         raise ConfigError(
             f"{run.out} holds a head training run with other settings (changed: "
             f"{', '.join(changed)}); train into another --out folder, or start again "
@@ -365,16 +332,9 @@ def _finished(out: Path, state: dict[str, Any]) -> HeadTrainResult:
     if head_path.is_file():
         manifest = torch.load(head_path, map_location="cpu", weights_only=True)["manifest"]
     else:
-        head_path, manifest = _write_head(out, state)
+        head_path, manifest = write_head(out, state)
     logger.info("%s: training already complete (%d epochs); nothing to do", out, state["epoch"])
     return HeadTrainResult(out, head_path, manifest, state["epoch"], 0, 0, history=state["history"])
-
-
-def _remove_stale_head(out: Path) -> None:
-    for stale in (out / "head.pt", out / "manifest.json"):
-        if stale.is_file():
-            logger.info("%s: replacing the head of an earlier run", stale)
-            stale.unlink()
 
 
 def _load_models(run: _Run) -> _Models:
@@ -565,7 +525,7 @@ def _run_epochs(
             "history": trainer.history,
             "manifest": trainer.manifest_base,
         }
-        _save_torch(run.last_path, state)
+        save_state(run.last_path, state)
     return step_losses, state
 
 

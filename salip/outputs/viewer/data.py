@@ -11,8 +11,16 @@ import numpy as np
 from salip.io import Volume
 from salip.io.orientation import display_pixel_mm, source_slice_indices
 from salip.io.slicing import DISPLAY_EDGES
+from salip.outputs.answers import answer
 from salip.outputs.preview import COLOURS
+from salip.outputs.report import RunOutcome, in_hu
 from salip.outputs.viewer.schema import ViewerData, display_stack
+from salip.strategies.assembly import to_label_map
+
+__all__ = [
+    "run_viewer_data",
+    "viewer_data",
+]
 
 #: Keys of a chosen-proposal record the viewer shows beside its box.
 _BOX_KEYS = ("probability", "margin", "clip_score", "side", "competitors")
@@ -42,7 +50,7 @@ def viewer_data(
         axis: the slicing axis.
         modality: the modality the intensities were mapped for ("ct", ...).
         answers: organ name -> its answer (``confidence``, ``found``, ``reason``; see
-            :func:`salip.api.answers.answer`), shown in its legend entry.
+            :func:`salip.outputs.answers.answer`), shown in its legend entry.
     """
     image = display_stack(volume.data, volume.is_2d, axis).astype(np.float32)
     stack = display_stack(labels, volume.is_2d, axis)
@@ -71,6 +79,26 @@ def viewer_data(
         title=f"{volume.path.name}: {', '.join(label_values)}",
         orientation=None if volume.is_2d else DISPLAY_EDGES[axis],
         answers={name: dict(given) for name, given in (answers or {}).items()},
+    )
+
+
+def run_viewer_data(
+    volume: Volume, run: RunOutcome, label_values: Mapping[str, int], axis: str
+) -> ViewerData:
+    """:func:`viewer_data` of one segmented case: its canonical masks as a label map, its
+    chosen proposals, strategy account and answers."""
+    canonical = to_label_map(run.canonical, list(label_values))
+    # A 2D image holds display values: the viewer shows them without HU windows.
+    shown_as_ct = run.intensity.modality == "ct" and not in_hu(volume, run)
+    return viewer_data(
+        volume,
+        canonical,
+        label_values,
+        run.chosen,
+        run.strategy,
+        axis=axis,
+        modality=None if shown_as_ct else run.intensity.modality,
+        answers={name: answer(d) for name, d in run.decisions.items()},
     )
 
 

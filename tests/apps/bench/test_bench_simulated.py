@@ -82,7 +82,7 @@ def run(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SALIP_HOME", str(folder / "home"))  # no checkpoint there
-        mp.setattr("salip.apps.bench.runner._load_models", refuse)
+        mp.setattr("salip.api.factory.load_models", refuse)
         result = run_benchmark(config, out=folder / "out")
     return config, result
 

@@ -40,23 +40,22 @@ engines from it; ``image-mask-pairs`` cases have none.
 """
 
 from salip.apps.bench.datasets.case import (
-    Case,
+    DatasetCase,
     image_shape,
     load_label_map,
     load_reference,
     load_references,
     mask_threshold,
 )
-from salip.apps.bench.datasets.common import KIND_KEYS, KINDS, expand_pattern, is_dicom_series
+from salip.apps.bench.datasets.common import KIND_KEYS, KINDS, expand_pattern
 from salip.apps.bench.datasets.loading import load_dataset
 
 __all__ = [
     "KINDS",
     "KIND_KEYS",
-    "Case",
+    "DatasetCase",
     "expand_pattern",
     "image_shape",
-    "is_dicom_series",
     "load_dataset",
     "load_label_map",
     "load_reference",

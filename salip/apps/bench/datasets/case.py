@@ -1,4 +1,4 @@
-"""A dataset case (:class:`Case`), and its reference masks and full label map, read in the
+"""A dataset case (:class:`DatasetCase`), and its reference masks and full label map, read in the
 image file's own grid."""
 
 from __future__ import annotations
@@ -17,11 +17,20 @@ from salip.core.errors import BenchmarkError, InputError, OrganError
 from salip.core.organs import get_organ
 from salip.io import file_stem, read_dicom_series
 
+__all__ = [
+    "DatasetCase",
+    "image_shape",
+    "load_label_map",
+    "load_reference",
+    "load_references",
+    "mask_threshold",
+]
+
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Case:
+class DatasetCase:
     """One image of a benchmark dataset and where its reference masks are.
 
     Build cases with :func:`load_dataset`; the fields after ``organs`` are what the loaders
@@ -108,11 +117,11 @@ def mask_threshold(mask: np.ndarray) -> float:
     return 0.5 * top
 
 
-def _fail(case: Case, message: str) -> BenchmarkError:
+def _fail(case: DatasetCase, message: str) -> BenchmarkError:
     return BenchmarkError(f"case {case.key}: {message}")
 
 
-def _image_grid(case: Case) -> tuple[tuple[int, ...], np.ndarray | None]:
+def _image_grid(case: DatasetCase) -> tuple[tuple[int, ...], np.ndarray | None]:
     """Shape of the image's array (and its affine for NIfTI), read from the header only."""
     path = case.image
     if not path.exists():
@@ -147,7 +156,7 @@ def _image_grid(case: Case) -> tuple[tuple[int, ...], np.ndarray | None]:
     return shape, affine
 
 
-def _dicom_grid(case: Case, path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+def _dicom_grid(case: DatasetCase, path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     """Shape and affine of the grid dcm2niix writes for a DICOM series (read once per
     series and modification time: the series is decoded)."""
     try:
@@ -163,7 +172,7 @@ def _read_dicom_grid(path: str, mtime_ns: int) -> tuple[tuple[int, ...], np.ndar
     return tuple(int(n) for n in geometry.shape), np.asarray(geometry.affine)
 
 
-def image_shape(case: Case) -> tuple[int, ...]:
+def image_shape(case: DatasetCase) -> tuple[int, ...]:
     """Shape of the case image's array, read cheaply (NIfTI header, PIL size).
 
     XxYxZ (or XxY) as stored for NIfTI, the first 3 dims of a 4D (multi-modal) volume; HxW
@@ -175,7 +184,7 @@ def image_shape(case: Case) -> tuple[int, ...]:
     return _image_grid(case)[0]
 
 
-def _read_array(case: Case, path: Path, shape: tuple[int, ...], affine: Any) -> np.ndarray:
+def _read_array(case: DatasetCase, path: Path, shape: tuple[int, ...], affine: Any) -> np.ndarray:
     """A reference file's array, checked against the image shape (trailing 1s ignored)."""
     if not path.is_file():
         raise _fail(case, f"reference file {path} not found; {_SOURCE_HINT[case.kind]}.")
@@ -219,7 +228,7 @@ def _strip_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _binary(case: Case, data: np.ndarray) -> np.ndarray:
+def _binary(case: DatasetCase, data: np.ndarray) -> np.ndarray:
     threshold = case.threshold if case.threshold is not None else mask_threshold(data)
     mask = data > threshold
     if case.fill_outline:
@@ -229,7 +238,9 @@ def _binary(case: Case, data: np.ndarray) -> np.ndarray:
     return mask
 
 
-def load_references(case: Case, organs: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+def load_references(
+    case: DatasetCase, organs: Iterable[str] | None = None
+) -> dict[str, np.ndarray]:
     """Reference masks of ``organs`` (default: all of the case's), reading each file once.
 
     Returns:
@@ -265,7 +276,7 @@ def load_references(case: Case, organs: Iterable[str] | None = None) -> dict[str
     return result
 
 
-def load_reference(case: Case, organ: str) -> np.ndarray:
+def load_reference(case: DatasetCase, organ: str) -> np.ndarray:
     """The reference mask of ``organ``: a bool array in the image file's grid.
 
     XxYxZ (XxY) as stored for NIfTI images (the first 3 dims of a 4D image), HxW for 2D
@@ -274,12 +285,12 @@ def load_reference(case: Case, organ: str) -> np.ndarray:
     return next(iter(load_references(case, [organ]).values()))
 
 
-def load_label_map(case: Case) -> tuple[np.ndarray, dict[int, str]]:
+def load_label_map(case: DatasetCase) -> tuple[np.ndarray, dict[int, str]]:
     """The case's FULL reference label map, every label and not only the scored organs, and
     its label value -> class name table.
 
     Multi-label kinds (nifti-multilabel, msd) give their label file as stored, named by
-    :attr:`Case.label_names`; nifti-per-organ stacks every ``<class>.nii.gz`` of the case's
+    :attr:`DatasetCase.label_names`; nifti-per-organ stacks every ``<class>.nii.gz`` of the case's
     ``segmentations/`` folder, class ``k`` (sorted by file name, from 1) taking value ``k``
     (where masks overlap, the later class wins), named by file name through ``organ_map``.
 
@@ -312,7 +323,7 @@ def load_label_map(case: Case) -> tuple[np.ndarray, dict[int, str]]:
 
 
 def _stacked_labels(
-    case: Case, shape: tuple[int, ...], affine: Any
+    case: DatasetCase, shape: tuple[int, ...], affine: Any
 ) -> tuple[np.ndarray, dict[int, str]]:
     """nifti-per-organ: one label value per class file of the case's folder."""
     folder = case.label_dir

@@ -1,4 +1,4 @@
-"""What every dataset kind shares: the kinds and their keys, :class:`Case`, paths, a
+"""What every dataset kind shares: the kinds and their keys, :class:`DatasetCase`, paths, a
 table's settings, organ mapping and label tables."""
 
 from __future__ import annotations
@@ -7,16 +7,27 @@ import glob
 import json
 import logging
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from salip.core.errors import BenchmarkError, OrganError, did_you_mean
-from salip.core.label_sets import TOTALSEG, LabelSet, get_label_sets, totalseg_files
+from salip.api.cases import find_cases
+from salip.core.errors import BenchmarkError, InputError, OrganError, did_you_mean
+from salip.core.label_sets import (
+    TOTALSEG,
+    LabelSet,
+    get_label_sets,
+    parse_label_names,
+    totalseg_files,
+)
 from salip.core.organs import ORGANS, get_organ, with_pairs
-from salip.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, file_stem
-from salip.io.dicom import clearly_not_dicom
+from salip.io import NIFTI_SUFFIXES, file_stem, input_kind
+
+__all__ = [
+    "KINDS",
+    "KIND_KEYS",
+    "expand_pattern",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +60,6 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-_SUFFIXES = (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES)
 
 _SOURCE_HINT = {
     "nifti-multilabel": "check the dataset's `labels` pattern",
@@ -91,42 +101,28 @@ def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def is_dicom_series(path: Path) -> bool:
-    """Whether ``path`` looks like a DICOM series: a .zip file, or a folder holding (at any
-    depth) a file that the DICOM reader would not skip (:func:`salip.io.dicom.clearly_not_dicom`).
-    Reads no file."""
-    if path.is_file():
-        return path.name.lower().endswith(".zip")
-    if not path.is_dir():
-        return False
-    return any(
-        file.is_file() and not clearly_not_dicom(file.relative_to(path).as_posix())
-        for file in path.rglob("*")
-    )
-
-
 def _glob_images(spec: _Spec, dicom: bool = False) -> list[Path]:
-    """Image files matching the ``images`` glob, sorted; with ``dicom``, DICOM series
-    (folders and zips, :func:`is_dicom_series`) too."""
+    """The cases the ``images`` glob names, found as ``salip segment`` finds its inputs
+    (:func:`~salip.api.cases.find_cases`), in order; with ``dicom``, DICOM series (folders
+    and zips) too. A folder holding several series is one case (its reading fails with
+    the list of series: a dataset's case is one image)."""
     pattern = spec.text("images")
     full = (
         pattern
         if Path(pattern).is_absolute()
         else str(Path(glob.escape(str(spec.base_dir))) / pattern)
     )
+    try:
+        found = find_cases([full])
+    except InputError:
+        found = []
     paths: list[Path] = []
-    for match in sorted(glob.glob(full, recursive=True)):
-        path = Path(match)
-        if dicom and is_dicom_series(path):
-            paths.append(Path(os.path.normpath(path.absolute())))
-            continue
-        if not path.is_file():
-            continue
-        if not path.name.lower().endswith(_SUFFIXES):
-            what = "a NIfTI file, a DICOM series" if dicom else "a NIfTI or 2D image file"
-            logger.warning("%s: skip %s: not %s", spec.name, path, what)
-            continue
-        paths.append(Path(os.path.normpath(path.absolute())))
+    for case in found:
+        path = case.path
+        if input_kind(path) == "dicom" and not dicom:
+            logger.warning("%s: skip %s: not a NIfTI or 2D image file", spec.name, path)
+        elif path not in paths:
+            paths.append(path)
     if not paths:
         spec.fail(
             f"no image file matches images = '{pattern}' (relative to {spec.base_dir}); "
@@ -143,7 +139,7 @@ def _case_ids(paths: Sequence[Path], base_dir: Path) -> list[str]:
     ids = []
     for path, stem in zip(paths, stems):
         try:
-            rel = path.parent.relative_to(base_dir) / stem
+            rel = path.parent.relative_to(Path(base_dir).resolve()) / stem
         except ValueError:
             rel = path.parent / stem
         ids.append(rel.as_posix())
@@ -324,32 +320,18 @@ def _read_json(spec: _Spec, path: Path, what: str) -> Any:
 
 
 def _name_table(spec: _Spec, path: Path) -> dict[str, tuple[int, ...]]:
-    """Class name -> label values from a JSON name table (background and 0 dropped)."""
+    """Class name -> label values from a JSON name table (:func:`parse_label_names`)."""
     data = _read_json(spec, path, "label name table")
-    if isinstance(data, dict) and isinstance(data.get("labels"), dict):
-        data = data["labels"]  # MSD / nnU-Net dataset.json
-    table: dict[str, list[int]] = {}
-    if isinstance(data, dict):
-        for key, value in data.items():
-            pair = _value_name(key, value)
-            if pair is None:
-                spec.fail(
-                    f"{path}: entry {key!r}: {value!r} is neither value -> name nor "
-                    'name -> value; use a table like {"1": "spleen", "2": "kidney_right"}.'
-                )
-            elif pair[0] != 0:
-                table.setdefault(pair[1], []).append(pair[0])
-    if not table:
+    try:
+        names = parse_label_names(data)
+    except ValueError as exc:
+        spec.fail(f"{path}: {exc}.")
+    if not names:
         spec.fail(f'{path}: no label names found; expected {{"1": "spleen", ...}}.')
+    table: dict[str, list[int]] = {}
+    for value, name in names.items():
+        table.setdefault(name, []).append(value)
     return {name: tuple(sorted(values)) for name, values in table.items()}
-
-
-def _value_name(key: str, value: Any) -> tuple[int, str] | None:
-    if isinstance(value, str) and re.fullmatch(r"\d+", key.strip()):
-        return int(key), value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value, key
-    return None
 
 
 def _label_set(spec: _Spec, name: str) -> LabelSet:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from salip.apps.bench.datasets.case import Case
+from salip.apps.bench.datasets.case import DatasetCase
 from salip.apps.bench.datasets.common import _case_ids, _glob_images, _Spec, expand_pattern
 
 
-def _image_mask_pairs(spec: _Spec) -> list[Case]:
+def _image_mask_pairs(spec: _Spec) -> list[DatasetCase]:
     masks = spec.text("masks")
     target = spec.organ("target")
     threshold = spec.number("threshold")
@@ -14,7 +14,7 @@ def _image_mask_pairs(spec: _Spec) -> list[Case]:
     images = _glob_images(spec)
     expand_pattern(masks, images[0], spec.base_dir)
     return [
-        Case(
+        DatasetCase(
             dataset=spec.name,
             case_id=case_id,
             image=image,

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from salip.apps.bench.datasets.case import Case
+from salip.apps.bench.datasets.case import DatasetCase
 from salip.apps.bench.datasets.common import KIND_KEYS, KINDS, _Spec
 from salip.apps.bench.datasets.image_mask_pairs import _image_mask_pairs
 from salip.apps.bench.datasets.msd import _msd
@@ -16,6 +16,10 @@ from salip.apps.bench.datasets.nifti_multilabel import _nifti_multilabel
 from salip.apps.bench.datasets.nifti_per_organ import _nifti_per_organ
 from salip.core.errors import BenchmarkError, did_you_mean
 from salip.core.organs import MODALITIES
+
+__all__ = [
+    "load_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +37,7 @@ def load_dataset(
     name_override: str | None = None,
     *,
     limit: int | None = None,
-) -> list[Case]:
+) -> list[DatasetCase]:
     """List the cases of one ``[[datasets]]`` table of a benchmark config.
 
     Args:

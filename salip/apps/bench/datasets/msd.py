@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from salip.apps.bench.datasets.case import Case
+from salip.apps.bench.datasets.case import DatasetCase
 from salip.apps.bench.datasets.common import (
     _label_set,
     _read_json,
@@ -58,7 +58,7 @@ def _msd_task(spec: _Spec, info: Mapping[str, Any], root: Path) -> LabelSet:
     )
 
 
-def _msd(spec: _Spec) -> list[Case]:
+def _msd(spec: _Spec) -> list[DatasetCase]:
     root = spec.path("root")
     channel = spec.whole("channel", 0)
     info = _read_json(spec, root / "dataset.json", "MSD dataset.json")
@@ -81,7 +81,7 @@ def _msd(spec: _Spec) -> list[Case]:
             spec.fail(f"dataset.json: training entry {entry!r} lacks 'image' and 'label'.")
         image = (root / entry["image"]).absolute()
         cases.append(
-            Case(
+            DatasetCase(
                 dataset=spec.name,
                 case_id=file_stem(image),
                 image=image,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from salip.apps.bench.datasets.case import Case
+from salip.apps.bench.datasets.case import DatasetCase
 from salip.apps.bench.datasets.common import (
     _MAP_HINT,
     _case_ids,
@@ -20,7 +20,7 @@ from salip.apps.bench.datasets.common import (
 )
 
 
-def _nifti_multilabel(spec: _Spec) -> list[Case]:
+def _nifti_multilabel(spec: _Spec) -> list[DatasetCase]:
     labels = spec.text("labels")
     label_names = spec.text("label_names")
     organ_map = spec.organ_map()
@@ -49,7 +49,7 @@ def _nifti_multilabel(spec: _Spec) -> list[Case]:
         modality, hint, names = label_set.modality, "", _set_names(label_set)
     organs = _select_organs(spec, list(values), hint)
     return [
-        Case(
+        DatasetCase(
             dataset=spec.name,
             case_id=case_id,
             image=image,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from salip.apps.bench.datasets.case import Case
+from salip.apps.bench.datasets.case import DatasetCase
 from salip.apps.bench.datasets.common import (
     _MAP_HINT,
     _check_organ_map,
@@ -14,7 +14,7 @@ from salip.apps.bench.datasets.common import (
 from salip.io import file_stem
 
 
-def _nifti_per_organ(spec: _Spec) -> list[Case]:
+def _nifti_per_organ(spec: _Spec) -> list[DatasetCase]:
     root = spec.path("root")
     image_name = spec.text("image_name", required=False, default="ct.nii.gz")
     organ_map = spec.organ_map()
@@ -36,7 +36,7 @@ def _nifti_per_organ(spec: _Spec) -> list[Case]:
     classes, approximate = _map_names(sorted(files), organ_map)
     organs = _select_organs(spec, list(classes), _MAP_HINT)
     return [
-        Case(
+        DatasetCase(
             dataset=spec.name,
             case_id=folder.name,
             image=(folder / image_name).absolute(),

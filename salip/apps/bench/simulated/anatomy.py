@@ -13,11 +13,20 @@ from typing import Any
 import numpy as np
 
 from salip.core.errors import ConfigError, OrganError, did_you_mean
-from salip.core.label_sets import totalseg_files
+from salip.core.label_sets import parse_label_names, totalseg_files
 from salip.core.organs import get_organ, vocabulary
 from salip.core.prompts import packaged_dir
 from salip.io.orientation import AXES, display_pixel_mm
 from salip.io.slicing import display_slice
+
+__all__ = [
+    "EIGHT",
+    "class_name",
+    "ReferenceAnatomy",
+    "SimulatedEmbedding",
+    "SimulatedEncoder",
+    "totalseg_organ_map",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -202,21 +211,13 @@ def _value_counts(labels: np.ndarray) -> np.ndarray:
 
 
 def _name_table(names: Mapping[Any, str], organ_map: Mapping[str, str] | None) -> dict[int, str]:
-    if not isinstance(names, Mapping):
-        raise ConfigError("label names must be a table {label value: class name}.")
-    table: dict[int, str] = {}
-    for key, name in names.items():
-        try:
-            value = int(key)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"label name table key {key!r} is not a label value; use integers."
-            ) from None
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"label {value} has name {name!r}; give a non-empty class name.")
-        if value > 0:
-            table[value] = class_name(name.strip(), organ_map)
-    return table
+    """Label value -> class (:func:`~salip.core.label_sets.parse_label_names`, each name
+    mapped to the vocabulary through ``organ_map``)."""
+    try:
+        table = parse_label_names(names)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}.") from None
+    return {value: class_name(name, organ_map) for value, name in table.items()}
 
 
 # --------------------------------------------------------------------------- encoder

@@ -458,7 +458,7 @@ def test_bad_references_and_calls_are_refused():
         ReferenceAnatomy(labels[None, None], NAMES)
     with pytest.raises(ConfigError, match="Did you mean: axial"):
         ReferenceAnatomy(labels[..., None], NAMES, axis="axail")
-    with pytest.raises(ConfigError, match="not a label value"):
+    with pytest.raises(ConfigError, match="neither value -> name nor name -> value"):
         ReferenceAnatomy(labels, {"one": "liver"})
     anatomy = ReferenceAnatomy(labels.astype(float), {**NAMES, "5": "Hepar", "9": "x"})
     assert anatomy.classes == ("spleen", "liver")  # names mapped to the vocabulary

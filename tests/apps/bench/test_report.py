@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from salip.apps.bench.figures import write_figures
 from salip.apps.bench.report import (
     ORACLE_NOTE,
     SUMMARY_COLUMNS,
     summarize,
     summary_markdown,
-    write_figures,
 )
 from salip.apps.bench.runner import CASE_COLUMNS
 from salip.core.errors import BenchmarkError
@@ -46,7 +46,7 @@ def _row(
         "case": case,
         "organ": organ,
         "method": method,
-        "method_kind": "sam-gt-box" if oracle else "salip",
+        "method_kind": "sam-gt-box" if oracle else "cascade",
         "uses_ground_truth": oracle,
         "status": "error" if error else "ok",
         "error": error,
@@ -118,7 +118,7 @@ def test_summarize_counts_means_and_order() -> None:
     ]
 
     liver = _get(summary, "liver", "salip")
-    assert liver["method_kind"] == "salip"
+    assert liver["method_kind"] == "cascade"
     assert not liver["uses_ground_truth"]
     assert (liver["cases"], liver["scored"], liver["both_empty"]) == (3, 2, 1)
     assert (liver["false_positive"], liver["errors"]) == (0, 0)
@@ -257,7 +257,7 @@ def _png(path: Path) -> np.ndarray:
 def test_write_figures_with_montage(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _write_montage(tmp_path / "cases" / "toy" / "c1" / "salip.npz")
     cases = _cases(montage="cases/toy/c1/salip.npz")
-    with caplog.at_level(logging.WARNING, logger="salip.apps.bench.report"):
+    with caplog.at_level(logging.WARNING, logger="salip.apps.bench.figures"):
         paths = write_figures(cases, tmp_path, worst=3)
     assert paths == [
         tmp_path / "figures" / "dice_boxplot.png",

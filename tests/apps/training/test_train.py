@@ -313,7 +313,7 @@ def test_resume_continues_and_refuses_changes(
     assert full.history[-1]["val_dice"] is not None
 
     # Interrupt after two epochs: the third epoch's saving fails.
-    real_save = train_module._save_torch
+    real_save = train_module.save_state
     calls = []
 
     def failing_save(path: Path, payload: dict[str, Any]) -> None:
@@ -323,7 +323,7 @@ def test_resume_continues_and_refuses_changes(
         real_save(path, payload)
 
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(train_module, "_save_torch", failing_save)
+        patch.setattr(train_module, "save_state", failing_save)
         train_head(config, tmp_path / "cut", progress=False)
     assert not (tmp_path / "cut" / "head.pt").exists()
     resumed = train_head(config, tmp_path / "cut", progress=False)

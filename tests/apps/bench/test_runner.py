@@ -8,6 +8,7 @@ bad cases become error rows, and config mistakes are explained.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -55,11 +56,11 @@ worst_cases = 2
 
 [[methods]]
 name = "salip"
-method = "salip"
+method = "cascade"
 {LOOSE}
 [[methods]]
 name = "salip-paper"
-method = "salip"
+method = "cascade"
 scoring = "salip"
 {LOOSE}
 [[methods]]
@@ -224,9 +225,9 @@ def test_resumed_run_recomputes_nothing(first_run, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished case was segmented again")
 
-    monkeypatch.setattr("salip.apps.bench.runner.segment", refuse)
-    monkeypatch.setattr("salip.apps.bench.runner._load_models", refuse)
-    monkeypatch.setattr("salip.apps.bench.runner.read_input", refuse)  # no image is even read
+    monkeypatch.setattr("salip.apps.bench.case_run.segment", refuse)
+    monkeypatch.setattr("salip.api.factory.load_models", refuse)
+    monkeypatch.setattr("salip.apps.bench.case_run.read_input", refuse)  # no image is even read
     again = run_benchmark(config, out=out)
     assert (again.computed, again.reused, again.errors) == (0, 15, 0)
     assert [p.stat().st_mtime_ns for p in records] == stamps
@@ -312,7 +313,7 @@ label_names = "data/names.json"
         return read(path, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("salip.apps.bench.runner.read_input", spy)
+        mp.setattr("salip.apps.bench.case_run.read_input", spy)
         again = run_benchmark(config, out=tmp_path / "out")
     assert (again.computed, again.reused, again.errors) == (2, 1, 2)
     assert sorted(name for name, _ in reads) == ["b_corrupt.nii.gz", "c_shape.nii.gz"]
@@ -322,13 +323,13 @@ label_names = "data/names.json"
 @pytest.mark.parametrize(
     ("methods", "message"),
     [
-        ('name = "x"\nmethod = "salp"', "Did you mean: salip?"),
+        ('name = "x"\nmethod = "cascde"', "Did you mean: cascade?"),
         ('name = "x"\nmethod = "head"', "--method head needs --head PATH"),
         ('name = "x"\nmethod = "sam-unprompted"\ntop_k = 2', "not read by this method"),
-        ('name = "x"\nmethod = "salip"\nsam_checkpoint = "vit_h"', "belong in [models]"),
-        ('name = "x"\nmethod = "salip"\nscoring = "best"', "use one of contrast, salip"),
-        ('name = "x"\nmethod = "salip"\ntop_k = "2"', "wrong type"),
-        ('method = "salip"', "has no `name`"),
+        ('name = "x"\nmethod = "cascade"\nsam_checkpoint = "vit_h"', "belong in [models]"),
+        ('name = "x"\nmethod = "cascade"\nscoring = "best"', "use one of contrast, salip"),
+        ('name = "x"\nmethod = "cascade"\ntop_k = "2"', "wrong type"),
+        ('method = "cascade"', "has no `name`"),
     ],
 )
 def test_method_mistakes_are_explained(tmp_path, methods, message):
@@ -341,7 +342,7 @@ def test_method_mistakes_are_explained(tmp_path, methods, message):
         load_config(config)
 
 
-METHOD = "[[methods]]\nname = 'a'\nmethod = 'salip'\n"
+METHOD = "[[methods]]\nname = 'a'\nmethod = 'cascade'\n"
 DATASET = "[[datasets]]\nname = 'd'\nkind = 'msd'\nroot = 'x'\n"
 
 
@@ -362,6 +363,15 @@ def test_config_mistakes_are_explained(tmp_path, text, message):
     config.write_text(text)
     with pytest.raises(BenchmarkError, match=re.escape(message)):
         load_config(config)
+
+
+def test_the_cascade_old_method_name_still_reads(tmp_path, caplog):
+    config = tmp_path / "bench.toml"
+    config.write_text("[[methods]]\nname = 'a'\nmethod = 'salip'\n" + DATASET)
+    with caplog.at_level(logging.WARNING, logger="salip.apps.bench.methods"):
+        (method,) = load_config(config).methods
+    assert method.kind == "cascade" and method.spec.name == "cascade"
+    assert 'method = "salip" is now method = "cascade"' in caplog.text
 
 
 def test_missing_config_is_explained(tmp_path):

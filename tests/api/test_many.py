@@ -157,6 +157,29 @@ def two_series(tmp_path):
     return folder, uid
 
 
+def test_a_case_that_raises_is_its_own_failure(cohort, tmp_path, tiny_models, monkeypatch):
+    """An unexpected error in one case (a device out of memory, a bug on an odd input) is
+    that case's failed row; the cases after it still run."""
+    import salip.api.many as many
+
+    original = many.segment_case
+
+    def out_of_memory(volume, **kwargs):
+        if volume.path.name.endswith(".png"):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+        return original(volume, **kwargs)
+
+    monkeypatch.setattr(many, "segment_case", out_of_memory)
+    options = {**FAST, **tiny_models}
+    out = tmp_path / "out"
+    rows = salip.segment_many(cohort[:3], organs="liver", output=out, **options)
+    assert [r.status for r in rows] == ["done", "done", "failed"]
+    assert rows[2].error == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert not list(out.glob(f"{rows[2].name}*"))  # nothing of the failed case
+    with open(out / "run.csv", newline="") as handle:
+        assert [r["status"] for r in csv.DictReader(handle)] == ["done", "done", "failed"]
+
+
 def test_a_folder_of_two_series_gives_two_cases(two_series, tmp_path, tiny_models):
     folder, uid = two_series
     cases = find_cases([folder])
