@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -115,3 +116,41 @@ def test_every_package_folder_is_installed():
         ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "salip").rglob("__init__.py")
     }
     assert folders <= listed
+
+
+def _public_names(tree: ast.Module) -> tuple[list[str], list[str] | None]:
+    """(public top-level names a module defines, its ``__all__`` or None)."""
+    defined, declared = [], None
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            defined.append(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    if target.id == "__all__":
+                        declared = list(ast.literal_eval(node.value))
+                    elif not isinstance(node.value, ast.Call) or "TypeVar" not in ast.unparse(
+                        node.value.func
+                    ):
+                        defined.append(target.id)
+    public = [n for n in defined if not n.startswith("_") and n != "logger"]
+    return public, declared
+
+
+def test_every_module_with_public_names_declares_them():
+    """``__all__`` names each module's public surface, and only names the module has."""
+    for path in sorted((REPO / "salip").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        public, declared = _public_names(tree)
+        where = path.relative_to(REPO).as_posix()
+        if path.name == "__init__.py" or not public:
+            continue
+        assert declared is not None, f"{where} defines {public[:3]}... but has no __all__"
+        bound = set(public) | {
+            alias.asname or alias.name
+            for node in tree.body
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        assert set(declared) <= bound, (where, sorted(set(declared) - bound))

@@ -30,6 +30,21 @@ from salip.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, file_stem, input_kind
 from salip.io.dicom import clearly_not_dicom, list_dicom_series
 from salip.io.writing import mask_suffix, sidecar_path
 
+__all__ = [
+    "case_name",
+    "case_names",
+    "CasePaths",
+    "CaseSource",
+    "common_root",
+    "find_cases",
+    "glob_root",
+    "is_glob",
+    "is_salip_output",
+    "plan_outputs",
+    "slug",
+    "uid_tail",
+]
+
 _GLOB_CHARS = "*?["
 
 

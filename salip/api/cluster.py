@@ -25,6 +25,11 @@ from typing import Any, Generic, TypeVar
 from salip.core.config import ClusterConfig
 from salip.core.errors import ConfigError, one_line
 
+__all__ = [
+    "RayPool",
+    "require_ray",
+]
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")

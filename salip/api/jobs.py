@@ -18,6 +18,12 @@ from salip.core.config import SegmentConfig
 from salip.core.errors import ConfigError, SalipError, one_line
 from salip.core.organs import parse_organs
 
+__all__ = [
+    "CASE_SETTINGS",
+    "JOB_KEYS",
+    "read_jobs",
+]
+
 #: A row's own settings: config fields that may differ from case to case.
 CASE_SETTINGS = ("modality", "channel", "window")
 

@@ -26,6 +26,17 @@ from typing import Any
 from salip.io.locks import table_lock
 from salip.io.writing import atomic_write
 
+__all__ = [
+    "COLUMNS",
+    "RUN_TABLE",
+    "carry_over",
+    "CaseRow",
+    "entry",
+    "now",
+    "read_table",
+    "write_table",
+]
+
 #: The per-case table written into the output folder.
 RUN_TABLE = "run.csv"
 

@@ -19,6 +19,15 @@ from typing import Any
 from salip.core.config import SegmentConfig
 from salip.core.hashing import file_sha256, fingerprint
 
+__all__ = [
+    "SPEED_ONLY",
+    "mismatch",
+    "read_sidecar",
+    "settings_fingerprint",
+    "sidecar_payload",
+    "source_record",
+]
+
 #: Settings that change how fast a result comes, not the result: left out of the fingerprint.
 SPEED_ONLY = ("device", "compile", "points_per_batch", "encoder_batch_size")
 

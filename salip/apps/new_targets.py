@@ -53,6 +53,23 @@ from salip.core.targets import (
 )
 from salip.core.windows import WINDOWS
 
+__all__ = [
+    "DEFINITION_PIECES",
+    "DEFINITION_REPLY_KEYS",
+    "DEFINITION_SYSTEM_TEMPLATE",
+    "DEFINITION_TEMPLATE_VERSION",
+    "DEFINITION_USER_TEMPLATE",
+    "OVERRIDE_FIELDS",
+    "build_definition_messages",
+    "create_target",
+    "definition_template_sha256",
+    "foreign_synonyms",
+    "NewTargets",
+    "pair_member_names",
+    "parse_definition_reply",
+    "plan_new_target",
+]
+
 logger = logging.getLogger(__name__)
 
 DEFINITION_TEMPLATE_VERSION = "1"

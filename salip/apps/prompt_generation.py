@@ -53,6 +53,33 @@ from salip.core.prompts import (
 )
 from salip.io.writing import atomic_write, write_problem
 
+__all__ = [
+    "SYSTEM_TEMPLATE",
+    "TEMPLATE_VERSION",
+    "USER_TEMPLATE",
+    "ask_descriptions",
+    "build_messages",
+    "call_model",
+    "check_modalities",
+    "check_writable",
+    "description_entry",
+    "endpoint_url",
+    "entry_provenance",
+    "existing_files",
+    "generate_prompts",
+    "GenerationConfig",
+    "known_targets",
+    "make_client",
+    "parse_reply",
+    "refuse_conflicts",
+    "reply_object",
+    "reply_text",
+    "resolve_targets",
+    "served_model",
+    "template_sha256",
+    "write_file",
+]
+
 logger = logging.getLogger(__name__)
 
 #: Bump when either template changes; the hash below changes with the text anyway.

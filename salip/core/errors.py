@@ -9,6 +9,20 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable
 
+__all__ = [
+    "BenchmarkError",
+    "ConfigError",
+    "did_you_mean",
+    "DownloadError",
+    "GenerationError",
+    "InputError",
+    "ModelError",
+    "one_line",
+    "OrganError",
+    "OutputError",
+    "SalipError",
+]
+
 
 def did_you_mean(
     word: str,

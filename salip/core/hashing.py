@@ -7,6 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "file_sha256",
+    "fingerprint",
+]
+
 _CHUNK = 1 << 20
 
 #: (resolved path, size, modification time in ns) -> hex digest, for this process.

@@ -43,6 +43,21 @@ from salip.core.targets import (  # noqa: F401 - MODALITIES, REGIONS re-exported
     organ_from_definition,
 )
 
+__all__ = [
+    "ORGANS",
+    "VOCABULARY_FILE",
+    "competitors",
+    "family",
+    "get_organ",
+    "load_competitors",
+    "names_only_a_side",
+    "pair_of",
+    "parse_organs",
+    "Vocabulary",
+    "vocabulary",
+    "with_pairs",
+]
+
 logger = logging.getLogger(__name__)
 
 #: The packaged set's list of built-in targets, in vocabulary order.

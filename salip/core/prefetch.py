@@ -14,6 +14,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+__all__ = [
+    "prefetch",
+]
+
 T = TypeVar("T")
 R = TypeVar("R")
 

@@ -45,6 +45,26 @@ from typing import Any
 from salip.core.errors import ConfigError, OrganError
 from salip.core.targets import MODALITIES, Organ, organ_from_definition
 
+__all__ = [
+    "BACKGROUND",
+    "FALLBACK_ORDER",
+    "FORMAT_VERSION",
+    "MAX_DESCRIPTION_CHARS",
+    "SOURCES",
+    "description_problems",
+    "descriptions_sha256",
+    "list_entries",
+    "load_prompt_file",
+    "load_prompts",
+    "packaged_dir",
+    "prompt_path",
+    "prompts_dir",
+    "PromptSet",
+    "read_prompt_file",
+    "user_dir",
+    "validate_prompt_data",
+]
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1

@@ -30,6 +30,21 @@ from typing import Any
 from salip.core.errors import ConfigError, OrganError
 from salip.core.windows import WINDOWS, parse_window
 
+__all__ = [
+    "DEFINITION_FIELDS",
+    "LATERALITIES",
+    "MAX_NAME",
+    "MODALITIES",
+    "PROVENANCE_FIELDS",
+    "REGIONS",
+    "REQUIRED_FIELDS",
+    "definition_fields",
+    "name_key",
+    "Organ",
+    "organ_from_definition",
+    "target_name",
+]
+
 MODALITIES = ("ct", "mr", "xray", "us")
 REGIONS = ("head", "thorax", "abdomen", "pelvis", "fetal")
 LATERALITIES = ("none", "left", "right")

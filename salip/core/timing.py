@@ -5,6 +5,10 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
+__all__ = [
+    "StageTimer",
+]
+
 
 class StageTimer:
     """Accumulates wall-clock seconds per stage name."""

@@ -6,6 +6,12 @@ import math
 
 from salip.core.errors import ConfigError
 
+__all__ = [
+    "MAX_HU",
+    "WINDOWS",
+    "parse_window",
+]
+
 #: The largest window width or level magnitude accepted, in HU: CT numbers span about
 #: -1024 to 3071 (up to ~30000 with metal in extended scales), so larger values are typos.
 MAX_HU = 100_000.0

@@ -7,6 +7,11 @@ import torch
 from salip.core.config import AreaFilterConfig
 from salip.engines.everything_mode import Proposals
 
+__all__ = [
+    "area_filter",
+    "speck_pixels",
+]
+
 
 def speck_pixels(
     config: AreaFilterConfig, shape: tuple[int, int], pixel_mm: tuple[float, float] | None

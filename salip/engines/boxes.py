@@ -7,6 +7,11 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+__all__ = [
+    "grow_boxes",
+    "prompt_boxes",
+]
+
 Boxes = TypeVar("Boxes", np.ndarray, torch.Tensor)
 
 

@@ -12,6 +12,13 @@ from salip.core.config import CropConfig
 from salip.engines.boxes import grow_boxes
 from salip.engines.everything_mode import Proposals
 
+__all__ = [
+    "CROP_MODES",
+    "expand_box",
+    "make_crops",
+    "pad_to_square",
+]
+
 CROP_MODES = ("masked", "box")
 
 

@@ -23,6 +23,15 @@ from salip.models.sam_runtime import (
     resize_for_encoder,
 )
 
+__all__ = [
+    "AUTO_SLICES_CPU",
+    "AUTO_SLICES_CUDA",
+    "Encoder",
+    "encoder_batch",
+    "SamEncoder",
+    "slice_batch",
+]
+
 #: Auto batch sizes (``encoder_batch_size = 0``): slices per batch on CPU, and the cap on
 #: CUDA, where the encoder batch is measured against free memory.
 AUTO_SLICES_CPU = 4

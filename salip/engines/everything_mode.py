@@ -20,6 +20,15 @@ import torch
 from salip.core.config import ProposalConfig
 from salip.models.sam_runtime import BatchSize, ImageEmbedding, decode_points_across
 
+__all__ = [
+    "AUTO_PROMPTS",
+    "AUTO_PROMPTS_CAP",
+    "decoder_batch",
+    "generate_proposals",
+    "generate_proposals_batch",
+    "Proposals",
+]
+
 #: Auto ``points_per_batch``: prompts per decoder call off CUDA (segment-anything's
 #: default) and the first, measured call on CUDA.
 AUTO_PROMPTS = 64

@@ -17,6 +17,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+__all__ = [
+    "IN_PLANE_AXES",
+    "body_midline",
+    "patient_sides",
+]
+
 #: Slicing axes whose display images have the patient's left-right axis along columns.
 IN_PLANE_AXES = ("axial", "coronal")
 

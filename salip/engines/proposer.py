@@ -17,6 +17,11 @@ from salip.engines.everything_mode import Proposals, decoder_batch, generate_pro
 from salip.models.sam import LoadedSam
 from salip.models.sam_runtime import ImageEmbedding
 
+__all__ = [
+    "Proposer",
+    "SamProposer",
+]
+
 
 class Proposer(Protocol):
     """Proposes the parts of embedded slices."""

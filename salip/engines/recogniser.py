@@ -36,6 +36,15 @@ from salip.engines.scoring import (
 from salip.models.clip import LoadedClip
 from salip.models.precision import resolve_precision
 
+__all__ = [
+    "accepted",
+    "ClipRecogniser",
+    "pick",
+    "Recogniser",
+    "Recognition",
+    "sides_for",
+]
+
 
 @dataclass
 class Recognition:

@@ -13,6 +13,12 @@ import torch
 from salip.models.sam import LoadedSam
 from salip.models.sam_runtime import ImageEmbedding, decode
 
+__all__ = [
+    "refine_with_boxes",
+    "Refiner",
+    "SamRefiner",
+]
+
 
 class Refiner(Protocol):
     """Turns box prompts on an embedded slice into masks."""

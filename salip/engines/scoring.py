@@ -27,6 +27,15 @@ import torch
 
 from salip.models.clip import LoadedClip
 
+__all__ = [
+    "ClipScorer",
+    "contrast_scores",
+    "cosine_scores",
+    "select_top_k",
+    "text_tower_fingerprint",
+    "top_competitors",
+]
+
 logger = logging.getLogger(__name__)
 
 

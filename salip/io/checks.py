@@ -10,6 +10,14 @@ import numpy as np
 from salip.core.errors import InputError
 from salip.io.volume import Volume
 
+__all__ = [
+    "MIN_SIDE_PX",
+    "NONFINITE_CHUNK",
+    "SAM_LONG_SIDE_PX",
+    "check_plane_size",
+    "check_voxels",
+]
+
 # One logger for the whole package, as when it was one module (log lines and filters
 # name "salip.io").
 logger = logging.getLogger("salip.io")

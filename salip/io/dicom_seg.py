@@ -23,6 +23,19 @@ import numpy as np
 
 from salip.core.errors import OutputError
 
+__all__ = [
+    "FALLBACK_CODE",
+    "SEG_CATEGORY",
+    "SEG_CODES",
+    "build_seg",
+    "frames_from_grid",
+    "grid_from_frames",
+    "save_seg",
+    "seg_code",
+    "SegCode",
+    "source_references",
+]
+
 logger = logging.getLogger(__name__)
 
 

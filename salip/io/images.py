@@ -20,6 +20,10 @@ from salip.io.checks import (
 )
 from salip.io.volume import _MODALITY_WORDS, DEFAULT_MAX_VOXELS, SourceGeometry, Volume
 
+__all__ = [
+    "read_image",
+]
+
 # One logger for the whole package, as when it was one module (log lines and filters
 # name "salip.io").
 logger = logging.getLogger("salip.io")

@@ -24,6 +24,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+__all__ = [
+    "LOCK_NAME",
+    "case_lock",
+    "table_lock",
+]
+
 try:
     import fcntl
 except ImportError:  # Windows

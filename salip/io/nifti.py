@@ -14,6 +14,13 @@ from salip.io.checks import _reason, _replace_nonfinite, check_voxels
 from salip.io.orientation import _canonical
 from salip.io.volume import DEFAULT_MAX_VOXELS, Volume
 
+__all__ = [
+    "AFFINE_AGREEMENT_MM",
+    "GZIP_MAX_RATIO",
+    "MAX_AFFINE_CONDITION",
+    "read_nifti",
+]
+
 # One logger for the whole package, as when it was one module (log lines and filters
 # name "salip.io").
 logger = logging.getLogger("salip.io")

@@ -14,6 +14,17 @@ import numpy as np
 from salip.core.errors import InputError
 from salip.io.volume import SourceGeometry, Volume
 
+__all__ = [
+    "AXES",
+    "display_pixel_mm",
+    "in_plane_axes",
+    "slice_counts",
+    "slices_with_most",
+    "source_slice_indices",
+    "to_canonical",
+    "to_source_grid",
+]
+
 #: Canonical array axis sliced for each slicing axis name.
 AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 

@@ -41,6 +41,10 @@ from salip.io.writing import (
     write_problem,
 )
 
+__all__ = [
+    "OutputSet",
+]
+
 logger = logging.getLogger(__name__)
 
 

@@ -22,6 +22,26 @@ from salip.core.windows import WINDOWS, parse_window  # noqa: F401 - re-exported
 from salip.io import Volume, check_plane_size
 from salip.io.orientation import AXES  # canonical axis per slicing axis name
 
+__all__ = [
+    "BODY_HU",
+    "DISPLAY_EDGES",
+    "MIN_BODY_FRACTION",
+    "apply_window",
+    "body_slices",
+    "check_slice_geometry",
+    "choose_intensity",
+    "detect_modality",
+    "display_slice",
+    "from_display",
+    "Intensity",
+    "iter_slices",
+    "n_slices",
+    "percentile_normalise",
+    "slice_image",
+    "to_display",
+    "to_uint8",
+]
+
 logger = logging.getLogger(__name__)
 
 #: Elements converted at a time by :func:`_linear_to_uint8` (64 MiB of float32).

@@ -12,6 +12,15 @@ import numpy as np
 
 from salip.core.config import MAX_VOXELS
 
+__all__ = [
+    "DEFAULT_MAX_VOXELS",
+    "IMAGE_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "file_stem",
+    "SourceGeometry",
+    "Volume",
+]
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 

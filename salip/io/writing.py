@@ -20,6 +20,24 @@ import numpy as np
 from salip.core.errors import OutputError
 from salip.io import SourceGeometry
 
+__all__ = [
+    "atomic_write",
+    "check_output",
+    "file_mode",
+    "json_text",
+    "mask_suffix",
+    "name_problem",
+    "nearest_existing",
+    "os_problem",
+    "remove_temporaries",
+    "save_mask",
+    "sidecar_path",
+    "temporary_beside",
+    "write_json",
+    "write_mask",
+    "write_problem",
+]
+
 logger = logging.getLogger(__name__)
 
 

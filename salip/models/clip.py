@@ -46,6 +46,12 @@ from salip.models.clip_hub import (
 from salip.models.sam import describe_unreadable
 from salip.models.specs import local_dir
 
+__all__ = [
+    "check_local_dir",
+    "load_clip",
+    "LoadedClip",
+]
+
 logger = logging.getLogger(__name__)
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")

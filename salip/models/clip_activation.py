@@ -30,6 +30,13 @@ from typing import Any
 
 from salip.models.clip_hub import hub_entry
 
+__all__ = [
+    "Activation",
+    "choose_activation",
+    "tag_of_file",
+    "tag_of_hub_repo",
+]
+
 logger = logging.getLogger(__name__)
 
 

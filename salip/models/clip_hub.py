@@ -23,6 +23,24 @@ from typing import Any
 from salip.core.errors import ModelError, one_line
 from salip.models.registry import salip_home
 
+__all__ = [
+    "LOCAL_FLAGS",
+    "PROBE_TIMEOUT_S",
+    "cached_tag_weights",
+    "clip_cache_dir",
+    "hub_cached",
+    "hub_config",
+    "hub_endpoint",
+    "hub_entry",
+    "hub_file_names",
+    "hub_offline",
+    "hub_offline_mode",
+    "hub_weights",
+    "missing_offline",
+    "probe",
+    "require_hub",
+]
+
 logger = logging.getLogger(__name__)
 
 #: Seconds to wait for the Hugging Face hub to answer before calling it unreachable.

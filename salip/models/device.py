@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from salip.core.errors import ConfigError
 
+__all__ = [
+    "resolve_device",
+]
+
 
 def resolve_device(spec: str) -> str:
     """``auto`` -> ``cuda`` if available else ``cpu``; validate explicit CUDA devices."""

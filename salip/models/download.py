@@ -19,6 +19,12 @@ from salip.core.errors import DownloadError
 from salip.io.writing import file_mode, temporary_beside
 from salip.models.registry import OFFICIAL_BASE_URL, SAM_CHECKPOINTS, CheckpointInfo, checkpoint_dir
 
+__all__ = [
+    "download_checkpoint",
+    "download_file",
+    "list_cached",
+]
+
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20

@@ -60,6 +60,24 @@ from salip.core.errors import ConfigError, ModelError
 from salip.core.hashing import file_sha256
 from salip.models.sam import LoadedSam
 
+__all__ = [
+    "DYNAMIC_PARAMS",
+    "FEATURE_DIM",
+    "HIDDEN_DIM",
+    "MANIFEST_FORMAT",
+    "PRIOR_PROBABILITY",
+    "UPSCALE",
+    "VARIANTS",
+    "dynamic_head",
+    "HeadArch",
+    "load_head",
+    "LoadedHead",
+    "OrganHead",
+    "read_head_manifest",
+    "trainable_parameters",
+    "upsampler",
+]
+
 logger = logging.getLogger(__name__)
 
 #: The ``format`` of a head manifest (head.pt and manifest.json) this salip reads and writes.

@@ -14,6 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
+__all__ = [
+    "HEADROOM",
+    "fit_batch",
+    "free_device_bytes",
+    "peak_memory",
+    "PeakMeter",
+]
+
 #: Share of the free device memory an auto-sized batch may plan to use.
 HEADROOM = 0.7
 

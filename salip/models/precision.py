@@ -14,6 +14,12 @@ import torch
 
 from salip.core.errors import ConfigError
 
+__all__ = [
+    "PRECISIONS",
+    "autocast",
+    "resolve_precision",
+]
+
 #: Accepted ``--precision`` values.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

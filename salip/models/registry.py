@@ -6,6 +6,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = [
+    "OFFICIAL_BASE_URL",
+    "SAM_CHECKPOINTS",
+    "cached_checkpoint",
+    "checkpoint_dir",
+    "CheckpointInfo",
+    "salip_home",
+]
+
 #: Base URL of Meta's official SAM checkpoints.
 OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 

@@ -20,6 +20,21 @@ from salip.core.errors import ModelError, one_line
 from salip.models.registry import SAM_CHECKPOINTS, cached_checkpoint, checkpoint_dir
 from salip.models.sam_preprocess import SAM_PREPROCESS, SamPreprocess, get_preprocess
 
+__all__ = [
+    "DECODER_NUM_HEADS",
+    "KNOWN_SAM_FILES",
+    "OFFICIAL_ARCHS",
+    "SAM_CHECKPOINT_HINT",
+    "build_sam",
+    "choose_preprocess",
+    "describe_unreadable",
+    "infer_sam_arch",
+    "load_sam",
+    "LoadedSam",
+    "resolve_sam_checkpoint",
+    "SamArch",
+]
+
 logger = logging.getLogger(__name__)
 
 #: segment-anything's mask decoder always uses 8 attention heads; the count is not

@@ -19,6 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = [
+    "SdpaImageEncoder",
+    "supports_sdpa",
+]
+
 
 def supports_sdpa(encoder: nn.Module) -> bool:
     """Whether ``encoder`` is segment-anything's ``ImageEncoderViT`` (the layout handled)."""

@@ -29,6 +29,14 @@ import torch.nn.functional as F
 
 from salip.core.errors import ConfigError
 
+__all__ = [
+    "PREPROCESS_PROFILES",
+    "SAM_PREPROCESS",
+    "get_preprocess",
+    "MedSamPreprocess",
+    "SamPreprocess",
+]
+
 
 @dataclass(frozen=True)
 class SamPreprocess:

@@ -17,6 +17,18 @@ import torch
 
 from salip.models.sam_preprocess import SAM_PREPROCESS, SamPreprocess
 
+__all__ = [
+    "BatchSize",
+    "decode",
+    "decode_points_across",
+    "encode_images",
+    "fast_encoder",
+    "ImageEmbedding",
+    "is_oom",
+    "OutOfMemoryError",
+    "resize_for_encoder",
+]
+
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")

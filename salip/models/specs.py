@@ -15,6 +15,12 @@ from salip.core.config import ModelConfig, check_keys
 from salip.core.errors import SalipError
 from salip.models.registry import SAM_CHECKPOINTS
 
+__all__ = [
+    "LOCAL_DIR",
+    "local_dir",
+    "resolve_model_paths",
+]
+
 #: open_clip's schema for a local folder (``open_clip.factory.LOCAL_DIR_PREFIX``). Parsed
 #: here rather than with ``open_clip.factory.parse_model_name`` because importing open_clip
 #: imports torch, and config files are read before any model is loaded.

@@ -9,6 +9,13 @@ from salip.io.orientation import AXES, slices_with_most, source_slice_indices
 from salip.io.slicing import iter_slices, to_display
 from salip.strategies.assembly import to_label_map
 
+__all__ = [
+    "COLOURS",
+    "overlay",
+    "preview_image",
+    "preview_strip",
+]
+
 #: RGB colours per label value 1, 2, ... (cycled).
 COLOURS = np.array(
     [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],

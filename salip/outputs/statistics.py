@@ -31,6 +31,13 @@ import numpy as np
 
 from salip.core.errors import InputError, OutputError
 
+__all__ = [
+    "CONVENTION",
+    "DECIMALS",
+    "VOLUME_DECIMALS",
+    "organ_statistics",
+]
+
 #: Decimal places of every float in the result except volumes in ml.
 DECIMALS = 4
 

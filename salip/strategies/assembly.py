@@ -8,6 +8,15 @@ import numpy as np
 
 from salip.io.slicing import AXES, from_display
 
+__all__ = [
+    "OVERLAP_RULE",
+    "empty_volume_mask",
+    "keep_largest_components",
+    "overlaps",
+    "put_slice",
+    "to_label_map",
+]
+
 
 def empty_volume_mask(shape: tuple[int, ...]) -> np.ndarray:
     """A bool mask of ``shape`` (canonical volume, or HxW for a 2D image)."""

@@ -14,6 +14,15 @@ from salip.core.organs import Organ
 if TYPE_CHECKING:
     from salip.strategies.volume_view import VolumeView
 
+__all__ = [
+    "SliceEvidence",
+    "SliceOutput",
+    "SliceSegmenter",
+    "Strategy",
+    "StrategyResult",
+    "WorkCounts",
+]
+
 
 @dataclass
 class SliceOutput:

@@ -25,6 +25,14 @@ from salip.engines.refiner import Refiner
 from salip.models.sam_runtime import ImageEmbedding
 from salip.strategies.base import SliceOutput
 
+__all__ = [
+    "cascade_batch",
+    "Engines",
+    "region_box",
+    "region_members",
+    "slice_regions",
+]
+
 
 @dataclass
 class Engines:

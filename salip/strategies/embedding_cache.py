@@ -12,6 +12,11 @@ from salip.engines.encoder import Encoder
 from salip.models.sam_runtime import ImageEmbedding
 from salip.strategies.volume_view import VolumeView
 
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "EmbeddingCache",
+]
+
 #: Embeddings kept by default: a vit_b embedding (256x64x64 float32) is 4 MiB.
 DEFAULT_CAPACITY = 64
 

@@ -38,6 +38,17 @@ from salip.core.organs import Organ
 from salip.io.slicing import AXES, display_slice
 from salip.strategies.base import SliceEvidence
 
+__all__ = [
+    "CONFIDENCE_WEIGHTS",
+    "PIECE_SHARE",
+    "confidence",
+    "confidence_inputs",
+    "decide_organ",
+    "OrganDecision",
+    "record_box",
+    "record_score",
+]
+
 #: A piece is kept when its evidence is at least this share of the best piece's.
 PIECE_SHARE = 0.5
 

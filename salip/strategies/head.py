@@ -18,6 +18,10 @@ from salip.models.sam import LoadedSam
 from salip.models.sam_runtime import BatchSize, encode_images
 from salip.strategies.base import SliceOutput
 
+__all__ = [
+    "HeadSegmenter",
+]
+
 logger = logging.getLogger(__name__)
 
 

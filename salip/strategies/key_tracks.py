@@ -24,6 +24,16 @@ from salip.strategies.cascade import region_box, region_members
 from salip.strategies.tracks import best_chain
 from salip.strategies.volume_view import VolumeView
 
+__all__ = [
+    "CLAIM_IOU",
+    "HYPOTHESES",
+    "group_regions",
+    "link_tracks",
+    "organ_regions",
+    "Pick",
+    "Track",
+]
+
 #: Candidate regions per organ (side) and key slice that its track may take: the best
 #: region the recogniser accepted and the next ones apart from it.
 HYPOTHESES = 3

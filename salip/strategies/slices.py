@@ -34,6 +34,11 @@ from salip.strategies.evidence import record_box, record_score
 from salip.strategies.tracks import gap_boxes, off_track
 from salip.strategies.volume_view import VolumeView
 
+__all__ = [
+    "settle_tracks",
+    "SlicesStrategy",
+]
+
 
 class SlicesStrategy:
     """Each body slice decided alone: the SaLIP cascade on engines, or any slice segmenter.

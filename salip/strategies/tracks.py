@@ -13,6 +13,20 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+__all__ = [
+    "best_chain",
+    "Box",
+    "centre",
+    "distance_from_track",
+    "expected_centre",
+    "gap_boxes",
+    "holds_centre",
+    "in_plane_mm",
+    "neighbours",
+    "off_track",
+    "worst_off_track",
+]
+
 Box = Sequence[float]
 
 

@@ -52,6 +52,11 @@ from salip.strategies.key_tracks import HYPOTHESES, Track, link_tracks, organ_re
 from salip.strategies.tracks import distance_from_track, gap_boxes
 from salip.strategies.volume_view import VolumeView
 
+__all__ = [
+    "key_slices",
+    "VolumeStrategy",
+]
+
 
 def key_slices(body: Sequence[int], spacing_mm: float, stride_mm: float, minimum: int) -> list[int]:
     """Body slices ``stride_mm`` apart along the axis, starting at the first body slice.

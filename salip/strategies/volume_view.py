@@ -8,6 +8,10 @@ from salip.io import Volume
 from salip.io.orientation import AXES, display_pixel_mm, in_plane_axes, source_slice_indices
 from salip.io.slicing import slice_image
 
+__all__ = [
+    "VolumeView",
+]
+
 
 class VolumeView:
     """The slices of an 8-bit volume, made on demand, plus what a strategy needs to know.

@@ -32,6 +32,17 @@ from salip.io.slicing import display_slice
 from salip.models.sam_runtime import ImageEmbedding, decode
 from salip.strategies.base import SliceOutput
 
+__all__ = [
+    "component_boxes",
+    "EncodedSlices",
+    "everything_oracle",
+    "GtBox",
+    "Oracle",
+    "sam_gt_box",
+    "sam_unprompted",
+    "Unprompted",
+]
+
 
 def component_boxes(reference: np.ndarray) -> torch.Tensor:
     """Kx4 float XYXY boxes (pixels, max inclusive) of the 8-connected components of an HxW

@@ -52,6 +52,14 @@ from salip.io.orientation import display_pixel_mm
 from salip.strategies.cascade import Engines
 from salip.strategies.slices import SlicesStrategy
 
+__all__ = [
+    "BENCH_METHODS",
+    "DEFAULT_NOISE",
+    "SIMULATION_SETTINGS",
+    "Simulation",
+    "simulation",
+]
+
 
 def _baseline(segmenter_class: type[EncodedSlices]) -> Builder:
     """The builder of a SAM baseline of :mod:`salip.apps.bench.baselines`."""

@@ -21,6 +21,20 @@ from scipy import ndimage
 
 from salip.core.errors import BenchmarkError
 
+__all__ = [
+    "STATUS_BOTH_EMPTY",
+    "STATUS_FALSE_POSITIVE",
+    "STATUS_SCORED",
+    "bootstrap_ci",
+    "dice_case",
+    "DiceResult",
+    "hd95",
+    "mean_std",
+    "nsd",
+    "slice_dice",
+    "surface_distances",
+]
+
 STATUS_SCORED = "scored"
 STATUS_BOTH_EMPTY = "both_empty"
 STATUS_FALSE_POSITIVE = "false_positive"

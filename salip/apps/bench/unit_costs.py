@@ -47,6 +47,13 @@ from salip.models.sam import load_sam
 from salip.models.sam_runtime import encode_images, fast_encoder
 from salip.version import __version__
 
+__all__ = [
+    "MODEL_TYPES",
+    "markdown_line",
+    "measure_unit_costs",
+    "phantom_slices",
+]
+
 logger = logging.getLogger(__name__)
 
 #: The SAM sizes a random-weight model can be built as (segment-anything's registry names).

@@ -26,6 +26,13 @@ from typing import Any
 from salip.core.errors import SalipError, one_line
 from salip.version import __version__
 
+__all__ = [
+    "COMMANDS",
+    "build_parser",
+    "Command",
+    "main",
+]
+
 logger = logging.getLogger("salip")
 
 

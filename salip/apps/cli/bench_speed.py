@@ -10,6 +10,11 @@ import sys
 from salip.apps.bench.speed import markdown_line, run_speed
 from salip.apps.cli.flags import Subparsers, add_config_flags, config_options
 
+__all__ = [
+    "add_parser",
+    "run",
+]
+
 logger = logging.getLogger("salip")
 
 

@@ -11,6 +11,11 @@ from salip.apps.bench.unit_costs import markdown_line, measure_unit_costs
 from salip.apps.cli.flags import Subparsers
 from salip.io.writing import write_json
 
+__all__ = [
+    "add_parser",
+    "run",
+]
+
 logger = logging.getLogger("salip")
 
 

@@ -9,6 +9,11 @@ import sys
 from salip.apps.bench.runner import run_benchmark
 from salip.apps.cli.flags import Subparsers, add_cluster_flags, cluster_options
 
+__all__ = [
+    "add_parser",
+    "run",
+]
+
 logger = logging.getLogger("salip")
 
 

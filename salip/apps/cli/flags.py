@@ -16,6 +16,17 @@ if typing.TYPE_CHECKING:
 else:
     Subparsers = Any
 
+__all__ = [
+    "GROUP_TITLES",
+    "add_cluster_flags",
+    "add_config_flags",
+    "add_dataclass_flags",
+    "cluster_options",
+    "comma_list",
+    "config_options",
+    "flag",
+]
+
 #: The argument-group title of each stage config's flags.
 GROUP_TITLES = {
     "input": "input reading",

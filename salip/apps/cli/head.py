@@ -12,6 +12,11 @@ from salip.apps.cli.flags import Subparsers, add_dataclass_flags
 from salip.apps.training.config import TrainSettings, load_head_config
 from salip.apps.training.train import train_head
 
+__all__ = [
+    "add_parser",
+    "run_train",
+]
+
 logger = logging.getLogger("salip")
 
 

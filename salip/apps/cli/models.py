@@ -10,6 +10,12 @@ from salip.apps.cli.flags import Subparsers
 from salip.models.download import download_checkpoint, list_cached
 from salip.models.registry import OFFICIAL_BASE_URL, checkpoint_dir
 
+__all__ = [
+    "add_parser",
+    "run_download",
+    "run_list",
+]
+
 logger = logging.getLogger("salip")
 
 

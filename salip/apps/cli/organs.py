@@ -10,6 +10,11 @@ from salip.apps.cli.flags import Subparsers
 from salip.core.label_sets import get_label_sets
 from salip.core.organs import vocabulary
 
+__all__ = [
+    "add_parser",
+    "run",
+]
+
 logger = logging.getLogger("salip")
 
 

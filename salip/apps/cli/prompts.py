@@ -15,6 +15,13 @@ from salip.core.organs import get_organ
 from salip.core.prompts import BACKGROUND, list_entries, load_prompt_file, prompt_path, prompts_dir
 from salip.core.targets import name_key
 
+__all__ = [
+    "add_parser",
+    "run_generate",
+    "run_list",
+    "run_show",
+]
+
 logger = logging.getLogger("salip")
 
 

@@ -11,6 +11,11 @@ from salip.apps.cli.flags import Subparsers, add_config_flags, config_options
 from salip.io.output_set import OutputSet
 from salip.io.writing import json_text
 
+__all__ = [
+    "add_parser",
+    "run",
+]
+
 logger = logging.getLogger("salip")
 
 

@@ -20,6 +20,11 @@ from salip.apps.cli.flags import (
 )
 from salip.core.errors import ConfigError, SalipError
 
+__all__ = [
+    "add_parser",
+    "run",
+]
+
 logger = logging.getLogger("salip")
 
 

@@ -25,6 +25,13 @@ from salip.models.sam import LoadedSam
 from salip.models.sam_preprocess import get_preprocess
 from salip.models.sam_runtime import BatchSize, ImageEmbedding, encode_images
 
+__all__ = [
+    "default_cache_dir",
+    "DiskEmbeddingCache",
+    "load_embedding",
+    "save_embedding",
+]
+
 logger = logging.getLogger(__name__)
 
 #: Slices encoded and written per round (bounds the memory held by new embeddings).

@@ -36,6 +36,14 @@ from salip.core.errors import BenchmarkError, ConfigError
 from salip.models.head import VARIANTS
 from salip.models.specs import resolve_model_paths
 
+__all__ = [
+    "CONFIG_KEYS",
+    "DEFAULT_TEMPLATE",
+    "HeadTrainConfig",
+    "load_head_config",
+    "TrainSettings",
+]
+
 #: Top-level tables of a head-training config.
 CONFIG_KEYS = ("models", "datasets", "train")
 

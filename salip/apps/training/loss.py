@@ -12,6 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+__all__ = [
+    "dice_counts",
+    "head_loss",
+]
+
 
 def head_loss(
     logits: torch.Tensor,

@@ -27,6 +27,11 @@ from salip.outputs.viewer.schema import (
     ViewerData,
 )
 
+__all__ = [
+    "decode_viewer",
+    "viewer_html",
+]
+
 logger = logging.getLogger(__name__)
 
 _SAMPLE_SLICES = 16

@@ -11,6 +11,17 @@ import numpy as np
 from salip.core.errors import OutputError
 from salip.io.slicing import display_slice
 
+__all__ = [
+    "CT_RANGE",
+    "CT_WINDOWS",
+    "MAX_BYTES",
+    "MIN_LEVELS",
+    "MODALITIES",
+    "STEP_FACTORS",
+    "display_stack",
+    "ViewerData",
+]
+
 #: Default size limit of a viewer file in bytes (25 MB).
 MAX_BYTES = 25_000_000
 

@@ -33,6 +33,13 @@ from salip.engines.boxes import grow_boxes
 from salip.engines.everything_mode import Proposals
 from salip.engines.recogniser import Recognition, accepted, pick, sides_for
 
+__all__ = [
+    "REFINE_GROWTH",
+    "simulated_engines",
+    "SimulatedRecogniser",
+    "SimulatedRefiner",
+]
+
 # --------------------------------------------------------------------------- recogniser
 
 

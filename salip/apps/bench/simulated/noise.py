@@ -13,6 +13,18 @@ import numpy as np
 
 from salip.core.errors import ConfigError, did_you_mean
 
+__all__ = [
+    "BIAS_SWAP",
+    "CONFUSABLE",
+    "MERGE_KEEP_RATE",
+    "NOISE_PRESETS",
+    "check_seed",
+    "noise_preset",
+    "NoiseConfig",
+    "similar_classes",
+    "stream",
+]
+
 #: P(a merged part is also proposed alone), the same in every preset (see NoiseConfig).
 MERGE_KEEP_RATE = 0.75
 #: P(swap) per proposal of a biased organ, the same in every preset (see NoiseConfig).

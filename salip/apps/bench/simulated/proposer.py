@@ -22,6 +22,13 @@ from salip.apps.bench.simulated.noise import (
 )
 from salip.engines.everything_mode import Proposals
 
+__all__ = [
+    "TISSUE_GRID",
+    "class_components",
+    "jitter_mask",
+    "SimulatedProposer",
+]
+
 #: The unlabelled tissue is cut into this many chunks per side (a 4x4 grid).
 TISSUE_GRID = 4
 
