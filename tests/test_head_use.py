@@ -17,8 +17,8 @@ from salip.apps.bench.runner import load_config, run_benchmark
 from salip.apps.cli import main
 from salip.apps.training.train import train_head
 from salip.core.errors import BenchmarkError, ConfigError
-from tests.conftest import TOTALSEG, require_data
 from tests.apps.training.test_train import CT_ORGANS, _ct_dataset, _toml_table, write_config
+from tests.conftest import TOTALSEG, require_data
 
 VARIANT_KIND = {"clip": "head", "static": "head-static", "randtext": "head-randtext"}
 

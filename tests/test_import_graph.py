@@ -1,5 +1,5 @@
 """Layout rules: no import cycle among salip modules (imports inside functions count too),
-and no function over 100 lines."""
+and no function over 100 lines or module over 600."""
 
 from __future__ import annotations
 
@@ -110,6 +110,21 @@ def long_functions(limit: int = 100) -> list[str]:
 def test_no_function_over_100_lines():
     assert long_functions() == []
     assert long_functions(limit=60)  # the check reads real functions (some exceed 60)
+
+
+def long_modules(limit: int = 600) -> list[str]:
+    """``path (N lines)`` for every module in salip/ longer than ``limit`` lines."""
+    found = []
+    for path in sorted((REPO / "salip").rglob("*.py")):
+        length = len(path.read_text(encoding="utf-8").splitlines())
+        if length > limit:
+            found.append(f"{path.relative_to(REPO)} ({length})")
+    return found
+
+
+def test_no_module_over_600_lines():
+    assert long_modules() == []
+    assert long_modules(limit=400)  # the check counts real lines (some modules exceed 400)
 
 
 #: Layers, bottom to top; a module may import only from its own layer or those below.

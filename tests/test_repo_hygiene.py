@@ -107,8 +107,8 @@ def test_readme_architecture_tree_matches_the_package():
 
 
 def test_every_package_folder_is_installed():
-    from salip.core.config import read_toml
     from salip.core.errors import ConfigError
+    from salip.core.toml_files import read_toml
 
     project = read_toml(REPO / "pyproject.toml", "pyproject", ConfigError)
     listed = set(project["tool"]["setuptools"]["packages"])

@@ -8,19 +8,15 @@ read from the field's metadata, so the CLI cannot drift from the library.
 from __future__ import annotations
 
 import dataclasses
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from salip.core.errors import ConfigError, SalipError, did_you_mean
+from salip.core.errors import ConfigError
 
 __all__ = [
     "MAX_VOXELS",
     "AreaFilterConfig",
     "AssemblyConfig",
-    "check_keys",
     "ClusterConfig",
     "CropConfig",
     "flat_fields",
@@ -28,7 +24,6 @@ __all__ = [
     "ModelConfig",
     "option",
     "ProposalConfig",
-    "read_toml",
     "RefineConfig",
     "ScoringConfig",
     "SegmentConfig",
@@ -568,42 +563,3 @@ def flat_fields(config_type: type[SegmentConfig] = SegmentConfig) -> dict[str, s
         for f in dataclasses.fields(stage.default_factory()):  # type: ignore[misc]
             index[f.name] = stage.name
     return index
-
-
-# --------------------------------------------------------------------------- TOML files
-
-
-def read_toml(path: Path, what: str, error: type[SalipError]) -> dict[str, Any]:
-    """The tables of a TOML config file (the benchmark's, the head training's).
-
-    Args:
-        path: the file.
-        what: its name in messages, e.g. "config" or "head config".
-        error: the exception type to raise.
-
-    Raises:
-        error: a missing file, or one that cannot be read or parsed.
-    """
-    if not path.is_file():
-        raise error(f"{what} {path} not found; pass --config FILE.toml.")
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise error(f"cannot read {what} {path}: {exc}.") from exc
-
-
-def check_keys(
-    where: str, keys: Sequence[str], valid: Sequence[str], error: type[SalipError]
-) -> None:
-    """Raise ``error`` naming unknown ``keys`` of a config table, a close valid key, and
-    the valid keys."""
-    bad = [k for k in keys if k not in valid]
-    if bad:
-        hint = did_you_mean(bad[0], valid, cutoff=0.6)
-        raise error(
-            f"{where}: unknown key(s) {', '.join(bad)}.{hint} Valid keys: {', '.join(valid)}."
-        )

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from salip.core.config import ModelConfig, check_keys
+from salip.core.config import ModelConfig
 from salip.core.errors import SalipError
+from salip.core.toml_files import check_keys
 from salip.models.registry import SAM_CHECKPOINTS
 
 __all__ = [

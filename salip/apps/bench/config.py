@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from salip.apps.bench.methods import Method, make_method
-from salip.core.config import check_keys, read_toml
 from salip.core.errors import BenchmarkError
+from salip.core.toml_files import check_keys, read_config
 from salip.models.specs import resolve_model_paths
 
 __all__ = ["CONFIG_KEYS", "BenchmarkConfig", "MetricSettings", "load_config", "resolve_models"]
@@ -88,11 +88,7 @@ def load_config(path: str | Path) -> BenchmarkConfig:
             repeated names, or a method whose settings are invalid.
     """
     path = Path(path).absolute()
-    raw = read_toml(path, "config", BenchmarkError)
-    check_keys(f"config {path.name}", list(raw), CONFIG_KEYS, BenchmarkError)
-    for key in ("models", "metrics"):
-        if not isinstance(raw.get(key, {}), dict):
-            raise BenchmarkError(f"config {path.name}: [{key}] must be a table.")
+    raw = read_config(path, "config", CONFIG_KEYS, ("models", "metrics"), BenchmarkError)
     for key in ("methods", "datasets"):
         items = raw.get(key)
         if not isinstance(items, list) or not items:

@@ -57,8 +57,9 @@ from salip.apps.bench.figures import write_figures
 from salip.apps.bench.identity import device_info, model_identity, result_fingerprint, versions
 from salip.apps.bench.methods import Method
 from salip.apps.bench.report import summarize, summary_markdown
-from salip.core.config import ClusterConfig, check_keys
+from salip.core.config import ClusterConfig
 from salip.core.errors import BenchmarkError, ConfigError
+from salip.core.toml_files import check_keys
 from salip.io.writing import atomic_write, remove_temporaries, write_json
 from salip.version import __version__
 

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from salip.core.config import SegmentConfig, check_keys, option, read_toml
+from salip.core.config import SegmentConfig, option
 from salip.core.errors import BenchmarkError, ConfigError
+from salip.core.toml_files import check_keys, read_config
 from salip.models.head import VARIANTS
 from salip.models.specs import resolve_model_paths
 
@@ -222,11 +223,7 @@ def load_head_config(path: str | Path) -> HeadTrainConfig:
         salip.core.errors.BenchmarkError: an unknown ``[models]`` key.
     """
     path = Path(path).absolute()
-    raw = read_toml(path, "head config", ConfigError)
-    check_keys(f"head config {path.name}", list(raw), CONFIG_KEYS, ConfigError)
-    for key in ("models", "train"):
-        if not isinstance(raw.get(key, {}), dict):
-            raise ConfigError(f"head config {path.name}: [{key}] must be a table.")
+    raw = read_config(path, "head config", CONFIG_KEYS, ("models", "train"), ConfigError)
     datasets = raw.get("datasets")
     if (
         not isinstance(datasets, list)

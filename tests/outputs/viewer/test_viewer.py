@@ -270,8 +270,8 @@ def test_a_512x512x200_ct_fits_in_25_mb():
 
 
 def test_the_template_is_installed_as_package_data():
-    from salip.core.config import read_toml
     from salip.core.errors import ConfigError
+    from salip.core.toml_files import read_toml
 
     project = read_toml(REPO / "pyproject.toml", "pyproject", ConfigError)
     data = project["tool"]["setuptools"].get("package-data", {})
