@@ -166,8 +166,8 @@ class _DropOn:
     def __init__(self, proposer, index):
         self.proposer, self.index = proposer, index
 
-    def propose(self, embeddings):
-        out = self.proposer.propose(embeddings)
+    def propose(self, embeddings, regions=None):
+        out = self.proposer.propose(embeddings, regions)
         none = torch.zeros(0, dtype=torch.long)
         return [p.select(none) if e.index == self.index else p for p, e in zip(out, embeddings)]
 

@@ -202,3 +202,46 @@ def test_area_filter_floor_in_mm2_for_volumes():
     assert speck_pixels(config, (512, 512), None) == pytest.approx(262.144)
     assert len(area_filter(disc(512, 6.0), config, None)) == 0
     assert len(area_filter(disc(512, 10.0), config, None)) == 1
+
+
+def test_a_region_decodes_only_its_grid_points_as_the_reference_would(sam):
+    """Proposals restricted to a region equal segment-anything's generator run on the grid
+    points inside it (its ``point_grids``), and a slice whose region is empty has none."""
+    from segment_anything import SamAutomaticMaskGenerator
+    from segment_anything.utils.amg import build_all_layer_point_grids
+
+    from salip.engines.everything_mode import generate_proposals_batch, grid_points
+
+    image = _real_slices()[0]
+    h, w = image.shape[:2]
+    region = np.zeros((h, w), dtype=bool)
+    region[h // 4 : 3 * h // 4, : w // 2] = True  # a block on the left
+    points = grid_points(8, (h, w), region).numpy()
+    full = build_all_layer_point_grids(8, 0, 1)[0] * np.array([[w, h]])
+    inside = region[full[:, 1].astype(int), full[:, 0].astype(int)]
+    assert 0 < len(points) == inside.sum() < 64
+    np.testing.assert_allclose(points, full[inside])  # the grid's own points, in order
+    np.testing.assert_allclose(grid_points(8, (h, w)).numpy(), full)
+
+    settings = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    reference = SamAutomaticMaskGenerator(
+        sam.model,
+        points_per_side=None,
+        point_grids=[points / np.array([[w, h]])],
+        output_mode="coco_rle",
+        **settings,
+    ).generate(image)
+    (embedding,) = encode_images(sam.model, [image], batch_size=1)
+    config = ProposalConfig(points_per_side=8, **settings)
+    ours, none = generate_proposals_batch(
+        sam.model, [embedding, embedding], config, regions=[region, np.zeros_like(region)]
+    )
+    assert len(ours) == len(reference) == 3 * len(points) and len(none) == 0
+    ours_records = ours.to_records()
+    np.testing.assert_allclose(
+        [r["point_coords"] for r in ours_records], [r["point_coords"] for r in reference]
+    )
+    ious = _paired_iou(reference, ours_records)
+    assert ious.mean() >= 0.99 and ious.min() >= 0.95
+    with pytest.raises(ValueError, match="region has shape"):
+        grid_points(8, (h, w), region[:-1])

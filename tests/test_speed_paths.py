@@ -246,7 +246,8 @@ def test_compiled_encoder_gives_the_same_masks(tmp_path, tiny_models, monkeypatc
 
 
 def test_auto_batch_sizes_on_cpu_are_the_fixed_defaults(tiny_models):
-    """0 means auto: off CUDA, 4 slices per encoder call and 64 prompts per decoder call."""
+    """0 means auto: off CUDA, 4 slices per strategy batch, encoded one per encoder call,
+    and 4 prompts per decoder call."""
     from salip.core.config import ProposalConfig
     from salip.engines.encoder import encoder_batch, slice_batch
     from salip.engines.everything_mode import decoder_batch
@@ -254,7 +255,7 @@ def test_auto_batch_sizes_on_cpu_are_the_fixed_defaults(tiny_models):
     assert SegmentConfig().proposals.encoder_batch_size == 0
     assert SegmentConfig().proposals.points_per_batch == 0
     enc, dec = encoder_batch(0, "cpu"), decoder_batch(ProposalConfig(), "cpu")
-    assert (enc.value, enc.calibrating, dec.value, dec.calibrating) == (4, False, 64, False)
+    assert (enc.value, enc.calibrating, dec.value, dec.calibrating) == (1, False, 4, False)
     assert slice_batch(0, "cpu") == 4 and slice_batch(7, "cpu") == 7
     assert encoder_batch(3, "cpu").value == 3
     with pytest.raises(ConfigError, match="0 .auto. or more"):
@@ -339,3 +340,31 @@ def test_fused_attention_encoder_equals_segment_anything(tiny_sam_path):
     assert cos > 0.99
     assert type(model.image_encoder).__name__ == "ImageEncoderViT"
     assert not any(isinstance(m, SdpaImageEncoder) for m in model.modules())
+
+
+def test_the_shared_first_layer_decoder_equals_segment_anything(tiny_sam_path):
+    """Prompts of several slices, in any order, decoded with the first layer's image side
+    shared per slice give segment-anything's own ``MaskDecoder.predict_masks`` per prompt."""
+    from salip.models.sam_decoder import predict_masks_shared
+
+    model = load_sam(str(tiny_sam_path)).model
+    decoder, encoder = model.mask_decoder, model.prompt_encoder
+    assert len(decoder.transformer.layers) >= 2  # the later layers run too
+    torch.manual_seed(0)
+    features = torch.randn(3, decoder.transformer_dim, *encoder.image_embedding_size)
+    owner = torch.tensor([0, 0, 2, 2, 2, 1, 0])  # runs of slices, one slice twice
+    points = torch.rand(len(owner), 1, 2) * 256
+    labels = torch.ones(len(owner), 1, dtype=torch.int)
+    with torch.no_grad():
+        sparse, dense = encoder(points=(points, labels), boxes=None, masks=None)
+        pe = encoder.get_dense_pe()
+        ours, ours_iou = predict_masks_shared(decoder, features, owner, pe, sparse, dense)
+        for i, s in enumerate(owner.tolist()):
+            ref, ref_iou = decoder.predict_masks(
+                image_embeddings=features[s : s + 1],
+                image_pe=pe,
+                sparse_prompt_embeddings=sparse[i : i + 1],
+                dense_prompt_embeddings=dense[i : i + 1],
+            )
+            torch.testing.assert_close(ours[i : i + 1], ref, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(ours_iou[i : i + 1], ref_iou, atol=1e-5, rtol=1e-4)

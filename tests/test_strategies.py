@@ -69,9 +69,10 @@ class ImageEncoder:
 
 
 class BrightPartsProposer:
-    """Proposer stand-in: a whole-slice part, then each bright (> 128) component."""
+    """Proposer stand-in: a whole-slice part, then each bright (> 128) component (it seeds
+    no point, so it has no use for the regions)."""
 
-    def propose(self, embeddings):
+    def propose(self, embeddings, regions=None):
         out = []
         for emb in embeddings:
             image = emb.features[0, 0].numpy()

@@ -182,7 +182,14 @@ def test_segment_with_strategy_volume_writes_masks_in_the_input_grid(tmp_path, t
         "box_prompts",
     }
     assert strategy["counts"]["proposal_slices"] == len(strategy["key_slices"]) < image.shape[2]
-    assert strategy["counts"]["point_prompts"] == 32 * 32 * len(strategy["key_slices"])
+    # Only the grid points on the body are decoded: the air around it has none.
+    full = 32 * 32 * len(strategy["key_slices"])
+    assert 0.3 * full < strategy["counts"]["point_prompts"] < full
+    whole = salip.segment(
+        ct, organs="liver", write=False, strategy="volume", full_grid=True, **options,
+        **tiny_models,
+    )  # fmt: skip
+    assert whole.report["strategy"]["counts"]["point_prompts"] == full
 
 
 def test_slices_strategy_reports_its_work_too():
@@ -238,3 +245,29 @@ def test_an_organ_that_widens_fast_is_followed_not_stopped():
     areas = [int(mask[:, :, k].sum()) for k in (22, 23, 24, 25)]
     assert not (mask & ~organ).any() and areas == sorted(areas) and areas[1] > areas[0]
     assert not mask[:, :, 26:].any() and not mask[:, :, :15].any()
+
+
+def test_the_prompt_region_is_the_body_with_its_holes_filled(tmp_path):
+    """Everything mode seeds parts on the body: above -500 HU, lungs (air inside the
+    body) filled, 5 mm beyond the outline; the air around the body is left out."""
+    data = np.full((60, 60, 2), -1000, np.int16)
+    yy, xx = np.mgrid[:60, :60]
+    radius = np.hypot(yy - 30, xx - 30)
+    data[radius < 20] = 40  # the body, 1 mm pixels
+    data[(radius < 8)] = -900  # a lung inside it
+    path = tmp_path / "body.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 3.0, 1.0])), path)
+    volume = read_input(path)
+    view = VolumeView(volume, np.zeros(data.shape, np.uint8), "axial", np.ones(2, bool), "ct")
+    region = view.prompt_region(0)
+    assert region.shape == view.display_shape
+    assert region[30, 30]  # the lung is filled
+    distance = np.hypot(*(np.argwhere(region) - 30).T)
+    assert 19 + 4 <= distance.max() <= 20 + 6  # 5 mm beyond the 20 mm outline
+    assert not region[0, 0] and region.mean() < 0.7
+    # Without CT numbers, the body is found in the 8-bit image.
+    dark = np.where(data > -500, 100, 0).astype(np.uint8)
+    assert (
+        view.prompt_region(1).sum()
+        == VolumeView(volume, dark, "axial", np.ones(2, bool), "mr").prompt_region(1).sum()
+    )

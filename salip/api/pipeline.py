@@ -412,7 +412,7 @@ def _run_strategy(
         keep = body_slices(volume, volume8, intensity, axis)
         if not keep.all():
             logger.info("skipping %d of %d slices with no body", int((~keep).sum()), keep.size)
-    view = VolumeView(volume, volume8, axis, keep)
+    view = VolumeView(volume, volume8, axis, keep, intensity.modality)
     result = strategy.run(view, organ_list, progress=progress)
     strategy_info = {"name": getattr(strategy, "name", type(strategy).__name__), **result.details}
     return RunOutcome(

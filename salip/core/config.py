@@ -242,9 +242,11 @@ class ProposalConfig:
     points_per_side: int = option(32, "Point grid size per side (points_per_side**2 prompts).")
     points_per_batch: int = option(
         0,
-        "Point prompts per SAM decoder call; calls span slices. 0 (auto): 64 on CPU (as "
-        "segment-anything); on CUDA as many as fit in free GPU memory, measured on the first "
-        "call, up to 4096. Halved on out-of-memory. Masks do not depend on it.",
+        "Point prompts per SAM decoder call; calls span slices. 0 (auto): 4 on CPU (each "
+        "prompt decodes over its own copy of the image embedding, and a few at a time stay "
+        "in the CPU's cache: 1.8x faster than segment-anything's 64); on CUDA as many as fit "
+        "in free GPU memory, measured on the first call, up to 4096. Halved on "
+        "out-of-memory. Masks do not depend on it.",
     )
     pred_iou_thresh: float = option(0.88, "Drop proposals whose predicted IoU is at or below this.")
     stability_score_thresh: float = option(
@@ -255,10 +257,18 @@ class ProposalConfig:
     min_mask_region_area: int = option(
         0, "Remove holes and islands smaller than this many pixels (0: off)."
     )
+    full_grid: bool = option(
+        False,
+        "Decode every grid point of a volume's slices, as the reference generator does. By "
+        "default only the points on the body are decoded (its holes, such as the lungs, "
+        "filled; 5 mm beyond its outline): outside it lie air and the table, which hold no "
+        "organ. 2D images always use the whole grid.",
+    )
     encoder_batch_size: int = option(
         0,
-        "Slices per SAM image-encoder batch, and per cascade batch. 0 (auto): 4 on CPU; on "
-        "CUDA as many as fit in free GPU memory, measured on the first slice, up to 32. "
+        "Slices per SAM image-encoder batch, and per cascade batch. 0 (auto): on CPU 4 per "
+        "cascade batch, encoded one at a time (faster there, and a quarter of the memory); "
+        "on CUDA as many as fit in free GPU memory, measured on the first slice, up to 32. "
         "Halved on out-of-memory. Masks do not depend on it.",
     )
 

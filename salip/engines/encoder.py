@@ -24,6 +24,7 @@ from salip.models.sam_runtime import (
 )
 
 __all__ = [
+    "AUTO_ENCODER_CPU",
     "AUTO_SLICES_CPU",
     "AUTO_SLICES_CUDA",
     "Encoder",
@@ -32,16 +33,20 @@ __all__ = [
     "slice_batch",
 ]
 
-#: Auto batch sizes (``encoder_batch_size = 0``): slices per batch on CPU, and the cap on
-#: CUDA, where the encoder batch is measured against free memory.
+#: Auto batch sizes (``encoder_batch_size = 0``): slices per strategy batch on CPU, and
+#: the cap on CUDA, where the encoder batch is measured against free memory.
 AUTO_SLICES_CPU = 4
 AUTO_SLICES_CUDA = 32
+#: Slices per encoder call on CPU (auto). A vit_b encoder call on 4 slices took 18.5 s a
+#: slice and 11.3 GB at its peak on a 2-core CPU; on 1 slice, 12.8 s and 3.7 GB
+#: (benchmarks/RESULTS.md, "Host memory, 512x512x200"): batching buys a CPU nothing.
+AUTO_ENCODER_CPU = 1
 
 
 def encoder_batch(setting: int, device: str) -> BatchSize:
     """Slices per SAM encoder call for ``encoder_batch_size = setting`` (0: auto)."""
     return BatchSize.from_setting(
-        setting, device, default=AUTO_SLICES_CPU, probe=1, cap=AUTO_SLICES_CUDA
+        setting, device, default=AUTO_ENCODER_CPU, probe=1, cap=AUTO_SLICES_CUDA
     )
 
 

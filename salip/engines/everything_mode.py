@@ -23,15 +23,23 @@ from salip.models.sam_runtime import BatchSize, ImageEmbedding, decode_points_ac
 __all__ = [
     "AUTO_PROMPTS",
     "AUTO_PROMPTS_CAP",
+    "AUTO_PROMPTS_CPU",
     "decoder_batch",
     "generate_proposals",
     "generate_proposals_batch",
+    "grid_points",
     "Proposals",
 ]
 
-#: Auto ``points_per_batch``: prompts per decoder call off CUDA (segment-anything's
-#: default) and the first, measured call on CUDA.
+#: Auto ``points_per_batch`` on CUDA: prompts in the first, measured decoder call
+#: (segment-anything's default).
 AUTO_PROMPTS = 64
+#: Auto ``points_per_batch`` off CUDA. Each prompt's decoder works over its own copy of
+#: the 64x64x256 image embedding (4 MB a tensor, several tensors per prompt): a few
+#: prompts at a time stay in the CPU's cache, 64 do not. Measured with a full-width
+#: decoder on a 2-core AMD EPYC (32 MB L3), everything mode per prompt: 81 ms at 2, 75 at
+#: 4, 102 at 8, 136 at 64 (benchmarks/RESULTS.md, "Everything mode on CPU").
+AUTO_PROMPTS_CPU = 4
 #: The most point prompts an auto-sized decoder call may take (GPU memory permitting).
 AUTO_PROMPTS_CAP = 4096
 
@@ -117,6 +125,7 @@ def generate_proposals_batch(
     embeddings: Sequence[ImageEmbedding],
     config: ProposalConfig,
     batch: BatchSize | None = None,
+    regions: Sequence[np.ndarray | None] | None = None,
 ) -> list[Proposals]:
     """Everything-mode proposals for several embedded slices, decoded together.
 
@@ -132,10 +141,15 @@ def generate_proposals_batch(
         config: everything-mode settings.
         batch: prompts per decoder call, kept across calls (halved on out-of-memory,
             calibrated on first use when auto); default: from ``config.points_per_batch``.
+        regions: per embedding, an HxW bool array at the slice's original size: only the
+            grid points inside it are decoded (:func:`grid_points`); None (for all, or
+            for one slice): the whole grid, as the reference generator.
 
     Returns:
         One :class:`Proposals` per embedding, in order, each sorted by predicted IoU.
     """
+    if regions is not None and len(regions) != len(embeddings):
+        raise ValueError(f"{len(regions)} regions for {len(embeddings)} embeddings")
     groups: dict[tuple[Any, Any], list[int]] = {}
     for i, emb in enumerate(embeddings):
         groups.setdefault((emb.input_size, emb.original_size, emb.preprocess), []).append(i)
@@ -145,7 +159,14 @@ def generate_proposals_batch(
     out: list[Proposals | None] = [None] * len(embeddings)
     for members in groups.values():
         for i, props in zip(
-            members, _proposals_same_size(sam, [embeddings[i] for i in members], config, batch)
+            members,
+            _proposals_same_size(
+                sam,
+                [embeddings[i] for i in members],
+                config,
+                batch,
+                [None if regions is None else regions[i] for i in members],
+            ),
         ):
             out[i] = props
     return out  # type: ignore[return-value]
@@ -153,14 +174,40 @@ def generate_proposals_batch(
 
 def decoder_batch(config: ProposalConfig, device: str | torch.device) -> BatchSize:
     """Prompts per decoder call from ``config.points_per_batch`` (0: auto, see
-    :mod:`salip.models.memory`: 64 off CUDA, as segment-anything; on CUDA measured)."""
+    :mod:`salip.models.memory`: :data:`AUTO_PROMPTS_CPU` off CUDA; on CUDA measured)."""
     return BatchSize.from_setting(
         config.points_per_batch,
         device,
-        default=AUTO_PROMPTS,
+        default=AUTO_PROMPTS_CPU,
         probe=AUTO_PROMPTS,
         cap=AUTO_PROMPTS_CAP,
     )
+
+
+def grid_points(
+    points_per_side: int, size: tuple[int, int], region: np.ndarray | None = None
+) -> torch.Tensor:
+    """The everything-mode point grid of a slice of ``size`` (H, W): Nx2 float XY in pixels,
+    segment-anything's grid (``build_all_layer_point_grids``), row by row.
+
+    Args:
+        points_per_side: grid points per side.
+        size: the slice's original (H, W).
+        region: HxW bool; only the points whose pixel lies inside are kept (in grid
+            order). None: every point.
+    """
+    from segment_anything.utils.amg import build_all_layer_point_grids
+
+    h, w = size
+    grid = build_all_layer_point_grids(points_per_side, 0, 1)[0]
+    points = torch.as_tensor(grid * np.array([[w, h]]), dtype=torch.float)
+    if region is None:
+        return points
+    if region.shape != (h, w):
+        raise ValueError(f"region has shape {region.shape}, the slice {(h, w)}")
+    cols = np.clip(np.floor(grid[:, 0] * w).astype(int), 0, w - 1)
+    rows = np.clip(np.floor(grid[:, 1] * h).astype(int), 0, h - 1)
+    return points[torch.as_tensor(region[rows, cols])]
 
 
 def _proposals_same_size(
@@ -168,20 +215,23 @@ def _proposals_same_size(
     embeddings: Sequence[ImageEmbedding],
     config: ProposalConfig,
     batch: BatchSize,
+    regions: Sequence[np.ndarray | None],
 ) -> list[Proposals]:
-    from segment_anything.utils.amg import MaskData, build_all_layer_point_grids
+    from segment_anything.utils.amg import MaskData
     from torchvision.ops import batched_nms
 
     first = embeddings[0]
     h, w = first.original_size
     device = first.features.device
     features = torch.cat([e.features for e in embeddings])
-    grid = build_all_layer_point_grids(config.points_per_side, 0, 1)[0]
-    points_px = torch.as_tensor(grid * np.array([[w, h]]), dtype=torch.float)
-    n_points = len(points_px)
-    # Prompt j of the stream is grid point j % n_points of slice j // n_points.
-    all_points = points_px.repeat(len(embeddings), 1)
-    all_owner = torch.arange(len(embeddings)).repeat_interleave(n_points)
+    # The stream: each slice's grid points (inside its region), slice after slice.
+    per_slice = [grid_points(config.points_per_side, (h, w), region) for region in regions]
+    all_points = torch.cat(per_slice)
+    all_owner = torch.arange(len(embeddings)).repeat_interleave(
+        torch.as_tensor([len(p) for p in per_slice])
+    )
+    if len(all_points) == 0:  # every slice's region is empty: nothing to decode
+        return [_empty(h, w, device) for _ in embeddings]
     parts = []
     start = 0
     while start < len(all_points):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from salip.core.config import ProposalConfig
@@ -26,9 +27,17 @@ __all__ = [
 class Proposer(Protocol):
     """Proposes the parts of embedded slices."""
 
-    def propose(self, embeddings: Sequence[ImageEmbedding]) -> list[Proposals]:
+    def propose(
+        self,
+        embeddings: Sequence[ImageEmbedding],
+        regions: Sequence[np.ndarray | None] | None = None,
+    ) -> list[Proposals]:
         """One :class:`~salip.engines.everything_mode.Proposals` per embedding: NxHxW bool masks
-        at the slice's size, boxes XYXY in pixels of the slice, areas, scores."""
+        at the slice's size, boxes XYXY in pixels of the slice, areas, scores.
+
+        ``regions`` (one HxW bool array or None per embedding) says where on each slice a
+        part may be seeded: a proposer that seeds parts from points seeds none outside it.
+        """
         ...
 
 
@@ -47,5 +56,11 @@ class SamProposer:
         self.batch = decoder_batch(config, device)
 
     @torch.no_grad()
-    def propose(self, embeddings: Sequence[ImageEmbedding]) -> list[Proposals]:
-        return generate_proposals_batch(self.sam.model, embeddings, self.config, self.batch)
+    def propose(
+        self,
+        embeddings: Sequence[ImageEmbedding],
+        regions: Sequence[np.ndarray | None] | None = None,
+    ) -> list[Proposals]:
+        return generate_proposals_batch(
+            self.sam.model, embeddings, self.config, self.batch, regions
+        )

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from salip.models.sam_decoder import predict_masks_shared
 from salip.models.sam_preprocess import SAM_PREPROCESS, SamPreprocess
 
 __all__ = [
@@ -318,48 +319,6 @@ def decode(
     return logits, iou
 
 
-def _predict_masks_per_prompt(
-    decoder: torch.nn.Module,
-    features: torch.Tensor,
-    image_pe: torch.Tensor,
-    sparse: torch.Tensor,
-    dense: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """segment-anything's ``MaskDecoder.predict_masks`` with one image embedding per prompt.
-
-    Written out here because the upstream method repeats a single image's embedding for
-    every prompt, and cross-slice batches need each prompt to attend to its own slice. It
-    uses the decoder's own modules, in the same order, so the numbers are the upstream ones.
-
-    Args:
-        decoder: segment-anything ``MaskDecoder``.
-        features: NxCxhxw image embeddings, one per prompt.
-        image_pe: 1xCxhxw dense positional encoding.
-        sparse: NxTxC sparse prompt embeddings.
-        dense: NxCxhxw dense prompt embeddings.
-
-    Returns:
-        (low-resolution mask logits Nx(1+M)x4hx4w, predicted IoU Nx(1+M)); M multimask outputs.
-    """
-    n = sparse.shape[0]
-    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
-    src = features + dense
-    pos_src = image_pe.expand(n, -1, -1, -1)
-    b, c, h, w = src.shape
-    hs, src = decoder.transformer(src, pos_src, tokens)
-    iou_token_out = hs[:, 0, :]
-    mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
-    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-    hyper_in = torch.stack(
-        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
-        dim=1,
-    )
-    b, c, h, w = upscaled.shape
-    masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
-    return masks, decoder.iou_prediction_head(iou_token_out)
-
-
 @torch.no_grad()
 def decode_points_across(
     sam: torch.nn.Module,
@@ -392,9 +351,10 @@ def decode_points_across(
     coords = preprocess.coords(points, original_size, sam.image_encoder.img_size)
     labels = torch.ones(coords.shape[:2], dtype=torch.int, device=coords.device)
     sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-    low_res, iou = _predict_masks_per_prompt(
+    low_res, iou = predict_masks_shared(
         sam.mask_decoder,
-        features[owner.to(features.device)],
+        features,
+        owner.to(features.device),
         sam.prompt_encoder.get_dense_pe(),
         sparse,
         dense,

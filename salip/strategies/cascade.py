@@ -12,20 +12,23 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from salip.core.config import SegmentConfig
+from salip.core.config import ProposalConfig, SegmentConfig
 from salip.core.organs import Organ
 from salip.core.timing import StageTimer
 from salip.engines.area_filter import area_filter
 from salip.engines.boxes import prompt_boxes
 from salip.engines.encoder import Encoder
-from salip.engines.everything_mode import Proposals
+from salip.engines.everything_mode import Proposals, grid_points
 from salip.engines.proposer import Proposer
 from salip.engines.recogniser import Recogniser
 from salip.engines.refiner import Refiner
 from salip.models.sam_runtime import ImageEmbedding
 from salip.strategies.base import SliceOutput
+from salip.strategies.volume_view import VolumeView
 
 __all__ = [
+    "point_prompts",
+    "prompt_regions",
     "cascade_batch",
     "Engines",
     "region_box",
@@ -54,6 +57,7 @@ def cascade_batch(
     indices: Sequence[int] | None = None,
     every_region: bool = False,
     pixel_mm: tuple[float, float] | None = None,
+    regions: Sequence[np.ndarray | None] | None = None,
 ) -> list[SliceOutput]:
     """Segment ``organs`` in a batch of slices, each slice decided on its own.
 
@@ -69,6 +73,8 @@ def cascade_batch(
             :func:`slice_regions`); for volumes, whose pieces are then weighed in 3D.
         pixel_mm: (row, column) size in mm of the slices' pixels, for the area filter's
             speck floor; None for a 2D image (see :func:`~salip.engines.area_filter.speck_pixels`).
+        regions: per slice, where everything mode may seed parts (HxW bool, or None for the
+            whole slice; :meth:`~salip.strategies.volume_view.VolumeView.prompt_region`).
 
     Each region (:func:`slice_regions`) is prompted with one box: a proposal and every
     accepted proposal of the organ (on its side, for a pair) that overlaps or touches it,
@@ -83,7 +89,7 @@ def cascade_batch(
     t = time.perf_counter()
     # Point prompts of the whole batch are decoded together, across slices.
     per_slice = [
-        area_filter(p, config.area, pixel_mm) for p in engines.proposer.propose(embeddings)
+        area_filter(p, config.area, pixel_mm) for p in engines.proposer.propose(embeddings, regions)
     ]
     timer.add("proposals", t)
     found = engines.recogniser.recognise(images, per_slice, organs, indices)
@@ -181,3 +187,22 @@ def _record(
         "parts": len(members),
         "refine_iou": refine_iou,
     }
+
+
+def prompt_regions(
+    view: VolumeView, indices: Sequence[int], proposals: ProposalConfig
+) -> list[np.ndarray | None]:
+    """Per slice of ``indices``, where everything mode seeds parts
+    (:meth:`~salip.strategies.volume_view.VolumeView.prompt_region`); all None with
+    ``full_grid`` (the reference generator's whole grid)."""
+    if proposals.full_grid:
+        return [None] * len(indices)
+    return [view.prompt_region(i) for i in indices]
+
+
+def point_prompts(
+    proposals: ProposalConfig, regions: Sequence[np.ndarray | None], size: tuple[int, int]
+) -> int:
+    """How many point prompts everything mode decodes on slices of ``size`` (H, W) with
+    these ``regions`` (:func:`~salip.engines.everything_mode.grid_points`)."""
+    return sum(len(grid_points(proposals.points_per_side, size, r)) for r in regions)

@@ -28,7 +28,7 @@ from salip.strategies.base import (
     StrategyResult,
     WorkCounts,
 )
-from salip.strategies.cascade import Engines, cascade_batch
+from salip.strategies.cascade import Engines, cascade_batch, point_prompts, prompt_regions
 from salip.strategies.embedding_cache import DEFAULT_CAPACITY, EmbeddingCache
 from salip.strategies.evidence import record_box, record_score
 from salip.strategies.tracks import gap_boxes, off_track
@@ -101,10 +101,11 @@ class SlicesStrategy:
         kept = view.body_indices()
         batches = [kept[i : i + self.batch_size] for i in range(0, len(kept), self.batch_size)]
         cache = None
+        tally = {"point_prompts": 0}
         if self.engines is not None and self.config is not None:
             size = max(self.batch_size, DEFAULT_CAPACITY)
             cache = EmbeddingCache(view, self.engines.encoder, size)
-            step, prepare = self._cascade_step(cache, self.engines, self.config)
+            step, prepare = self._cascade_step(cache, self.engines, self.config, tally)
         else:
             step, prepare = self._segmenter_step()
 
@@ -126,11 +127,10 @@ class SlicesStrategy:
             t = time.perf_counter()
             settled = settle_tracks(result, view, organs, cache, self.engines, self.config)
             self.timer.add("refine", t)
-            grid = self.config.proposals.points_per_side**2
             counts = WorkCounts(
                 encoded_slices=cache.encoded,
                 proposal_slices=len(kept),
-                point_prompts=len(kept) * grid,
+                point_prompts=tally["point_prompts"],
                 box_prompts=sum(len(records) for records in result.chosen.values())
                 + settled.pop("box_prompts"),
             )
@@ -138,7 +138,11 @@ class SlicesStrategy:
         return result
 
     def _cascade_step(
-        self, cache: EmbeddingCache, engines: Engines, config: SegmentConfig
+        self,
+        cache: EmbeddingCache,
+        engines: Engines,
+        config: SegmentConfig,
+        tally: dict[str, int],
     ) -> _Step:
         timer = self.timer
         # A volume's every accepted region is prompted, its pieces weighed in 3D later; a
@@ -151,6 +155,9 @@ class SlicesStrategy:
             t = time.perf_counter()
             embeddings = cache.get(indices, images, prepared)
             timer.add("sam_encoder", t)
+            regions = prompt_regions(cache.view, indices, config.proposals)
+            size = images[0].shape[:2]
+            tally["point_prompts"] += point_prompts(config.proposals, regions, size)
             return cascade_batch(
                 engines,
                 config,
@@ -161,6 +168,7 @@ class SlicesStrategy:
                 indices,
                 every_region,
                 cache.view.pixel_mm,
+                regions,
             )
 
         return step, engines.encoder.prepare

@@ -46,7 +46,7 @@ from salip.engines.everything_mode import Proposals
 from salip.io.slicing import display_slice
 from salip.strategies.assembly import empty_volume_mask, put_slice
 from salip.strategies.base import SliceEvidence, StrategyResult, WorkCounts
-from salip.strategies.cascade import Engines
+from salip.strategies.cascade import Engines, point_prompts, prompt_regions
 from salip.strategies.embedding_cache import DEFAULT_CAPACITY, EmbeddingCache
 from salip.strategies.key_tracks import HYPOTHESES, Track, link_tracks, organ_regions
 from salip.strategies.tracks import distance_from_track, gap_boxes
@@ -146,20 +146,21 @@ class VolumeStrategy:
         is calibrated on contrast probabilities."""
         tracks: dict[tuple[str, str | None], Track] = {}
         uncalibrated: set[str] = set()
-        grid = self.config.proposals.points_per_side**2
+        proposals_config = self.config.proposals
         for start in range(0, len(keys), self.batch_size):
             batch = keys[start : start + self.batch_size]
             images = [view.image(i) for i in batch]
             t = time.perf_counter()
             embeddings = cache.get(batch, images)
             t = self.timer.add("sam_encoder", t)
+            regions = prompt_regions(view, batch, proposals_config)
             proposals = [
                 area_filter(p, self.config.area, view.pixel_mm)
-                for p in self.engines.proposer.propose(embeddings)
+                for p in self.engines.proposer.propose(embeddings, regions)
             ]
             self.timer.add("proposals", t)
             counts.proposal_slices += len(batch)
-            counts.point_prompts += len(batch) * grid
+            counts.point_prompts += point_prompts(proposals_config, regions, view.display_shape)
             found = self.engines.recogniser.recognise(images, proposals, organs, batch)
             for index, props, recognition in zip(batch, proposals, found, strict=True):
                 for organ in organs:

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from salip.io import Volume
 from salip.io.orientation import AXES, display_pixel_mm, in_plane_axes, source_slice_indices
-from salip.io.slicing import slice_image
+from salip.io.slicing import BODY_HU, display_slice, slice_image
 
 __all__ = [
+    "BODY_FRACTION_8BIT",
+    "PROMPT_MARGIN_MM",
     "VolumeView",
 ]
+
+#: How far beyond the body's outline (mm) everything mode still seeds parts.
+PROMPT_MARGIN_MM = 5.0
+
+#: Outside CT, a pixel is body above this fraction of its slice's 99th-percentile 8-bit
+#: value: normalised MR background sits a few levels above 0, tissue tens above.
+BODY_FRACTION_8BIT = 0.1
 
 
 class VolumeView:
@@ -21,6 +31,8 @@ class VolumeView:
         volume8: ``volume`` mapped to uint8 (same shape).
         axis: slicing axis name ("axial", "coronal", "sagittal").
         body: bool per slice: whether the slice shows body (all True when not skipped).
+        modality: the image's modality; "ct" finds the body in HU (:data:`BODY_HU`), any
+            other (or None) in the 8-bit image (:data:`BODY_FRACTION_8BIT`).
 
     Attributes:
         count: number of slices along ``axis`` (1 for a 2D image).
@@ -34,8 +46,16 @@ class VolumeView:
         mask_shape: shape of a canonical organ mask (XxYxZ, or HxW for a 2D image).
     """
 
-    def __init__(self, volume: Volume, volume8: np.ndarray, axis: str, body: np.ndarray):
+    def __init__(
+        self,
+        volume: Volume,
+        volume8: np.ndarray,
+        axis: str,
+        body: np.ndarray,
+        modality: str | None = None,
+    ):
         self.volume, self.volume8, self.axis = volume, volume8, axis
+        self.modality = modality
         self.is_2d = volume.is_2d
         self.count = 1 if volume.is_2d else int(volume8.shape[AXES[axis]])
         if body.shape != (self.count,):
@@ -68,3 +88,20 @@ class VolumeView:
     def body_indices(self) -> list[int]:
         """Indices of the slices with body, in order."""
         return np.nonzero(self.body)[0].tolist()
+
+    def prompt_region(self, index: int) -> np.ndarray | None:
+        """HxW bool: where on display slice ``index`` everything mode seeds parts. The body
+        (above :data:`BODY_HU` for CT; otherwise above :data:`BODY_FRACTION_8BIT` of the
+        slice's 99th-percentile 8-bit value), its holes
+        (lungs, bowel gas) filled, grown by :data:`PROMPT_MARGIN_MM`; None for a 2D image,
+        where every pixel may be the subject."""
+        if self.is_2d:
+            return None
+        if self.modality == "ct":
+            body = display_slice(self.volume.data, False, self.axis, index) > BODY_HU
+        else:
+            image = display_slice(self.volume8, False, self.axis, index)
+            body = image > BODY_FRACTION_8BIT * np.percentile(image, 99)
+        body = ndimage.binary_fill_holes(body)
+        steps = max(1, round(PROMPT_MARGIN_MM / min(self.pixel_spacing)))
+        return ndimage.binary_dilation(body, iterations=steps)

@@ -46,7 +46,7 @@ def test_measure_unit_costs_tiny(tiny_sam_path):
         result["everything_s_per_slice"] / result["encoder_s_per_slice"]
     )
     assert result["device"] == "cpu" and result["precision"] == "fp32"
-    assert result["points_per_batch"] == 64 and result["box_prompts"] == 2
+    assert result["points_per_batch"] == 4 and result["box_prompts"] == 2
     assert result["weights"].startswith("not official") and result["image_size"] == 64
     assert result["encoder_s_per_slice_auto_batch"] is None
     line = markdown_line(result)

@@ -203,11 +203,23 @@ class SimulatedProposer:
     ) -> None:
         self.anatomy, self.noise, self.seed = anatomy, noise or NoiseConfig(), check_seed(seed)
 
-    def propose(self, embeddings: Sequence[SimulatedEmbedding]) -> list[Proposals]:
+    def propose(
+        self,
+        embeddings: Sequence[SimulatedEmbedding],
+        regions: Sequence[np.ndarray | None] | None = None,
+    ) -> list[Proposals]:
         """One :class:`~salip.engines.everything_mode.Proposals` per embedding: NxHxW bool masks,
         Nx4 float boxes XYXY in pixels (max corner inclusive), N predicted IoU, N stability,
-        Nx2 points (box centres)."""
-        return [self.propose_one(emb) for emb in embeddings]
+        Nx2 points (box centres). As SAM seeds a part only from a grid point inside the
+        region, a part that does not reach into its slice's region is dropped."""
+        out = [self.propose_one(emb) for emb in embeddings]
+        if regions is None:
+            return out
+        for i, region in enumerate(regions):
+            if region is not None and len(out[i]):
+                inside = torch.as_tensor(region).to(out[i].masks.device)
+                out[i] = out[i].select((out[i].masks & inside).flatten(1).any(1))
+        return out
 
     def propose_one(self, embedding: SimulatedEmbedding) -> Proposals:
         """The proposals of one slice (see :meth:`propose`)."""
