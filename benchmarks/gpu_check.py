@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 
 import salip
-from salip.apps.bench.devtime import hardware, peak_mb, reset_peak
+from salip.apps.bench.devtime import hardware, peak_mb, reset_peak, timed
 from salip.apps.bench.unit_costs import markdown_line, measure_unit_costs
 from salip.io import read_input
 from salip.io.writing import write_json
@@ -81,46 +80,38 @@ FULL = Sizes("cuda", "bf16", ("vit_b", "vit_h"), 512, 32, DATA / "example_ct_dic
 DRY = Sizes("cpu", "fp32", ("tiny",), 64, 4, DATA / "example_ct_sm.nii.gz", 2, 4, 4)
 
 
-def synthetic_ct(sizes: Sizes, folder: Path) -> Path:
+def tiled_ct(sizes: Sizes, folder: Path) -> Path:
     """The source volume's first ``max_slices`` canonical slices tiled ``tiles`` times
     along Z, as a RAS NIfTI of its voxel sizes (int16 HU)."""
     volume = read_input(sizes.volume)
     data = np.asarray(volume.data)[:, :, : sizes.max_slices]
     tiled = np.concatenate([data] * sizes.tiles, axis=2).astype(np.int16)
     affine = np.diag([*map(float, volume.spacing[:3]), 1.0])
-    path = folder / "synthetic_ct.nii.gz"
+    path = folder / "tiled_ct.nii.gz"
     nib.save(nib.Nifti1Image(tiled, affine), path)
     return path
 
 
 def random_models(sizes: Sizes, folder: Path) -> dict[str, str]:
     """A random-weight SAM checkpoint (vit_b, or the tests' tiny one for a dry run) and a
-    random CLIP ``local-dir:`` folder (ViT-B-16, or tiny)."""
-    if sizes.archs == ("tiny",):
-        sys.path.insert(0, str(REPO))
-        from tests.tiny_models import make_tiny_clip_dir, make_tiny_sam
+    random CLIP ``local-dir:`` folder (ViT-B-16, or tiny), written by the tests' model
+    builders (``tests/tiny_models.py``)."""
+    sys.path.insert(0, str(REPO))
+    from tests.tiny_models import make_tiny_clip_dir, make_tiny_sam
 
+    if sizes.archs == ("tiny",):
         sam = make_tiny_sam(folder / "sam_tiny.pth")
         clip = make_tiny_clip_dir(folder / "clip_tiny")
-        return {"sam_checkpoint": str(sam), "clip_model": f"local-dir:{clip}"}
-    import open_clip
+    else:
+        import open_clip
 
-    from salip.models.sam import OFFICIAL_ARCHS, build_sam
+        from salip.models.sam import OFFICIAL_ARCHS
 
-    torch.manual_seed(0)
-    sam_path = folder / "sam_vit_b_random.pth"
-    torch.save(build_sam(OFFICIAL_ARCHS["vit_b"]).state_dict(), sam_path)
-    clip_dir = folder / "clip_vit_b_16_random"
-    clip_dir.mkdir()
-    model = open_clip.create_model("ViT-B-16", pretrained=None)
-    preprocess = {
-        "mean": list(open_clip.OPENAI_DATASET_MEAN),
-        "std": list(open_clip.OPENAI_DATASET_STD),
-    }
-    config = {"model_cfg": open_clip.get_model_config("ViT-B-16"), "preprocess_cfg": preprocess}
-    (clip_dir / "open_clip_config.json").write_text(json.dumps(config))
-    torch.save(model.state_dict(), clip_dir / "open_clip_pytorch_model.bin")
-    return {"sam_checkpoint": str(sam_path), "clip_model": f"local-dir:{clip_dir}"}
+        sam = make_tiny_sam(folder / "sam_vit_b_random.pth", arch=OFFICIAL_ARCHS["vit_b"])
+        clip = make_tiny_clip_dir(
+            folder / "clip_vit_b_16_random", model_cfg=open_clip.get_model_config("ViT-B-16")
+        )
+    return {"sam_checkpoint": str(sam), "clip_model": f"local-dir:{clip}"}
 
 
 def unit_costs(sizes: Sizes, models: dict[str, str]) -> list[dict[str, Any]]:
@@ -148,19 +139,20 @@ def end_to_end(sizes: Sizes, path: Path, models: dict[str, str]) -> list[dict[st
     rows = []
     for strategy in ("slices", "volume"):
         reset_peak(sizes.device)
-        start = time.perf_counter()
-        result = salip.segment(
-            path,
-            organs="liver",
-            write=False,
-            strategy=strategy,
-            device=sizes.device,
-            precision=sizes.precision,
-            points_per_side=sizes.grid,
-            modality="ct",
-            **models,
+        wall, result = timed(
+            sizes.device,
+            lambda s=strategy: salip.segment(
+                path,
+                organs="liver",
+                write=False,
+                strategy=s,
+                device=sizes.device,
+                precision=sizes.precision,
+                points_per_side=sizes.grid,
+                modality="ct",
+                **models,
+            ),
         )
-        wall = time.perf_counter() - start
         report = result.report
         rows.append(
             {
@@ -213,7 +205,7 @@ def run(sizes: Sizes, out: Path) -> dict[str, Any]:
             "weights": "random (timing only)",
         }
         check["unit_costs"] = unit_costs(sizes, models)
-        check["end_to_end"] = end_to_end(sizes, synthetic_ct(sizes, folder), models)
+        check["end_to_end"] = end_to_end(sizes, tiled_ct(sizes, folder), models)
     check["wall_s"] = round(time.perf_counter() - started, 1)
     check["results_md"] = result_rows(check)
     write_json(out, check)

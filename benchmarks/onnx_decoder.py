@@ -28,7 +28,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,19 +35,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from salip.apps.bench.devtime import hardware
+from salip.apps.bench.devtime import hardware, timed
 from salip.models.sam import load_sam
 from salip.models.sam_runtime import decode_points_across, encode_images
 
 
 def _best(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    out = run()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = run()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+    """(fastest of ``repeats`` timed calls after a warm-up, the last result)."""
+    run()  # warm-up
+    times, outs = zip(*(timed("cpu", run) for _ in range(repeats)))
+    return min(times), outs[-1]
 
 
 def _iou(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
@@ -80,7 +76,7 @@ def measure(checkpoint: str, batch: int, repeats: int, size: int, seed: int) -> 
         "image_embeddings": embedding.features,
         "point_coords": coords,
         "point_labels": labels,
-        "mask_input": torch.zeros(1, 1, 256, 256),
+        "mask_input": torch.zeros(1, 1, *model.prompt_encoder.mask_input_size),
         "has_mask_input": torch.zeros(1),
         "orig_im_size": torch.tensor([float(size), float(size)]),
     }

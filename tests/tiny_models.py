@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,10 +42,11 @@ TINY_CLIP_CFG = {
 }
 
 
-def make_tiny_sam(path: Path, seed: int = 0) -> Path:
-    """Save a random-weight tiny SAM state dict (segment-anything format) to ``path``."""
+def make_tiny_sam(path: Path, seed: int = 0, arch: SamArch = TINY_SAM_ARCH) -> Path:
+    """Save a random-weight SAM state dict (segment-anything format) to ``path``: the tiny
+    test SAM, or any ``arch`` (an official one for timing at real size)."""
     torch.manual_seed(seed)
-    model = build_sam(TINY_SAM_ARCH)
+    model = build_sam(arch)
     # Non-zero relative-position and positional tables, so every parameter matters.
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -54,15 +56,19 @@ def make_tiny_sam(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def make_tiny_clip_dir(folder: Path, seed: int = 0) -> Path:
-    """Write an open_clip ``local-dir:`` folder (config + weights) for a tiny CLIP."""
+def make_tiny_clip_dir(
+    folder: Path, seed: int = 0, model_cfg: dict[str, Any] | None = None
+) -> Path:
+    """Write an open_clip ``local-dir:`` folder (config + random weights): the tiny test
+    CLIP, or the model of any open_clip ``model_cfg`` (e.g. ViT-B-16's, for timing)."""
     import open_clip
 
+    model_cfg = TINY_CLIP_CFG if model_cfg is None else model_cfg
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**TINY_CLIP_CFG)
+    model = open_clip.CLIP(**model_cfg)
     config = {
-        "model_cfg": TINY_CLIP_CFG,
+        "model_cfg": model_cfg,
         "preprocess_cfg": {
             "mean": [0.48145466, 0.4578275, 0.40821073],
             "std": [0.26862954, 0.26130258, 0.27577711],
