@@ -33,11 +33,6 @@ __all__ = [
 TISSUE_GRID = 4
 
 
-def _disk(radius: int) -> np.ndarray:
-    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
-    return x * x + y * y <= radius * radius
-
-
 def class_components(classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """8-connected components of every class of an HxW class-id slice.
 
