@@ -186,7 +186,8 @@ def test_segment_finishes_after_out_of_memory_with_the_same_masks(
     import salip.models.sam as sam_module
 
     path = _crop_ct(tmp_path, 10, 16)
-    options = _cascade_options(tiny_models)
+    # Out-of-memory recovery is torch's (a device's memory); ONNX Runtime runs on the CPU.
+    options = {**_cascade_options(tiny_models), "runtime": "torch"}
     clean = salip.segment(path, **options)
     load = sam_module.load_sam
     guards: list[list[int]] = []
@@ -247,7 +248,7 @@ def test_compiled_encoder_gives_the_same_masks(tmp_path, tiny_models, monkeypatc
 
 def test_auto_batch_sizes_on_cpu_are_the_fixed_defaults(tiny_models):
     """0 means auto: off CUDA, 4 slices per strategy batch, encoded one per encoder call,
-    and 4 prompts per decoder call."""
+    and 4 prompts per decoder call on torch, 16 on ONNX Runtime."""
     from salip.core.config import ProposalConfig
     from salip.engines.encoder import encoder_batch, slice_batch
     from salip.engines.everything_mode import decoder_batch
@@ -256,6 +257,9 @@ def test_auto_batch_sizes_on_cpu_are_the_fixed_defaults(tiny_models):
     assert SegmentConfig().proposals.points_per_batch == 0
     enc, dec = encoder_batch(0, "cpu"), decoder_batch(ProposalConfig(), "cpu")
     assert (enc.value, enc.calibrating, dec.value, dec.calibrating) == (1, False, 4, False)
+    onnx = decoder_batch(ProposalConfig(), "cpu", "onnx")
+    assert (onnx.value, onnx.calibrating) == (16, False)
+    assert decoder_batch(ProposalConfig(points_per_batch=5), "cpu", "onnx").value == 5
     assert slice_batch(0, "cpu") == 4 and slice_batch(7, "cpu") == 7
     assert encoder_batch(3, "cpu").value == 3
     with pytest.raises(ConfigError, match="0 .auto. or more"):
@@ -332,10 +336,13 @@ def test_fused_attention_encoder_equals_segment_anything(tiny_sam_path):
         fused = fast_encoder(model)(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             fused_bf16 = fast_encoder(model)(x).float()
+        # Global attention a few query rows at a time (ONNX export): 16 rows as 5+5+5+1.
+        chunked = SdpaImageEncoder(model.image_encoder, query_rows=5)(x)
     assert isinstance(fast_encoder(model), SdpaImageEncoder) and fast_encoder(
         model
     ) is fast_encoder(model)
     torch.testing.assert_close(fused, stock, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(chunked, stock, rtol=1e-4, atol=1e-4)
     cos = torch.nn.functional.cosine_similarity(fused_bf16.flatten(), stock.flatten(), 0)
     assert cos > 0.99
     assert type(model.image_encoder).__name__ == "ImageEncoderViT"

@@ -110,14 +110,18 @@ def load_models(config: ModelConfig, *, clip: bool) -> Models:
     """Load SAM, and CLIP when ``clip``, on ``config.device`` (resolved)."""
     from salip.models.clip import load_clip
     from salip.models.device import resolve_device
+    from salip.models.precision import resolve_precision
     from salip.models.sam import load_sam
+    from salip.models.sam_onnx import resolve_runtime
 
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     sam = load_sam(
         config.sam_checkpoint,
         device=device,
         model_type=config.sam_model_type,
         preprocess=config.sam_preprocess,
+        runtime=resolve_runtime(config.runtime, device, precision, config.compile),
     )
     loaded = None
     if clip:

@@ -129,6 +129,13 @@ class ModelConfig:
         "torch.compile the SAM image encoder: the first batch of each slice size is slow "
         "(compilation, tens of seconds), later ones faster. Off by default.",
     )
+    runtime: str = option(
+        "auto",
+        "What runs SAM's image encoder and everything-mode decoder: torch, or onnx (ONNX "
+        "Runtime, CPU and fp32 only; graphs exported once per checkpoint into "
+        "SALIP_HOME/onnx). auto: onnx on the CPU at fp32 without --compile, else torch.",
+        choices=("auto", "torch", "onnx"),
+    )
 
 
 @dataclass(frozen=True)
@@ -242,9 +249,10 @@ class ProposalConfig:
     points_per_side: int = option(32, "Point grid size per side (points_per_side**2 prompts).")
     points_per_batch: int = option(
         0,
-        "Point prompts per SAM decoder call; calls span slices. 0 (auto): 4 on CPU (each "
-        "prompt decodes over its own copy of the image embedding, and a few at a time stay "
-        "in the CPU's cache: 1.8x faster than segment-anything's 64); on CUDA as many as fit "
+        "Point prompts per SAM decoder call; calls span slices. 0 (auto): on CPU 16 with "
+        "--runtime onnx, 4 with torch (each prompt decodes over its own copy of the image "
+        "embedding, and a few at a time stay in the CPU's cache: 1.8x faster than "
+        "segment-anything's 64); on CUDA as many as fit "
         "in free GPU memory, measured on the first call, up to 4096. Halved on "
         "out-of-memory. Masks do not depend on it.",
     )

@@ -82,7 +82,8 @@ class Encoder(Protocol):
 
 
 class SamEncoder:
-    """SAM's image encoder (see :class:`Encoder`).
+    """SAM's image encoder (see :class:`Encoder`), on ONNX Runtime when the model was
+    loaded with it (``LoadedSam.onnx``), else on torch.
 
     Args:
         sam: the loaded SAM.
@@ -118,12 +119,13 @@ class SamEncoder:
         indices: Sequence[int] | None = None,
     ) -> list[ImageEmbedding]:
         model = self.sam.model
+        onnx = self.sam.onnx
         return encode_images(
             model,
             images,
             self.batch,
             precision=self.precision,
-            encoder=fast_encoder(model, compile=self.compile),
+            encoder=fast_encoder(model, compile=self.compile) if onnx is None else onnx.encoder,
             resized=prepared,
             preprocess=self.sam.preprocess,
         )

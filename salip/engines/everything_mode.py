@@ -24,6 +24,7 @@ __all__ = [
     "AUTO_PROMPTS",
     "AUTO_PROMPTS_CAP",
     "AUTO_PROMPTS_CPU",
+    "AUTO_PROMPTS_ONNX",
     "decoder_batch",
     "generate_proposals",
     "generate_proposals_batch",
@@ -40,6 +41,11 @@ AUTO_PROMPTS = 64
 #: decoder on a 2-core AMD EPYC (32 MB L3), everything mode per prompt: 81 ms at 2, 75 at
 #: 4, 102 at 8, 136 at 64 (benchmarks/RESULTS.md, "Everything mode on CPU").
 AUTO_PROMPTS_CPU = 4
+#: Auto ``points_per_batch`` for ONNX Runtime's decoder (``--runtime onnx``, CPU): its
+#: graph does not copy the embedding per prompt, and the same decoder and CPU took 48.7 ms
+#: per prompt at 4 per call, 45.7 at 8, 42.5 at 16 and 47.7 at 32 (RESULTS.md, "ONNX
+#: Runtime against torch").
+AUTO_PROMPTS_ONNX = 16
 #: The most point prompts an auto-sized decoder call may take (GPU memory permitting).
 AUTO_PROMPTS_CAP = 4096
 
@@ -126,6 +132,7 @@ def generate_proposals_batch(
     config: ProposalConfig,
     batch: BatchSize | None = None,
     regions: Sequence[np.ndarray | None] | None = None,
+    runtime: Any = None,
 ) -> list[Proposals]:
     """Everything-mode proposals for several embedded slices, decoded together.
 
@@ -144,6 +151,8 @@ def generate_proposals_batch(
         regions: per embedding, an HxW bool array at the slice's original size: only the
             grid points inside it are decoded (:func:`grid_points`); None (for all, or
             for one slice): the whole grid, as the reference generator.
+        runtime: the mask decoder's ONNX Runtime session (``LoadedSam.onnx``), or None
+            for torch.
 
     Returns:
         One :class:`Proposals` per embedding, in order, each sorted by predicted IoU.
@@ -155,7 +164,7 @@ def generate_proposals_batch(
         groups.setdefault((emb.input_size, emb.original_size, emb.preprocess), []).append(i)
     if batch is None:
         device = embeddings[0].features.device if embeddings else torch.device("cpu")
-        batch = decoder_batch(config, device)
+        batch = decoder_batch(config, device, "torch" if runtime is None else "onnx")
     out: list[Proposals | None] = [None] * len(embeddings)
     for members in groups.values():
         for i, props in zip(
@@ -166,19 +175,23 @@ def generate_proposals_batch(
                 config,
                 batch,
                 [None if regions is None else regions[i] for i in members],
+                runtime,
             ),
         ):
             out[i] = props
     return out  # type: ignore[return-value]
 
 
-def decoder_batch(config: ProposalConfig, device: str | torch.device) -> BatchSize:
+def decoder_batch(
+    config: ProposalConfig, device: str | torch.device, runtime: str = "torch"
+) -> BatchSize:
     """Prompts per decoder call from ``config.points_per_batch`` (0: auto, see
-    :mod:`salip.models.memory`: :data:`AUTO_PROMPTS_CPU` off CUDA; on CUDA measured)."""
+    :mod:`salip.models.memory`: off CUDA :data:`AUTO_PROMPTS_CPU`, or
+    :data:`AUTO_PROMPTS_ONNX` when ``runtime`` is "onnx"; on CUDA measured)."""
     return BatchSize.from_setting(
         config.points_per_batch,
         device,
-        default=AUTO_PROMPTS_CPU,
+        default=AUTO_PROMPTS_ONNX if runtime == "onnx" else AUTO_PROMPTS_CPU,
         probe=AUTO_PROMPTS,
         cap=AUTO_PROMPTS_CAP,
     )
@@ -216,6 +229,7 @@ def _proposals_same_size(
     config: ProposalConfig,
     batch: BatchSize,
     regions: Sequence[np.ndarray | None],
+    runtime: Any,
 ) -> list[Proposals]:
     from segment_anything.utils.amg import MaskData
     from torchvision.ops import batched_nms
@@ -239,7 +253,7 @@ def _proposals_same_size(
         pts = all_points[start : start + n]
         owner = all_owner[start : start + n]
         part = batch.attempt(
-            lambda: _decode_and_filter(sam, features, owner, pts, first, config),  # noqa: B023
+            lambda: _decode_and_filter(sam, features, owner, pts, first, config, runtime),  # noqa: B023
             len(pts),
             device,
             "decoding",
@@ -290,6 +304,7 @@ def _decode_and_filter(
     pts: torch.Tensor,
     first: ImageEmbedding,
     config: ProposalConfig,
+    runtime: Any = None,
 ) -> Any:
     """One decoder call's masks after the IoU and stability filters, as a ``MaskData``."""
     from segment_anything.utils.amg import MaskData, batched_mask_to_box, calculate_stability_score
@@ -303,6 +318,7 @@ def _decode_and_filter(
         first.input_size,
         first.original_size,
         first.preprocess,
+        runtime,
     )
     n_out = logits.shape[1]
     part = MaskData(

@@ -53,7 +53,7 @@ class SamProposer:
     def __init__(self, sam: LoadedSam, config: ProposalConfig, device: str) -> None:
         self.sam, self.config = sam, config
         # Halved for the rest of the run if the device runs out of memory.
-        self.batch = decoder_batch(config, device)
+        self.batch = decoder_batch(config, device, sam.runtime)
 
     @torch.no_grad()
     def propose(
@@ -62,5 +62,5 @@ class SamProposer:
         regions: Sequence[np.ndarray | None] | None = None,
     ) -> list[Proposals]:
         return generate_proposals_batch(
-            self.sam.model, embeddings, self.config, self.batch, regions
+            self.sam.model, embeddings, self.config, self.batch, regions, self.sam.onnx
         )

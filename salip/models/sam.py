@@ -14,11 +14,14 @@ import zipfile
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from salip.core.errors import ModelError, one_line
+from salip.core.errors import ConfigError, ModelError, one_line
 from salip.models.registry import SAM_CHECKPOINTS, cached_checkpoint, checkpoint_dir
 from salip.models.sam_preprocess import SAM_PREPROCESS, SamPreprocess, get_preprocess
+
+if TYPE_CHECKING:
+    from salip.models.sam_onnx import OnnxSam
 
 __all__ = [
     "DECODER_NUM_HEADS",
@@ -100,6 +103,8 @@ class LoadedSam:
         preprocess: how the checkpoint's family wants its input
             (:mod:`salip.models.sam_preprocess`); every encoder call uses it.
         preprocess_from: why that profile (the flag, the file's hash or name, the default).
+        onnx: the encoder and point decoder on ONNX Runtime (:mod:`salip.models.sam_onnx`),
+            or None to run them on torch.
     """
 
     model: Any
@@ -107,6 +112,12 @@ class LoadedSam:
     path: Path
     preprocess: SamPreprocess = SAM_PREPROCESS
     preprocess_from: str = "default"
+    onnx: OnnxSam | None = None
+
+    @property
+    def runtime(self) -> str:
+        """ "onnx" when the encoder and point decoder run on ONNX Runtime, else "torch"."""
+        return "torch" if self.onnx is None else "onnx"
 
     def identity(self) -> dict[str, Any]:
         """JSON-ready description for reports."""
@@ -116,6 +127,7 @@ class LoadedSam:
             **asdict(self.arch),
             "preprocess": self.preprocess.name,
             "preprocess_from": self.preprocess_from,
+            "runtime": self.runtime,
         }
 
 
@@ -441,14 +453,21 @@ def _load_weights(model: Any, state: dict[str, Any], arch: SamArch, path: Path) 
 
 
 def load_sam(
-    spec: str, *, device: str = "cpu", model_type: str | None = None, preprocess: str = "auto"
+    spec: str,
+    *,
+    device: str = "cpu",
+    model_type: str | None = None,
+    preprocess: str = "auto",
+    runtime: str = "torch",
 ) -> LoadedSam:
     """Load a SAM checkpoint (file path or official name) onto ``device``.
 
     The file is read with ``torch.load(weights_only=True, map_location="cpu")``, so a
     checkpoint saved on a GPU loads on a CPU-only machine, and a file cannot run code.
     ``preprocess`` names the input profile (``sam``, ``medsam``), or ``auto`` to choose it
-    from the checkpoint (:func:`choose_preprocess`).
+    from the checkpoint (:func:`choose_preprocess`). ``runtime`` is ``torch``, or ``onnx``
+    (resolved by :func:`~salip.models.sam_onnx.resolve_runtime`) to also open the model's
+    ONNX Runtime graphs, exporting them to the cache first when missing.
 
     Raises:
         ModelError: missing, unreadable or non-SAM file, or a ``model_type`` that does not
@@ -484,4 +503,11 @@ def load_sam(
         "loaded SAM %s from %s on %s; %s preprocessing (%s)",
         arch.name, path, device, profile.name, reason,
     )  # fmt: skip
-    return LoadedSam(model=model, arch=arch, path=path, preprocess=profile, preprocess_from=reason)
+    onnx = None
+    if runtime == "onnx":
+        from salip.models.sam_onnx import load_onnx_sam
+
+        onnx = load_onnx_sam(model, path)
+    elif runtime != "torch":
+        raise ConfigError(f"unknown SAM runtime '{runtime}'; use torch or onnx.")
+    return LoadedSam(model, arch, path, profile, reason, onnx)

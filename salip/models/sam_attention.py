@@ -32,12 +32,16 @@ def supports_sdpa(encoder: nn.Module) -> bool:
     return type(encoder) is ImageEncoderViT
 
 
-def _attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _attention(attn: nn.Module, x: torch.Tensor, query_rows: int | None = None) -> torch.Tensor:
     """segment-anything ``Attention.forward`` with fused attention.
 
     Args:
         attn: the block's ``Attention`` module (its weights are used).
         x: BxHxWxC tokens (a window, or the whole grid for global blocks).
+        query_rows: attend for this many rows of queries at a time (all when None). Each
+            query's softmax is its own, so the result is the same; only the largest
+            intermediate (the scores and relative-position terms, B·heads x rows·W x H·W)
+            shrinks, for runtimes that materialise it (ONNX Runtime).
 
     Returns:
         BxHxWxC tokens.
@@ -47,7 +51,7 @@ def _attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     b, h, w, _ = x.shape
     qkv = attn.qkv(x).reshape(b, h * w, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.reshape(3, b * attn.num_heads, h * w, -1).unbind(0)
-    bias = None
+    rel_h = rel_w = None
     if attn.use_rel_pos:
         # add_decomposed_rel_pos's terms, from the unscaled queries, as an additive mask.
         rh = get_rel_pos(h, h, attn.rel_pos_h)
@@ -55,16 +59,25 @@ def _attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         r_q = q.reshape(b * attn.num_heads, h, w, -1)
         rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rh)
         rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw)
-        bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(
-            b * attn.num_heads, h * w, h * w
-        )
-        bias = bias.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
+    step = h if query_rows is None else max(1, min(query_rows, h))
+    outs = []
+    for top in range(0, h, step):
+        rows = min(step, h - top)
+        bias = None
+        if rel_h is not None and rel_w is not None:
+            part_h, part_w = rel_h[:, top : top + rows], rel_w[:, top : top + rows]
+            bias = (part_h[:, :, :, :, None] + part_w[:, :, :, None, :]).reshape(
+                b * attn.num_heads, rows * w, h * w
+            )
+            bias = bias.to(q.dtype)
+        q_part = q[:, top * w : (top + rows) * w]
+        outs.append(F.scaled_dot_product_attention(q_part, k, v, attn_mask=bias, scale=attn.scale))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
     out = out.view(b, attn.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
     return attn.proj(out)
 
 
-def _block(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _block(blk: nn.Module, x: torch.Tensor, query_rows: int | None = None) -> torch.Tensor:
     """segment-anything ``Block.forward`` with :func:`_attention`."""
     from segment_anything.modeling.image_encoder import window_partition, window_unpartition
 
@@ -73,7 +86,7 @@ def _block(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if blk.window_size > 0:
         h, w = x.shape[1], x.shape[2]
         x, pad_hw = window_partition(x, blk.window_size)
-    x = _attention(blk.attn, x)
+    x = _attention(blk.attn, x, query_rows)
     if blk.window_size > 0:
         x = window_unpartition(x, blk.window_size, pad_hw, (h, w))
     x = shortcut + x
@@ -85,12 +98,15 @@ class SdpaImageEncoder(nn.Module):
 
     Args:
         encoder: segment-anything ``ImageEncoderViT`` (shared, not copied).
+        query_rows: global attention takes this many rows of queries at a time (see
+            :func:`_attention`); None: all at once.
     """
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: nn.Module, query_rows: int | None = None):
         super().__init__()
         self.encoder = encoder
         self.img_size = encoder.img_size
+        self.query_rows = query_rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Bx3xSxS normalised, padded images -> BxCx(S/16)x(S/16) embeddings."""
@@ -99,5 +115,5 @@ class SdpaImageEncoder(nn.Module):
         if enc.pos_embed is not None:
             x = x + enc.pos_embed
         for blk in enc.blocks:
-            x = _block(blk, x)
+            x = _block(blk, x, self.query_rows)
         return enc.neck(x.permute(0, 3, 1, 2))

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-__all__ = ["predict_masks_shared"]
+__all__ = ["predict_masks_shared", "predict_masks_slice"]
 
 
 def _attend(
@@ -81,21 +81,62 @@ def predict_masks_shared(
     Returns:
         (low-resolution mask logits Nx(1+M)x4hx4w, predicted IoU Nx(1+M)); M multimask outputs.
     """
-    n = sparse.shape[0]
-    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
-    _, c, h, w = features.shape
+    tokens = _prompt_tokens(decoder, sparse)
     pe = image_pe.flatten(2).permute(0, 2, 1)
-    transformer = decoder.transformer
+    first = decoder.transformer.layers[0]
     queries, keys = [], []
+    n = sparse.shape[0]
     cuts = torch.nonzero(owner[1:] != owner[:-1]).flatten() + 1
     for start, end in zip([0, *cuts.tolist()], [*cuts.tolist(), n]):
         slice_index = int(owner[start])
-        src = (features[slice_index : slice_index + 1] + dense[:1]).flatten(2).permute(0, 2, 1)
-        q, k = _first_layer(transformer.layers[0], tokens[start:end], src, pe)
+        src = _image_tokens(features[slice_index : slice_index + 1], dense)
+        q, k = _first_layer(first, tokens[start:end], src, pe)
         queries.append(q)
         keys.append(k)
-    q, k = torch.cat(queries), torch.cat(keys)
+    return _after_first_layer(decoder, torch.cat(queries), torch.cat(keys), tokens, pe, features)
+
+
+def predict_masks_slice(
+    decoder: torch.nn.Module,
+    features: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse: torch.Tensor,
+    dense: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`predict_masks_shared` for prompts of one slice: ``features`` 1xCxhxw, the
+    rest as there. Free of data-dependent control flow, so it traces (the ONNX export of
+    :mod:`salip.models.sam_onnx`)."""
+    tokens = _prompt_tokens(decoder, sparse)
+    pe = image_pe.flatten(2).permute(0, 2, 1)
+    src = _image_tokens(features, dense)
+    q, k = _first_layer(decoder.transformer.layers[0], tokens, src, pe)
+    return _after_first_layer(decoder, q, k, tokens, pe, features)
+
+
+def _prompt_tokens(decoder: torch.nn.Module, sparse: torch.Tensor) -> torch.Tensor:
+    """The output tokens (IoU, masks) before each prompt's sparse embeddings: NxTxC."""
+    n = sparse.shape[0]
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    return torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
+
+
+def _image_tokens(features: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """One slice's image tokens, 1xHWxC: its 1xCxhxw embedding plus the dense prompt."""
+    return (features + dense[:1]).flatten(2).permute(0, 2, 1)
+
+
+def _after_first_layer(
+    decoder: torch.nn.Module,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    tokens: torch.Tensor,
+    pe: torch.Tensor,
+    features: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder from its second layer on, as upstream's ``predict_masks``."""
+    transformer = decoder.transformer
+    n = q.shape[0]
+    _, c, h, w = features.shape
     for layer in transformer.layers[1:]:
         q, k = layer(queries=q, keys=k, query_pe=tokens, key_pe=pe)
     attn_out = transformer.final_attn_token_to_image(q=q + tokens, k=k + pe, v=k)

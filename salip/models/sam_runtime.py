@@ -328,6 +328,7 @@ def decode_points_across(
     input_size: tuple[int, int],
     original_size: tuple[int, int],
     preprocess: SamPreprocess = SAM_PREPROCESS,
+    runtime: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode single-point prompts that belong to different slices, in one decoder call.
 
@@ -344,6 +345,8 @@ def decode_points_across(
         input_size: (H', W') of the slices inside the encoder input.
         original_size: (H, W) of the slices.
         preprocess: the profile the slices were encoded with.
+        runtime: a :class:`~salip.models.sam_onnx.OnnxSam` to run the mask decoder on
+            (``LoadedSam.onnx``); None: torch.
 
     Returns:
         (logits NxMxHxW at the original size, predicted IoU NxM); M multimask outputs.
@@ -351,14 +354,17 @@ def decode_points_across(
     coords = preprocess.coords(points, original_size, sam.image_encoder.img_size)
     labels = torch.ones(coords.shape[:2], dtype=torch.int, device=coords.device)
     sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-    low_res, iou = predict_masks_shared(
-        sam.mask_decoder,
-        features,
-        owner.to(features.device),
-        sam.prompt_encoder.get_dense_pe(),
-        sparse,
-        dense,
-    )
+    if runtime is not None:
+        low_res, iou = runtime.predict_masks(features, owner, sparse)
+    else:
+        low_res, iou = predict_masks_shared(
+            sam.mask_decoder,
+            features,
+            owner.to(features.device),
+            sam.prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+        )
     # MaskDecoder.forward's multimask selection: drop the single-mask output.
     low_res, iou = low_res[:, 1:], iou[:, 1:]
     logits = preprocess.masks(sam, low_res, input_size, original_size)

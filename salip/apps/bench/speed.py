@@ -11,7 +11,8 @@ component filter), and both read the NIfTI file and write the mask inside their 
     (the slice encoded a second time) and one ``predict`` per box prompt. Always fp32.
 (B) **salip**: :func:`salip.segment` with the loaded models (batched encoder, embeddings
     reused for the box prompts, text embedded once, body-less slices skipped, the chosen
-    ``--precision``).
+    ``--precision`` and ``--runtime``: on CPU at fp32 the encoder and everything mode run
+    on ONNX Runtime unless ``--runtime torch``).
 
 Models are loaded once, outside both timings, and both sides are warmed up on one slice.
 The agreement is the mean IoU between A's and B's masks over the slices B segmented where
@@ -57,6 +58,7 @@ from salip.models.device import resolve_device
 from salip.models.precision import resolve_precision
 from salip.models.registry import SAM_CHECKPOINTS
 from salip.models.sam import load_sam
+from salip.models.sam_onnx import resolve_runtime
 from salip.models.sam_runtime import encode_images
 from salip.strategies.assembly import put_slice
 from salip.version import __version__
@@ -342,8 +344,14 @@ def _prepare(
     del probe
 
     m = config.models
+    # B runs on the run's runtime (auto: ONNX Runtime on CPU); A uses the torch model.
+    runtime = resolve_runtime(m.runtime, device, precision, m.compile)
     sam = load_sam(
-        m.sam_checkpoint, device=device, model_type=m.sam_model_type, preprocess=m.sam_preprocess
+        m.sam_checkpoint,
+        device=device,
+        model_type=m.sam_model_type,
+        preprocess=m.sam_preprocess,
+        runtime=runtime,
     )
     clip = load_clip(m.clip_model, m.clip_pretrained, device=device, quick_gelu=m.clip_quick_gelu)
     prompts = load_prompts(target, modality, config.scoring.prompts_dir)
@@ -472,6 +480,8 @@ def _result_dict(
         "gpu": machine["gpu"],
         "cpu_threads": machine["cpu_threads"],
         "precision": s.precision,
+        "runtime": s.sam.runtime,
+        "reference_runtime": "torch",
         "reference_precision": "fp32",
         "sam_checkpoint": str(checkpoint),
         "sam_checkpoint_sha256": sha,

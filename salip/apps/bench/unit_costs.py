@@ -25,7 +25,9 @@ import datetime as dt
 import logging
 import os
 import statistics
+import tempfile
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,7 @@ from salip.models.device import resolve_device
 from salip.models.precision import resolve_precision
 from salip.models.registry import SAM_CHECKPOINTS
 from salip.models.sam import load_sam
+from salip.models.sam_onnx import open_onnx_sam, resolve_runtime
 from salip.models.sam_runtime import encode_images, fast_encoder
 from salip.version import __version__
 
@@ -69,6 +72,7 @@ class _Model:
     weights: str
     checkpoint: str | None = None
     sha256: str | None = None
+    onnx: Any = None  # salip.models.sam_onnx.OnnxSam, for runtime "onnx"
 
 
 @dataclass(frozen=True)
@@ -109,23 +113,29 @@ def _check(
 
 
 def _load_model(
-    sam_checkpoint: str | None, model_type: str | None, device: str, seed: int
+    sam_checkpoint: str | None, model_type: str | None, device: str, seed: int, runtime: str
 ) -> _Model:
     """A random-weight SAM of ``model_type`` (no checkpoint), or the checkpoint through
-    salip's loader (``model_type`` then checks the file's architecture, None skips it)."""
+    salip's loader (``model_type`` then checks the file's architecture, None skips it).
+    ``runtime`` "onnx" also opens its ONNX Runtime graphs: a checkpoint's from the cache,
+    a random model's exported to a temporary folder."""
     if sam_checkpoint is None:
         from segment_anything import sam_model_registry
 
         kind = model_type or "vit_b"
         torch.manual_seed(seed)
         model = sam_model_registry[kind](checkpoint=None).eval().to(device)
-        return _Model(model, kind, "random")
+        onnx = None
+        if runtime == "onnx":
+            with tempfile.TemporaryDirectory(prefix="salip-onnx-") as folder:
+                onnx = open_onnx_sam(model, Path(folder) / "graphs", torch.get_num_threads())
+        return _Model(model, kind, "random", onnx=onnx)
 
-    loaded = load_sam(sam_checkpoint, device=device, model_type=model_type)
+    loaded = load_sam(sam_checkpoint, device=device, model_type=model_type, runtime=runtime)
     sha = file_sha256(loaded.path)
     official = next((name for name, info in SAM_CHECKPOINTS.items() if info.sha256 == sha), None)
     weights = f"official {official}" if official else f"not official ({loaded.arch.name})"
-    return _Model(loaded.model, loaded.arch.name, weights, str(loaded.path), sha)
+    return _Model(loaded.model, loaded.arch.name, weights, str(loaded.path), sha, loaded.onnx)
 
 
 def phantom_slices(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
@@ -172,15 +182,17 @@ def _encoder_auto_batch(
 
 
 def _measure_slices(
-    sam: Any, images: list[np.ndarray], device: str, precision: str, config: Any, seed: int
+    loaded: _Model, images: list[np.ndarray], device: str, precision: str, config: Any, seed: int
 ) -> tuple[_Samples, int, int]:
     """Warm up, then time the three units on every slice.
 
     Returns:
         (the samples, the decoder's points per batch, the box prompts per slice).
     """
-    encoder = fast_encoder(sam)
-    batch = decoder_batch(config.proposals, device)  # kept across slices, as salip does
+    sam, onnx = loaded.model, loaded.onnx
+    encoder = fast_encoder(sam) if onnx is None else onnx.encoder
+    runtime = "torch" if onnx is None else "onnx"
+    batch = decoder_batch(config.proposals, device, runtime)  # kept across slices, as salip
     boxes = _boxes(config.box_prompts, images[0].shape[0], seed)
     stacked = torch.cat(boxes)
 
@@ -190,7 +202,7 @@ def _measure_slices(
     # Warm-up: one encoder call, one decoder call (on CUDA it sizes the decoder batch).
     first = encode(images[0])
     warm = replace(config.proposals, points_per_side=min(8, config.proposals.points_per_side))
-    generate_proposals_batch(sam, [first], warm, batch)
+    generate_proposals_batch(sam, [first], warm, batch, runtime=onnx)
     refine_with_boxes(sam, first, boxes[0])
     sync(device)
     samples = _Samples()
@@ -199,7 +211,9 @@ def _measure_slices(
         samples.encoder.append(seconds)
         seconds, props = timed(
             device,
-            lambda e=embedding: generate_proposals_batch(sam, [e], config.proposals, batch)[0],
+            lambda e=embedding: generate_proposals_batch(
+                sam, [e], config.proposals, batch, runtime=onnx
+            )[0],
         )
         samples.everything.append(seconds)
         samples.proposals.append(len(props))
@@ -234,6 +248,7 @@ def measure_unit_costs(
     seed: int = 0,
     pred_iou_thresh: float | None = None,
     stability_score_thresh: float | None = None,
+    runtime: str = "auto",
 ) -> dict[str, Any]:
     """Measure SAM's unit costs (seconds) on ``slices`` synthetic slices; return a result dict.
 
@@ -253,6 +268,8 @@ def measure_unit_costs(
         seed: seeds the random weights, the phantom and the boxes.
         pred_iou_thresh, stability_score_thresh: everything-mode filters (None: salip's
             defaults, 0.88 and 0.95).
+        runtime: what runs the encoder and the everything-mode decoder: "torch", "onnx"
+            or "auto", as ``salip segment --runtime`` (box prompts run on torch).
 
     Returns:
         JSON-ready dict: ``encoder_s_per_slice``, ``everything_s_per_slice``,
@@ -271,20 +288,19 @@ def measure_unit_costs(
     _check(model_type, slices, image_size, points_per_side, box_prompts)
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
+    runtime = resolve_runtime(runtime, device, precision, False)
     filters = {"pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh}
     proposals = ProposalConfig(
         points_per_side=points_per_side, **{k: v for k, v in filters.items() if v is not None}
     )
     config = _Config(proposals, box_prompts)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # others' CPU use
-    sam = _load_model(sam_checkpoint, model_type, device, seed)
+    sam = _load_model(sam_checkpoint, model_type, device, seed, runtime)
     images = phantom_slices(slices, image_size, seed)
     logger.info(
         "measuring %s (%s weights) on %s, %s", sam.model_type, sam.weights, device, precision
     )
-    samples, per_batch, n_boxes = _measure_slices(
-        sam.model, images, device, precision, config, seed
-    )
+    samples, per_batch, n_boxes = _measure_slices(sam, images, device, precision, config, seed)
     auto = (None, None)
     if device.startswith("cuda"):
         auto = _encoder_auto_batch(sam.model, images, device, precision)
@@ -325,6 +341,7 @@ def _result(
         "stability_score_thresh": proposals.stability_score_thresh,
         "box_prompts": n_boxes,
         "precision": precision,
+        "runtime": "torch" if sam.onnx is None else "onnx",
         "encoder_s_per_slice": encoder,
         "everything_s_per_slice": everything,
         "box_s_per_prompt": statistics.median(samples.box),
@@ -347,7 +364,8 @@ def markdown_line(result: dict[str, Any]) -> str:
     """One row for a unit-cost table in ``benchmarks/RESULTS.md``.
 
     Columns: date | hardware | torch | SAM (weights) | slice px | grid (per batch) |
-    precision | encoder s/slice | everything s/slice | box s/prompt | everything/encoder.
+    precision (and runtime) | encoder s/slice | everything s/slice | box s/prompt |
+    everything/encoder.
     """
     auto = ""
     if result.get("encoder_s_per_slice_auto_batch") is not None:
@@ -359,7 +377,8 @@ def markdown_line(result: dict[str, Any]) -> str:
     return (
         f"| {result['date'][:10]} | {result['hardware']} | torch {result['torch']} | "
         f"{result['model_type']} ({result['weights']}) | {result['image_size']} | {grid} | "
-        f"{result['precision']} | {result['encoder_s_per_slice']:.4g}{auto} | "
+        f"{result['precision']}, {result.get('runtime', 'torch')} | "
+        f"{result['encoder_s_per_slice']:.4g}{auto} | "
         f"{result['everything_s_per_slice']:.4g} | {result['box_s_per_prompt']:.4g} | "
         f"{result['everything_over_encoder']:.3g} |"
     )

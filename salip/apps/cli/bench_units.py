@@ -51,6 +51,14 @@ def add_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         default="auto",
         help="Encoder precision: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.",
     )
+    units.add_argument(
+        "--runtime",
+        default="auto",
+        choices=("auto", "torch", "onnx"),
+        help="What runs the encoder and the everything-mode decoder, as `salip segment "
+        "--runtime`: torch, onnx (ONNX Runtime, CPU fp32), or auto (onnx on CPU at fp32, "
+        "else torch). Box prompts run on torch. Default: auto.",
+    )
     units.add_argument("--slices", type=int, default=3, help="Slices timed (default: 3).")
     units.add_argument(
         "--image-size", type=int, default=512, help="Slice side in pixels (default: 512)."
@@ -91,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh,
+        runtime=args.runtime,
     )
     if args.json:
         write_json(Path(args.json), result)
@@ -107,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         "model_type",
         "weights",
         "precision",
+        "runtime",
         "points_per_batch",
     )
     for key in keys:

@@ -26,6 +26,7 @@ KEYS = {
     "points_per_side",
     "points_per_batch",
     "precision",
+    "runtime",
 }
 
 
@@ -46,11 +47,13 @@ def test_measure_unit_costs_tiny(tiny_sam_path):
         result["everything_s_per_slice"] / result["encoder_s_per_slice"]
     )
     assert result["device"] == "cpu" and result["precision"] == "fp32"
-    assert result["points_per_batch"] == 4 and result["box_prompts"] == 2
+    # The default runtime on CPU at fp32 is ONNX Runtime, at 16 prompts per decoder call.
+    assert result["runtime"] == "onnx" and result["points_per_batch"] == 16
+    assert result["box_prompts"] == 2
     assert result["weights"].startswith("not official") and result["image_size"] == 64
     assert result["encoder_s_per_slice_auto_batch"] is None
     line = markdown_line(result)
-    assert line.startswith("| ") and line.endswith(" |")
+    assert line.startswith("| ") and line.endswith(" |") and "| fp32, onnx |" in line
     for key in COSTS:
         assert f"{result[key]:.4g}" in line
 
