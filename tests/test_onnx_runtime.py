@@ -199,3 +199,16 @@ def test_the_engines_use_the_runtime_the_model_was_loaded_with(tiny_sam_path, mo
     monkeypatch.setattr(sam.onnx, "encoder", lambda x: calls.append(x.shape) or real(x))
     (embedding,) = SamEncoder(sam, BatchSize(1)).encode([_slice(4)])
     assert calls == [(1, 3, 256, 256)] and embedding.features.shape[0] == 1
+
+
+def test_the_proposals_command_runs_on_the_chosen_runtime(tmp_path, tiny_models):
+    from salip.api.pipeline import propose
+
+    image = require_data(TOTALSEG / "example_ct_sm.nii.gz")
+    options = {**tiny_models, "points_per_side": 4, "pred_iou_thresh": 0.0}
+    options["stability_score_thresh"] = 0.0
+    ours, info = propose(image, slice_index=12, runtime="onnx", **options)
+    ref, ref_info = propose(image, slice_index=12, runtime="torch", **options)
+    assert (info["sam"]["runtime"], ref_info["sam"]["runtime"]) == ("onnx", "torch")
+    assert len(ours) == len(ref) > 0
+    assert [r["bbox"] for r in ours] == [r["bbox"] for r in ref]

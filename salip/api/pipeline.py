@@ -19,6 +19,7 @@ from salip.api.factory import (
     Models,
     build,
     get_method,
+    load_models,
     window_organs,
 )
 from salip.api.provenance import sidecar_payload, source_record
@@ -41,7 +42,6 @@ from salip.io.slicing import (
     to_uint8,
 )
 from salip.io.writing import json_text, mask_suffix, save_mask, sidecar_path
-from salip.models.device import resolve_device
 from salip.outputs.answers import decide_organs, rounded_confidence
 from salip.outputs.preview import preview_image
 from salip.outputs.report import RunOutcome, build_report, run_statistics, volumes_ml
@@ -557,8 +557,7 @@ def propose(
         (records as segment-anything's ``amg.py --convert-to-rle`` writes them, info dict
         with the slice used and the model identity).
     """
-    from salip.engines.everything_mode import generate_proposals
-    from salip.models.sam import load_sam
+    from salip.engines.everything_mode import generate_proposals_batch
     from salip.models.sam_runtime import encode_images
 
     cfg = (config or SegmentConfig()).replace(**options)
@@ -574,14 +573,11 @@ def propose(
     intensity = _proposal_intensity(volume, cfg)
     volume8 = to_uint8(volume, intensity, cfg.slicing)
     image = next(img for i, img in iter_slices(volume8, volume.is_2d, axis) if i == canonical_index)
-    sam = load_sam(
-        cfg.models.sam_checkpoint,
-        device=resolve_device(cfg.models.device),
-        model_type=cfg.models.sam_model_type,
-        preprocess=cfg.models.sam_preprocess,
-    )
-    (embedding,) = encode_images(sam.model, [image], 1, preprocess=sam.preprocess)
-    records = generate_proposals(sam.model, embedding, cfg.proposals).to_records()
+    sam = load_models(cfg.models, clip=False).sam  # on the run's --runtime
+    encoder = None if sam.onnx is None else sam.onnx.encoder
+    (embedding,) = encode_images(sam.model, [image], 1, encoder=encoder, preprocess=sam.preprocess)
+    (proposals,) = generate_proposals_batch(sam.model, [embedding], cfg.proposals, runtime=sam.onnx)
+    records = proposals.to_records()
     info = {
         "slice": slice_index,
         "axis": axis,
