@@ -23,7 +23,7 @@ import math
 
 import torch
 
-__all__ = ["predict_masks_shared", "predict_masks_slice"]
+__all__ = ["owner_runs", "predict_masks_shared", "predict_masks_slice"]
 
 
 def _attend(
@@ -85,15 +85,20 @@ def predict_masks_shared(
     pe = image_pe.flatten(2).permute(0, 2, 1)
     first = decoder.transformer.layers[0]
     queries, keys = [], []
-    n = sparse.shape[0]
-    cuts = torch.nonzero(owner[1:] != owner[:-1]).flatten() + 1
-    for start, end in zip([0, *cuts.tolist()], [*cuts.tolist(), n]):
-        slice_index = int(owner[start])
+    for slice_index, start, end in owner_runs(owner):
         src = _image_tokens(features[slice_index : slice_index + 1], dense)
         q, k = _first_layer(first, tokens[start:end], src, pe)
         queries.append(q)
         keys.append(k)
     return _after_first_layer(decoder, torch.cat(queries), torch.cat(keys), tokens, pe, features)
+
+
+def owner_runs(owner: torch.Tensor) -> list[tuple[int, int, int]]:
+    """The runs of consecutive prompts of one slice: (slice index, start, end) for
+    ``owner`` (N int64 slice of each prompt), in order; ``owner[start:end]`` is the slice."""
+    n = len(owner)
+    cuts = (torch.nonzero(owner[1:] != owner[:-1]).flatten() + 1).tolist()
+    return [(int(owner[a]), a, b) for a, b in zip([0, *cuts], [*cuts, n])]
 
 
 def predict_masks_slice(

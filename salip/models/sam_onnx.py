@@ -41,7 +41,7 @@ import torch
 from salip.core.errors import ConfigError, ModelError
 from salip.core.hashing import file_sha256
 from salip.models.registry import salip_home
-from salip.models.sam_decoder import predict_masks_slice
+from salip.models.sam_decoder import owner_runs, predict_masks_slice
 
 __all__ = [
     "GRAPH_VERSION",
@@ -242,11 +242,8 @@ class OnnxSam:
         Returns:
             (low-resolution logits Nx(1+M)x4hx4w, predicted IoU Nx(1+M)), float32.
         """
-        n = sparse.shape[0]
-        cuts = torch.nonzero(owner[1:] != owner[:-1]).flatten() + 1
         logits, ious = [], []
-        for start, end in zip([0, *cuts.tolist()], [*cuts.tolist(), n]):
-            index = int(owner[start])
+        for index, start, end in owner_runs(owner):
             feed = {
                 "features": features[index : index + 1].detach().float().numpy(),
                 "sparse": np.ascontiguousarray(sparse[start:end].detach().float().numpy()),

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
-from salip.api.factory import CaseInput, Models, build
+from salip.api.factory import CaseInput, Models, build, load_models
 from salip.api.pipeline import segment
 from salip.apps.bench.devtime import DeviceTimer, hardware, peak_mb, reset_peak, rss_mb, sync
 from salip.core.config import SegmentConfig
@@ -53,12 +53,9 @@ from salip.io import read_input
 from salip.io.orientation import display_pixel_mm, source_slice_indices, to_source_grid
 from salip.io.slicing import AXES, choose_intensity, iter_slices, to_uint8
 from salip.io.writing import write_json, write_mask
-from salip.models.clip import load_clip
 from salip.models.device import resolve_device
 from salip.models.precision import resolve_precision
 from salip.models.registry import SAM_CHECKPOINTS
-from salip.models.sam import load_sam
-from salip.models.sam_onnx import resolve_runtime
 from salip.models.sam_runtime import encode_images
 from salip.strategies.assembly import put_slice
 from salip.version import __version__
@@ -343,17 +340,10 @@ def _prepare(
     shape_out = list(probe.geometry.shape)
     del probe
 
-    m = config.models
-    # B runs on the run's runtime (auto: ONNX Runtime on CPU); A uses the torch model.
-    runtime = resolve_runtime(m.runtime, device, precision, m.compile)
-    sam = load_sam(
-        m.sam_checkpoint,
-        device=device,
-        model_type=m.sam_model_type,
-        preprocess=m.sam_preprocess,
-        runtime=runtime,
-    )
-    clip = load_clip(m.clip_model, m.clip_pretrained, device=device, quick_gelu=m.clip_quick_gelu)
+    # As salip loads them: B runs on the run's --runtime (auto: ONNX Runtime on CPU at
+    # fp32); A uses the torch model.
+    models = load_models(config.models, clip=True)
+    sam, clip = models.sam, models.clip
     prompts = load_prompts(target, modality, config.scoring.prompts_dir)
     # Warm-up (CUDA context, kernels) on one dummy slice, outside both timings.
     dummy = np.zeros((64, 64, 3), dtype=np.uint8)

@@ -74,6 +74,10 @@ class _Model:
     sha256: str | None = None
     onnx: Any = None  # salip.models.sam_onnx.OnnxSam, for runtime "onnx"
 
+    @property
+    def runtime(self) -> str:
+        return "torch" if self.onnx is None else "onnx"
+
 
 @dataclass(frozen=True)
 class _Config:
@@ -191,8 +195,7 @@ def _measure_slices(
     """
     sam, onnx = loaded.model, loaded.onnx
     encoder = fast_encoder(sam) if onnx is None else onnx.encoder
-    runtime = "torch" if onnx is None else "onnx"
-    batch = decoder_batch(config.proposals, device, runtime)  # kept across slices, as salip
+    batch = decoder_batch(config.proposals, device, loaded.runtime)  # kept, as salip does
     boxes = _boxes(config.box_prompts, images[0].shape[0], seed)
     stacked = torch.cat(boxes)
 
@@ -341,7 +344,7 @@ def _result(
         "stability_score_thresh": proposals.stability_score_thresh,
         "box_prompts": n_boxes,
         "precision": precision,
-        "runtime": "torch" if sam.onnx is None else "onnx",
+        "runtime": sam.runtime,
         "encoder_s_per_slice": encoder,
         "everything_s_per_slice": everything,
         "box_s_per_prompt": statistics.median(samples.box),

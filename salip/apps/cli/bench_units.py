@@ -10,6 +10,7 @@ from pathlib import Path
 from salip.apps.bench.unit_costs import markdown_line, measure_unit_costs
 from salip.apps.cli.flags import Subparsers
 from salip.io.writing import write_json
+from salip.models.sam_onnx import RUNTIMES
 
 __all__ = [
     "add_parser",
@@ -54,7 +55,7 @@ def add_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     units.add_argument(
         "--runtime",
         default="auto",
-        choices=("auto", "torch", "onnx"),
+        choices=RUNTIMES,
         help="What runs the encoder and the everything-mode decoder, as `salip segment "
         "--runtime`: torch, onnx (ONNX Runtime, CPU fp32), or auto (onnx on CPU at fp32, "
         "else torch). Box prompts run on torch. Default: auto.",
