@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -62,9 +63,14 @@ class _Worker:
         """(host name, process id) of the actor."""
         return socket.gethostname(), os.getpid()
 
-    def run(self, task: Any) -> Any:
+    def prepare(self) -> None:
+        """Set up the state now (a server's workers load their models before they are
+        reported ready)."""
         if self._state is None:
             self._state = self._setup()
+
+    def run(self, task: Any) -> Any:
+        self.prepare()
         return self._work(self._state, task)
 
 
@@ -153,6 +159,7 @@ class RayPool(Generic[T, R]):
     ) -> None:
         self.setup, self.work, self.lost = setup, work, lost
         self.on_death, self.label = on_death, label
+        self._actor_class: Any = None
 
     def run(
         self,
@@ -175,19 +182,71 @@ class RayPool(Generic[T, R]):
         slots: list[_Slot] = []
         try:
             workers, gpus = _plan_workers(ray, cluster, len(tasks))
-            actor = ray.remote(
-                num_cpus=cluster.cpus_per_worker,
-                num_gpus=gpus,
-                # The driver's salip settings (SALIP_HOME, SALIP_PROMPTS_DIR, ...) hold in
-                # the workers too, wherever they run.
-                runtime_env={"env_vars": _salip_environment()},
-            )(_Worker)
+            actor = self._actor_class = self._actor(ray, cluster, gpus)
             slots = [self._start(ray, actor, number) for number in range(workers)]
-            self._schedule(ray, actor, slots, tasks, cluster, on_result)
+            self._schedule(ray, slots, list(tasks), cluster, on_result)
         finally:
             self._stop(ray, slots, tasks)
             if started:
                 ray.shutdown()
+
+    def serve(
+        self,
+        take: Callable[[], T | None],
+        cluster: ClusterConfig,
+        on_result: Callable[[T, R], None],
+        stop: threading.Event,
+        *,
+        ready: Callable[[], None] = lambda: None,
+        poll_s: float = 0.5,
+    ) -> None:
+        """Run tasks as ``take()`` hands them out (None: none now, asked again within
+        ``poll_s``) until ``stop`` is set, on workers started once; ``on_result(task,
+        result)`` as each finishes. Each worker sets up its state before ``ready()`` is
+        called. A task still running when ``stop`` is set is cleaned up (``on_death``), not
+        finished.
+
+        Raises:
+            ConfigError: Ray missing, unreachable, or too small for the workers asked for.
+        """
+        ray = require_ray()
+        started = _connect(ray, cluster)
+        slots: list[_Slot] = []
+        tasks: list[T] = []
+        try:
+            workers, gpus = _plan_workers(ray, cluster, tasks=1 << 30)  # no task count caps it
+            actor = self._actor_class = self._actor(ray, cluster, gpus)
+            slots = [self._start(ray, actor, number) for number in range(workers)]
+            ray.get([slot.actor.prepare.remote() for slot in slots])
+            ready()
+
+            def more() -> int | None:
+                task = take()
+                if task is None:
+                    return None
+                tasks.append(task)
+                return len(tasks) - 1
+
+            def finished(index: int, result: R) -> None:
+                on_result(tasks[index], result)
+
+            self._schedule(
+                ray, slots, tasks, cluster, finished, more=more, stop=stop, poll_s=poll_s
+            )
+        finally:
+            self._stop(ray, slots, tasks)
+            if started:
+                ray.shutdown()
+
+    def _actor(self, ray: Any, cluster: ClusterConfig, gpus: float) -> Any:
+        """The worker actor class with its resources."""
+        return ray.remote(
+            num_cpus=cluster.cpus_per_worker,
+            num_gpus=gpus,
+            # The driver's salip settings (SALIP_HOME, SALIP_PROMPTS_DIR, ...) hold in
+            # the workers too, wherever they run.
+            runtime_env={"env_vars": _salip_environment()},
+        )(_Worker)
 
     def _start(self, ray: Any, actor: Any, number: int) -> _Slot:
         """Start worker ``number`` and wait until it runs."""
@@ -199,15 +258,22 @@ class RayPool(Generic[T, R]):
     def _schedule(
         self,
         ray: Any,
-        actor: Any,
         slots: list[_Slot],
-        tasks: Sequence[T],
+        tasks: list[T],
         cluster: ClusterConfig,
         on_result: Callable[[int, R], None],
+        *,
+        more: Callable[[], int | None] | None = None,
+        stop: threading.Event | None = None,
+        poll_s: float = 0.5,
     ) -> None:
-        queue, attempts = deque(range(len(tasks))), [0] * len(tasks)
+        """Hand ``tasks`` (by index) to idle workers until all are done; serving
+        (``stop`` given), also each new task ``more()`` adds, until ``stop`` is set."""
+        queue, attempts = deque(range(len(tasks))), {i: 0 for i in range(len(tasks))}
         idle, running = list(slots), {}
-        while queue or running:
+        while (queue or running) if stop is None else not stop.is_set():
+            while more is not None and idle and not queue and (index := more()) is not None:
+                queue.append(index)
             while idle and queue:
                 slot, index = idle.pop(0), queue.popleft()
                 slot.task = index
@@ -219,13 +285,21 @@ class RayPool(Generic[T, R]):
                     slot.pid,
                     slot.host,
                 )
-            done, _ = ray.wait(list(running), num_returns=1)
+            if not running:
+                if stop is not None:
+                    stop.wait(poll_s)
+                continue
+            done, _ = ray.wait(
+                list(running), num_returns=1, timeout=None if stop is None else poll_s
+            )
+            if not done:
+                continue
             slot = running.pop(done[0])
             index, slot.task = slot.task, None
             try:
                 result = ray.get(done[0])
             except _worker_deaths(ray) as exc:
-                attempts[index] += 1
+                attempts[index] = attempts.get(index, 0) + 1
                 self._died(slot, tasks[index], attempts[index], exc)
                 if attempts[index] > cluster.max_retries:
                     reason = f"its worker died {attempts[index]} times; last: {_death(exc)}"
@@ -234,7 +308,9 @@ class RayPool(Generic[T, R]):
                     queue.appendleft(index)  # first in line for the next free worker
                 ray.kill(slot.actor, no_restart=True)
                 number = slot.number
-                slots[slots.index(slot)] = slot = self._start(ray, actor, number)
+                slots[slots.index(slot)] = slot = self._start(ray, self._actor_class, number)
+                if stop is not None:
+                    ray.get(slot.actor.prepare.remote())
             else:
                 on_result(index, result)
             idle.append(slot)

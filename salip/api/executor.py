@@ -105,6 +105,11 @@ class CaseRunner(Generic[T, R]):
             del read  # the input of a finished case is not held while the next one runs
         return state
 
+    def guarded(self, state: Any, task: T, read: Any = None) -> R:
+        """``compute(state, task, read)``, an unexpected exception made the task's
+        failure (logged, cleaned up): for callers that hand out tasks themselves."""
+        return _guarded(self, state, task, read)
+
 
 def _guarded(runner: CaseRunner[T, R], state: Any, task: T, read: Any = None) -> R:
     """``runner.compute``, with an unexpected exception made the task's failure."""
