@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from salip.version import __version__
 
 __all__ = [
+    "Client",
     "segment",
     "segment_many",
     "SegmentConfig",
@@ -24,6 +25,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from salip.api.client import Client
     from salip.api.many import segment_many
     from salip.api.pipeline import SegmentationResult, segment
     from salip.core.config import SegmentConfig
@@ -35,6 +37,10 @@ def __getattr__(name: str) -> Any:
         from salip.api import pipeline
 
         return getattr(pipeline, name)
+    if name == "Client":
+        from salip.api.client import Client
+
+        return Client
     if name == "segment_many":
         from salip.api.many import segment_many
 

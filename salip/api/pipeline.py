@@ -55,6 +55,8 @@ from salip.version import __version__
 
 __all__ = [
     "OUTPUT_TYPES",
+    "output_paths",
+    "output_suffix",
     "ModelSource",
     "OutputRequest",
     "propose",
@@ -142,7 +144,7 @@ class OutputRequest:
         return kind
 
 
-def _output_paths(
+def output_paths(
     volume_path: Path, output: str | Path | None, organs: Sequence[Organ], split: bool, suffix: str
 ) -> tuple[Path | None, dict[str, Path]]:
     """(combined file or None, organ -> per-organ file) for this run."""
@@ -276,7 +278,7 @@ def segment_case(
     path = source.path if isinstance(source, Volume) else Path(source)
     request = outputs
     with OutputSet(path, overwrite=overwrite) as outputs:
-        plan = _plan_outputs(outputs, path, organ_list, _mask_suffix(source, request), request)
+        plan = _plan_outputs(outputs, path, organ_list, output_suffix(source, request), request)
         outputs.check_writable()
         volume = source if isinstance(source, Volume) else read_input(path, **_read_options(cfg))
         outputs.check_space(_output_estimate(volume, plan))
@@ -322,7 +324,7 @@ def _read_options(cfg: SegmentConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg.input)
 
 
-def _mask_suffix(source: Path | str | Volume, request: OutputRequest) -> str:
+def output_suffix(source: Path | str | Volume, request: OutputRequest) -> str:
     """.png for 2D image inputs, .dcm for a DICOM SEG, else .nii.gz; known from the file name
     before reading.
 
@@ -350,7 +352,7 @@ def _plan_outputs(
     request: OutputRequest,
 ) -> _Plan:
     """Add every output of the run to ``outputs`` (which checks them) and return the plan."""
-    combined, per_organ = _output_paths(source, request.output, organs, request.split, suffix)
+    combined, per_organ = output_paths(source, request.output, organs, request.split, suffix)
     if not request.write:
         combined, per_organ = None, {}
     seg = suffix == ".dcm"

@@ -21,6 +21,7 @@ __all__ = [
     "OrganError",
     "OutputError",
     "SalipError",
+    "ServiceError",
 ]
 
 
@@ -90,3 +91,7 @@ class GenerationError(SalipError):
 
 class BenchmarkError(SalipError):
     """A benchmark config, dataset layout or case that cannot be used as given."""
+
+
+class ServiceError(SalipError):
+    """A salip server that cannot be reached, refused a request, or failed a job."""

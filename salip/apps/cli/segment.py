@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from salip.api.cases import find_cases, is_glob
@@ -109,6 +110,19 @@ def add_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "and the volume strategy's key-slice profiles.",
     )
     out.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    remote = seg.add_argument_group("on a server (salip serve)")
+    remote.add_argument(
+        "--server",
+        metavar="URL",
+        help="Send the run to a salip server (e.g. http://127.0.0.1:8765) and write the same "
+        "files here; it waits across a server restart. One case at a time.",
+    )
+    remote.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="With --server: the file holding the server's token (default: $SALIP_TOKEN, else "
+        "$SALIP_HOME/serve/token).",
+    )
     add_cluster_flags(seg)
     add_config_flags(seg, list(GROUP_TITLES))
     seg.set_defaults(func=run)
@@ -116,6 +130,10 @@ def add_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``salip segment``; the exit code."""
+    if args.server is not None:
+        return _segment_on_server(args)
+    if args.token_file is not None:
+        raise ConfigError("--token-file is for --server; drop it, or add --server URL.")
     if args.jobs is not None or len(args.input) > 1 or (args.input and is_glob(args.input[0])):
         return _segment_many(args)
     if args.input and _holds_several_cases(Path(args.input[0]), getattr(args, "series", None)):
@@ -154,6 +172,45 @@ def run(args: argparse.Namespace) -> int:
     for path in result.outputs:
         logger.info("wrote %s", path)
     return 0
+
+
+def _segment_on_server(args: argparse.Namespace) -> int:
+    """``salip segment --server URL``: one case, run on a salip server."""
+    several = args.jobs is not None or len(args.input) != 1 or is_glob(args.input[0])
+    if several or args.split or cluster_options(args) or args.previews or args.reports:
+        raise ConfigError(
+            "--server runs one case (no --jobs, globs, --split, --previews, --reports or "
+            "cluster flags); the server's operator chooses its engine."
+        )
+    if args.organ is None:
+        raise ConfigError("no organ given: name at least one, e.g. --organ liver.")
+    from salip.api.client import Client, segment_remote
+
+    def show(status: dict) -> None:
+        logger.info("job %s: %s", status["id"], status["state"])
+
+    with Client(args.server, token_file=args.token_file) as client:
+        written = segment_remote(
+            client, args.input[0], organs=args.organ, output=args.output,
+            overwrite=args.overwrite, preview=args.preview, report=args.report,
+            output_type=args.output_type, statistics=args.statistics, viewer=args.viewer,
+            progress=None if args.quiet else _changes(show), **config_options(args),
+        )  # fmt: skip
+    for path in written:
+        logger.info("wrote %s", path)
+    return 0
+
+
+def _changes(show: Callable[[dict], None]) -> Callable[[dict], None]:
+    """``show`` called only when the job's state changes."""
+    last: list[str] = []
+
+    def seen(status: dict) -> None:
+        if not last or last[-1] != status["state"]:
+            last.append(status["state"])
+            show(status)
+
+    return seen
 
 
 def _holds_several_cases(path: Path, series: str | None) -> bool:
