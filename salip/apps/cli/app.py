@@ -65,6 +65,10 @@ COMMANDS: dict[str, Command] = {
         "salip.apps.cli.bench_units",
         "Measure SAM's unit costs: encoder per slice, everything mode per slice, box prompt.",
     ),
+    "serve": Command(
+        "salip.apps.cli.serve",
+        "Run an HTTP segmentation service with a job queue that survives restarts.",
+    ),
     "head": Command("salip.apps.cli.head", "Train the learned comparator head on SAM features."),
     "models": Command("salip.apps.cli.models", "Download or list SAM checkpoints."),
     "organs": Command(
