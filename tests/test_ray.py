@@ -244,3 +244,43 @@ def test_an_interrupted_ray_run_leaves_nothing_partial_and_completes_when_rerun(
     assert all(partial[name] == local[name] for name in partial)
     salip.segment_many(good, organs="liver", output=out, engine="ray", workers=2, **options)
     assert _files(out) == local
+
+
+def test_a_server_replaces_a_killed_ray_worker_and_finishes_the_job(
+    local_ray, tmp_path, tiny_models, kill_on_dispatch, one_thread
+):
+    """``salip serve --engine ray``: the worker running a job is killed; a fresh one loads
+    the models and the job ends done, with the bytes of a local run."""
+    import shutil
+    import time
+
+    from salip.apps.serve.store import Job, JobStore
+    from salip.apps.serve.worker import Dispatcher
+    from salip.core.config import ClusterConfig, SegmentConfig
+    from tests.conftest import SLICES, require_data
+
+    png = require_data(SLICES / "images" / "amos_0006_90.png")
+    options = {**FAST, **{k: v for k, v in tiny_models.items() if k != "clip_pretrained"}}
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    (tmp_path / "jobs" / "j1").mkdir(parents=True)
+    shutil.copy(png, tmp_path / "jobs" / "j1" / "input.png")
+    request = {"organs": ["liver"], "outputs": ["mask", "labels", "report"], "is_2d": True}
+    store.add(Job("j1", "queued", request, "input.png"))
+    handler = kill_on_dispatch("job j1", times=1)
+    cluster = ClusterConfig(engine="ray", workers=1, max_retries=2)
+    dispatcher = Dispatcher(store, tmp_path / "jobs", SegmentConfig().replace(**options), cluster)
+    dispatcher.start()
+    try:
+        deadline = time.monotonic() + 240
+        while store.get("j1").state != "done" and time.monotonic() < deadline:
+            assert store.get("j1").state in ("queued", "running"), store.get("j1").error
+            time.sleep(0.2)
+        assert dispatcher.ready.is_set()
+    finally:
+        dispatcher.stop(timeout_s=60)
+    assert len(handler.killed) == 1
+    job = store.get("j1")
+    assert job.state == "done" and job.attempts == 1, job  # retried inside the pool
+    salip.segment(png, organs="liver", output=tmp_path / "local.png", **FAST, **tiny_models)
+    remote = tmp_path / "jobs" / "j1" / "out" / "mask.png"
+    assert remote.read_bytes() == (tmp_path / "local.png").read_bytes()
