@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 import shutil
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -80,7 +81,6 @@ def create_app(state: ServerState) -> FastAPI:
     async def submit(request: Request) -> JSONResponse:
         """Queue a job: multipart ``file`` (the scan) and ``request`` (JSON)."""
         job = await _receive_job(request, state)
-        state.store.add(job)
         logger.info("job %s queued: %s", job.id, ", ".join(job.request["organs"]))
         body = {"id": job.id, "state": "queued", "url": f"{API_PREFIX}/jobs/{job.id}"}
         return JSONResponse(body, status_code=202)
@@ -226,14 +226,15 @@ def _status(state: ServerState, job: Job) -> dict[str, Any]:
 
 
 async def _receive_job(request: Request, state: ServerState) -> Job:
-    """Read, store and check an upload; the job it makes (not yet queued). Nothing is
-    left in the data folder when it is refused."""
+    """Read, store and check an upload, and queue its job. Nothing is left in the data
+    folder when it is refused."""
     limit = state.config.max_upload
     claimed = request.headers.get("content-length")
     if claimed is not None and claimed.isdigit() and int(claimed) > limit + _FRAMING:
         raise ApiError(413, _too_large(limit))
     job_id = str(uuid.uuid4())
-    staging = state.uploads_folder / job_id
+    staging, folder = state.uploads_folder / job_id, state.jobs_folder / job_id
+    form = None
     try:
         form = await _read_form(request)
         upload, text = form.get("file"), form.get("request")
@@ -242,23 +243,30 @@ async def _receive_job(request: Request, state: ServerState) -> Job:
         name = input_name(upload.filename or "")
         job_request, config = parse_request(text, state.defaults)
         staging.mkdir(parents=True)
-        target = staging / name
-        await run_in_threadpool(_save, upload.file, target, limit)
+        await run_in_threadpool(_save, upload.file, staging / name, limit)
         async with state.checking:
-            is_2d = await run_in_threadpool(check_input, target, config, job_request.outputs)
+            is_2d = await run_in_threadpool(
+                check_input, staging / name, config, job_request.outputs
+            )
         record = job_request.record() | {"is_2d": is_2d}
-        folder = state.jobs_folder / job_id
+        job = Job(job_id, "queued", record, name, upload_name=_printable(upload.filename or ""))
         staging.rename(folder)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        state.store.add(job)  # queued only once its folder is whole
+    except (OSError, sqlite3.Error) as exc:
+        _forget(staging, folder)
         raise ApiError(507, f"the server cannot store the upload: {one_line(exc)}") from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _forget(staging, folder)
         raise
     finally:
-        if "form" in locals():
+        if form is not None:
             await form.close()
-    return Job(job_id, "queued", record, name, upload_name=_printable(upload.filename or ""))
+    return job
+
+
+def _forget(*folders: Path) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _read_form(request: Request) -> Any:
