@@ -130,6 +130,8 @@ def _file(state: ServerState, job: Job, kind: str) -> FileResponse:
             404, f"job {job.id} did not ask for {kind}; it has {', '.join(job.outputs)}."
         )
     path = state.jobs_folder / job.id / "out" / job.outputs[kind]
+    if not path.is_file():
+        raise ApiError(410, f"the {kind} of job {job.id} is gone from the server's data folder.")
     media = OUTPUT_KINDS[kind].media_type
     if kind == "mask" and path.name.endswith(".png"):
         media = "image/png"

@@ -96,6 +96,16 @@ def test_segment_server_writes_the_files_of_a_local_run(server, scans, tmp_path,
         (tmp_path / "local.json").read_text()
     ) | {"settings": json.loads((tmp_path / "remote.json").read_text())["settings"]}
     assert json.loads((tmp_path / "r.json").read_text())["organs"]["liver"]
+    # A DICOM folder is zipped by the client; the SEG is written where -o says.
+    series = require_data(TOTALSEG / "example_ct_dicom_uids")
+    code = main(["segment", str(series), "--organ", "liver", "--server", server.url,
+                 "--token-file", str(server.token_file), "-o", "remote.dcm", "-q"])  # fmt: skip
+    assert code == 0
+    _local(series, tmp_path, tiny_models, output=tmp_path / "local.dcm")
+    np.testing.assert_array_equal(
+        hd.seg.segread(tmp_path / "remote.dcm").pixel_array,
+        hd.seg.segread(tmp_path / "local.dcm").pixel_array,
+    )
     # Server-side settings are refused before anything is sent; nothing is written.
     code = main(["segment", str(scans["png"]), "--organ", "liver", "--server", server.url,
                  "--token-file", str(server.token_file), "--device", "cpu", "-o", "x.png"])  # fmt: skip
@@ -213,6 +223,8 @@ def test_files_delete_and_cancel(server, scans, tmp_path):
         assert http.get(f"/v1/jobs/{done}/files/mask").headers["content-type"] == "image/png"
         assert http.get(f"/v1/jobs/{done}/files/seg").status_code == 404  # not asked for
         assert http.get(f"/v1/jobs/{done}/files/nope").status_code == 404
+        (server.data / "jobs" / done / "out" / "report.json").unlink()  # gone by hand
+        assert http.get(f"/v1/jobs/{done}/files/report").status_code == 410
         assert http.delete(f"/v1/jobs/{done}").json()["state"] == "deleted"
         assert not (server.data / "jobs" / done).exists()
         assert http.get(f"/v1/jobs/{done}").status_code == 404
