@@ -267,11 +267,12 @@ def segment_case(
     segmenter: SliceSegmenter | Strategy | None,
     progress: bool,
     models: ModelSource,
+    timer: StageTimer | None = None,
 ) -> SegmentationResult:
     """:func:`segment` with its models from ``models`` (several cases share loaded models)
     and its output arguments in ``outputs``; the others as :func:`segment` takes them,
-    ``config`` with the options applied."""
-    timer = StageTimer()
+    ``config`` with the options applied. ``timer`` times the stages (default: a new one)."""
+    timer = timer or StageTimer()
     t0 = time.perf_counter()
     organ_list = parse_organs(organs, config.scoring.prompts_dir)
     cfg = config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 __all__ = [
     "StageTimer",
@@ -11,13 +12,21 @@ __all__ = [
 
 
 class StageTimer:
-    """Accumulates wall-clock seconds per stage name."""
+    """Accumulates wall-clock seconds per stage name.
 
-    def __init__(self) -> None:
+    Args:
+        listener: called as ``listener(stage, seconds)`` each time a stage's time is added
+            (a service shows a running job's stages with it); it must be quick.
+    """
+
+    def __init__(self, listener: Callable[[str, dict[str, float]], None] | None = None) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.listener = listener
 
     def add(self, stage: str, start: float) -> float:
         """Add ``now - start`` to ``stage``; return now."""
         now = time.perf_counter()
         self.seconds[stage] += now - start
+        if self.listener is not None:
+            self.listener(stage, self.seconds)
         return now

@@ -28,6 +28,7 @@ from salip.api.service import API_PREFIX, OUTPUT_KINDS
 from salip.apps.serve.intake import ApiError, check_input, input_name, parse_request
 from salip.apps.serve.state import ServerState
 from salip.apps.serve.store import Job
+from salip.apps.serve.worker import read_progress
 from salip.core.errors import one_line
 from salip.core.organs import vocabulary
 from salip.version import __version__
@@ -207,6 +208,7 @@ def _status(state: ServerState, job: Job) -> dict[str, Any]:
     elif job.state == "running":
         progress["running_s"] = round(now - (job.started or now), 1)
         progress["cancelling"] = job.cancel
+        progress |= read_progress(state.jobs_folder / job.id)
     return {
         "id": job.id,
         "state": job.state,

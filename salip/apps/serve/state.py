@@ -3,7 +3,8 @@ the dispatcher and the token; and :func:`open_server`, which recovers the folder
 crash before any job runs.
 
 The data folder holds ``jobs.sqlite3`` (the queue, :mod:`salip.apps.serve.store`),
-``jobs/<id>/`` (a job's scan as ``input.*`` and its outputs in ``out/``) and ``uploads/``
+``jobs/<id>/`` (a job's scan as ``input.*``, its outputs in ``out/``, and while it runs
+``progress.json``, its stages so far) and ``uploads/``
 (uploads being received; emptied at start).
 """
 

@@ -12,9 +12,11 @@ fresh worker, up to ``max_retries`` times. The dispatcher records each outcome i
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,10 @@ from salip.apps.serve.intake import job_config
 from salip.apps.serve.store import Job, JobStore
 from salip.core.config import ClusterConfig, SegmentConfig
 from salip.core.errors import SalipError, one_line
-from salip.io.writing import os_problem
+from salip.core.timing import StageTimer
+from salip.io.writing import atomic_write, os_problem
 
-__all__ = ["Dispatcher", "JobTask", "Outcome"]
+__all__ = ["PROGRESS", "Dispatcher", "JobTask", "Outcome", "read_progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ def run_job(models: LazyModels, task: JobTask, read: Any = None) -> Outcome:
     """Segment one job's scan into its ``out`` folder (``read`` is unused: a scan is read
     by the job itself)."""
     clean_job(task)
+    timer = StageTimer(_Progress(task.folder / PROGRESS))
     mask = _out(task, "seg") or _out(task, "mask")
     request = OutputRequest(
         output=mask, write=mask is not None,
@@ -89,6 +93,7 @@ def run_job(models: LazyModels, task: JobTask, read: Any = None) -> Outcome:
         result = segment_case(
             task.folder / task.input_name, organs=task.organs, config=task.config,
             outputs=request, overwrite=False, segmenter=None, progress=False, models=models,
+            timer=timer,
         )  # fmt: skip
     except (SalipError, OSError) as exc:
         error = one_line(exc, limit=500) if isinstance(exc, SalipError) else os_problem(exc)
@@ -100,12 +105,46 @@ def run_job(models: LazyModels, task: JobTask, read: Any = None) -> Outcome:
         for name, row in result.report["organs"].items()
     }
     files = {kind: path.name for kind in task.outputs if (path := _out(task, kind)) is not None}
+    (task.folder / PROGRESS).unlink(missing_ok=True)
     return Outcome("done", outputs=files, summary=summary)
 
 
 def clean_job(task: JobTask) -> None:
     """Remove what a job wrote (before it runs again, or after it failed)."""
     shutil.rmtree(task.folder / "out", ignore_errors=True)
+    (task.folder / PROGRESS).unlink(missing_ok=True)
+
+
+#: A running job's stages so far, in its folder (the API shows them; a file, so that Ray
+#: workers on other machines can write it into the shared data folder).
+PROGRESS = "progress.json"
+
+
+class _Progress:
+    """A :class:`StageTimer` listener writing the stages' seconds to a job's progress
+    file, at most every ``every_s`` seconds (atomically: a reader sees a whole file)."""
+
+    def __init__(self, path: Path, every_s: float = 0.5) -> None:
+        self.path, self.every_s, self.last = path, every_s, 0.0
+
+    def __call__(self, stage: str, seconds: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        record = {"stage": stage, "stages_s": {k: round(v, 2) for k, v in seconds.items()}}
+        try:
+            atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(record)))
+        except OSError as exc:  # progress is a courtesy: a full disk fails the job elsewhere
+            logger.debug("progress of %s not written: %s", self.path.parent.name, exc)
+
+
+def read_progress(folder: Path) -> dict[str, Any]:
+    """A running job's progress record ({} when none is written yet, or it is unreadable)."""
+    try:
+        return dict(json.loads((folder / PROGRESS).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return {}
 
 
 def _failed(task: JobTask, reason: str) -> Outcome:

@@ -33,6 +33,18 @@ def _wait_running(server, job: str, timeout_s: float = 60.0) -> None:
     pytest.fail(f"job {job} did not start in {timeout_s} s")
 
 
+def _wait_progress(server, job: str, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    with server.http() as http:
+        while time.monotonic() < deadline:
+            status = http.get(f"/v1/jobs/{job}").json()
+            assert status["state"] == "running", status
+            if "stages_s" in status["progress"]:
+                return status["progress"]
+            time.sleep(0.05)
+    pytest.fail(f"job {job} showed no progress in {timeout_s} s")
+
+
 def test_kill_9_while_a_job_runs_then_restart_completes_it(make_server, tmp_path, tiny_models):
     ct = require_data(TOTALSEG / "example_ct_sm.nii.gz")
     server = make_server().start()
@@ -43,6 +55,9 @@ def test_kill_9_while_a_job_runs_then_restart_completes_it(make_server, tmp_path
     waiter = threading.Thread(target=lambda: waited.update(client.wait(job, poll_s=0.2)))
     waiter.start()
     _wait_running(server, job)
+    progress = _wait_progress(server, job)  # the stages the running job has passed
+    assert "read" in progress["stages_s"] and progress["running_s"] >= 0
+    assert progress["stage"] in progress["stages_s"]
     server.kill()
     out = server.data / "jobs" / job / "out"
     assert not (out / "mask.nii.gz").exists()  # killed before it finished
