@@ -50,7 +50,6 @@ def create_app(state: ServerState) -> FastAPI:
     )
     app.state.salip = state
     _add_errors(app)
-    _add_access_log(app)
     config = state.config
     app.add_middleware(
         _BodyLimit, limit=config.max_upload + _FRAMING, timeout_s=config.upload_timeout_s
@@ -62,6 +61,7 @@ def create_app(state: ServerState) -> FastAPI:
             CORSMiddleware, allow_origins=list(state.config.cors), allow_headers=["Authorization"],
             allow_methods=["GET", "POST", "DELETE"],
         )  # fmt: skip
+    app.add_middleware(_AccessLog)  # added last: the outermost, it sees every answer
     auth = [Depends(_authorized)]
 
     @app.get("/healthz", tags=["health"])
@@ -293,10 +293,12 @@ class _BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        received, deadline = 0, time.monotonic() + self.timeout_s
+        received, deadline, whole = 0, time.monotonic() + self.timeout_s, False
 
         async def counted() -> Any:
-            nonlocal received
+            nonlocal received, whole
+            if whole:  # the body is in; later calls wait for a disconnect, unbounded
+                return await receive()
             remaining = max(deadline - time.monotonic(), 0.001)
             try:
                 message = await asyncio.wait_for(receive(), timeout=remaining)
@@ -305,6 +307,7 @@ class _BodyLimit:
             received += len(message.get("body", b""))
             if received > self.limit:
                 raise ApiError(413, _too_large(self.limit - _FRAMING))
+            whole = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
         await self.app(scope, counted, send)
@@ -357,17 +360,28 @@ def _add_errors(app: FastAPI) -> None:
         return JSONResponse({"error": message}, status_code=500)
 
 
-def _add_access_log(app: FastAPI) -> None:
-    """One log line per request: method, path (never the query string, which a careless
-    client may put a token in), status and milliseconds."""
-    access = logging.getLogger("salip.apps.serve.access")
+class _AccessLog:
+    """ASGI middleware: one log line per request: method, path (never the query string,
+    which a careless client may put a token in), status and milliseconds. Plain ASGI, so
+    that an error raised while a body is read reaches the app's error handlers as is."""
 
-    @app.middleware("http")
-    async def log_request(request: Request, call_next: Any) -> Any:
-        start = time.perf_counter()
-        response = await call_next(request)
-        took = (time.perf_counter() - start) * 1000
-        access.info(
-            "%s %s %d %.1f ms", request.method, request.url.path, response.status_code, took
-        )
-        return response
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.log = logging.getLogger("salip.apps.serve.access")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [500]
+
+        async def sent(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            took = (time.perf_counter() - start) * 1000
+            self.log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status[0], took)

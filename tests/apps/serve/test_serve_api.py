@@ -180,6 +180,12 @@ def _bad_uploads(tmp_path):
     ]  # fmt: skip
 
 
+def _chunked_upload(size: int):
+    yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.nii.gz"\r\n\r\n'
+    for _ in range(size >> 20):
+        yield b"\0" * (1 << 20)
+
+
 def test_bad_input_is_refused_in_one_line_and_nothing_is_kept(server, tmp_path):
     before = server.contents()
     for what, path, request, status, words in _bad_uploads(tmp_path):
@@ -192,6 +198,10 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_kept(server, tmp_path):
         assert server.contents() == before, what
     with server.http() as http:
         assert http.post("/v1/jobs", data={"request": "{}"}).status_code == 400  # no file
+        # Chunked, with no Content-Length to refuse it by: counted as it streams in.
+        answer = http.post("/v1/jobs", content=_chunked_upload(12 << 20),
+                           headers={"Content-Type": "multipart/form-data; boundary=xyz"})  # fmt: skip
+        assert answer.status_code == 413 and "limit of 8 MiB" in answer.json()["error"]
         assert http.get("/v1/jobs/../../etc/passwd").status_code == 404
         assert http.get("/v1/jobs/not-a-uuid").json()["error"].startswith("no job")
     assert server.contents() == before

@@ -192,3 +192,26 @@ def test_an_orderly_stop_puts_the_running_job_back_without_counting_it(make_serv
     server.start()
     status = server.wait(job)
     assert status["state"] == "done" and status["attempts"] == 1
+
+
+def test_an_upload_that_stalls_is_ended_with_408(make_server):
+    """A client that sends part of its body and stops holds no connection past
+    ``--upload-timeout``; nothing of its upload is kept."""
+    import socket
+
+    server = make_server("--upload-timeout", "1").start()
+    head = (
+        "POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {server.token}\r\n"
+        "Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 100000\r\n\r\n"
+        '--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head.encode() + b"\x89PNG" * 10)
+        start = time.monotonic()
+        answer = sock.recv(65536).decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert '"error":"the upload took too long' in answer
+    assert time.monotonic() - start < 10
+    assert list((server.data / "uploads").iterdir()) == []
+    assert list((server.data / "jobs").iterdir()) == []
