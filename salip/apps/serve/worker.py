@@ -1,4 +1,4 @@
-"""Running the queued jobs of ``salip serve``: worker threads in the server process
+"""Running the queued jobs of ``salip serve``: a worker thread in the server process
 (``--engine local``) or Ray worker actors (``--engine ray``), each loading the models once.
 
 A job is a :class:`~salip.api.executor.CaseRunner` task, like a case of
@@ -169,7 +169,8 @@ class Dispatcher:
         store: the job queue.
         jobs_folder: the folder of the jobs' folders.
         defaults: the server's settings (each job's are these with its own).
-        cluster: ``engine`` "local" (``workers`` threads here, default 1) or "ray".
+        cluster: ``engine`` "local" (one worker thread here; ``ClusterConfig`` keeps
+            ``workers`` for Ray) or "ray" (``workers`` actors).
         poll_s: seconds between looks at an empty queue.
     """
 
@@ -192,20 +193,15 @@ class Dispatcher:
         self.ready = threading.Event()
         self.problem = ""
         self._threads: list[threading.Thread] = []
-        self._loaded = 0
         self._lock = threading.Lock()
         self._running: dict[str, JobTask] = {}
 
     def start(self) -> None:
         """Start the workers (they load their models, then take jobs)."""
-        if self.cluster.engine == "ray":
-            targets = [self._serve_ray]
-        else:
-            targets = [self._serve_local] * (self.cluster.workers or 1)
-        for number, target in enumerate(targets):
-            thread = threading.Thread(target=target, name=f"salip-worker-{number}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        target = self._serve_ray if self.cluster.engine == "ray" else self._serve_local
+        thread = threading.Thread(target=target, name="salip-worker", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def stop(self, timeout_s: float = 5.0) -> list[str]:
         """Stop taking jobs; the jobs still running are put back in the queue (they are
@@ -255,12 +251,6 @@ class Dispatcher:
             "job %s %s%s", task.job_id, state, f": {outcome.error}" if outcome.error else ""
         )
 
-    def _loaded_one(self, workers: int) -> None:
-        with self._lock:
-            self._loaded += 1
-            if self._loaded >= workers:
-                self.ready.set()
-
     def _serve_local(self) -> None:
         """One worker thread: load the models, then run jobs one at a time."""
         try:
@@ -269,7 +259,7 @@ class Dispatcher:
             self.problem = f"models could not be loaded: {one_line(exc, limit=500)}"
             logger.error("%s", self.problem)
             return
-        self._loaded_one(self.cluster.workers or 1)
+        self.ready.set()
         local = ClusterConfig(engine="local")
         while not self.stop_event.is_set():
             task = self._take()
