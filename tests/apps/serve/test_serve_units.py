@@ -62,3 +62,12 @@ def test_segment_server_refuses_what_a_server_run_cannot_do(tmp_path, capsys):
     assert "--server runs one case" in capsys.readouterr().err
     assert main(["segment", str(png), "--organ", "liver", "--token-file", "x"]) == 1
     assert "--token-file is for --server" in capsys.readouterr().err
+
+
+def test_serve_refuses_bad_settings_before_touching_the_data_folder(tmp_path, capsys):
+    data = tmp_path / "d"
+    assert main(["serve", "--data", str(data), "--workers", "2"]) == 1
+    assert "--workers need --engine ray" in capsys.readouterr().err
+    assert main(["serve", "--data", str(data), "--port", "0"]) == 1
+    assert "--port must be 1-65535" in capsys.readouterr().err
+    assert not data.exists()
