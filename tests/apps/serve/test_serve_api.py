@@ -209,8 +209,9 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_kept(server, tmp_path):
 
 
 def test_files_delete_and_cancel(server, scans, tmp_path):
+    # Seconds long, so that the job submitted next is surely still queued behind it.
     slow = json.dumps(
-        {"organs": ["liver"], "settings": {"points_per_side": 8, "strategy": "slices"}}
+        {"organs": ["liver"], "settings": {"points_per_side": 12, "strategy": "slices"}}
     )
     png = json.dumps({"organs": ["liver"], "settings": {"modality": "ct"}})
     with server.http() as http:
