@@ -276,9 +276,10 @@ def segment_remote(
         if status["state"] != "done":
             raise ServiceError(f"job {job} {status['state']}: {status.get('error') or 'cancelled'}")
         for kind, path in files.items():
-            out.stage(path, lambda tmp, k=kind: client.download(job, k, tmp))  # type: ignore[misc]
-        if "labels" in files:
-            out.stage(files["labels"], functools.partial(_local_sidecar, client, job, source))
+            if kind == "labels":  # rewritten to name the local input
+                out.stage(path, functools.partial(_local_sidecar, client, job, source))
+            else:
+                out.stage(path, functools.partial(client.download, job, kind))
         return out.commit()
 
 

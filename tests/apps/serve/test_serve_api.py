@@ -106,6 +106,7 @@ def test_segment_server_writes_the_files_of_a_local_run(server, scans, tmp_path,
         hd.seg.segread(tmp_path / "remote.dcm").pixel_array,
         hd.seg.segread(tmp_path / "local.dcm").pixel_array,
     )
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary
     # Server-side settings are refused before anything is sent; nothing is written.
     code = main(["segment", str(scans["png"]), "--organ", "liver", "--server", server.url,
                  "--token-file", str(server.token_file), "--device", "cpu", "-o", "x.png"])  # fmt: skip
