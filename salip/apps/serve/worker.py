@@ -192,23 +192,22 @@ class Dispatcher:
         self.stop_event = threading.Event()
         self.ready = threading.Event()
         self.problem = ""
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._running: dict[str, JobTask] = {}
 
     def start(self) -> None:
         """Start the workers (they load their models, then take jobs)."""
         target = self._serve_ray if self.cluster.engine == "ray" else self._serve_local
-        thread = threading.Thread(target=target, name="salip-worker", daemon=True)
-        thread.start()
-        self._threads.append(thread)
+        self._thread = threading.Thread(target=target, name="salip-worker", daemon=True)
+        self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> list[str]:
         """Stop taking jobs; the jobs still running are put back in the queue (they are
         not counted as attempts). Returns their ids."""
         self.stop_event.set()
-        for thread in self._threads:  # an idle local worker notices within poll_s
-            thread.join(timeout_s if self.cluster.engine == "ray" else self.poll_s + 0.5)
+        if self._thread is not None:  # an idle local worker notices within poll_s
+            self._thread.join(timeout_s if self.cluster.engine == "ray" else self.poll_s + 0.5)
         with self._lock:
             running = list(self._running)
         for job_id in running:
@@ -260,14 +259,12 @@ class Dispatcher:
             logger.error("%s", self.problem)
             return
         self.ready.set()
-        local = ClusterConfig(engine="local")
         while not self.stop_event.is_set():
             task = self._take()
             if task is None:
                 self.stop_event.wait(self.poll_s)
                 continue
-            self.runner.run([task], local, lambda _, outcome, t=task: self._finished(t, outcome),
-                            state=models)  # fmt: skip
+            self._finished(task, self.runner.guarded(models, task))
 
     def _serve_ray(self) -> None:
         """Hand jobs to Ray worker actors, each loading the models once."""
@@ -283,13 +280,8 @@ class Dispatcher:
             logger.error("%s", self.problem)
 
     def busy(self) -> bool:
-        """Whether a worker thread is still running (inside a job, after :meth:`stop`)."""
-        return any(thread.is_alive() for thread in self._threads)
-
-    def running(self) -> list[str]:
-        """Ids of the jobs running now."""
-        with self._lock:
-            return list(self._running)
+        """Whether the worker thread is still running (inside a job, after :meth:`stop`)."""
+        return self._thread is not None and self._thread.is_alive()
 
 
 def _ray_job(runner: CaseRunner[JobTask, Outcome], models: LazyModels, task: JobTask) -> Outcome:
