@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -159,7 +159,6 @@ class RayPool(Generic[T, R]):
     ) -> None:
         self.setup, self.work, self.lost = setup, work, lost
         self.on_death, self.label = on_death, label
-        self._actor_class: Any = None
 
     def run(
         self,
@@ -182,9 +181,9 @@ class RayPool(Generic[T, R]):
         slots: list[_Slot] = []
         try:
             workers, gpus = _plan_workers(ray, cluster, len(tasks))
-            actor = self._actor_class = self._actor(ray, cluster, gpus)
+            actor = self._actor(ray, cluster, gpus)
             slots = [self._start(ray, actor, number) for number in range(workers)]
-            self._schedule(ray, slots, list(tasks), cluster, on_result)
+            self._schedule(ray, actor, slots, list(tasks), cluster, on_result)
         finally:
             self._stop(ray, slots, tasks)
             if started:
@@ -215,7 +214,7 @@ class RayPool(Generic[T, R]):
         tasks: list[T] = []
         try:
             workers, gpus = _plan_workers(ray, cluster, tasks=1 << 30)  # no task count caps it
-            actor = self._actor_class = self._actor(ray, cluster, gpus)
+            actor = self._actor(ray, cluster, gpus)
             slots = [self._start(ray, actor, number) for number in range(workers)]
             ray.get([slot.actor.prepare.remote() for slot in slots])
             ready()
@@ -231,7 +230,7 @@ class RayPool(Generic[T, R]):
                 on_result(tasks[index], result)
 
             self._schedule(
-                ray, slots, tasks, cluster, finished, more=more, stop=stop, poll_s=poll_s
+                ray, actor, slots, tasks, cluster, finished, more=more, stop=stop, poll_s=poll_s
             )
         finally:
             self._stop(ray, slots, tasks)
@@ -258,6 +257,7 @@ class RayPool(Generic[T, R]):
     def _schedule(
         self,
         ray: Any,
+        actor: Any,
         slots: list[_Slot],
         tasks: list[T],
         cluster: ClusterConfig,
@@ -269,7 +269,7 @@ class RayPool(Generic[T, R]):
     ) -> None:
         """Hand ``tasks`` (by index) to idle workers until all are done; serving
         (``stop`` given), also each new task ``more()`` adds, until ``stop`` is set."""
-        queue, attempts = deque(range(len(tasks))), {i: 0 for i in range(len(tasks))}
+        queue, attempts = deque(range(len(tasks))), Counter[int]()
         idle, running = list(slots), {}
         while (queue or running) if stop is None else not stop.is_set():
             while more is not None and idle and not queue and (index := more()) is not None:
@@ -299,7 +299,7 @@ class RayPool(Generic[T, R]):
             try:
                 result = ray.get(done[0])
             except _worker_deaths(ray) as exc:
-                attempts[index] = attempts.get(index, 0) + 1
+                attempts[index] += 1
                 self._died(slot, tasks[index], attempts[index], exc)
                 if attempts[index] > cluster.max_retries:
                     reason = f"its worker died {attempts[index]} times; last: {_death(exc)}"
@@ -308,7 +308,7 @@ class RayPool(Generic[T, R]):
                     queue.appendleft(index)  # first in line for the next free worker
                 ray.kill(slot.actor, no_restart=True)
                 number = slot.number
-                slots[slots.index(slot)] = slot = self._start(ray, self._actor_class, number)
+                slots[slots.index(slot)] = slot = self._start(ray, actor, number)
                 if stop is not None:
                     ray.get(slot.actor.prepare.remote())
             else:
