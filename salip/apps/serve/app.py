@@ -51,9 +51,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.salip = state
     _add_errors(app)
     config = state.config
-    app.add_middleware(
-        _BodyLimit, limit=config.max_upload + _FRAMING, timeout_s=config.upload_timeout_s
-    )
+    app.add_middleware(_BodyLimit, max_upload=config.max_upload, timeout_s=config.upload_timeout_s)
     if state.config.cors:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -233,9 +231,6 @@ async def _receive_job(request: Request, state: ServerState) -> Job:
     """Read, store and check an upload, and queue its job. Nothing is left in the data
     folder when it is refused."""
     limit = state.config.max_upload
-    claimed = request.headers.get("content-length")
-    if claimed is not None and claimed.isdigit() and int(claimed) > limit + _FRAMING:
-        raise ApiError(413, _too_large(limit))
     job_id = str(uuid.uuid4())
     staging, folder = state.uploads_folder / job_id, state.jobs_folder / job_id
     form = None
@@ -282,21 +277,27 @@ async def _read_form(request: Request) -> Any:
 
 
 class _BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes is refused as it streams in
-    (413), and one that takes longer than ``timeout_s`` to arrive (408), so no client can
-    fill the disk or hold a connection open."""
+    """ASGI middleware: a request body over ``max_upload`` bytes (plus the multipart
+    framing) is refused (413): before it is read when its Content-Length says so, else as
+    it streams in; and one that takes longer than ``timeout_s`` to arrive (408), so no
+    client can fill the disk or hold a connection open."""
 
-    def __init__(self, app: Any, limit: int, timeout_s: float) -> None:
-        self.app, self.limit, self.timeout_s = app, limit, timeout_s
+    def __init__(self, app: Any, max_upload: int, timeout_s: float) -> None:
+        self.app, self.max_upload, self.timeout_s = app, max_upload, timeout_s
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_upload + _FRAMING
+        claimed = dict(scope["headers"]).get(b"content-length", b"")
+        over = claimed.isdigit() and int(claimed) > limit  # refused before it is read
         received, deadline, whole = 0, time.monotonic() + self.timeout_s, False
 
         async def counted() -> Any:
             nonlocal received, whole
+            if over:
+                raise ApiError(413, _too_large(self.max_upload))
             if whole:  # the body is in; later calls wait for a disconnect, unbounded
                 return await receive()
             remaining = max(deadline - time.monotonic(), 0.001)
@@ -305,8 +306,8 @@ class _BodyLimit:
             except asyncio.TimeoutError:
                 raise ApiError(408, "the upload took too long; retry on a faster link.") from None
             received += len(message.get("body", b""))
-            if received > self.limit:
-                raise ApiError(413, _too_large(self.limit - _FRAMING))
+            if received > limit:
+                raise ApiError(413, _too_large(self.max_upload))
             whole = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
