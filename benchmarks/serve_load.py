@@ -26,6 +26,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from salip.api.service import FINAL_STATES
+
 __all__ = ["rss_kib", "run_load"]
 
 
@@ -54,10 +56,8 @@ def _client(url: str, token: str, scan: Path, count: int, poll_s: float, deadlin
             if answer.status_code == 202:
                 jobs.append(answer.json()["id"])
         states = dict.fromkeys(jobs, "queued")
-        while time.monotonic() < deadline and any(
-            s not in ("done", "failed", "cancelled") for s in states.values()
-        ):
-            for job in [j for j, s in states.items() if s not in ("done", "failed", "cancelled")]:
+        while time.monotonic() < deadline and any(s not in FINAL_STATES for s in states.values()):
+            for job in [j for j, s in states.items() if s not in FINAL_STATES]:
                 start = time.perf_counter()
                 answer = http.get(f"/v1/jobs/{job}")
                 took = time.perf_counter() - start

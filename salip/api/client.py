@@ -23,7 +23,7 @@ from typing import Any
 
 from salip.api.pipeline import OutputRequest, output_paths, output_suffix
 from salip.api.provenance import source_record
-from salip.api.service import API_PREFIX, job_settings, read_token
+from salip.api.service import API_PREFIX, FINAL_STATES, job_settings, read_token
 from salip.core.errors import ConfigError, ServiceError, one_line
 from salip.io.output_set import OutputSet
 from salip.io.writing import json_text, sidecar_path
@@ -31,9 +31,6 @@ from salip.io.writing import json_text, sidecar_path
 __all__ = ["Client", "segment_remote"]
 
 logger = logging.getLogger(__name__)
-
-#: States after which a job never changes.
-FINAL_STATES = ("done", "failed", "cancelled")
 
 
 class Client:

@@ -18,6 +18,8 @@ from salip.core.errors import ConfigError
 
 __all__ = [
     "API_PREFIX",
+    "FINAL_STATES",
+    "JOB_STATES",
     "OUTPUT_KINDS",
     "SERVER_SETTINGS",
     "OutputKind",
@@ -29,6 +31,10 @@ __all__ = [
 
 #: Every route of the API but the health checks starts with this.
 API_PREFIX = "/v1"
+
+#: The states of a job, and those after which it never changes.
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+FINAL_STATES = ("done", "failed", "cancelled")
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from salip.api.service import JOB_STATES
+
 __all__ = [
-    "STATES",
     "Job",
     "JobStore",
 ]
-
-#: The states of a job; ``done``, ``failed`` and ``cancelled`` are final.
-STATES = ("queued", "running", "done", "failed", "cancelled")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -55,7 +53,7 @@ class Job:
 
     Attributes:
         id: a random UUID4 (hex with dashes); the name of the job's folder.
-        state: one of :data:`STATES`.
+        state: one of :data:`~salip.api.service.JOB_STATES`.
         request: the checked request (organs, outputs, settings), plain JSON data.
         input_name: the input's file name in the job's folder (chosen by the server).
         upload_name: the name the client gave its upload (shown, never used as a path).
@@ -263,4 +261,4 @@ class JobStore:
         """Jobs per state."""
         with self._connect(write=False) as db:
             rows = db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
-        return {state: 0 for state in STATES} | {r[0]: int(r[1]) for r in rows}
+        return {state: 0 for state in JOB_STATES} | {r[0]: int(r[1]) for r in rows}
