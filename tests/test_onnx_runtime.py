@@ -202,7 +202,7 @@ def test_the_engines_use_the_runtime_the_model_was_loaded_with(tiny_sam_path, mo
 
 
 def test_the_proposals_command_runs_on_the_chosen_runtime(tmp_path, tiny_models):
-    from salip.api.pipeline import propose
+    from salip.api.proposals import propose
 
     image = require_data(TOTALSEG / "example_ct_sm.nii.gz")
     options = {**tiny_models, "points_per_side": 4, "pred_iou_thresh": 0.0}

@@ -1,1 +1,1 @@
-"""Layer 7: ``salip.segment``, ``salip.propose`` and the method factory."""
+"""Layer 7: ``salip.segment``, ``salip.propose`` (:mod:`salip.api.proposals`) and the method factory."""

@@ -56,6 +56,7 @@ from salip.models.head import LoadedHead
 from salip.models.sam import LoadedSam
 from salip.strategies.base import Strategy
 from salip.strategies.cascade import Engines
+from salip.strategies.hints import SliceHint
 from salip.strategies.slices import SlicesStrategy
 from salip.strategies.volume import VolumeStrategy
 
@@ -190,6 +191,8 @@ class CaseInput:
             and label value -> class name (the dataset's names; unnamed values are
             ``label_<value>``); only for kinds that ``needs_label_map``, else None.
         spacing: voxel size in mm along the canonical axes (None: unknown, 1 mm).
+        hints: the user's hints, mapped onto the canonical volume; only the cascade's
+            strategies take them.
     """
 
     organs: tuple[Organ, ...]
@@ -198,6 +201,7 @@ class CaseInput:
     references: Mapping[str, np.ndarray] | None = None
     label_map: tuple[np.ndarray, Mapping[int, str]] | None = None
     spacing: tuple[float, ...] | None = None
+    hints: tuple[SliceHint, ...] = ()
 
 
 @dataclass
@@ -337,10 +341,11 @@ def cascade_strategy(
     engines: Engines, config: SegmentConfig, case: CaseInput, batch: int, timer: StageTimer
 ) -> Strategy:
     """The strategy of ``config.strategy`` on cascade engines (``auto``: volume); a 2D image
-    is one slice, so there the volume strategy is the slices strategy."""
+    is one slice, so there the volume strategy is the slices strategy. The case's hints
+    steer either."""
     if config.strategy.strategy in ("auto", "volume") and not case.is_2d:
-        return VolumeStrategy(engines, config, batch, timer)
-    return SlicesStrategy.from_engines(engines, config, batch, timer)
+        return VolumeStrategy(engines, config, batch, timer, case.hints)
+    return SlicesStrategy.from_engines(engines, config, batch, timer, case.hints)
 
 
 def slice_only(kind: str, config: SegmentConfig) -> None:
@@ -365,6 +370,11 @@ def _build_head(
     from salip.strategies.head import HeadSegmenter
 
     slice_only("head", config)
+    if case.hints:
+        raise ConfigError(
+            "hints are prompted through SAM's decoder by the cascade; the learned head does "
+            "not take them. Drop the hints or use --method cascade."
+        )
     head = models.head(str(config.segmenter.head))
     trained_axis = head.slicing.get("axis")
     if trained_axis and trained_axis != config.slicing.axis:

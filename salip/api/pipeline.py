@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,17 +19,17 @@ from salip.api.factory import (
     Models,
     build,
     get_method,
-    load_models,
     window_organs,
 )
 from salip.api.provenance import sidecar_payload, source_record
 from salip.core.config import SegmentConfig
 from salip.core.errors import ConfigError, OutputError
+from salip.core.hints import Hint, check_hints, read_hints
 from salip.core.organs import Organ, parse_organs
 from salip.core.timing import StageTimer
 from salip.io import Volume, file_stem, input_kind, read_input
 from salip.io.dicom_seg import build_seg, save_seg, source_references
-from salip.io.orientation import source_slice_indices, to_source_grid
+from salip.io.orientation import input_to_display, to_source_grid
 from salip.io.output_set import OutputSet
 from salip.io.slicing import (
     AXES,
@@ -37,7 +37,6 @@ from salip.io.slicing import (
     body_slices,
     check_slice_geometry,
     choose_intensity,
-    iter_slices,
     n_slices,
     to_uint8,
 )
@@ -49,6 +48,7 @@ from salip.outputs.viewer import viewer_html
 from salip.outputs.viewer.data import run_viewer_data
 from salip.strategies.assembly import overlaps, to_label_map
 from salip.strategies.base import SliceSegmenter, Strategy
+from salip.strategies.hints import SliceHint
 from salip.strategies.slices import SlicesStrategy
 from salip.strategies.volume_view import VolumeView
 from salip.version import __version__
@@ -59,10 +59,10 @@ __all__ = [
     "output_suffix",
     "ModelSource",
     "OutputRequest",
-    "propose",
     "segment",
     "segment_case",
     "SegmentationResult",
+    "slice_hints",
 ]
 
 logger = logging.getLogger(__name__)
@@ -198,6 +198,7 @@ def segment(
     config: SegmentConfig | None = None,
     segmenter: SliceSegmenter | Strategy | None = None,
     progress: bool = False,
+    hints: Sequence[Hint | str | Mapping[str, Any]] | None = None,
     **options: Any,
 ) -> SegmentationResult:
     """Segment ``organs`` in a NIfTI volume, DICOM series (folder or zip) or 2D image.
@@ -230,6 +231,11 @@ def segment(
         segmenter: a slice segmenter (run under the ``slices`` strategy) or a strategy
             replacing the method's (no models are loaded).
         progress: show a progress bar over slices.
+        hints: boxes and clicks that steer targets, in voxel indices of the input grid
+            (:mod:`salip.core.hints`): :class:`~salip.core.hints.Hint` objects, CLI strings
+            (``"liver:slice=40:box=120,80,260,210"``) or dicts of Hint's fields. Under
+            ``volume`` a hinted target is seeded at its hints and propagated; under
+            ``slices`` a hint prompts its slice. Only the cascade takes hints.
         **options: any config field by its flat name, e.g. ``sam_checkpoint="vit_b"``,
             ``points_per_side=16``, ``window="liver"``, ``axis="axial"``.
 
@@ -250,6 +256,7 @@ def segment(
         segmenter=segmenter,
         progress=progress,
         models=LazyModels(),
+        hints=hints,
     )
 
 
@@ -268,6 +275,7 @@ def segment_case(
     progress: bool,
     models: ModelSource,
     timer: StageTimer | None = None,
+    hints: Sequence[Hint | str | Mapping[str, Any]] | None = None,
 ) -> SegmentationResult:
     """:func:`segment` with its models from ``models`` (several cases share loaded models)
     and its output arguments in ``outputs``; the others as :func:`segment` takes them,
@@ -275,6 +283,13 @@ def segment_case(
     timer = timer or StageTimer()
     t0 = time.perf_counter()
     organ_list = parse_organs(organs, config.scoring.prompts_dir)
+    given = read_hints(hints)
+    check_hints(given, {o.name: o.parts for o in organ_list})
+    if given and segmenter is not None:
+        raise ConfigError(
+            "hints are prompted through SAM's decoder by the cascade; an injected segmenter "
+            "or strategy does not take them. Drop the hints or the segmenter."
+        )
     cfg = config
     path = source.path if isinstance(source, Volume) else Path(source)
     request = outputs
@@ -287,7 +302,8 @@ def segment_case(
         if plan.dicom_seg:  # refused before any model runs
             source_references(volume.sources, str(path))
         timer.add("read", t0)
-        run = _run_strategy(volume, organ_list, cfg, segmenter, timer, progress, models)
+        mapped = slice_hints(volume, given, cfg.slicing.axis)
+        run = _run_strategy(volume, organ_list, cfg, segmenter, timer, progress, models, mapped)
         t = time.perf_counter()
         masks, labels, label_values = _assemble(volume, run, organ_list, cfg, request.split)
         t = timer.add("assembly", t)
@@ -385,6 +401,7 @@ def _run_strategy(
     timer: StageTimer,
     progress: bool,
     load: ModelSource,
+    hints: tuple[SliceHint, ...] = (),
 ) -> RunOutcome:
     """Map intensities, build the method's strategy (or take the injected one) and run it."""
     t = time.perf_counter()
@@ -406,7 +423,7 @@ def _run_strategy(
     timer.add("slicing", t)
     if strategy is None:
         models = models or load(kind, cfg, timer)
-        case = CaseInput(tuple(organ_list), intensity.modality, volume.is_2d)
+        case = CaseInput(tuple(organ_list), intensity.modality, volume.is_2d, hints=hints)
         built = build(kind.name, models, cfg, case, timer)
         strategy, models_info = built.strategy, built.identity
     axis = cfg.slicing.axis
@@ -422,6 +439,32 @@ def _run_strategy(
         result.masks, result.chosen, keep, volume8, intensity, models_info, strategy_info,
         evidence=result.evidence,
     )  # fmt: skip
+
+
+def slice_hints(volume: Volume, hints: Sequence[Hint], axis: str) -> tuple[SliceHint, ...]:
+    """``hints`` (voxel indices of the input grid) mapped onto the canonical volume's
+    display slices along ``axis`` (:func:`~salip.io.orientation.input_to_display`).
+
+    Raises:
+        InputError: a hint's slice or point outside the input.
+    """
+    out = []
+    for hint in hints:
+        corners = []
+        if hint.box is not None:
+            x0, y0, x1, y1 = hint.box
+            corners = [(x0, y0), (x1, y0), (x0, y1), (x1, y1)]
+        xy = corners + [(x, y) for x, y, _ in hint.points]
+        index, shown = input_to_display(volume, axis, hint.slice, np.array(xy, float))
+        box = None
+        if hint.box is not None:  # a flipped or swapped axis moves the corners
+            low, high = shown[:4].min(0), shown[:4].max(0)
+            box = (float(low[0]), float(low[1]), float(high[0]), float(high[1]))
+        points = tuple(
+            (float(x), float(y), p[2]) for (x, y), p in zip(shown[len(corners) :], hint.points)
+        )
+        out.append(SliceHint(hint.target, index, box, points, hint.to_json()))
+    return tuple(out)
 
 
 def _injected_strategy(
@@ -525,66 +568,3 @@ def _save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
     Image.fromarray(image).save(path, format="PNG")
-
-
-def _proposal_intensity(volume: Volume, cfg: SegmentConfig) -> Intensity:
-    """The intensity mapping for proposals, which need no modality for 8-bit 2D images.
-
-    Descriptions are never read here, so an 8-bit image whose modality cannot be told is
-    shown to SAM as stored, as :func:`choose_intensity` would for any modality.
-    """
-    try:
-        return choose_intensity(volume, [], cfg.slicing)
-    except ConfigError:
-        if volume.is_2d and volume.data.dtype == np.uint8 and cfg.slicing.window is None:
-            return Intensity("unknown", "unchanged", modality_from="not needed")
-        raise
-
-
-def propose(
-    source: str | Path,
-    *,
-    slice_index: int | None = None,
-    config: SegmentConfig | None = None,
-    **options: Any,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Everything-mode proposals of one image or one volume slice.
-
-    Args:
-        source: input path, or a :class:`~salip.io.Volume` already read with
-            :func:`salip.io.read_input` (outputs are then named after its ``path``).
-        slice_index: slice along ``axis``, as indexed in the input file (default: middle).
-        config: settings; ``options`` apply on top (same names as :func:`segment`'s).
-
-    Returns:
-        (records as segment-anything's ``amg.py --convert-to-rle`` writes them, info dict
-        with the slice used and the model identity).
-    """
-    from salip.engines.everything_mode import generate_proposals_batch
-    from salip.models.sam_runtime import encode_images
-
-    cfg = (config or SegmentConfig()).replace(**options)
-    volume = read_input(Path(source), **_read_options(cfg))
-    axis = cfg.slicing.axis
-    total = n_slices(volume, axis)
-    if slice_index is None:
-        slice_index = total // 2
-    if not 0 <= slice_index < total:
-        raise ConfigError(f"--slice {slice_index} is out of range: the input has {total} slices.")
-    # The input->canonical index map along one axis is its own inverse (a flip or identity).
-    _, (canonical_index,) = source_slice_indices(volume, axis, [slice_index])
-    intensity = _proposal_intensity(volume, cfg)
-    volume8 = to_uint8(volume, intensity, cfg.slicing)
-    image = next(img for i, img in iter_slices(volume8, volume.is_2d, axis) if i == canonical_index)
-    sam = load_models(cfg.models, clip=False).sam  # on the run's --runtime
-    encoder = None if sam.onnx is None else sam.onnx.encoder
-    (embedding,) = encode_images(sam.model, [image], 1, encoder=encoder, preprocess=sam.preprocess)
-    (proposals,) = generate_proposals_batch(sam.model, [embedding], cfg.proposals, runtime=sam.onnx)
-    records = proposals.to_records()
-    info = {
-        "slice": slice_index,
-        "axis": axis,
-        "sam": sam.identity(),
-        "image_size": list(image.shape[:2]),
-    }
-    return records, info

@@ -17,6 +17,7 @@ from salip.io.volume import SourceGeometry, Volume
 __all__ = [
     "AXES",
     "display_pixel_mm",
+    "input_to_display",
     "in_plane_axes",
     "slice_counts",
     "slices_with_most",
@@ -132,3 +133,64 @@ def source_slice_indices(
     n = volume.data.shape[target]
     flipped = ornt[src_axis, 1] < 0
     return src_axis, [n - 1 - k if flipped else k for k in canonical]
+
+
+def input_to_display(
+    volume: Volume, axis: str, slice_index: int, xy: np.ndarray
+) -> tuple[int, np.ndarray]:
+    """Points given in voxel indices of the input grid -> the display slice they lie on.
+
+    The convention of :mod:`salip.core.hints`: ``slice_index`` counts along the input
+    file's axis that ``axis`` runs along; ``x`` and ``y`` along the file's two other axes,
+    ``x`` along the lower-numbered one. A 2D image's ``x``, ``y`` are column and row.
+
+    Args:
+        volume: the input, read by :func:`salip.io.read_input`.
+        axis: the slicing axis ("axial", "coronal", "sagittal").
+        slice_index: the slice, as indexed in the input file.
+        xy: Nx2 float (x, y) voxel indices on that slice.
+
+    Returns:
+        (the slice's index along ``axis`` in the canonical volume, Nx2 float (x, y) in
+        pixels of its display image: column, row).
+
+    Raises:
+        InputError: the slice or a point outside the input's grid.
+    """
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    if volume.is_2d:
+        h, w = volume.data.shape[:2]
+        _check_inside(xy, (w, h), slice_index, 1)
+        return 0, xy
+    src_axis, _ = source_slice_indices(volume, axis, [0])
+    p, q = (n for n in range(3) if n != src_axis)
+    shape = volume.geometry.shape + (1,) * (3 - len(volume.geometry.shape))
+    _check_inside(xy, (shape[p], shape[q]), slice_index, shape[src_axis])
+    ornt, canonical_shape = volume.geometry.ornt, volume.data.shape
+    out = np.zeros_like(xy)
+    a, b = in_plane_axes(axis)
+    for k in range(len(xy)):
+        canon = [0.0, 0.0, 0.0]
+        for n, value in ((src_axis, slice_index), (p, xy[k, 0]), (q, xy[k, 1])):
+            c = int(ornt[n, 0])
+            canon[c] = canonical_shape[c] - 1 - value if ornt[n, 1] < 0 else value
+        # to_display reverses both in-plane axes and puts b along the rows.
+        out[k] = (canonical_shape[a] - 1 - canon[a], canonical_shape[b] - 1 - canon[b])
+    _, (index,) = source_slice_indices(volume, axis, [slice_index])  # its own inverse
+    return index, out
+
+
+def _check_inside(xy: np.ndarray, size: tuple[int, int], slice_index: int, count: int) -> None:
+    """Raise InputError unless ``slice_index`` < ``count`` and 0 <= x < size[0],
+    0 <= y < size[1]."""
+    if not 0 <= slice_index < count:
+        raise InputError(
+            f"hint slice {slice_index} is outside the input, which has {count} slices "
+            "along the slicing axis (0-based)."
+        )
+    for x, y in xy:
+        if not (0 <= x <= size[0] - 1 and 0 <= y <= size[1] - 1):
+            raise InputError(
+                f"hint point ({x:g}, {y:g}) is outside the slice, whose voxel indices run "
+                f"0..{size[0] - 1} (x) and 0..{size[1] - 1} (y)."
+            )

@@ -285,15 +285,17 @@ def decode(
     points: torch.Tensor | None = None,
     boxes: torch.Tensor | None = None,
     multimask_output: bool = True,
+    point_labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode prompts against one embedding, as ``SamPredictor.predict_torch`` does, with
     the prompts and masks mapped by the embedding's preprocessing profile.
 
     Args:
-        points: Bx1x2 float XY point prompts in pixels of the *original* slice (labels are
-            all foreground).
+        points: BxPx2 float XY point prompts in pixels of the *original* slice.
         boxes: Bx4 float XYXY box prompts in pixels of the original slice.
         multimask_output: three masks per prompt (True) or one (False).
+        point_labels: BxP int, 1 foreground and 0 background (SAM's labels); None: all
+            foreground.
 
     Returns:
         (logits BxCxHxW at the original size, predicted IoU BxC).
@@ -303,6 +305,8 @@ def decode(
     if points is not None:
         coords = profile.coords(points, embedding.original_size, size)
         labels = torch.ones(coords.shape[:2], dtype=torch.int, device=coords.device)
+        if point_labels is not None:
+            labels = point_labels.to(device=coords.device, dtype=torch.int)
         point_arg = (coords, labels)
     box_arg = None
     if boxes is not None:

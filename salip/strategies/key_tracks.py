@@ -60,7 +60,8 @@ class Track:
     """One organ (one side of a pair) through the volume, and its report.
 
     ``candidates``: key slice -> the regions the recogniser accepted there, best first;
-    ``picks``: key slice -> the one the track takes (:func:`link_tracks`).
+    ``picks``: key slice -> the one the track takes (:func:`link_tracks`); ``hinted``:
+    seeded by the user's hints, not by recognition.
     """
 
     organ: Organ
@@ -69,6 +70,7 @@ class Track:
     picks: dict[int, Pick] = field(default_factory=dict)
     masks: dict[int, tuple[np.ndarray, float, str]] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    hinted: bool = False
 
 
 def group_regions(

@@ -31,6 +31,7 @@ from salip.strategies.base import (
 from salip.strategies.cascade import Engines, cascade_batch, point_prompts, prompt_regions
 from salip.strategies.embedding_cache import DEFAULT_CAPACITY, EmbeddingCache
 from salip.strategies.evidence import record_box, record_score
+from salip.strategies.hints import SliceHint, apply_slice_hints, hinted_organs
 from salip.strategies.tracks import gap_boxes, off_track
 from salip.strategies.volume_view import VolumeView
 
@@ -59,23 +60,33 @@ class SlicesStrategy:
         engines: Engines | None = None,
         config: SegmentConfig | None = None,
         timer: StageTimer | None = None,
+        hints: Sequence[SliceHint] = (),
     ) -> None:
         if (segmenter is None) == (engines is None):
             raise ValueError("give exactly one of segmenter and engines")
+        if hints and engines is None:
+            raise ValueError("hints are prompted through the cascade's refiner: give engines")
         if engines is not None and config is None:
             raise ValueError("engines need the config they were built for")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size, self.segmenter, self.engines = batch_size, segmenter, engines
         self.config, self.timer = config, timer or StageTimer()
+        self.hints = tuple(hints)
         self.intensity_organs: Sequence[Organ] | None = getattr(segmenter, "intensity_organs", None)
 
     @classmethod
     def from_engines(
-        cls, engines: Engines, config: SegmentConfig, batch_size: int, timer: StageTimer
+        cls,
+        engines: Engines,
+        config: SegmentConfig,
+        batch_size: int,
+        timer: StageTimer,
+        hints: Sequence[SliceHint] = (),
     ) -> SlicesStrategy:
-        """The SaLIP cascade on ``engines``, ``batch_size`` slices per step."""
-        return cls(batch_size=batch_size, engines=engines, config=config, timer=timer)
+        """The SaLIP cascade on ``engines``, ``batch_size`` slices per step; each of
+        ``hints`` replaces its target's mask on its slice (:func:`apply_slice_hints`)."""
+        return cls(batch_size=batch_size, engines=engines, config=config, timer=timer, hints=hints)
 
     @classmethod
     def wrapping(
@@ -125,8 +136,16 @@ class SlicesStrategy:
         result.details = {"counts": {"slices": len(kept)}}
         if cache is not None and self.engines is not None and self.config is not None:
             t = time.perf_counter()
-            settled = settle_tracks(result, view, organs, cache, self.engines, self.config)
+            hinted = apply_slice_hints(result, view, self.hints, cache, self.engines.refiner)
+            protected = {(h.organ, h.index) for h in self.hints}
+            settled = settle_tracks(
+                result, view, organs, cache, self.engines, self.config, protected
+            )
             self.timer.add("refine", t)
+            if result.evidence is not None:
+                # The user named these regions: the recogniser's evidence (and the
+                # confidence calibrated on it) does not speak for them.
+                result.evidence.update({name: None for name in hinted_organs(self.hints)})
             counts = WorkCounts(
                 encoded_slices=cache.encoded,
                 proposal_slices=len(kept),
@@ -135,6 +154,8 @@ class SlicesStrategy:
                 + settled.pop("box_prompts"),
             )
             result.details = {"counts": dataclasses.asdict(counts), "tracks": settled}
+            if hinted:
+                result.details["hints"] = hinted
         return result
 
     def _cascade_step(
@@ -229,13 +250,15 @@ def settle_tracks(
     cache: EmbeddingCache,
     engines: Engines,
     config: SegmentConfig,
+    protected: set[tuple[str, int]] = frozenset(),  # type: ignore[assignment]
 ) -> dict[str, Any]:
     """Each organ's picks along the axis, per side for a pair, after every slice was
     decided alone:
 
     * a one-sided organ's slice whose box centre lies farther than ``track_distance_mm``
       from the track of its neighbouring slices is emptied (worst first), as the volume
-      strategy rejects stray key-slice picks;
+      strategy rejects stray key-slice picks; ``(organ, slice)`` pairs in ``protected``
+      (hinted slices) never are;
     * each run of at most ``max_gap_slices`` body slices with no pick between two picked
       slices is prompted with boxes interpolated from the two; a mask whose predicted IoU
       reaches ``min_refine_iou`` is added.
@@ -255,6 +278,8 @@ def settle_tracks(
             track = _track(mine)
             if not organ.parts and not view.is_2d:
                 for index, distance in off_track(track, view.pixel_spacing, cfg.track_distance_mm):
+                    if (organ.name, index) in protected:
+                        continue
                     _clear(result, organ.name, index, view)
                     rejected.append(
                         {"slice": view.source_index(index), "distance_mm": round(distance, 1)}

@@ -23,6 +23,16 @@
    leaves the extent by more than ``extent_tolerance_mm``, or when it reaches another
    seed. Where walks overlap, the mask with the higher predicted IoU wins.
 
+**Hints.** A target with hints (:mod:`salip.strategies.hints`) is not localised by
+recognition: each hint's slice is prompted with the hint (box and/or points), the mask is
+its seed, and the walk goes both ways from it with the stop rules above, except that the
+recogniser is not asked (the user said what the region is): an area jump is a bad slice,
+and there is no extent to leave. Its region is walked first; another organ's candidate
+on a key slice that is the same region (box IoU of at least
+:data:`~salip.strategies.key_tracks.CLAIM_IOU` with the hinted mask's box) is withdrawn
+and reported under ``yielded``, so the other organs still compete for the slices around
+it. A hinted target gets no confidence: the model is calibrated on recognition alone.
+
 Only key slices and the slices walked are encoded (through a bounded cache), and only key
 slices run everything mode.
 """
@@ -36,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.ops import box_iou
 
 from salip.core.config import SegmentConfig
 from salip.core.organs import Organ
@@ -48,7 +59,14 @@ from salip.strategies.assembly import empty_volume_mask, put_slice
 from salip.strategies.base import SliceEvidence, StrategyResult, WorkCounts
 from salip.strategies.cascade import Engines, point_prompts, prompt_regions
 from salip.strategies.embedding_cache import DEFAULT_CAPACITY, EmbeddingCache
-from salip.strategies.key_tracks import HYPOTHESES, Track, link_tracks, organ_regions
+from salip.strategies.hints import SliceHint, hint_record, hinted_organs, refine_hint
+from salip.strategies.key_tracks import (
+    CLAIM_IOU,
+    HYPOTHESES,
+    Track,
+    link_tracks,
+    organ_regions,
+)
 from salip.strategies.tracks import distance_from_track, gap_boxes
 from salip.strategies.volume_view import VolumeView
 
@@ -92,11 +110,17 @@ class VolumeStrategy:
     intensity_organs = None
 
     def __init__(
-        self, engines: Engines, config: SegmentConfig, batch_size: int, timer: StageTimer
+        self,
+        engines: Engines,
+        config: SegmentConfig,
+        batch_size: int,
+        timer: StageTimer,
+        hints: Sequence[SliceHint] = (),
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.engines, self.config, self.batch_size, self.timer = engines, config, batch_size, timer
+        self.hints = tuple(hints)
 
     def run(
         self, view: VolumeView, organs: Sequence[Organ], *, progress: bool = False
@@ -111,17 +135,25 @@ class VolumeStrategy:
         )
         evidence: dict[str, list[SliceEvidence]] = {o.name: [] for o in organs}
         tracks = self._survey(view, cache, keys, organs, counts, evidence)
+        walk = _Walker(self, view, cache, keys, counts)
+        hinted = [o for o in organs if o.name in hinted_organs(self.hints)]
+        hint_tracks = [self._hint_track(walk, organ) for organ in hinted]
+        tracks = [t for t in tracks if t.organ.name not in {o.name for o in hinted}]
+        for track in hint_tracks:
+            _withdraw(track, tracks, view)
         link_tracks(tracks, keys, view, cfg.track_distance_mm, cfg.max_key_gap)
         result = StrategyResult(
             masks={o.name: empty_volume_mask(view.mask_shape) for o in organs},
             chosen={o.name: [] for o in organs},
-            evidence=evidence,
+            evidence={**evidence, **{o.name: None for o in hinted}},  # type: ignore[dict-item]
         )
-        walk = _Walker(self, view, cache, keys, counts)
         for track in tracks:
             extent = self._localise(track, keys, view)
             if extent is not None:
                 walk.seed_and_propagate(track, extent)
+        order = {o.name: i for i, o in enumerate(organs)}
+        tracks = sorted(tracks + hint_tracks, key=lambda t: (order[t.organ.name], t.side or ""))
+        for track in tracks:
             self._place(track, view, result)
         counts.encoded_slices = cache.encoded
         result.details = {
@@ -129,7 +161,21 @@ class VolumeStrategy:
             "key_slices": [view.source_index(k) for k in keys],
             "organs": _organ_reports(tracks),
         }
+        if hint_tracks:
+            result.details["hints"] = [h for t in hint_tracks for h in t.report["hints"]]
         return result
+
+    def _hint_track(self, walk: _Walker, organ: Organ) -> Track:
+        """The track of a hinted organ: seeded at its hints, walked both ways."""
+        track = Track(organ, None, hinted=True)
+        walk.seed_hints(track, [h for h in self.hints if h.organ == organ.name])
+        slices = sorted(track.masks)
+        ends = (slices[0], slices[-1]) if slices else ()
+        extent = sorted(walk.view.source_index(k) for k in ends) or None
+        track.report.update(side=None, hinted=True, extent=extent)
+        for hint in track.report["hints"]:
+            hint["seeded"]["extent"] = extent
+        return track
 
     def _survey(
         self,
@@ -220,6 +266,26 @@ class VolumeStrategy:
             result.chosen[track.organ.name].append(dict(seed["record"], slice=seed["canonical"]))
 
 
+def _withdraw(hinted: Track, tracks: Sequence[Track], view: VolumeView) -> None:
+    """Withdraw from other organs' ``tracks`` each key-slice candidate that is the hinted
+    track's region there (box IoU >= CLAIM_IOU with its mask's box), reported under
+    ``yielded``. An organ and its own part do not compete."""
+    name = hinted.organ.name
+    for track in tracks:
+        if name in track.organ.parts or track.organ.name in hinted.organ.parts:
+            continue
+        for key, picks in track.candidates.items():
+            if key not in hinted.masks:
+                continue
+            region = torch.tensor([_box(hinted.masks[key][0])], dtype=torch.float32)
+            boxes = torch.tensor([p.box for p in picks], dtype=torch.float32).reshape(-1, 4)
+            same = box_iou(boxes, region)[:, 0] >= CLAIM_IOU
+            if bool(same.any()):
+                track.candidates[key] = [p for p, s in zip(picks, same.tolist()) if not s]
+                record = {"slice": view.source_index(key), "to": f"{name} (hint)"}
+                track.report.setdefault("yielded", []).append(record)
+
+
 def _display_of(target: np.ndarray, index: int, view: VolumeView) -> np.ndarray:
     """The current display-orientation slice of a canonical mask (pairs share one mask)."""
     return np.asarray(display_slice(target, False, view.axis, index), dtype=bool)
@@ -252,9 +318,15 @@ class _Walker:
         self.ahead = 1  # slices to encode at the next fetch of a walk
 
     def refine(
-        self, index: int, box: Sequence[float], limits: tuple[int, int], step: int
+        self,
+        index: int,
+        box: Sequence[float] | None,
+        limits: tuple[int, int],
+        step: int,
+        hint: SliceHint | None = None,
     ) -> tuple[np.ndarray, float]:
-        """(HxW bool mask, predicted IoU) for one XYXY box on slice ``index``.
+        """(HxW bool mask, predicted IoU) for one XYXY box on slice ``index`` (or, with
+        ``hint``, the hint's box and points).
 
         Embeddings are fetched ahead along ``step`` within ``limits``: 1 slice at the start
         of a walk, doubling up to the batch size while it goes on, so a walk that stops
@@ -269,11 +341,51 @@ class _Walker:
         (embedding,) = self.cache.get([index])
         t = self.timer.add("sam_encoder", t)
         h, w = embedding.original_size
-        boxes = prompt_boxes(torch.tensor([box], dtype=torch.float32), 0.0, h, w)
-        masks, iou = self.engines.refiner.refine(embedding, boxes)
+        if hint is not None:
+            mask, iou = refine_hint(self.engines.refiner, embedding, hint, (h, w))
+        else:
+            boxes = prompt_boxes(torch.tensor([box], dtype=torch.float32), 0.0, h, w)
+            masks, ious = self.engines.refiner.refine(embedding, boxes)
+            mask, iou = masks[0].cpu().numpy().astype(bool), float(ious[0])
         self.timer.add("refine", t)
         self.counts.box_prompts += 1
-        return masks[0].cpu().numpy().astype(bool), float(iou[0])
+        return mask, iou
+
+    def seed_hints(self, track: Track, hints: Sequence[SliceHint]) -> None:
+        """Seed a hinted track at each of its hints and walk from each both ways, over the
+        whole volume (no recognised extent bounds it)."""
+        limits = (0, self.view.count - 1)
+        seeds, stops, reports = [], [], []
+        for hint in sorted(hints, key=lambda h: h.index):
+            self.ahead = 1
+            mask, iou = self.refine(hint.index, None, limits, +1, hint)
+            seeded = {"slice": self.view.source_index(hint.index), "pixels": int(mask.sum())}
+            reports.append({**hint.given, "seeded": {**seeded, "refine_iou": round(iou, 4)}})
+            if not mask.any():
+                stops.append(self._stop(hint.index, hint.index, 0, "hint mask empty"))
+                continue
+            self._keep(track, hint.index, mask, iou, "hint")
+            record = hint_record(hint, mask, iou)
+            seeds.append({"slice": seeded["slice"], "canonical": hint.index, "record": record})
+        seed_slices = {s["canonical"] for s in seeds}
+        for seed in seeds:
+            for step in (-1, +1):
+                stops.append(self._walk(track, seed["canonical"], step, limits, seed_slices))
+        track.report.update(
+            seeds=seeds, slices=self._slice_report(track), stops=stops, hints=reports
+        )
+
+    def _slice_report(self, track: Track) -> list[dict[str, Any]]:
+        """The report's ``slices``: each kept slice's box, source and predicted IoU."""
+        return [
+            {
+                "slice": self.view.source_index(i),
+                "box": _box(m),
+                "from": src,
+                "refine_iou": round(q, 4),
+            }
+            for i, (m, q, src) in sorted(track.masks.items())
+        ]
 
     def seed_and_propagate(self, track: Track, extent: tuple[int, int]) -> None:
         """Refine the track's picks (the seeds) and walk from each both ways."""
@@ -305,19 +417,7 @@ class _Walker:
         for seed in seeds:
             for step in (-1, +1):
                 stops.append(self._walk(track, seed["canonical"], step, limits, seed_slices))
-        track.report.update(
-            seeds=seeds,
-            slices=[
-                {
-                    "slice": self.view.source_index(i),
-                    "box": _box(m),
-                    "from": src,
-                    "refine_iou": round(q, 4),
-                }
-                for i, (m, q, src) in sorted(track.masks.items())
-            ],
-            stops=stops,
-        )
+        track.report.update(seeds=seeds, slices=self._slice_report(track), stops=stops)
 
     def _walk(
         self, track: Track, seed: int, step: int, limits: tuple[int, int], seeds: set[int]
@@ -376,6 +476,8 @@ class _Walker:
         floor = speck_pixels(self.config.area, mask.shape, self.view.pixel_mm)
         ratio = (mask.sum() + floor) / (previous.sum() + floor)
         jump = not 1 / cfg.max_area_ratio <= ratio <= cfg.max_area_ratio
+        if track.hinted:  # the user named the region: no recogniser to confirm a jump
+            return f"area changed {ratio:.2f}x" if jump else None
         if (jump or doubt or index in self.keys) and not self._accepted(track, index, mask, iou):
             if jump:
                 return f"area changed {ratio:.2f}x and the recogniser rejected it"

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from salip.api.pipeline import propose
+from salip.api.proposals import propose
 from salip.apps.cli.flags import Subparsers, add_config_flags, config_options
 from salip.io.output_set import OutputSet
 from salip.io.writing import json_text

@@ -52,6 +52,16 @@ def add_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "With --jobs, the organs of rows that name none.",
     )
     seg.add_argument(
+        "--hint",
+        action="append",
+        metavar="SPEC",
+        help="Steer one target with a box or clicks on one slice, in voxel indices of the "
+        "input (x, y along the file's in-plane axes, slice along the slicing axis, as napari "
+        "and the statistics' bbox_voxels show them): liver:slice=40:box=120,80,260,210 or "
+        "liver:slice=40:point=150,120[:neg]. Repeatable; best with --strategy volume, which "
+        "propagates a hinted target from its slice. One case.",
+    )
+    seg.add_argument(
         "--jobs",
         metavar="FILE",
         help="A CSV (header row) or JSON Lines (.jsonl) file of cases, one per row: input, "
@@ -130,6 +140,13 @@ def add_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``salip segment``; the exit code."""
+    several = args.jobs is not None or len(args.input) > 1
+    if args.hint and (
+        args.server is not None or several or (args.input and is_glob(args.input[0]))
+    ):
+        raise ConfigError(
+            "--hint names slices of one scan, run here: give one input and no --server."
+        )
     if args.server is not None:
         return _segment_on_server(args)
     if args.token_file is not None:
@@ -137,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs is not None or len(args.input) > 1 or (args.input and is_glob(args.input[0])):
         return _segment_many(args)
     if args.input and _holds_several_cases(Path(args.input[0]), getattr(args, "series", None)):
+        if args.hint:
+            raise ConfigError(f"--hint names slices of one scan, and {args.input[0]} holds "
+                              "several; pick one (or --series UID).")  # fmt: skip
         return _segment_many(args)
     if not args.input:
         raise ConfigError("no input: give a scan, several, a quoted glob, or --jobs FILE.")
@@ -161,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         statistics=args.statistics,
         viewer=args.viewer,
         progress=not args.no_progress and not args.quiet,
+        hints=args.hint,
         **config_options(args),
     )
     for name, row in result.report["organs"].items():

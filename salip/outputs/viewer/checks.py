@@ -208,6 +208,7 @@ def _checked_boxes(boxes: Any, names: set[str], n: int) -> dict[str, list[dict[s
                     "margin": _optional_float(box.get("margin"), f"{where} margin"),
                     "clip_score": _optional_float(box.get("clip_score"), f"{where} clip_score"),
                     "side": None if side is None else str(side),
+                    "hint": bool(box.get("hint", False)),
                     "competitors": {
                         str(c): _optional_float(p, f"{where} competitor {c!r}")
                         for c, p in competitors.items()

@@ -65,6 +65,7 @@ def viewer_data(
         for record in records:
             box = {"organ": name, "bbox": list(record["bbox"])}
             box.update({key: record.get(key) for key in _BOX_KEYS})
+            box["hint"] = record.get("from") == "hint"
             box["competitors"] = box["competitors"] or {}
             boxes.setdefault(int(record["slice"]), []).append(box)
     return ViewerData(

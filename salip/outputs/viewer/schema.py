@@ -63,7 +63,8 @@ class ViewerData:
         pixels (segment-anything's XYWH: the box covers columns x..x+w and rows y..y+h),
         "probability" (float or None), "margin" (float or None), "clip_score" (float or
         None), "side" (str or None), "competitors": {class name: probability} (may be
-        empty)}.
+        empty), "hint" (bool, optional: the box is the mask of a user's hint; drawn dashed,
+        and its slice is marked)}.
     profiles: organ name -> list (one per side) of dicts {"side": str|None,
         "profile": [[display slice, score], ...], "extent": [first, last] display slices or
         None, "seeds": [display slices], "stops": [{"seed": slice, "direction": +1/-1,

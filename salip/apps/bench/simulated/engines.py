@@ -226,9 +226,15 @@ class SimulatedRefiner:
     A box over two organs returns the dominant one, as SAM can; a box over no labelled
     pixel returns an empty mask.
 
+    Points steer it as they steer SAM: a negative point's component is never returned
+    (the box's next most dominant one is); positive points' components are returned
+    (their union, cut to the grown box when there is one) instead of the dominant one.
+    Points alone return their components whole.
+
     Predicted IoU = coverage + e, clipped to [0, 1], where coverage is the component's
-    share of the labelled pixels inside the box (1 for a box over one organ alone, lower
-    when the box holds other organs) and e ~ N(0, ``iou_sigma``); 0 for an empty mask.
+    share of the labelled pixels inside the box that no negative point excludes (1 for a
+    box over one organ alone, lower when the box holds other organs; 1 for points alone)
+    and e ~ N(0, ``iou_sigma``); 0 for an empty mask.
     SAM's IoU head is a regression from the image and prompt tokens: it tells an
     ambiguous box from a clean one, but it does not see its own boundary error, so the
     boundary jitter does not lower the prediction, and it errs by itself.
@@ -256,51 +262,91 @@ class SimulatedRefiner:
         return self.class_components[index]
 
     def refine(
-        self, embedding: SimulatedEmbedding, boxes: torch.Tensor
+        self,
+        embedding: SimulatedEmbedding,
+        boxes: torch.Tensor | None,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masks for Kx4 float boxes, XYXY in pixels of the slice (max corner inclusive).
+        """Masks for K prompts: Kx4 float boxes, XYXY in pixels of the slice (max corner
+        inclusive), and/or KxPx2 points with KxP labels (1 on the target, 0 not).
 
         Returns:
             (KxHxW bool masks at the slice's size, K float32 predicted IoU).
         """
         h, w = embedding.original_size
-        masks = torch.zeros((len(boxes), h, w), dtype=torch.bool)
-        ious = torch.zeros(len(boxes))
-        if len(boxes) == 0:
-            return masks, ious
+        count = len(boxes) if boxes is not None else len(points) if points is not None else 0
+        masks = torch.zeros((count, h, w), dtype=torch.bool)
+        ious = torch.zeros(count)
         comp = self.components(embedding.index)
-        for k, box in enumerate(boxes.detach().cpu().double().numpy()):
-            mask, iou = self._refine_box(comp, box, embedding.index)
+        for k in range(count):
+            box = None if boxes is None else boxes[k].detach().cpu().double().numpy()
+            clicks = _clicks(points, point_labels, k, comp)
+            mask, iou = self._refine_prompt(comp, box, clicks, embedding.index)
             masks[k], ious[k] = torch.from_numpy(mask), iou
         return masks, ious
 
-    def _refine_box(
-        self, comp: np.ndarray, box: np.ndarray, index: int
+    def _refine_prompt(
+        self,
+        comp: np.ndarray,
+        box: np.ndarray | None,
+        clicks: tuple[set[int], set[int]],
+        index: int,
     ) -> tuple[np.ndarray, float]:
         h, w = comp.shape
-        x0, x1 = (int(np.clip(round(v), 0, w - 1)) for v in (box[0], box[2]))
-        y0, y1 = (int(np.clip(round(v), 0, h - 1)) for v in (box[1], box[3]))
+        positive, negative = clicks
         empty = np.zeros((h, w), dtype=bool)
-        if x1 < x0 or y1 < y0:
+        inside = np.ones((h, w), dtype=bool)
+        key: tuple[int, ...] = tuple(sorted(positive | negative))
+        if box is None:
+            chosen, coverage = positive - negative, 1.0
+        else:
+            x0, x1 = (int(np.clip(round(v), 0, w - 1)) for v in (box[0], box[2]))
+            y0, y1 = (int(np.clip(round(v), 0, h - 1)) for v in (box[1], box[3]))
+            if x1 < x0 or y1 < y0:
+                return empty, 0.0
+            key = (x0, y0, x1, y1)
+            counts = np.bincount(comp[y0 : y1 + 1, x0 : x1 + 1].ravel(), minlength=2)
+            counts[[0, *negative]] = 0
+            chosen = positive - negative
+            if not chosen and counts.max() > 0:
+                chosen = {int(np.argmax(counts))}
+            if counts.sum() == 0 or not chosen:
+                return empty, 0.0
+            coverage = sum(int(counts[c]) for c in chosen if c < counts.size) / counts.sum()
+            gx0, gy0, gx1, gy1 = grow_boxes(np.array([x0, y0, x1, y1], float), REFINE_GROWTH)
+            inside = empty.copy()
+            rows = slice(max(0, math.floor(gy0)), math.ceil(gy1) + 1)
+            inside[rows, max(0, math.floor(gx0)) : math.ceil(gx1) + 1] = True
+        if not chosen:
             return empty, 0.0
-        counts = np.bincount(comp[y0 : y1 + 1, x0 : x1 + 1].ravel())
-        if counts.size < 2 or counts[1:].max() == 0:
-            return empty, 0.0
-        best = int(np.argmax(counts[1:])) + 1
-        coverage = counts[best] / counts[1:].sum()
-        gx0, gy0, gx1, gy1 = grow_boxes(np.array([x0, y0, x1, y1], float), REFINE_GROWTH)
-        inside = empty.copy()
-        rows = slice(max(0, math.floor(gy0)), math.ceil(gy1) + 1)
-        inside[rows, max(0, math.floor(gx0)) : math.ceil(gx1) + 1] = True
-        mask = (comp == best) & inside
-        rng = stream(self.seed, index, STREAM_REFINE, x0, y0, x1, y1)
+        whole = np.isin(comp, sorted(chosen))
+        mask = whole & inside
+        rng = stream(self.seed, index, STREAM_REFINE, *key)
         shift = rng.uniform(-1.0, 1.0) * self.noise.refine_jitter_mm
         error = rng.normal(0.0, 1.0) * self.noise.iou_sigma
         if shift:
-            mask = jitter_mask(comp == best, shift, self.anatomy.pixel_mm) & inside
+            mask = jitter_mask(whole, shift, self.anatomy.pixel_mm) & inside
         if not mask.any():
             return mask, 0.0
         return mask, float(np.clip(coverage + error, 0.0, 1.0))
+
+
+def _clicks(
+    points: torch.Tensor | None, labels: torch.Tensor | None, k: int, comp: np.ndarray
+) -> tuple[set[int], set[int]]:
+    """(component ids under prompt ``k``'s positive points, under its negative points);
+    points on unlabelled pixels (id 0) name no component."""
+    if points is None:
+        return set(), set()
+    h, w = comp.shape
+    positive, negative = set(), set()
+    for j, (x, y) in enumerate(points[k].detach().cpu().double().numpy()):
+        row, col = int(np.clip(round(y), 0, h - 1)), int(np.clip(round(x), 0, w - 1))
+        label = 1 if labels is None else int(labels[k, j])
+        if comp[row, col]:
+            (positive if label == 1 else negative).add(int(comp[row, col]))
+    return positive, negative
 
 
 # --------------------------------------------------------------------------- all four
