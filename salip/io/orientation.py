@@ -17,6 +17,7 @@ from salip.io.volume import SourceGeometry, Volume
 __all__ = [
     "AXES",
     "display_pixel_mm",
+    "display_to_input",
     "input_to_display",
     "in_plane_axes",
     "slice_counts",
@@ -194,3 +195,26 @@ def _check_inside(xy: np.ndarray, size: tuple[int, int], slice_index: int, count
                 f"hint point ({x:g}, {y:g}) is outside the slice, whose voxel indices run "
                 f"0..{size[0] - 1} (x) and 0..{size[1] - 1} (y)."
             )
+
+
+def display_to_input(volume: Volume, axis: str, index: int, xy: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`input_to_display`: Nx2 (x, y) display pixels of canonical
+    slice ``index`` -> Nx3 (slice, x, y) voxel indices of the input grid (x along the
+    lower-numbered in-plane file axis); a 2D image's come back as (0, x, y)."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    if volume.is_2d:
+        return np.column_stack([np.zeros(len(xy)), xy])
+    src_axis, (slice_index,) = source_slice_indices(volume, axis, [index])
+    p, q = (n for n in range(3) if n != src_axis)
+    ornt, canonical_shape = volume.geometry.ornt, volume.data.shape
+    a, b = in_plane_axes(axis)
+    out = np.zeros((len(xy), 3))
+    for k, (col, row) in enumerate(xy):
+        canon = {AXES[axis]: float(index)}
+        canon[a], canon[b] = canonical_shape[a] - 1 - col, canonical_shape[b] - 1 - row
+        file = {}
+        for n in (p, q):
+            c = int(ornt[n, 0])
+            file[n] = canonical_shape[c] - 1 - canon[c] if ornt[n, 1] < 0 else canon[c]
+        out[k] = (slice_index, file[p], file[q])
+    return out

@@ -45,29 +45,7 @@ def add_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "quoted glob segment every case found (folders among them are searched; a DICOM "
         "folder of several series gives one case per series) into the -o folder.",
     )
-    seg.add_argument(
-        "--organ",
-        action="append",
-        help="Organ to segment; repeat or comma-separate for several (see `salip organs`). "
-        "With --jobs, the organs of rows that name none.",
-    )
-    seg.add_argument(
-        "--hint",
-        action="append",
-        metavar="SPEC",
-        help="Steer one target with a box or clicks on one slice, in voxel indices of the "
-        "input (x, y along the file's in-plane axes, slice along the slicing axis, as napari "
-        "and the statistics' bbox_voxels show them): liver:slice=40:box=120,80,260,210 or "
-        "liver:slice=40:point=150,120[:neg]. Repeatable; best with --strategy volume, which "
-        "propagates a hinted target from its slice. One case.",
-    )
-    seg.add_argument(
-        "--jobs",
-        metavar="FILE",
-        help="A CSV (header row) or JSON Lines (.jsonl) file of cases, one per row: input, "
-        "and optionally organs, series (a DICOM series UID) and output (the mask path, "
-        "relative to the -o folder). Relative inputs are relative to the jobs file.",
-    )
+    _add_target_flags(seg)
     out = seg.add_argument_group("outputs")
     out.add_argument(
         "-o",
@@ -136,6 +114,33 @@ def add_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     add_cluster_flags(seg)
     add_config_flags(seg, list(GROUP_TITLES))
     seg.set_defaults(func=run)
+
+
+def _add_target_flags(seg: argparse.ArgumentParser) -> None:
+    """--organ, --hint and --jobs."""
+    seg.add_argument(
+        "--organ",
+        action="append",
+        help="Organ to segment; repeat or comma-separate for several (see `salip organs`). "
+        "With --jobs, the organs of rows that name none.",
+    )
+    seg.add_argument(
+        "--hint",
+        action="append",
+        metavar="SPEC",
+        help="Steer one target with a box or clicks on one slice, in voxel indices of the "
+        "input (x, y along the file's in-plane axes, slice along the slicing axis, as napari "
+        "and the statistics' bbox_voxels show them): liver:slice=40:box=120,80,260,210 or "
+        "liver:slice=40:point=150,120[:neg]. Repeatable; best with --strategy volume, which "
+        "propagates a hinted target from its slice. One case.",
+    )
+    seg.add_argument(
+        "--jobs",
+        metavar="FILE",
+        help="A CSV (header row) or JSON Lines (.jsonl) file of cases, one per row: input, "
+        "and optionally organs, series (a DICOM series UID) and output (the mask path, "
+        "relative to the -o folder). Relative inputs are relative to the jobs file.",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
