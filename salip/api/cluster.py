@@ -21,6 +21,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from salip.core.config import ClusterConfig
@@ -335,6 +336,8 @@ class RayPool(Generic[T, R]):
         for slot in slots:
             if slot.task is not None:
                 _wait_dead(ray, slot.actor)
+                if slot.host == socket.gethostname():
+                    _wait_exited(slot.pid)
                 self.on_death(tasks[slot.task])
 
 
@@ -350,6 +353,32 @@ def _wait_dead(ray: Any, actor: Any, timeout_s: float = 30.0) -> None:
         except ray.exceptions.RayError:
             return
         time.sleep(0.1)
+
+
+def _wait_exited(pid: int, timeout_s: float = 30.0) -> None:
+    """Return once process ``pid`` of this machine is gone, or after ``timeout_s``. Ray
+    reports a killed actor dead before the system has ended its process, which may still
+    write a temporary file in that moment; the clean-up must come after."""
+    deadline = time.monotonic() + timeout_s
+    while pid > 0 and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            return  # a process of another user: not our worker any more
+        if _zombie(pid):
+            return  # ended, not yet reaped by its parent
+        time.sleep(0.05)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether process ``pid`` has ended and waits to be reaped (Linux; False elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def _salip_environment() -> dict[str, str]:

@@ -434,3 +434,23 @@ def test_the_preview_names_its_organs_and_slices(tmp_path):
     caption = tiles[:16, :60]  # the caption's dark box, with light text on it
     assert (caption.max(axis=-1) <= 20).mean() > 0.5 and (caption.min(axis=-1) > 150).sum() > 10
     assert result.report["organs"]["liver"]["slices"]  # the slices the captions number
+
+
+def test_the_viewer_marks_a_hinted_slice(tmp_path):
+    """A box from a user's hint is labelled "(hint)" and its slice says it was hinted."""
+    sync_playwright, chromium = _browser()
+    hinted = {"organ": "liver", "bbox": [1, 1, 2, 1], "probability": None, "hint": True}
+    path = tmp_path / "viewer.html"
+    path.write_text(viewer_html(_tiny(boxes={1: [hinted]})), encoding="utf-8")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(path.as_uri())
+            page.evaluate("window.salipViewer.ready")
+            _set_range(page, "#slice", 0)
+            assert "hinted" not in page.text_content("#slice-label")
+            _set_range(page, "#slice", 1)
+            assert page.text_content("#slice-label").endswith(" · hinted: liver")
+        finally:
+            browser.close()
