@@ -1,7 +1,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Xvfb, Mesa's OpenGL and the X libraries PyQt5's xcb platform plugin needs (napari tests).
+# Xvfb, Mesa's OpenGL and the X libraries Qt's xcb platform plugin needs (napari tests).
 QT_APT := xvfb libgl1 libegl1 libgl1-mesa-dri libxkbcommon-x11-0 libxcb-icccm4 \
   libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
   libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libfontconfig1 libdbus-1-3

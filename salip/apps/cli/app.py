@@ -69,6 +69,10 @@ COMMANDS: dict[str, Command] = {
         "salip.apps.cli.serve",
         "Run an HTTP segmentation service with a job queue that survives restarts.",
     ),
+    "napari": Command(
+        "salip.apps.cli.napari",
+        "Open napari with salip's widget docked and the given scans loaded.",
+    ),
     "head": Command("salip.apps.cli.head", "Train the learned comparator head on SAM features."),
     "models": Command("salip.apps.cli.models", "Download or list SAM checkpoints."),
     "organs": Command(

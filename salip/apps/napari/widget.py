@@ -45,7 +45,7 @@ from salip.apps.napari.session import (
     labels_layer,
     replace_target,
 )
-from salip.core.errors import ConfigError
+from salip.core.errors import ConfigError, SalipError
 from salip.core.hints import Hint
 from salip.core.organs import vocabulary
 from salip.io import file_stem, read_input
@@ -201,8 +201,13 @@ class SegmentWidget(QWidget):
         if not self.image.currentText():
             self.status.setText("Open a scan first (File > Open, salip's reader).")
             return
+        try:
+            request = self.request()
+        except SalipError as exc:
+            self.status.setText(str(exc))
+            return
         self.hints = {}
-        self._start(self.request(), self._show)
+        self._start(request, self._show)
 
     def rerun_with_hints(self) -> None:
         """Rerun the chosen target with the hints drawn for it; only its labels change."""
@@ -210,12 +215,17 @@ class SegmentWidget(QWidget):
         if self.result is None or not target:
             self.status.setText("Run salip first; then draw a hint and rerun a target.")
             return
-        drawn = self._drawn_hints(target)
+        try:
+            drawn = self._drawn_hints(target)
+            request = self.request([target], hints=tuple(drawn))
+        except SalipError as exc:
+            self.status.setText(str(exc))
+            return
         if not drawn:
             self.status.setText(f"Draw a rectangle in '{HINT_SHAPES}' or click in '{HINT_POINTS}'.")
             return
         self.hints[target] = drawn
-        self._start(self.request([target], hints=tuple(drawn)), self._replace)
+        self._start(request, self._replace)
 
     def save(self) -> None:
         """Run every target with every hint given and write salip's outputs."""
@@ -223,7 +233,12 @@ class SegmentWidget(QWidget):
             self.status.setText("Run salip first.")
             return
         targets = list(self.result.label_values)
-        request = self.request(targets, hints=tuple(h for hs in self.hints.values() for h in hs))
+        given = tuple(h for hs in self.hints.values() for h in hs)
+        try:
+            request = self.request(targets, hints=given)
+        except SalipError as exc:
+            self.status.setText(str(exc))
+            return
         folder, stem = Path(self.folder.text()), file_stem(request.source)
         suffix = ".dcm" if self.mask_type.currentText() == "dicom-seg" else ".nii.gz"
         outputs = OutputRequest(
@@ -288,7 +303,7 @@ class SegmentWidget(QWidget):
         self.worker = None
 
     # ---- results ---------------------------------------------------------------------
-    def _show(self, result: SegmentationResult, volume: Any) -> None:
+    def _show(self, result: SegmentationResult, volume: Any, keep_hints: bool = False) -> None:
         from napari.utils.colormaps import DirectLabelColormap
 
         self.result, self.volume = result, volume
@@ -299,7 +314,8 @@ class SegmentWidget(QWidget):
             self.viewer.layers.remove(name)
         self.labels = self.viewer.add_labels(data, name=name, colormap=colours, **kwargs)
         self._show_boxes(result, volume)
-        self._hint_layers(volume)
+        if not (keep_hints and HINT_SHAPES in self.viewer.layers):
+            self._hint_layers(volume)
         self.hint_target.clear()
         self.hint_target.addItems(list(result.label_values))
         self.status.setText(_summary(result))
@@ -365,7 +381,7 @@ class SegmentWidget(QWidget):
         self.status.setText(f"{target}: rerun with {len(self.hints[target])} hint(s). " + _summary(result))  # fmt: skip
 
     def _saved(self, result: SegmentationResult, volume: Any) -> None:
-        self._show(result, volume)
+        self._show(result, volume, keep_hints=True)
         self.status.setText("wrote " + ", ".join(str(p) for p in result.outputs))
 
 

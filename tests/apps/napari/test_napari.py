@@ -22,7 +22,7 @@ def _widget(viewer, tiny_models, targets="liver, spleen", strategy="volume"):
     from salip.apps.napari.widget import SegmentWidget
 
     widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    viewer.window.add_dock_widget(widget, name="salip")
     widget.targets.setText(targets)
     widget.strategy.setCurrentText(strategy)
     widget.sam.setText(tiny_models["sam_checkpoint"])
@@ -167,3 +167,39 @@ def test_a_mask_salip_wrote_opens_as_labels_on_its_scan(viewer, tiny_models, tmp
     from salip.io import read_input
 
     assert np.array_equal(from_layer(mask.data, read_input(scan)), result.labels)
+
+
+def test_a_bad_setting_is_reported_in_the_widget(viewer, tiny_models):
+    from salip.apps.napari.widget import parse_settings
+
+    assert parse_settings("points_per_side=16, window=liver, full_grid=true") == {
+        "points_per_side": 16,
+        "window": "liver",
+        "full_grid": True,
+    }
+    ct = require_data(TOTALSEG / "example_ct_sm.nii.gz")
+    viewer.open(str(ct), plugin="salip")
+    widget = _widget(viewer, tiny_models)
+    widget.settings.setText("points_per_side")
+    widget.run_button.click()
+    assert widget.worker is None and "write name=value" in widget.status.text()
+
+
+def test_salip_napari_docks_the_widget_and_opens_the_scans(viewer):
+    from salip.apps.napari.launch import open_in
+
+    ct = require_data(TOTALSEG / "example_ct_sm.nii.gz")
+    widget = open_in(viewer, [ct])
+    assert [layer.name for layer in viewer.layers] == ["example_ct_sm.nii"]
+    assert widget.image.currentText() == "example_ct_sm.nii"
+    assert "salip" in viewer.window.dock_widgets
+
+
+def test_salip_napari_without_napari_names_the_extra(monkeypatch, capsys):
+    import sys
+
+    from salip.apps.cli import main
+
+    monkeypatch.setitem(sys.modules, "napari", None)  # import napari now raises ImportError
+    assert main(["napari"]) == 1
+    assert "pip install 'salip[napari]'" in capsys.readouterr().err
