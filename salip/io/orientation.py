@@ -163,22 +163,14 @@ def input_to_display(
         h, w = volume.data.shape[:2]
         _check_inside(xy, (w, h), slice_index, 1)
         return 0, xy
-    src_axis, _ = source_slice_indices(volume, axis, [0])
+    src_axis, (index,) = source_slice_indices(volume, axis, [slice_index])  # own inverse
     p, q = (n for n in range(3) if n != src_axis)
     shape = volume.geometry.shape + (1,) * (3 - len(volume.geometry.shape))
     _check_inside(xy, (shape[p], shape[q]), slice_index, shape[src_axis])
-    ornt, canonical_shape = volume.geometry.ornt, volume.data.shape
-    out = np.zeros_like(xy)
-    a, b = in_plane_axes(axis)
-    for k in range(len(xy)):
-        canon = [0.0, 0.0, 0.0]
-        for n, value in ((src_axis, slice_index), (p, xy[k, 0]), (q, xy[k, 1])):
-            c = int(ornt[n, 0])
-            canon[c] = canonical_shape[c] - 1 - value if ornt[n, 1] < 0 else value
-        # to_display reverses both in-plane axes and puts b along the rows.
-        out[k] = (canonical_shape[a] - 1 - canon[a], canonical_shape[b] - 1 - canon[b])
-    _, (index,) = source_slice_indices(volume, axis, [slice_index])  # its own inverse
-    return index, out
+    voxels = np.zeros((len(xy), 4))
+    voxels[:, src_axis], voxels[:, p], voxels[:, q], voxels[:, 3] = slice_index, *xy.T, 1.0
+    canonical = voxels @ np.linalg.inv(_canonical_to_file(volume)).T
+    return index, _display_xy(canonical, volume.data.shape, axis)
 
 
 def _check_inside(xy: np.ndarray, size: tuple[int, int], slice_index: int, count: int) -> None:
@@ -204,17 +196,31 @@ def display_to_input(volume: Volume, axis: str, index: int, xy: np.ndarray) -> n
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     if volume.is_2d:
         return np.column_stack([np.zeros(len(xy)), xy])
-    src_axis, (slice_index,) = source_slice_indices(volume, axis, [index])
+    src_axis, _ = source_slice_indices(volume, axis, [index])
     p, q = (n for n in range(3) if n != src_axis)
-    ornt, canonical_shape = volume.geometry.ornt, volume.data.shape
     a, b = in_plane_axes(axis)
-    out = np.zeros((len(xy), 3))
-    for k, (col, row) in enumerate(xy):
-        canon = {AXES[axis]: float(index)}
-        canon[a], canon[b] = canonical_shape[a] - 1 - col, canonical_shape[b] - 1 - row
-        file = {}
-        for n in (p, q):
-            c = int(ornt[n, 0])
-            file[n] = canonical_shape[c] - 1 - canon[c] if ornt[n, 1] < 0 else canon[c]
-        out[k] = (slice_index, file[p], file[q])
-    return out
+    shape = volume.data.shape
+    canonical = np.zeros((len(xy), 4))
+    canonical[:, AXES[axis]], canonical[:, 3] = index, 1.0
+    # _display_xy undone: to_display reverses both in-plane axes and puts b along the rows.
+    canonical[:, a], canonical[:, b] = shape[a] - 1 - xy[:, 0], shape[b] - 1 - xy[:, 1]
+    voxels = canonical @ _canonical_to_file(volume).T
+    return voxels[:, [src_axis, p, q]]
+
+
+def _canonical_to_file(volume: Volume) -> np.ndarray:
+    """4x4 map from canonical voxel indices to the input file's (nibabel's
+    ``inv_ornt_aff`` of the reorientation :func:`_canonical` applied)."""
+    from nibabel import orientations as nio
+
+    shape = volume.geometry.shape + (1,) * (3 - len(volume.geometry.shape))
+    to_ras = nio.ornt_transform(volume.geometry.ornt, nio.axcodes2ornt("RAS"))
+    return nio.inv_ornt_aff(to_ras, shape)
+
+
+def _display_xy(canonical: np.ndarray, shape: tuple[int, ...], axis: str) -> np.ndarray:
+    """Nx2 (column, row) display pixels of Nx3+ canonical voxel indices on slices along
+    ``axis``: :func:`salip.io.slicing.to_display` reverses both in-plane axes and puts the
+    later one along the rows."""
+    a, b = in_plane_axes(axis)
+    return np.column_stack([shape[a] - 1 - canonical[:, a], shape[b] - 1 - canonical[:, b]])
