@@ -9,6 +9,7 @@ import torch
 
 __all__ = [
     "grow_boxes",
+    "mask_box",
     "prompt_boxes",
 ]
 
@@ -33,6 +34,12 @@ def grow_boxes(boxes: Boxes, margin: float) -> Boxes:
     dx, dy = (x1 - x0 + 1) * margin, (y1 - y0 + 1) * margin
     stack = torch.stack if isinstance(boxes, torch.Tensor) else np.stack
     return stack([x0 - dx, y0 - dy, x1 + dx, y1 + dy], -1)
+
+
+def mask_box(mask: np.ndarray) -> list[int]:
+    """XYXY (max inclusive) pixel box of a non-empty HxW bool mask."""
+    rows, cols = np.nonzero(mask)
+    return [int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())]
 
 
 def prompt_boxes(boxes: torch.Tensor, margin: float, height: int, width: int) -> torch.Tensor:

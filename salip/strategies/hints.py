@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from salip.engines.boxes import prompt_boxes
+from salip.engines.boxes import mask_box, prompt_boxes
 from salip.strategies.assembly import put_slice
 from salip.strategies.base import StrategyResult
 from salip.strategies.embedding_cache import EmbeddingCache
@@ -30,6 +30,7 @@ __all__ = [
     "hint_record",
     "hinted_organs",
     "refine_hint",
+    "seeded_report",
     "SliceHint",
 ]
 
@@ -87,8 +88,7 @@ def refine_hint(
 def hint_record(hint: SliceHint, mask: np.ndarray, iou: float) -> dict[str, Any]:
     """A chosen record for the hint's non-empty mask (as the strategies' ``chosen``
     records): ``bbox`` (XYWH of the mask's box), ``from`` "hint", ``refine_iou``, ``hint``."""
-    rows, cols = np.nonzero(mask)
-    x0, y0, x1, y1 = int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())
+    x0, y0, x1, y1 = mask_box(mask)
     return {
         "bbox": [x0, y0, x1 - x0, y1 - y0],
         "from": "hint",
@@ -119,6 +119,14 @@ def apply_slice_hints(
         if mask.any():
             kept.append({"slice": hint.index, **hint_record(hint, mask, iou)})
         result.chosen[hint.organ] = kept
-        seeded = {"slice": view.source_index(hint.index), "pixels": int(mask.sum())}
-        out.append({**hint.given, "seeded": {**seeded, "refine_iou": round(iou, 4)}})
+        out.append(seeded_report(hint, view, mask, iou))
     return out
+
+
+def seeded_report(
+    hint: SliceHint, view: VolumeView, mask: np.ndarray, iou: float
+) -> dict[str, Any]:
+    """The report's entry of one hint: the hint as given, and what it ``seeded``: its
+    ``slice`` (as in the input file), the mask's ``pixels`` and ``refine_iou``."""
+    seeded = {"slice": view.source_index(hint.index), "pixels": int(mask.sum())}
+    return {**hint.given, "seeded": {**seeded, "refine_iou": round(iou, 4)}}

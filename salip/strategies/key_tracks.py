@@ -26,11 +26,13 @@ from salip.strategies.volume_view import VolumeView
 
 __all__ = [
     "CLAIM_IOU",
+    "competing",
     "HYPOTHESES",
     "group_regions",
     "link_tracks",
     "organ_regions",
     "Pick",
+    "same_region",
     "Track",
 ]
 
@@ -173,15 +175,31 @@ def _evidence(picks: dict[int, Pick]) -> float:
     return sum(p.score for p in picks.values())
 
 
+def competing(a: Organ, b: Organ) -> bool:
+    """Whether two organs compete for a region: not one organ, nor an organ and its own
+    part (a pair and one side's organ)."""
+    return not (a.name in (b.name, *b.parts) or b.name in a.parts)
+
+
+def same_region(boxes: Sequence[Sequence[float]], box: Sequence[float]) -> list[bool]:
+    """Which XYXY ``boxes`` are the region of ``box`` on the same slice: box IoU of at
+    least :data:`CLAIM_IOU`."""
+    if not boxes:
+        return []
+    ious = box_iou(
+        torch.tensor(boxes, dtype=torch.float32), torch.tensor([box], dtype=torch.float32)
+    )
+    return (ious[:, 0] >= CLAIM_IOU).tolist()
+
+
 def _first_claim(tracks: Sequence[Track]) -> tuple[Track, Track, int] | None:
     """(first track, second track, key slice) of the first two tracks of different
     organs whose picks on one key slice are the same region; None if none."""
     for i, a in enumerate(tracks):
         for b in tracks[i + 1 :]:
-            if a.organ.name in (b.organ.name, *b.organ.parts) or b.organ.name in a.organ.parts:
+            if not competing(a.organ, b.organ):
                 continue
             for key in sorted(set(a.picks) & set(b.picks)):
-                boxes = torch.tensor([a.picks[key].box, b.picks[key].box], dtype=torch.float32)
-                if float(box_iou(boxes[:1], boxes[1:])[0, 0]) >= CLAIM_IOU:
+                if same_region([a.picks[key].box], b.picks[key].box)[0]:
                     return a, b, key
     return None

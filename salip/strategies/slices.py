@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import numpy as np
@@ -250,7 +250,7 @@ def settle_tracks(
     cache: EmbeddingCache,
     engines: Engines,
     config: SegmentConfig,
-    protected: set[tuple[str, int]] = frozenset(),  # type: ignore[assignment]
+    protected: Container[tuple[str, int]] = (),
 ) -> dict[str, Any]:
     """Each organ's picks along the axis, per side for a pair, after every slice was
     decided alone:

@@ -46,26 +46,32 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou
 
 from salip.core.config import SegmentConfig
 from salip.core.organs import Organ
 from salip.core.timing import StageTimer
 from salip.engines.area_filter import area_filter, speck_pixels
-from salip.engines.boxes import grow_boxes, prompt_boxes
+from salip.engines.boxes import grow_boxes, mask_box, prompt_boxes
 from salip.engines.everything_mode import Proposals
 from salip.io.slicing import display_slice
 from salip.strategies.assembly import empty_volume_mask, put_slice
 from salip.strategies.base import SliceEvidence, StrategyResult, WorkCounts
 from salip.strategies.cascade import Engines, point_prompts, prompt_regions
 from salip.strategies.embedding_cache import DEFAULT_CAPACITY, EmbeddingCache
-from salip.strategies.hints import SliceHint, hint_record, hinted_organs, refine_hint
+from salip.strategies.hints import (
+    SliceHint,
+    hint_record,
+    hinted_organs,
+    refine_hint,
+    seeded_report,
+)
 from salip.strategies.key_tracks import (
-    CLAIM_IOU,
     HYPOTHESES,
     Track,
+    competing,
     link_tracks,
     organ_regions,
+    same_region,
 )
 from salip.strategies.tracks import distance_from_track, gap_boxes
 from salip.strategies.volume_view import VolumeView
@@ -151,8 +157,7 @@ class VolumeStrategy:
             extent = self._localise(track, keys, view)
             if extent is not None:
                 walk.seed_and_propagate(track, extent)
-        order = {o.name: i for i, o in enumerate(organs)}
-        tracks = sorted(tracks + hint_tracks, key=lambda t: (order[t.organ.name], t.side or ""))
+        tracks = _in_order(tracks + hint_tracks, organs)
         for track in tracks:
             self._place(track, view, result)
         counts.encoded_slices = cache.encoded
@@ -226,8 +231,7 @@ class VolumeStrategy:
         for organ in organs:  # an organ found nowhere still gets its (empty) report
             if not any(name == organ.name for name, _ in tracks):
                 tracks[(organ.name, None)] = Track(organ, None)
-        order = {o.name: i for i, o in enumerate(organs)}
-        return sorted(tracks.values(), key=lambda t: (order[t.organ.name], t.side or ""))
+        return _in_order(list(tracks.values()), organs)
 
     def _localise(self, track: Track, keys: list[int], view: VolumeView) -> tuple[int, int] | None:
         """The extent (first, last key slice) of the track's chain of picks; None when the
@@ -266,22 +270,26 @@ class VolumeStrategy:
             result.chosen[track.organ.name].append(dict(seed["record"], slice=seed["canonical"]))
 
 
+def _in_order(tracks: Sequence[Track], organs: Sequence[Organ]) -> list[Track]:
+    """``tracks`` in the order the organs were asked, a pair's sides left before right."""
+    order = {o.name: i for i, o in enumerate(organs)}
+    return sorted(tracks, key=lambda t: (order[t.organ.name], t.side or ""))
+
+
 def _withdraw(hinted: Track, tracks: Sequence[Track], view: VolumeView) -> None:
     """Withdraw from other organs' ``tracks`` each key-slice candidate that is the hinted
     track's region there (box IoU >= CLAIM_IOU with its mask's box), reported under
     ``yielded``. An organ and its own part do not compete."""
     name = hinted.organ.name
     for track in tracks:
-        if name in track.organ.parts or track.organ.name in hinted.organ.parts:
+        if not competing(track.organ, hinted.organ):
             continue
         for key, picks in track.candidates.items():
             if key not in hinted.masks:
                 continue
-            region = torch.tensor([_box(hinted.masks[key][0])], dtype=torch.float32)
-            boxes = torch.tensor([p.box for p in picks], dtype=torch.float32).reshape(-1, 4)
-            same = box_iou(boxes, region)[:, 0] >= CLAIM_IOU
-            if bool(same.any()):
-                track.candidates[key] = [p for p, s in zip(picks, same.tolist()) if not s]
+            same = same_region([p.box for p in picks], mask_box(hinted.masks[key][0]))
+            if any(same):
+                track.candidates[key] = [p for p, s in zip(picks, same) if not s]
                 record = {"slice": view.source_index(key), "to": f"{name} (hint)"}
                 track.report.setdefault("yielded", []).append(record)
 
@@ -359,14 +367,14 @@ class _Walker:
         for hint in sorted(hints, key=lambda h: h.index):
             self.ahead = 1
             mask, iou = self.refine(hint.index, None, limits, +1, hint)
-            seeded = {"slice": self.view.source_index(hint.index), "pixels": int(mask.sum())}
-            reports.append({**hint.given, "seeded": {**seeded, "refine_iou": round(iou, 4)}})
+            reports.append(seeded_report(hint, self.view, mask, iou))
             if not mask.any():
                 stops.append(self._stop(hint.index, hint.index, 0, "hint mask empty"))
                 continue
             self._keep(track, hint.index, mask, iou, "hint")
             record = hint_record(hint, mask, iou)
-            seeds.append({"slice": seeded["slice"], "canonical": hint.index, "record": record})
+            source = self.view.source_index(hint.index)
+            seeds.append({"slice": source, "canonical": hint.index, "record": record})
         seed_slices = {s["canonical"] for s in seeds}
         for seed in seeds:
             for step in (-1, +1):
@@ -380,7 +388,7 @@ class _Walker:
         return [
             {
                 "slice": self.view.source_index(i),
-                "box": _box(m),
+                "box": mask_box(m),
                 "from": src,
                 "refine_iou": round(q, 4),
             }
@@ -497,7 +505,7 @@ class _Walker:
     ) -> None:
         """Prompt the ``bad`` slices between two good ones with boxes interpolated from
         the good masks' boxes; keep the non-empty masks."""
-        boxes = {before: _box(track.masks[before][0]), after: _box(track.masks[after][0])}
+        boxes = {before: mask_box(track.masks[before][0]), after: mask_box(track.masks[after][0])}
         for index, box in gap_boxes(boxes, abs(after - before)).items():
             if index not in bad:
                 continue
@@ -541,13 +549,7 @@ class _Walker:
         return {**record, "bad_slices": bad} if bad else record
 
 
-def _box(mask: np.ndarray) -> list[int]:
-    """XYXY (max inclusive) pixel box of a non-empty HxW bool mask."""
-    rows, cols = np.nonzero(mask)
-    return [int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())]
-
-
 def _grown_box(mask: np.ndarray, margin: float, h: int, w: int) -> list[float]:
     """The mask's box grown by ``margin`` of its size per side, clipped to the slice."""
-    grown = grow_boxes(torch.tensor([_box(mask)], dtype=torch.float32), margin)
+    grown = grow_boxes(torch.tensor([mask_box(mask)], dtype=torch.float32), margin)
     return prompt_boxes(grown, 0.0, h, w)[0].tolist()
