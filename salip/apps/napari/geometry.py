@@ -27,6 +27,7 @@ from salip.outputs.preview import COLOURS
 __all__ = [
     "from_layer",
     "hints_from_layers",
+    "label_colormap",
     "label_colours",
     "layer_affine",
     "layer_order",
@@ -136,3 +137,10 @@ def label_colours(label_values: Mapping[str, int]) -> dict[int, tuple[float, ...
         r, g, b = COLOURS[(value - 1) % len(COLOURS)] / 255.0
         colours[value] = (float(r), float(g), float(b), 1.0)
     return colours
+
+
+def label_colormap(label_values: Mapping[str, int]) -> Any:
+    """napari's colormap of :func:`label_colours` (unlisted values clear)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), **label_colours(label_values)})

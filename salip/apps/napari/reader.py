@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from salip.apps.napari.geometry import label_colours, layer_image, layer_kwargs, to_layer
+from salip.apps.napari.geometry import label_colormap, layer_image, layer_kwargs, to_layer
 from salip.core.errors import SalipError
 from salip.io import Volume, input_kind, read_input
 from salip.io.orientation import to_source_grid
+from salip.io.slicing import detect_modality
 from salip.io.writing import sidecar_path
 
 __all__ = [
@@ -56,7 +57,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
         return [_labels(volume, names)]
     kwargs = {**layer_kwargs(volume), "name": source.name.removesuffix(".gz")}
     kwargs["colormap"] = "gray"
-    if volume.modality == "ct" or (volume.geometry.kind != "image" and _looks_like_hu(volume)):
+    if not volume.is_2d and detect_modality(volume)[0] == "ct":
         kwargs["contrast_limits"] = CT_CONTRAST
     return [(layer_image(volume), kwargs, "image")]
 
@@ -76,8 +77,6 @@ def _sidecar_labels(mask: Path) -> dict[str, int] | None:
 
 
 def _labels(volume: Volume, names: dict[str, int]) -> LayerData:
-    from napari.utils.colormaps import DirectLabelColormap
-
     grid = volume.data if volume.is_2d else to_source_grid(volume.data, volume.geometry)
     data = np.rint(grid[..., 0] if grid.ndim == 3 and volume.is_2d else grid).astype(np.uint8)
     features = {"index": [0, *names.values()], "organ": ["background", *names]}
@@ -85,11 +84,6 @@ def _labels(volume: Volume, names: dict[str, int]) -> LayerData:
         **layer_kwargs(volume),
         "name": volume.path.name.removesuffix(".gz"),
         "features": features,
-        "colormap": DirectLabelColormap(color_dict={None: (0, 0, 0, 0), **label_colours(names)}),
+        "colormap": label_colormap(names),
     }
     return (data if volume.is_2d else to_layer(data, volume), kwargs, "labels")
-
-
-def _looks_like_hu(volume: Volume) -> bool:
-    """A volume with air near -1000: CT in HU (NIfTI holds no modality)."""
-    return bool(np.percentile(volume.data[::4, ::4, ::4], 1) < -500)

@@ -13,6 +13,7 @@ saved is what a command line run with those ``--hint`` flags gives.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -37,7 +38,13 @@ from qtpy.QtWidgets import (
 )
 
 from salip.api.pipeline import OutputRequest, SegmentationResult
-from salip.apps.napari.geometry import hints_from_layers, label_colours, layer_kwargs, to_layer
+from salip.apps.napari.geometry import (
+    hints_from_layers,
+    label_colormap,
+    label_colours,
+    layer_kwargs,
+    to_layer,
+)
 from salip.apps.napari.session import (
     RunRequest,
     Session,
@@ -194,7 +201,7 @@ class SegmentWidget(QWidget):
         }
         source = Path(layer.metadata["salip_source"])
         request = RunRequest(source, tuple(names), self.strategy.currentText(), options)
-        return RunRequest(**{**request.__dict__, **changes})
+        return dataclasses.replace(request, **changes)
 
     def run(self) -> None:
         """Run the form's targets on the chosen image."""
@@ -250,7 +257,7 @@ class SegmentWidget(QWidget):
             viewer=folder / f"{stem}_salip.html" if self.want_viewer.isChecked() else None,
             report=folder / f"{stem}_salip.report.json",
         )
-        self._start(RunRequest(**{**request.__dict__, "outputs": outputs}), self._saved)
+        self._start(dataclasses.replace(request, outputs=outputs), self._saved)
 
     def cancel_run(self) -> None:
         """Stop the run at its next stage."""
@@ -304,11 +311,9 @@ class SegmentWidget(QWidget):
 
     # ---- results ---------------------------------------------------------------------
     def _show(self, result: SegmentationResult, volume: Any, keep_hints: bool = False) -> None:
-        from napari.utils.colormaps import DirectLabelColormap
-
         self.result, self.volume = result, volume
         data, kwargs = labels_layer(result, volume)
-        colours = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), **label_colours(result.label_values)})  # fmt: skip
+        colours = label_colormap(result.label_values)
         name = f"salip: {self.image.currentText()}"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
