@@ -340,22 +340,15 @@ organs = {json.dumps(organs)}
 
 
 def test_the_viewer_legend_shows_confidence_and_not_found(ct, tmp_path):
-    from tests.outputs.viewer.test_viewer import CHROMIUM_ARGS, _browser
+    from tests.outputs.viewer.test_viewer import _browser, opened_viewer
 
-    sync_playwright, chromium = _browser()
+    _browser()  # skip before segmenting when there is no browser
     path, volume = ct
     page_path = tmp_path / "v.html"
     salip.segment(path, organs="liver,spleen", write=False, viewer=page_path,
                   segmenter=_strategy(volume.data.shape))  # fmt: skip
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(page_path.as_uri())
-            page.evaluate("window.salipViewer.ready")
-            rows = page.locator("#organs .organ").all_inner_texts()
-        finally:
-            browser.close()
+    with opened_viewer(page_path) as page:
+        rows = page.locator("#organs .organ").all_inner_texts()
     liver, spleen = (" ".join(r.split()) for r in rows)
     assert liver.startswith("liver 16,000 voxels · slices") and f"confidence {LIVER:.2f}" in liver
     assert spleen == f"spleen not found: {SPLEEN_REASON} go"

@@ -5,6 +5,7 @@ network request blocked and recorded."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import re
@@ -328,6 +329,21 @@ def _browser():
     return sync_playwright, chromium
 
 
+@contextlib.contextmanager
+def opened_viewer(path):
+    """A chromium page with the viewer at ``path`` loaded and ready (or a skip)."""
+    sync_playwright, chromium = _browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(path.as_uri())
+            page.evaluate("window.salipViewer.ready")
+            yield page
+        finally:
+            browser.close()
+
+
 def test_the_viewer_in_a_real_browser_offline(tmp_path, real_ct):
     sync_playwright, chromium = _browser()
     data, facts = real_ct
@@ -438,19 +454,11 @@ def test_the_preview_names_its_organs_and_slices(tmp_path):
 
 def test_the_viewer_marks_a_hinted_slice(tmp_path):
     """A box from a user's hint is labelled "(hint)" and its slice says it was hinted."""
-    sync_playwright, chromium = _browser()
     hinted = {"organ": "liver", "bbox": [1, 1, 2, 1], "probability": None, "hint": True}
     path = tmp_path / "viewer.html"
     path.write_text(viewer_html(_tiny(boxes={1: [hinted]})), encoding="utf-8")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(path.as_uri())
-            page.evaluate("window.salipViewer.ready")
-            _set_range(page, "#slice", 0)
-            assert "hinted" not in page.text_content("#slice-label")
-            _set_range(page, "#slice", 1)
-            assert page.text_content("#slice-label").endswith(" · hinted: liver")
-        finally:
-            browser.close()
+    with opened_viewer(path) as page:
+        _set_range(page, "#slice", 0)
+        assert "hinted" not in page.text_content("#slice-label")
+        _set_range(page, "#slice", 1)
+        assert page.text_content("#slice-label").endswith(" · hinted: liver")
